@@ -1,0 +1,75 @@
+"""The ``tbx`` command: a thin typer skin over the library (one module per command group).
+
+User mistakes raise :class:`tbx.errors.TbxError`, printed here as one line with exit code 2
+(``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from tbx.errors import TbxError
+
+app = typer.Typer(name="tbx", help="Computer-aided TB diagnosis on chest X-rays: curate, train, "
+                  "benchmark and report (TBX11K + SymFormer).", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
+    """tbx — TBX11K curation, SymFormer training and the paper's benchmark protocol."""
+
+
+def _register() -> None:
+    # Imported here so that `tbx --help` stays importable even while a group is broken.
+    from tbx.cli import bench, dataset, demo, models, predict, report, study, train
+
+    app.add_typer(dataset.app, name="dataset")
+    app.add_typer(models.app, name="models")
+    app.add_typer(bench.app, name="bench")
+    app.add_typer(study.app, name="study")
+    app.command("train", help=train.train.__doc__)(train.train)
+    app.command("predict", help=predict.predict.__doc__)(predict.predict)
+    app.command("report", help=report.report.__doc__)(report.report)
+    app.command("demo", help=demo.demo.__doc__)(demo.demo)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return the exit code (used by the console script and by tests)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    try:
+        rv = app(args=args, prog_name="tbx", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except TbxError as e:
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/] {e.one_line()}", markup=True)
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        err.print("aborted")
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

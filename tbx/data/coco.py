@@ -1,0 +1,86 @@
+"""COCO JSON ↔ records (the official TBX11K annotation format, SPEC §1.3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tbx.data.layout import label_from_path
+from tbx.data.records import CATEGORIES, Box, Record, tb_type_from_categories
+from tbx.errors import TbxError
+from tbx.io import atomic_write_json
+
+INFO = {
+    "contributor": "tbx", "description": "TBX11K-layout dataset written by tbx",
+    "url": "https://mmcheng.net/tb", "version": "1.0", "year": 2020,
+}
+LICENSES = [{"id": 1, "name": "Attribution-NonCommercial-ShareAlike License",
+             "url": "http://creativecommons.org/licenses/by-nc-sa/2.0/"}]
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise TbxError("annotation file not found", path, "check the path (annotations/json/*.json)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise TbxError(f"invalid JSON: {e.msg}", f"{path}:{e.lineno}", "regenerate the file") from None
+    if not isinstance(data, dict) or "images" not in data:
+        raise TbxError("not a COCO annotation file (no 'images')", path)
+    return data
+
+
+def records_from_coco(data: dict[str, Any], path: str | Path = "<coco>",
+                      strict_labels: bool = True) -> list[Record]:
+    """Records in the file's image order; labels from the path rules, TB type from box categories.
+
+    With ``strict_labels=False`` images whose label cannot be derived from the path (``test/``)
+    get label ``"unknown"`` instead of raising.
+    """
+    boxes: dict[int, list[Box]] = {}
+    for ann in data.get("annotations", []):
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        boxes.setdefault(int(ann["image_id"]), []).append(Box(x, y, w, h, int(ann["category_id"])))
+    records = []
+    for img in data["images"]:
+        try:
+            label, source = label_from_path(img["file_name"])
+        except TbxError:
+            if strict_labels:
+                raise TbxError(f"cannot derive the label of image '{img['file_name']}'", path,
+                               "images must live under health/, sick/, tb/ or extra/<group>/") from None
+            label, source = "unknown", "tbx11k"
+        bxs = boxes.get(int(img["id"]), [])
+        tb_type = tb_type_from_categories(b.category for b in bxs) if label == "tb" else "none"
+        records.append(Record(
+            image_id=int(img["id"]), file_name=img["file_name"], width=int(img["width"]),
+            height=int(img["height"]), label=label, tb_type=tb_type, source=source,
+            patient_id=img.get("patient_id"), split=img.get("split"), boxes=bxs,
+        ))
+    return records
+
+
+def read_coco(path: str | Path, strict_labels: bool = True) -> list[Record]:
+    return records_from_coco(load_json(path), path, strict_labels)
+
+
+def coco_from_records(records: list[Record], date_captured: str = "") -> dict[str, Any]:
+    """The official COCO dict for ``records`` (image ids and order as given, annotation ids 1..N)."""
+    images, annotations = [], []
+    for r in records:
+        images.append({"id": r.image_id, "file_name": r.file_name, "width": r.width,
+                       "height": r.height, "date_captured": date_captured, "license": 1,
+                       "coco_url": "", "flickr_url": ""})
+        for b in r.boxes:
+            annotations.append({"id": len(annotations) + 1, "image_id": r.image_id,
+                                "category_id": b.category, "iscrowd": 0, "area": int(b.w * b.h),
+                                "bbox": [b.x, b.y, b.w, b.h], "width": r.width, "height": r.height})
+    return {"info": [INFO], "licenses": LICENSES, "categories": [dict(c) for c in CATEGORIES],
+            "images": images, "annotations": annotations}
+
+
+def write_coco(path: str | Path, records: list[Record]) -> None:
+    """Write records as an official-format COCO JSON (atomic, compact like the release)."""
+    atomic_write_json(path, coco_from_records(records), indent=None)
