@@ -26,8 +26,9 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
 
 def _register() -> None:
     # Imported here so that `tbx --help` stays importable even while a group is broken.
-    from tbx.cli import bench, dataset, demo, models, predict, report, study, train
+    from tbx.cli import bench, dataset, demo, models, predict, report, split, study, train
 
+    dataset.app.command("split", help=split.split.__doc__)(split.split)
     app.add_typer(dataset.app, name="dataset")
     app.add_typer(models.app, name="models")
     app.add_typer(bench.app, name="bench")

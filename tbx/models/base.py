@@ -1,0 +1,82 @@
+"""The detector contract shared by every model (ARCHITECTURE.md "Models").
+
+Inputs (both modes): ``images`` — float tensor ``(N, 3, H, W)``, ImageNet-normalised RGB, padded
+to a multiple of 32 (padding at the bottom/right, zeros after normalisation); ``image_sizes`` —
+the valid ``(h, w)`` of each image inside the padded tensor.
+
+Training (``model.train()``): ``model(images, targets, image_sizes)`` → dict of scalar losses.
+``targets[i]`` is a dict with ``"boxes"`` (``(K, 4)`` float, xyxy in input pixels), ``"labels"``
+(``(K,)`` int64 box categories, 1 active / 2 latent; category 3 "uncertain" boxes are removed by
+the data pipeline before training) and ``"cls_label"`` (int64 scalar: 0 healthy, 1 sick, 2 TB).
+In stage 1 the losses are the detector's (``loss_cls``, ``loss_box``, …); in stage 2 only the
+weighted cross-entropy of the classification head (``loss_img_cls``).  See :meth:`Detector.set_stage`.
+
+Inference: ``model.predict(images, image_sizes)`` → one :class:`Prediction` per image, boxes in
+input-image pixels (the caller maps them back to original pixels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+# SPEC §2.6: cross-entropy class weights for healthy, sick, TB.
+CLS_LOSS_WEIGHTS = (1.0, 1.0, 4.0)
+
+
+@dataclass
+class Prediction:
+    """One image's output: class probabilities (healthy, sick, TB) and boxes in input pixels."""
+
+    probs: Tensor  # (3,)
+    boxes: Tensor  # (K, 4) xyxy
+    scores: Tensor  # (K,)
+    labels: Tensor  # (K,) 1 active / 2 latent
+
+
+class Detector(nn.Module):
+    """Base class: a detector with the shared image-classification head (SPEC §2.6).
+
+    Subclasses set ``self.backbone`` (whose BN layers stay in eval mode, SPEC §2.1) and
+    ``self.cls_head`` (SPEC §2.6, on the last backbone stage), and implement ``forward`` and
+    ``predict`` with the contract of this module's docstring.  In stage 2, ``forward`` should
+    compute only what the classification head needs (backbone + head).
+    """
+
+    stage: int = 1
+
+    def set_stage(self, stage: int) -> None:
+        """Stage 1: train the detector (classification head frozen is *not* required, it simply
+        receives no loss). Stage 2: freeze everything except ``cls_head`` (SPEC §2.7)."""
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        self.stage = stage
+        for name, p in self.named_parameters():
+            if stage == 2:
+                p.requires_grad_(name.startswith("cls_head."))
+            else:
+                p.requires_grad_(self._trainable_in_stage1(name))
+        self.train(self.training)
+
+    def _trainable_in_stage1(self, name: str) -> bool:  # overridden by models freezing a stem
+        return True
+
+    def train(self, mode: bool = True) -> Detector:
+        super().train(mode)
+        # Frozen statistics: backbone BN always in eval (SPEC §2.1); in stage 2 every module
+        # outside the classification head is frozen, so it runs in eval mode entirely.
+        for name, m in self.named_modules():
+            if not name:
+                continue
+            if self.stage == 2 and not name.startswith("cls_head"):
+                m.eval()
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm) and name.startswith("backbone"):
+                m.eval()
+        return self
+
+    @staticmethod
+    def cls_loss(logits: Tensor, cls_labels: Tensor) -> Tensor:
+        weight = torch.tensor(CLS_LOSS_WEIGHTS, device=logits.device, dtype=logits.dtype)
+        return nn.functional.cross_entropy(logits, cls_labels, weight=weight)
