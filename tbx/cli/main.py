@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 from rich.console import Console
 
@@ -48,21 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     try:
-        rv = app(args=args, prog_name="tbx", standalone_mode=False)
-        return rv if isinstance(rv, int) else 0
+        app(args=args, prog_name="tbx")  # standalone mode: always ends with SystemExit
+        return 0
+    except SystemExit as e:
+        code = e.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
     except TbxError as e:
         if debug:
             raise
         err.print(f"[bold red]error:[/] {e.one_line()}", markup=True)
         return e.exit_code
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
-        err.print("aborted")
-        return 1
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
