@@ -25,8 +25,11 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
 
 def _register() -> None:
     # Imported here so that `tbx --help` stays importable even while a group is broken.
-    from tbx.cli import bench, dataset, demo, models, predict, report, split, study, train
+    from tbx.cli import (bench, dataset, dataset_build, demo, models, predict, report, split, study,
+                         train)
 
+    dataset.app.command("build", help=dataset_build.build.__doc__)(dataset_build.build)
+    dataset.app.command("validate", help=dataset_build.validate.__doc__)(dataset_build.validate)
     dataset.app.command("split", help=split.split.__doc__)(split.split)
     app.add_typer(dataset.app, name="dataset")
     app.add_typer(models.app, name="models")
