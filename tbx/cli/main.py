@@ -10,6 +10,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tbx.errors import TbxError
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except TbxError as e:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {e.one_line()}", markup=True)
+        err.print(f"[bold red]error:[/] {escape(e.one_line())}", markup=True)
         return e.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
