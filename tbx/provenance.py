@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 import subprocess
 import sys
@@ -30,15 +31,13 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
 
 
 def versions() -> dict[str, str]:
+    """Installed versions of tbx and its key dependencies (package metadata: imports nothing)."""
     out = {"tbx": tbx.__version__, "python": platform.python_version()}
-    for name in ("torch", "torchvision", "numpy", "pycocotools"):
-        mod = sys.modules.get(name)
-        if mod is None:
-            try:
-                mod = __import__(name)
-            except ImportError:
-                continue
-        out[name] = getattr(mod, "__version__", "unknown")
+    for name in ("torch", "torchvision", "numpy", "pycocotools", "pydicom"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
     return out
 
 

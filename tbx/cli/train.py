@@ -1,10 +1,90 @@
-"""`tbx train`."""
+"""`tbx train` — the two-stage schedule (SPEC §2.7) on CPU or CUDA, one or many GPUs."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from tbx.engine import distributed as D
+from tbx.engine.schedule import load_train_config
 from tbx.errors import TbxError
 
 
-def train() -> None:
-    """(not implemented yet)"""
-    raise TbxError("'tbx train' is not implemented yet")
+def train(
+    model: str = typer.Argument("symformer", help="Model: symformer (= symformer_retinanet), "
+                                "retinanet, faster_rcnn, fcos, ssd, deformable_detr, "
+                                "symformer_deformable_detr."),
+    data: Path = typer.Option(..., "--data", help="TBX11K-layout dataset root."),
+    out: Path = typer.Option(..., "--out", help="Run directory (config, metrics, checkpoints)."),
+    config: str = typer.Option(None, "--config", help="Preset name (e.g. tiny, "
+                               "symformer_retinanet_r50) or YAML file; default: the model's paper "
+                               "preset. With --resume: RUN/config.yaml."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set "
+                                   "stage1.lr=0.01 --set model.input_size=256 (repeatable)."),
+    stage: str = typer.Option("both", "--stage", help="1 (detection), 2 (classification head, "
+                              "from the stage-1 weights) or both."),
+    device: str = typer.Option(None, "--device", help="auto | cuda | cpu (default: config, auto)."),
+    amp: str = typer.Option(None, "--amp", help="bf16 | fp16 | off | auto (default: bf16 on CUDA, "
+                            "off on CPU)."),
+    gpus: int = typer.Option(0, "--gpus", help="Launch N processes with torchrun on this machine "
+                             "(DDP). For several machines run torchrun yourself: "
+                             "torchrun --nnodes … -m tbx train …"),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its "
+                                "last checkpoint (exactly)."),
+    seed: int = typer.Option(None, "--seed", help="Random seed (default: config, 0)."),
+    val: Path = typer.Option(None, "--val", help="Validate on this annotation file every "
+                             "--val-every epochs; best.pt = best AP50 (stage 1) / accuracy (stage 2)."),
+    val_every: int = typer.Option(None, "--val-every", help="Epochs between validations (default 1)."),
+) -> None:
+    """Train a detector + classification head with the paper's two-stage schedule (SPEC §2.7).
+
+    Stage 1 trains detection on TBX11K_trainval_only_tb.json; stage 2 loads the stage-1 weights,
+    freezes everything but the classification head and trains it on all_trainval.json. Writes
+    RUN/config.yaml, provenance.json, metrics.jsonl and RUN/stage{1,2}/{last,final,best}.pt.
+    """
+    console = Console()
+    if gpus and gpus > 1 and D.env_world_size() <= 1:
+        args = ["train", model, "--data", str(data), "--out", str(out), "--stage", stage]
+        for opt, val_ in (("--config", config), ("--device", device), ("--amp", amp),
+                          ("--seed", seed), ("--val", val), ("--val-every", val_every)):
+            if val_ is not None:
+                args += [opt, str(val_)]
+        for s in set_:
+            args += ["--set", s]
+        if resume:
+            args.append("--resume")
+        console.print(f"launching {gpus} processes: {' '.join(D.torchrun_command(gpus, args))}")
+        code = D.launch(gpus, args)
+        if code:
+            raise TbxError(f"distributed training failed (exit code {code})",
+                           fix="see the messages of the ranks above")
+        return
+
+    overrides = list(set_)
+    overrides.append(f"data.root={data}")
+    for key, value in (("device", device), ("amp", amp), ("seed", seed), ("val_ann", val),
+                       ("val_every", val_every)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    run_cfg = out / "config.yaml"
+    if resume and config is None and run_cfg.is_file():
+        config = str(run_cfg)
+    cfg = load_train_config(model, config, overrides)
+
+    from tbx.engine.trainer import train as run_training
+
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        console.print(f"training [bold]{cfg.model_name}[/] ({cfg.model.backbone}, "
+                      f"{cfg.model.input_size} px) stage {stage} → {out}")
+    result = run_training(cfg, out, stage=stage, resume=resume)
+    if is_main:
+        for s, p in sorted(result.final.items()):
+            line = f"stage {s}: {p}"
+            if s in result.best:
+                line += f" (best: {result.best[s]})"
+            console.print(line)
+        console.print(f"metrics: {result.metrics}")

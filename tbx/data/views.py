@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tbx.data.coco import write_coco
-from tbx.data.layout import ANN_JSON, LISTS, all_json_name, list_name, tbx_json_name
+from tbx.data.layout import ANN_JSON, LISTS, all_json_name, tbx_json_name
 from tbx.data.records import Record
 from tbx.io import atomic_write_text
 
@@ -38,21 +38,19 @@ def annotation_views(records: list[Record]) -> dict[str, list[Record]]:
     return {k: v for k, v in views.items() if v}
 
 
-def renumbered(records: list[Record]) -> list[Record]:
-    """Copies with positional image ids 1..N (the release's convention per file)."""
-    return [r.replace(image_id=i + 1) for i, r in enumerate(records)]
+def write_view(root: str | Path, name: str, records: list[Record]) -> list[Path]:
+    """Write one view: ``annotations/json/NAME.json`` (positional ids) and, except for
+    ``*_only_tb`` views, ``lists/NAME.txt`` (one path relative to ``imgs/`` per line)."""
+    root = Path(root)
+    path = root / ANN_JSON / f"{name}.json"
+    write_coco(path, records, positional_ids=True)
+    if name.endswith("_only_tb"):
+        return [path]
+    lpath = root / LISTS / f"{name}.txt"
+    atomic_write_text(lpath, "".join(f"{r.file_name}\n" for r in records))
+    return [path, lpath]
 
 
 def write_views(root: str | Path, records: list[Record]) -> list[Path]:
     """Write ``lists/*.txt`` and ``annotations/json/*.json`` for every non-empty view (atomic)."""
-    root = Path(root)
-    written = []
-    for name, recs in annotation_views(records).items():
-        path = root / ANN_JSON / f"{name}.json"
-        write_coco(path, renumbered(recs))
-        written.append(path)
-        if not name.endswith("_only_tb"):
-            lpath = root / LISTS / list_name(name.split("_", 1)[1], name.split("_", 1)[0])
-            atomic_write_text(lpath, "".join(f"{r.file_name}\n" for r in recs))
-            written.append(lpath)
-    return written
+    return [p for name, recs in annotation_views(records).items() for p in write_view(root, name, recs)]

@@ -1,0 +1,89 @@
+"""Accuracy target of the tiny preset on synthetic CXRs (not a timed test).
+
+Synthesises a TBX11K-layout dataset (``tbx.data.synth``), trains ``tiny`` SymFormer with the
+two-stage schedule (``tbx.engine.trainer.train``), predicts ``all_test.json`` and scores it with
+the bench library (``tbx.bench.protocol.evaluate``).  Target (brief): 3-class accuracy ≥ 0.90 and
+tb-only category-agnostic AP50 ≥ 0.50 within 15 CPU minutes on 2 cores.
+
+    python benchmarks/bench_train_synth.py --out /tmp/bench_synth [--threads 2] [--set k=v ...]
+
+Prints and writes ``OUT/bench_train_synth.json`` (metrics, wall times per phase, settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("/tmp/tbx_bench_train_synth"))
+    ap.add_argument("--data", type=Path, default=None, help="existing synthetic root (else generated)")
+    ap.add_argument("--size", type=int, default=256, help="synthetic image side")
+    ap.add_argument("--n-healthy", type=int, default=150)
+    ap.add_argument("--n-sick", type=int, default=150)
+    ap.add_argument("--n-active", type=int, default=100)
+    ap.add_argument("--n-latent", type=int, default=40)
+    ap.add_argument("--n-both", type=int, default=20)
+    ap.add_argument("--config", default="tiny")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from tbx.engine.predict import evaluate_predictions, predict
+    from tbx.engine.schedule import load_train_config
+    from tbx.engine.trainer import train
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    root = args.data
+    if root is None:
+        from tbx.data.synth import SynthConfig, synthesize
+
+        root = args.out / "synth"
+        if not (root / "annotations" / "json" / "all_test.json").is_file():
+            t = time.perf_counter()
+            synthesize(root, SynthConfig(n_healthy=args.n_healthy, n_sick=args.n_sick,
+                                         n_active=args.n_active, n_latent=args.n_latent,
+                                         n_both=args.n_both, n_uncertain=4, size=args.size,
+                                         seed=args.seed))
+            times["synthesize_s"] = time.perf_counter() - t
+    cfg = load_train_config(None, args.config, [f"data.root={root}", f"seed={args.seed}", *args.overrides])
+    run = args.out / "run"
+    t = time.perf_counter()
+    res = train(cfg, run, stage=1, progress=False)
+    times["train_stage1_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    res = train(cfg, run, stage=2, progress=False)
+    times["train_stage2_s"] = time.perf_counter() - t
+    times["train_total_s"] = times["train_stage1_s"] + times["train_stage2_s"]
+    t = time.perf_counter()
+    ann = root / "annotations" / "json" / "all_test.json"
+    pred = predict(res.checkpoint, root, ann, run / "predictions", batch_size=16, workers=2,
+                   progress=False)
+    times["predict_s"] = time.perf_counter() - t
+    scores = evaluate_predictions(ann, pred)
+    load = os.getloadavg()
+    result = {
+        "metrics": scores,
+        "targets": {"accuracy": 0.90, "cat_agnostic_ap50": 0.50},
+        "passed": bool(scores.get("accuracy", 0) >= 0.90 and scores.get("cat_agnostic_ap50", 0) >= 0.50),
+        "times": times, "threads": args.threads, "loadavg_at_end": load, "cpu_count": os.cpu_count(),
+        "config": args.config, "overrides": args.overrides, "data": str(root),
+    }
+    (args.out / "bench_train_synth.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,432 @@
+"""TB-area detection metrics: COCO AP/AP50/AR@100 exactly as pycocotools, FROC, error analysis.
+
+Why not call ``COCOeval`` directly?  Its pure-Python matching loop and its accumulate step would
+be re-run for each of the six protocol rows and, worse, for every bootstrap resample.  Instead:
+
+1. :func:`match` reproduces ``COCOeval.evaluate`` for bounding boxes (area range "all",
+   ``maxDets`` 100, IoU from ``pycocotools.mask.iou``): per image, detections sorted by score
+   (stable, file order on ties) and cut at 100, ground truths with *ignored* ones last, the same
+   greedy matching (a detection takes the unmatched ground truth of highest IoU ≥ t, the last one
+   on ties; ignored ground truths only when no regular one qualifies; a detection matched to an
+   ignored ground truth is ignored), vectorised over the IoU thresholds.  Its output are flat
+   arrays in the global order of ``COCOeval.accumulate`` (images by ascending id, then
+   ``mergesort`` on −score): per detection its image, score and TP/FP flags per IoU threshold.
+2. :func:`accumulate` reproduces ``COCOeval.accumulate`` (cumulated TP/FP, precision made
+   monotone, 101-point interpolation with ``searchsorted(..., 'left')``) with *image weights*:
+   weight 1 everywhere is COCOeval on the full set (tested to 1e-9), weight 0 drops an image
+   (an evaluation subset or the all-cxr filter) and a bootstrap count ``c`` counts the image ``c``
+   times — so a resample costs a few vectorised cumulative sums instead of a new COCOeval.
+   (Tested against COCOeval on a dataset with the images physically copied.  One convention: when
+   an image with *tied* scores is drawn c times, its tied detections stay together, whereas
+   COCOeval on copies would list copy 1 then copy 2 — both are valid orders of tied detections.)
+
+FROC (IoU ≥ 0.5, detections ranked by score): the curve runs over score thresholds (between tie
+groups only); *false positives per image* = cumulated FP / number of images of the evaluated set
+(for all-cxr: every TBX11K image of the file, including those whose boxes were discarded by the
+class filter; for tb-only: the TB images); sensitivity = lesion-level recall (matched ground-truth
+boxes / all ground-truth boxes).  Sensitivity at a rate *f* is that of the lowest threshold whose
+FP/image ≤ *f* (0 when none).  ``mean`` = average over the 7 standard rates 1/8 … 8
+(the CPM / LUNA16 score).
+
+Error analysis (after pycocotools' ``analyze`` — the Matlab ``CocoEval.analyze`` and the Python
+port in mmdetection's ``coco_error_analysis.py``): 101-point PR curves
+``C75`` (IoU .75), ``C50`` (IoU .50), ``Loc`` (IoU .10: localisation errors ignored, duplicates
+still count), ``Oth`` (IoU .10 after class confusions are removed: ground-truth boxes of the other
+TB categories on the evaluated images become *ignored* boxes of the evaluated category, so a
+detection on them is neither TP nor FP), ``BG`` (all background FPs removed too: precision 1 at
+every recall level ``Oth`` reaches, 0 beyond) and ``FN`` (1 everywhere).  The COCO "Sim"
+(super-category confusion) step coincides with ``Oth`` here — the three TB categories share one
+super-category — so it is not reported separately; for the category-agnostic row ``Oth`` equals
+``Loc``.  Note: mmdetection's port marks those boxes with a key COCOeval never reads
+(``ignored_split``), which turns them into extra *positive* ground truths; we follow the Matlab
+original (they are ignored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from tbx.bench.classification import downsample_curve
+from tbx.bench.results_io import Detections
+
+# COCOeval defaults (Params.setDetParams) — IoU .50:.05:.95, 101 recall points, 100 dets, area "all"
+IOU_THRS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
+REC_THRS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
+LOC_IOU = 0.1  # error analysis "Loc"/"Oth" threshold
+MAX_DETS = 100
+AREA_ALL = (0 ** 2, 1e5 ** 2)
+FROC_FPPI = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+EPS = np.spacing(1)
+
+
+@dataclass
+class GroundTruth:
+    """Ground-truth boxes of the evaluation universe, flat, grouped by image (file order within)."""
+
+    image_ids: np.ndarray  # (n_img,) ascending — COCOeval sorts params.imgIds
+    img: np.ndarray  # (M,) image index of each box, non-decreasing
+    boxes: np.ndarray  # (M, 4) xywh
+    cats: np.ndarray  # (M,) category ids
+
+    @staticmethod
+    def build(items: Iterable[tuple[int, list[tuple[float, float, float, float, int]]]]) -> GroundTruth:
+        """From ``(image_id, [(x, y, w, h, category), ...])`` pairs (any image order)."""
+        items = sorted(items, key=lambda t: t[0])
+        ids = np.array([i for i, _ in items], dtype=np.int64)
+        if ids.size and np.any(ids[1:] == ids[:-1]):
+            raise ValueError("duplicate image ids in the ground truth")
+        rows = [(k, *b) for k, (_, bxs) in enumerate(items) for b in bxs]
+        a = np.asarray(rows, dtype=np.float64).reshape(-1, 6)
+        return GroundTruth(ids, a[:, 0].astype(np.int64), a[:, 1:5].copy(), a[:, 5].astype(np.int64))
+
+
+@dataclass
+class Matches:
+    """Per-detection matching results in the global accumulate order (see module doc)."""
+
+    iou_thrs: np.ndarray  # (T,)
+    img: np.ndarray  # (D,) image index into GroundTruth.image_ids
+    score: np.ndarray  # (D,)
+    tp: np.ndarray  # (T, D) bool: matched to a regular ground truth
+    fp: np.ndarray  # (T, D) bool: unmatched and not ignored
+    n_gt: np.ndarray  # (n_img,) regular (non-ignored) ground truths per image
+
+
+def _match_image(ious: np.ndarray, gt_ignore: np.ndarray, thrs: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """COCOeval.evaluateImg's greedy matching for one image, vectorised over thresholds.
+
+    ``ious`` (D, G): detections by descending score, ground truths regular first.  Returns
+    ``(matched (T, D), matched_to_ignored (T, D))``.
+    """
+    D, G = ious.shape
+    T = thrs.shape[0]
+    thr = np.minimum(thrs, 1 - 1e-10)[:, None]
+    dtm = np.zeros((T, D), dtype=bool)
+    dtig = np.zeros((T, D), dtype=bool)
+    if G == 1:  # common case: the first detection with IoU ≥ t takes the box
+        cand = ious[:, 0][None, :] >= thr
+        has = cand.any(axis=1)
+        first = np.argmax(cand, axis=1)
+        dtm[np.flatnonzero(has), first[has]] = True
+        dtig[np.flatnonzero(has), first[has]] = bool(gt_ignore[0])
+        return dtm, dtig
+    taken = np.zeros((T, G), dtype=bool)
+    ar = np.arange(T)
+    reg = ~gt_ignore
+    for d in np.flatnonzero(ious.max(axis=1) >= thr.min()):
+        row = ious[d]
+        ok = ~taken & (row[None, :] >= thr)
+        if not ok.any():
+            continue
+        # regular ground truths first: the last one of maximal IoU (COCOeval: `>=` replaces)
+        okr = ok & reg
+        keyr = np.where(okr, row, -1.0)
+        mr = G - 1 - np.argmax(keyr[:, ::-1], axis=1)
+        hr = okr[ar, mr]
+        oki = ok & gt_ignore  # ignored ones only when no regular one qualifies
+        keyi = np.where(oki, row, -1.0)
+        mi = G - 1 - np.argmax(keyi[:, ::-1], axis=1)
+        hi = oki[ar, mi] & ~hr
+        m = np.where(hr, mr, mi)
+        hit = hr | hi
+        dtm[hit, d] = True
+        dtig[hit, d] = gt_ignore[m[hit]]
+        taken[ar[hit], m[hit]] = True
+    return dtm, dtig
+
+
+def match(gt: GroundTruth, dets: Detections, det_cats: set[int] | None, gt_cats: set[int] | None,
+          ignored_gt_cats: set[int] = frozenset(), iou_thrs: np.ndarray = IOU_THRS,
+          max_dets: int = MAX_DETS) -> Matches:
+    """Match ``dets`` of categories ``det_cats`` (None = all, merged) to ground truths.
+
+    Ground truths of ``gt_cats`` (None = all, merged) are regular; those of ``ignored_gt_cats``
+    are ignored (error analysis "Oth").  Detections on images outside ``gt.image_ids`` are dropped,
+    as COCOeval does for images outside ``params.imgIds``.
+    """
+    iou_thrs = np.asarray(iou_thrs, dtype=np.float64)
+    T = iou_thrs.shape[0]
+    n_img = gt.image_ids.shape[0]
+    keep = np.ones(len(dets), dtype=bool)
+    if det_cats is not None:
+        keep &= np.isin(dets.category_id, list(det_cats))
+    pos = np.searchsorted(gt.image_ids, dets.image_id)
+    pos_c = np.minimum(pos, max(n_img - 1, 0))
+    keep &= (pos < n_img) & (gt.image_ids[pos_c] == dets.image_id) if n_img else False
+    idx = np.flatnonzero(keep)
+    img = pos_c[idx]
+    score = dets.scores[idx]
+    # per image: by descending score, stable (file order on ties), cut at max_dets
+    order = np.lexsort((-score, img))
+    idx, img, score = idx[order], img[order], score[order]
+    starts = np.flatnonzero(np.r_[True, img[1:] != img[:-1]]) if img.size else np.zeros(0, int)
+    rank = np.arange(img.size) - np.repeat(starts, np.diff(np.r_[starts, img.size]))
+    cut = rank < max_dets
+    idx, img, score = idx[cut], img[cut], score[cut]
+    boxes = dets.boxes[idx]
+    D = idx.size
+    dtm = np.zeros((T, D), dtype=bool)
+    dtig = np.zeros((T, D), dtype=bool)
+    # ground truths: regular / ignored flags, then per image regular first (file order within)
+    gc = gt.cats
+    reg = np.ones(gc.shape, bool) if gt_cats is None else np.isin(gc, list(gt_cats))
+    ign = (np.isin(gc, list(ignored_gt_cats)) & ~reg) if ignored_gt_cats else np.zeros(gc.shape, bool)
+    area = gt.boxes[:, 2] * gt.boxes[:, 3]
+    out_rng = (area < AREA_ALL[0]) | (area > AREA_ALL[1])
+    g_ignore = ign | (reg & out_rng)
+    used = np.flatnonzero(reg | ign)
+    used = used[np.lexsort((used, g_ignore[used], gt.img[used]))]
+    g_img, g_ig, g_box = gt.img[used], g_ignore[used], gt.boxes[used]
+    n_gt = np.bincount(g_img[~g_ig], minlength=n_img).astype(np.int64)
+    g_bounds = np.searchsorted(g_img, np.arange(n_img + 1))
+    d_bounds = np.searchsorted(img, np.arange(n_img + 1))
+    for k in np.unique(g_img).tolist():
+        lo, hi = d_bounds[k], d_bounds[k + 1]
+        if hi == lo:
+            continue
+        glo, ghi = g_bounds[k], g_bounds[k + 1]
+        G = ghi - glo
+        ious = np.asarray(mask_utils.iou(boxes[lo:hi], g_box[glo:ghi], [0] * G), dtype=np.float64)
+        m, mig = _match_image(ious.reshape(hi - lo, G), g_ig[glo:ghi], iou_thrs)
+        dtm[:, lo:hi] = m
+        dtig[:, lo:hi] = mig
+    # unmatched detections outside the area range are ignored (irrelevant for "all" but faithful)
+    darea = boxes[:, 2] * boxes[:, 3]
+    dtig |= ~dtm & ((darea < AREA_ALL[0]) | (darea > AREA_ALL[1]))[None, :]
+    tp = dtm & ~dtig
+    fp = ~dtm & ~dtig
+    g_order = np.argsort(-score, kind="mergesort")  # COCOeval.accumulate's global ordering
+    return Matches(iou_thrs, img[g_order], score[g_order], tp[:, g_order], fp[:, g_order], n_gt)
+
+
+def _interp_precision(tpc: np.ndarray, fpc: np.ndarray, npig: float) -> tuple[np.ndarray, np.ndarray]:
+    """COCOeval.accumulate for one category/area/maxDet: (precision (T, R), recall (T,))."""
+    T, nd = tpc.shape
+    R = REC_THRS.shape[0]
+    if npig <= 0:
+        return -np.ones((T, R)), -np.ones(T)
+    if nd == 0:
+        return np.zeros((T, R)), np.zeros(T)
+    rc = tpc / npig
+    pr = tpc / (fpc + tpc + EPS)
+    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+    q = np.zeros((T, R))
+    for t in range(T):
+        inds = np.searchsorted(rc[t], REC_THRS, side="left")
+        ok = inds < nd
+        q[t, ok] = pr[t, inds[ok]]
+    return q, rc[:, -1].copy()
+
+
+def accumulate(m: Matches, img_weight: np.ndarray | None = None, det_weight: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted COCOeval.accumulate → ``(precision (T, 101), recall (T,))``; −1 when no GT.
+
+    ``img_weight`` (n_img,) weights the ground truths of each image, ``det_weight`` (n_img,) its
+    detections (default: ``img_weight``).  All ones = COCOeval on the full universe.
+    """
+    n_img = m.n_gt.shape[0]
+    wi = np.ones(n_img) if img_weight is None else np.asarray(img_weight, dtype=np.float64)
+    wd = wi if det_weight is None else np.asarray(det_weight, dtype=np.float64)
+    w = wd[m.img]
+    tpc = np.cumsum(m.tp * w, axis=1)
+    fpc = np.cumsum(m.fp * w, axis=1)
+    return _interp_precision(tpc, fpc, float(m.n_gt @ wi))
+
+
+def summarize_ap(precision: np.ndarray) -> float | None:
+    """COCO summarize: mean over the defined (> −1) entries; None when none is defined."""
+    s = precision[precision > -1]
+    return float(np.mean(s)) if s.size else None
+
+
+def froc_points(m: Matches, t_index: int, img_weight: np.ndarray, det_weight: np.ndarray,
+                n_images: float) -> tuple[np.ndarray, np.ndarray]:
+    """FROC curve (fppi, sensitivity) at score-group boundaries, starting at (0, 0)."""
+    npig = float(m.n_gt @ img_weight)
+    w = det_weight[m.img]
+    tpc = np.cumsum(m.tp[t_index] * w)
+    fpc = np.cumsum(m.fp[t_index] * w)
+    if m.score.size:
+        ends = np.flatnonzero(np.r_[m.score[1:] != m.score[:-1], True])
+        tpc, fpc = tpc[ends], fpc[ends]
+    fppi = np.r_[0.0, fpc / n_images] if n_images > 0 else np.r_[0.0, fpc * np.nan]
+    sens = np.r_[0.0, tpc / npig] if npig > 0 else np.r_[np.nan, tpc * np.nan]
+    return fppi, sens
+
+
+def froc_at(fppi: np.ndarray, sens: np.ndarray, rates=FROC_FPPI) -> np.ndarray:
+    """Sensitivity at each FP/image rate: that of the last curve point with fppi ≤ rate."""
+    if not np.isfinite(sens).all() or not np.isfinite(fppi).all():
+        return np.full(len(rates), np.nan)
+    i = np.searchsorted(fppi, np.asarray(rates), side="right") - 1
+    return sens[np.maximum(i, 0)]
+
+
+def _opt(x) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+class RowEval:
+    """One protocol row (e.g. all-cxr × active): an image subset and a detection filter.
+
+    ``img_in`` (n_img,) 0/1: images of the evaluated set; ``det_keep`` (n_img,) 0/1: images whose
+    detections are kept (all-cxr: predicted TB).  ``oth`` optionally holds the "others ignored"
+    matches at IoU .1 for the error analysis.
+    """
+
+    def __init__(self, m: Matches, img_in: np.ndarray, det_keep: np.ndarray, oth: Matches | None = None,
+                 froc_rates=FROC_FPPI):
+        self.m, self.oth = m, oth
+        self.img_in = np.asarray(img_in, dtype=np.float64)
+        self.det_w = self.img_in * np.asarray(det_keep, dtype=np.float64)
+        self.rates = tuple(froc_rates)
+        thr = m.iou_thrs
+        self.t_std = np.flatnonzero(np.isin(np.round(thr, 6), np.round(IOU_THRS, 6)))
+        self.t50 = int(np.flatnonzero(np.isclose(thr, 0.5))[0])
+        self.t75 = int(np.flatnonzero(np.isclose(thr, 0.75))[0])
+        loc = np.flatnonzero(np.isclose(thr, LOC_IOU))
+        self.t_loc = int(loc[0]) if loc.size else None
+        # compressed view: only detections that can carry weight (zero-weight ones change nothing)
+        sel = self.det_w[m.img] > 0
+        self.c = Matches(thr, m.img[sel], m.score[sel], m.tp[:, sel], m.fp[:, sel], m.n_gt)
+        self._img = self.c.img
+        self._tp = self.c.tp[self.t_std].astype(np.float64)
+        self._fp = self.c.fp[self.t_std].astype(np.float64)
+        sc = self.c.score
+        self._ends = np.flatnonzero(np.r_[sc[1:] != sc[:-1], True]) if sc.size else np.zeros(0, int)
+        self._t50c = int(np.flatnonzero(np.isclose(thr[self.t_std], 0.5))[0])
+        # Fast bootstrap path (no ignored detections, the usual case): precision only matters at
+        # true positives — rc rises only there and an FP run after a TP has lower precision — and
+        # FP(i) = (all weight up to i) − TP(i), so a resample needs one cumulative sum over all
+        # detections plus, per IoU threshold, one over its (few) true positives.
+        self._fast = bool((self._tp + self._fp == 1).all())
+        self._tp_idx = [np.flatnonzero(row) for row in self.c.tp[self.t_std]]
+        tp50 = self._tp_idx[self._t50c]
+        self._ends_ntp = np.searchsorted(tp50, self._ends, side="right")  # TPs up to each group end
+
+    def point(self, max_curve_points: int = 500) -> dict:
+        m = self.c
+        prec, rec = accumulate(m, self.img_in, self.det_w)
+        p_std = prec[self.t_std]
+        r_std = rec[self.t_std]
+        ap = summarize_ap(p_std)
+        ap50 = summarize_ap(prec[self.t50])
+        ap75 = summarize_ap(prec[self.t75])
+        ar = summarize_ap(r_std)  # COCO AR@100: mean recall over the IoU thresholds
+        n_images = float(self.img_in.sum())
+        fppi, sens = froc_points(m, self.t50, self.img_in, self.det_w, n_images)
+        at = froc_at(fppi, sens, self.rates)
+        keep = downsample_curve(fppi.shape[0], max_curve_points)
+        out = {
+            "ap": ap, "ap50": ap50, "ap75": ap75, "ar100": ar,
+            "froc": {"fppi": list(self.rates), "sensitivity": [_opt(v) for v in at],
+                     "mean": _opt(np.mean(at)) if np.isfinite(at).all() else None},
+            "n_images": int(n_images), "n_gt": int(m.n_gt @ self.img_in),
+            "n_dets": int(m.img.size),
+            "pr": {"recall": REC_THRS.tolist(),
+                   "iou50": prec[self.t50].tolist(), "iou75": prec[self.t75].tolist()},
+            "froc_curve": {"fppi": [_opt(v) for v in fppi[keep]],
+                           "sensitivity": [_opt(v) for v in sens[keep]]},
+        }
+        out["analysis"] = self._analysis(prec)
+        return out
+
+    def _analysis(self, prec: np.ndarray) -> dict | None:
+        if self.t_loc is None:
+            return None
+        curves = {"C75": prec[self.t75], "C50": prec[self.t50], "Loc": prec[self.t_loc]}
+        if self.oth is not None:
+            p_oth, _ = accumulate(self.oth, self.img_in, self.det_w)
+            curves["Oth"] = p_oth[0]
+        else:
+            curves["Oth"] = prec[self.t_loc]
+        curves = {k: np.where(v == -1, 0.0, v) for k, v in curves.items()}  # analyze: ps[ps==-1]=0
+        if (prec[self.t50] == -1).all():
+            return None  # no ground truth in this row
+        curves["BG"] = (curves["Oth"] > 0).astype(np.float64)
+        curves["FN"] = np.ones_like(curves["Oth"])
+        return {k: {"ap": float(v.mean()), "precision": v.tolist()} for k, v in curves.items()}
+
+    def samples(self, counts: np.ndarray) -> dict:
+        """Per-resample ap, ap50, ar100, FROC for image ``counts`` (B, n_img)."""
+        B = counts.shape[0]
+        ap = np.full(B, np.nan)
+        ap50 = np.full(B, np.nan)
+        ar = np.full(B, np.nan)
+        froc = np.full((B, len(self.rates)), np.nan)
+        n_gt = self.m.n_gt.astype(np.float64)
+        if self._fast:
+            self._samples_fast(counts, n_gt, ap, ap50, ar, froc)
+        for b in range(B if not self._fast else 0):
+            c = counts[b].astype(np.float64)
+            wi = c * self.img_in
+            npig = float(n_gt @ wi)
+            if npig <= 0:
+                continue
+            w = (c * self.det_w)[self._img]
+            tpc = np.cumsum(self._tp * w, axis=1)
+            fpc = np.cumsum(self._fp * w, axis=1)
+            prec, rec = _interp_precision(tpc, fpc, npig)
+            ap[b] = prec.mean()
+            ap50[b] = prec[self._t50c].mean()
+            ar[b] = rec.mean()
+            n_images = float(wi.sum())
+            if self._ends.size:
+                fppi = np.r_[0.0, fpc[self._t50c, self._ends] / n_images]
+                sens = np.r_[0.0, tpc[self._t50c, self._ends] / npig]
+            else:
+                fppi = sens = np.zeros(1)
+            froc[b] = froc_at(fppi, sens, self.rates)
+        return {"ap": ap, "ap50": ap50, "ar100": ar,
+                "froc": {"sensitivity": [froc[:, j] for j in range(froc.shape[1])],
+                         "mean": froc.mean(axis=1)}}
+
+    def _samples_fast(self, counts, n_gt, ap, ap50, ar, froc) -> None:
+        R = REC_THRS.shape[0]
+        T = len(self._tp_idx)
+        for b in range(counts.shape[0]):
+            c = counts[b].astype(np.float64)
+            wi = c * self.img_in
+            npig = float(n_gt @ wi)
+            if npig <= 0:
+                continue
+            w = (c * self.det_w)[self._img]
+            cum = np.cumsum(w)
+            q = np.zeros((T, R))
+            rec = np.zeros(T)
+            ctp50 = None
+            for t, idx in enumerate(self._tp_idx):
+                if idx.size == 0:
+                    if t == self._t50c:
+                        ctp50 = np.zeros(0)
+                    continue
+                ctp = np.cumsum(w[idx])
+                rc = ctp / npig
+                pr = ctp / ((cum[idx] - ctp) + ctp + EPS)
+                pr = np.maximum.accumulate(pr[::-1])[::-1]
+                inds = np.searchsorted(rc, REC_THRS, side="left")
+                ok = inds < idx.size
+                q[t, ok] = pr[inds[ok]]
+                rec[t] = rc[-1]
+                if t == self._t50c:
+                    ctp50 = ctp
+            ap[b] = q.mean()
+            ap50[b] = q[self._t50c].mean()
+            ar[b] = rec.mean()
+            n_images = float(wi.sum())
+            if self._ends.size:
+                tpe = np.r_[0.0, ctp50][self._ends_ntp]
+                fppi = np.r_[0.0, (cum[self._ends] - tpe) / n_images]
+                sens = np.r_[0.0, tpe / npig]
+            else:
+                fppi = sens = np.zeros(1)
+            froc[b] = froc_at(fppi, sens, self.rates)

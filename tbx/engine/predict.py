@@ -1,0 +1,214 @@
+"""Inference → the official prediction files (SPEC §4.1).
+
+``predict(checkpoint, data_root, ann, out_dir)`` writes into ``out_dir``:
+
+- ``cls_result.txt``: one line per image of ``ann`` **in its order**, ``p(healthy) p(sick) p(TB)``;
+- ``bbox_result.json``: COCO results with the image ids of ``ann``, category 1 active / 2 latent,
+  boxes ``[x, y, w, h]`` in the frame of the annotation file's ``width`` × ``height`` (the original
+  image pixels), and the score;
+- ``manifest.json``: model, checkpoint path + sha256, resolved config, image-list hash, versions;
+- ``provenance.json``.
+
+Batched, AMP on CUDA (bf16 by default), images shipped as uint8 and normalised on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tbx.config import from_dict
+from tbx.data.dataset import TBXDataset, collate, normalize_batch
+from tbx.engine.checkpoint import file_sha256, find_checkpoint, load_checkpoint, load_model_weights, unwrap
+from tbx.engine.schedule import TrainConfig
+from tbx.errors import TbxError
+from tbx.io import atomic_write_json
+from tbx.provenance import versions, write_provenance
+
+CLS_RESULT = "cls_result.txt"
+BBOX_RESULT = "bbox_result.json"
+
+
+@torch.no_grad()
+def predict_dataset(model: nn.Module, dataset: TBXDataset, batch_size: int, device: torch.device,
+                    amp_dtype: torch.dtype | None = None, workers: int = 2,
+                    channels_last: bool = True, progress: Callable[[int], None] | None = None,
+                    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Run ``model.predict`` over ``dataset`` in order.  Returns the (N, 3) probabilities and the
+    COCO detections (image ids of the annotation file, xywh in the annotation frame)."""
+    from tbx.engine.trainer import autocast
+
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                        num_workers=workers, pin_memory=device.type == "cuda")
+    probs = np.zeros((len(dataset), 3), dtype=np.float64)
+    dets: list[dict[str, Any]] = []
+    try:
+        for batch in loader:
+            images = normalize_batch(batch.images.to(device, non_blocking=True), batch.image_sizes)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp_dtype):
+                preds = net.predict(images, batch.image_sizes)
+            for k, p in enumerate(preds):
+                idx = batch.indices[k]
+                rec = dataset.records[idx]
+                pr = p.probs.detach().float().cpu().double().numpy()
+                probs[idx] = pr / pr.sum()
+                dets.extend(detections_to_coco(p.boxes, p.scores, p.labels, batch.scales[k],
+                                               rec.width, rec.height, rec.image_id))
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        net.train(was_training)
+    return probs, dets
+
+
+def detections_to_coco(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+                       scale: tuple[float, float], width: int, height: int,
+                       image_id: int) -> list[dict[str, Any]]:
+    """Input-frame xyxy boxes → COCO results in the annotation frame (``width`` × ``height``)."""
+    if boxes.numel() == 0:
+        return []
+    b = boxes.detach().float().cpu().double().numpy().copy()
+    sx, sy = scale
+    b[:, 0::2] = np.clip(b[:, 0::2] / sx, 0, width)
+    b[:, 1::2] = np.clip(b[:, 1::2] / sy, 0, height)
+    s = scores.detach().float().cpu().numpy()
+    c = labels.detach().cpu().numpy()
+    out = []
+    for (x1, y1, x2, y2), sc, cat in zip(b.tolist(), s.tolist(), c.tolist()):
+        out.append({"image_id": int(image_id), "category_id": int(cat),
+                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                    "score": round(float(sc), 5)})
+    return out
+
+
+def write_predictions(out_dir: str | Path, probs: np.ndarray, dets: list[dict[str, Any]]) -> None:
+    """``cls_result.txt`` + ``bbox_result.json`` with the bench library's writers (atomic)."""
+    from tbx.bench.results_io import write_bbox_result, write_cls_result
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_cls_result(out / CLS_RESULT, probs)
+    write_bbox_result(out / BBOX_RESULT, dets)
+
+
+def evaluate_predictions(gt_path: str | Path, pred_dir: str | Path) -> dict[str, float]:
+    """Score a prediction folder with the bench library (``tbx.bench.protocol.evaluate``) and
+    flatten the headline numbers: ``accuracy``, ``auc`` (classification, SPEC §4.2) and
+    ``cat_agnostic_ap50`` / ``cat_agnostic_ap`` (tb-only mode, category-agnostic, SPEC §4.3)."""
+    from tbx.bench.protocol import BenchConfig, evaluate
+
+    res = evaluate(gt_path, pred_dir, BenchConfig(mode="tb-only"))
+    out: dict[str, float] = {}
+    cls = res.get("classification") or {}
+    for k in ("accuracy", "auc", "sensitivity", "specificity"):
+        if isinstance(cls.get(k), (int, float)):
+            out[k] = float(cls[k])
+    row = ((res.get("detection") or {}).get("tb_only") or {}).get("agnostic") or {}
+    for k in ("ap50", "ap"):
+        if isinstance(row.get(k), (int, float)):
+            out[f"cat_agnostic_{k}"] = float(row[k])
+    return out
+
+
+def image_list_hash(dataset: TBXDataset) -> str:
+    h = hashlib.sha256()
+    for r in dataset.records:
+        h.update(f"{r.image_id}\t{r.file_name}\t{r.width}\t{r.height}\n".encode())
+    return h.hexdigest()
+
+
+def model_from_checkpoint(state: dict[str, Any], where: Path,
+                          model_builder: Callable[[TrainConfig], nn.Module] | None = None,
+                          ) -> tuple[nn.Module, TrainConfig]:
+    from tbx.engine.trainer import build_model
+
+    try:
+        cfg = from_dict(TrainConfig, state.get("config") or {})
+    except TbxError as e:
+        raise TbxError(f"checkpoint config is invalid: {e.what}", where,
+                       "use a checkpoint written by this version of tbx") from None
+    model = (model_builder or build_model)(cfg)
+    load_model_weights(model, state["model"], where)
+    if hasattr(model, "set_stage"):
+        model.set_stage(int(state.get("stage", 1)))
+    return model, cfg
+
+
+def predict(checkpoint: str | Path, data_root: str | Path, ann: str | Path, out_dir: str | Path, *,
+            batch_size: int = 8, device: str = "auto", amp: str = "auto", workers: int = 2,
+            input_size: int | None = None,
+            model_builder: Callable[[TrainConfig], nn.Module] | None = None,
+            progress: bool | None = None) -> Path:
+    """Predict every image of ``ann`` with a run's final checkpoint (or a checkpoint file) and
+    write the official files into ``out_dir`` (see the module docstring).  Returns ``out_dir``."""
+    from tbx.engine.trainer import _use_progress_bar, resolve_amp, resolve_device
+
+    ckpt = find_checkpoint(checkpoint)
+    state = load_checkpoint(ckpt, "cpu")
+    model, cfg = model_from_checkpoint(state, ckpt, model_builder)
+    del state
+    dev = resolve_device(device)
+    amp_dtype = resolve_amp(amp, dev)
+    model.to(dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    size = int(input_size or cfg.model.input_size)
+    ds = TBXDataset(data_root, ann, size, train=False)
+    bar = None
+    cb = None
+    if _use_progress_bar(progress):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+        bar = Progress("predict", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        bar.start()
+        task = bar.add_task("predict", total=len(ds))
+
+        def cb(n: int) -> None:
+            bar.update(task, advance=n)
+    try:
+        probs, dets = predict_dataset(model, ds, batch_size, dev, amp_dtype, workers=workers,
+                                      channels_last=cfg.channels_last, progress=cb)
+    finally:
+        if bar is not None:
+            bar.stop()
+    out = Path(out_dir)
+    write_predictions(out, probs, dets)
+    manifest = {
+        "model": cfg.model_name,
+        "checkpoint": str(ckpt.resolve()),
+        "checkpoint_sha256": file_sha256(ckpt),
+        "annotations": str(ds.ann_path.resolve()),
+        "data_root": str(Path(data_root).resolve()),
+        "n_images": len(ds),
+        "image_list_sha256": image_list_hash(ds),
+        "n_detections": len(dets),
+        "input_size": size,
+        "device": str(dev),
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+        "files": {"cls": CLS_RESULT, "bbox": BBOX_RESULT},
+        "config": json.loads(json.dumps(state_config(cfg))),
+        "versions": versions(),
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    write_provenance(out, cfg, cfg.seed, checkpoint=str(ckpt), annotations=str(ds.ann_path))
+    return out
+
+
+def state_config(cfg: TrainConfig) -> dict[str, Any]:
+    from tbx.config import to_dict
+
+    return to_dict(cfg)

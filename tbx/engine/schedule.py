@@ -1,0 +1,214 @@
+"""The two training stages (SPEC §2.7): typed training config, presets, optimiser and LR schedule.
+
+Stage I trains the detector on the TB images with boxes (``TBX11K_trainval_only_tb.json``);
+stage II loads the stage-I weights, freezes everything except the classification head and trains
+it on every train+val CXR (``all_trainval.json``).  Both stages default to the paper schedule:
+SGD lr 0.001, momentum 0.9, wd 1e-4, linear warm-up over 500 iterations from ratio 0.001, batch 8,
+×0.1 steps at epochs 16/22 (stage I, 24 epochs) and 8/11 (stage II, 12 epochs).  DETR-family
+presets use AdamW 2e-4, backbone lr ×0.1, grad-clip 0.1, 50 epochs with a drop at 40 (SPEC §3).
+
+Presets are YAML files in ``tbx/configs/`` (the repo's ``configs/`` points there); a preset name
+or any YAML path is loaded with :func:`load_train_config` plus ``--set key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from tbx.config import deep_merge, load_config, read_yaml
+from tbx.errors import TbxError
+from tbx.models.registry import ModelConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+# `tbx train symformer` → the default model (SPEC §2).
+MODEL_ALIASES = {"symformer": "symformer_retinanet", "symformer_detr": "symformer_deformable_detr",
+                 "detr": "deformable_detr"}
+# The paper preset of each model (SPEC §2.7, §3).
+DEFAULT_PRESETS = {
+    "symformer_retinanet": "symformer_retinanet_r50",
+    "retinanet": "retinanet_r50",
+    "faster_rcnn": "faster_rcnn_r50",
+    "fcos": "fcos_r50",
+    "ssd": "ssd_vgg16",
+    "deformable_detr": "deformable_detr_r50",
+    "symformer_deformable_detr": "symformer_deformable_detr_r50",
+}
+
+
+@dataclass
+class DataConfig:
+    root: str = ""
+    # SPEC §2.7: stage I on TB images with boxes, stage II on all train+val CXRs (extras included).
+    stage1_ann: str = "annotations/json/TBX11K_trainval_only_tb.json"
+    stage2_ann: str = "annotations/json/all_trainval.json"
+    flip_prob: float = 0.5
+    workers: int = 4  # DataLoader worker processes per training process
+    prefetch_factor: int = 4
+
+
+@dataclass
+class StageConfig:
+    epochs: int = 24
+    batch_size: int = 8  # total over all processes (each takes batch_size / world_size)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.001
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    lr_steps: list[int] = field(default_factory=lambda: [16, 22])  # epochs where lr ×= lr_gamma
+    lr_gamma: float = 0.1
+    grad_clip: float | None = None  # max L2 norm of all gradients
+    backbone_lr_mult: float = 1.0
+    init_from: str | None = None  # weights to start from (stage 2: the stage-1 final by default)
+
+
+def _stage2_default() -> StageConfig:
+    return StageConfig(epochs=12, lr_steps=[8, 11])  # SPEC §2.7
+
+
+@dataclass
+class TrainConfig:
+    model_name: str = "symformer_retinanet"
+    # backbone, pretrained, input_size (the data pipeline resizes to fit it, SPEC §2.7), ablations…
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(default_factory=_stage2_default)
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
+    channels_last: bool = True  # NHWC activations (faster convs on cuDNN and CPU oneDNN)
+    seed: int = 0
+    # From-scratch backbones (model.pretrained = none): before stage 1, estimate the frozen BN
+    # running statistics on this many training batches (data-dependent init; SPEC §2.1 keeps
+    # backbone BN in eval mode, which without ImageNet statistics would mean no normalisation).
+    bn_calibration_batches: int = 0
+    ckpt_every_iters: int = 0  # also checkpoint every N iterations (0: once per epoch + end)
+    log_every: int = 20
+    val_ann: str | None = None  # validate every val_every epochs on this annotation file
+    val_every: int = 1
+    val_batch_size: int = 8
+
+    def stage(self, s: int) -> StageConfig:
+        return self.stage1 if s == 1 else self.stage2
+
+
+def canonical_model_name(name: str) -> str:
+    return MODEL_ALIASES.get(name, name)
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """A YAML file path, or the preset of that name in ``tbx/configs/``."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p
+    stem = p.name[:-5] if p.name.endswith(".yaml") else p.name
+    cand = CONFIG_DIR / f"{stem}.yaml"
+    if cand.is_file() and p.parent == Path("."):
+        return cand
+    if p.is_file():
+        return p
+    raise TbxError(f"no config file or preset named '{name_or_path}'", fix="use one of: "
+                   + ", ".join(list_presets()) + " (or a path to a YAML file)")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_train_config(model: str | None = None, config: str | Path | None = None,
+                      overrides: list[str] | None = None) -> TrainConfig:
+    """Resolve the training config: preset/YAML ← ``--set`` overrides; the MODEL argument (aliases
+    allowed) picks the paper preset when no config is given and always names the model."""
+    name = canonical_model_name(model) if model else None
+    if config is None:
+        config = DEFAULT_PRESETS.get(name or "symformer_retinanet")
+        if config is None:
+            raise TbxError(f"unknown model '{model}'",
+                           fix="use one of: " + ", ".join(sorted(set(DEFAULT_PRESETS) | set(MODEL_ALIASES))))
+    data = resolve_preset(config)
+    cfg = load_config(TrainConfig, None, overrides, base=data)
+    if name:
+        cfg.model_name = name
+    cfg.model_name = canonical_model_name(cfg.model_name)
+    validate(cfg)
+    return cfg
+
+
+def resolve_preset(config: str | Path, _depth: int = 0) -> dict[str, Any]:
+    """A preset/YAML as a mapping; ``base: OTHER`` inherits from another preset (recursively)."""
+    if _depth > 8:
+        raise TbxError("preset 'base:' chain too deep (a cycle?)", config)
+    data = read_yaml(preset_path(config))
+    base = data.pop("base", None)
+    return deep_merge(resolve_preset(base, _depth + 1), data) if base else data
+
+
+def validate(cfg: TrainConfig) -> None:
+    for s in (1, 2):
+        sc = cfg.stage(s)
+        if sc.epochs < 0 or sc.batch_size < 1 or sc.lr <= 0:
+            raise TbxError(f"stage{s}: epochs must be ≥ 0, batch_size ≥ 1 and lr > 0",
+                           fix=f"check stage{s}.epochs / batch_size / lr")
+        if sorted(sc.lr_steps) != list(sc.lr_steps):
+            raise TbxError(f"stage{s}.lr_steps must be increasing, got {sc.lr_steps}")
+    if cfg.model.input_size < 32:
+        raise TbxError(f"model.input_size must be ≥ 32, got {cfg.model.input_size}")
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser and LR schedule
+
+
+def param_groups(model: nn.Module, sc: StageConfig) -> list[dict[str, Any]]:
+    """Trainable parameters, split into backbone (lr × ``backbone_lr_mult``) and the rest."""
+    backbone, other = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (backbone if name.startswith("backbone.") else other).append(p)
+    groups = []
+    if other:
+        groups.append({"params": other, "lr_mult": 1.0, "lr": sc.lr})
+    if backbone:
+        groups.append({"params": backbone, "lr_mult": sc.backbone_lr_mult, "lr": sc.lr * sc.backbone_lr_mult})
+    if not groups:
+        raise TbxError("the model has no trainable parameters in this stage")
+    return groups
+
+
+def build_optimizer(model: nn.Module, sc: StageConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, sc)
+    if sc.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=sc.lr, momentum=sc.momentum, weight_decay=sc.weight_decay)
+    return torch.optim.AdamW(groups, lr=sc.lr, betas=tuple(sc.betas), weight_decay=sc.weight_decay)
+
+
+def lr_factor(iteration: int, iters_per_epoch: int, sc: StageConfig) -> float:
+    """Multiplier of the base lr at a (0-based, within-stage) iteration: linear warm-up from
+    ``warmup_ratio`` over ``warmup_iters`` (mmdet's formula), then ×``lr_gamma`` at each step epoch."""
+    epoch = iteration // max(1, iters_per_epoch)
+    f = sc.lr_gamma ** sum(1 for s in sc.lr_steps if epoch >= s)
+    if sc.warmup_iters > 0 and iteration < sc.warmup_iters:
+        k = (1 - iteration / sc.warmup_iters) * (1 - sc.warmup_ratio)
+        f *= 1 - k
+    return f
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, iters_per_epoch: int,
+                    sc: StageConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration scheduler (step it after every optimiser step)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(it, iters_per_epoch, sc))
+
+
+def total_iters(n_images: int, sc: StageConfig) -> int:
+    return sc.epochs * max(1, math.ceil(n_images / sc.batch_size))

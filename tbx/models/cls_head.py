@@ -1,0 +1,30 @@
+"""The image classification head shared by every detector (SPEC §2.6).
+
+Input: the last backbone stage (C5; 2048 ch and 16×16 for ResNet-50 at 512).  Conv 1×1 → 512
+**with padding 1** (16×16 → 18×18) + ReLU; 3 × (Conv 3×3 512, pad 1, + ReLU); MaxPool 2 (→ 9×9);
+2 × (Conv 3×3 512, pad 1, + ReLU); global average pool; Conv 1×1 → 3 logits (healthy, sick, TB).
+The loss (cross-entropy with class weights [1, 1, 4]) lives in :meth:`tbx.models.base.Detector.cls_loss`.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class ClsHead(nn.Module):
+    """``forward(c5 (N, in_channels, H, W)) → logits (N, num_classes)`` (SPEC §2.6)."""
+
+    def __init__(self, in_channels: int = 2048, mid_channels: int = 512, num_classes: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, mid_channels, 1, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(3):
+            layers += [nn.Conv2d(mid_channels, mid_channels, 3, padding=1), nn.ReLU(inplace=True)]
+        layers.append(nn.MaxPool2d(2, stride=2))
+        for _ in range(2):
+            layers += [nn.Conv2d(mid_channels, mid_channels, 3, padding=1), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Conv2d(mid_channels, num_classes, 1)
+
+    def forward(self, c5: Tensor) -> Tensor:
+        return self.classifier(self.pool(self.features(c5))).flatten(1)

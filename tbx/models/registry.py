@@ -1,0 +1,105 @@
+"""The model registry: a plain dict ``name → builder(cfg: ModelConfig) -> Detector``.
+
+    from tbx.models.registry import ModelConfig, build
+    model = build("symformer_retinanet", ModelConfig(backbone="resnet50", pretrained="imagenet"))
+
+To add a model, write its builder in its own module and add one entry to :data:`MODELS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from tbx.errors import TbxError
+from tbx.models.base import Detector
+
+
+@dataclass
+class ModelConfig:
+    """What a builder needs (fields a model does not use are ignored by its builder).
+
+    Attributes:
+        backbone: ``resnet18 | resnet34 | resnet50 | resnet101`` (``vgg16`` for SSD).
+        pretrained: ``"imagenet"`` (torchvision weights, cached in ``$TORCH_HOME``), ``"none"``
+            (from scratch) or a path to a backbone ``state_dict`` / tbx checkpoint.
+        num_classes: box classes (2: active TB, latent TB).
+        input_size: the network input side in pixels (SPEC §2.1: 512).
+        pos_encoding: SymFormer positional-encoding ablation (SPEC §2.3).
+        attention: ``symmetric`` (SymAttention) or ``deformable`` (no mirroring), SPEC §2.3.
+        num_queries / num_encoder_layers / num_decoder_layers / num_feature_levels: Deformable DETR
+            (SPEC §3: 300, 6, 6, 4).
+    """
+
+    backbone: str = "resnet50"
+    pretrained: str = "imagenet"
+    num_classes: int = 2
+    input_size: int = 512
+    pos_encoding: Literal["none", "sine", "relative", "spe_no_stn", "spe", "spe_left_to_right"] = "spe"
+    attention: Literal["symmetric", "deformable"] = "symmetric"
+    num_queries: int = 300
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    num_feature_levels: int = 4
+
+
+Builder = Callable[[ModelConfig], Detector]
+
+
+# Models whose module failed to import: name → the ImportError (shown by `tbx models list`;
+# `build` re-raises it).  A broken optional module must not take the whole registry down.
+UNAVAILABLE: dict[str, ImportError] = {}
+
+# module → {registry name: builder function name}; add a model by adding an entry here.
+_OPTIONAL = {
+    # Deformable DETR and SymFormer w/ Deformable DETR (SPEC §3)
+    "tbx.models.deformable_detr": {"deformable_detr": "build_deformable_detr",
+                                   "symformer_deformable_detr": "build_symformer_deformable_detr"},
+    # torchvision-based baselines with the classification head (SPEC §3)
+    "tbx.models.tv_detectors": {"faster_rcnn": "build_faster_rcnn", "fcos": "build_fcos",
+                                "ssd": "build_ssd"},
+}
+
+
+def _registry() -> dict[str, Builder]:
+    import importlib
+
+    from tbx.models.retinanet import build_retinanet, build_symformer_retinanet
+
+    models: dict[str, Builder] = {
+        "symformer_retinanet": build_symformer_retinanet,
+        "retinanet": build_retinanet,
+    }
+    for module_name, entries in _OPTIONAL.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            if getattr(e, "name", None) == module_name:  # module not written (yet)
+                continue
+            for name in entries:
+                UNAVAILABLE[name] = e
+            continue
+        for name, fn in entries.items():
+            if hasattr(module, fn):
+                models[name] = getattr(module, fn)
+    return models
+
+
+MODELS: dict[str, Builder] = _registry()
+DEFAULT_MODEL = "symformer_retinanet"
+
+
+def build(name: str, cfg: ModelConfig | None = None) -> Detector:
+    """Build model ``name`` from ``cfg`` (defaults: :class:`ModelConfig`)."""
+    if name in UNAVAILABLE:
+        raise UNAVAILABLE[name]
+    if name not in MODELS:
+        raise TbxError(f"unknown model {name!r}", fix=f"use one of {sorted(MODELS)} (see `tbx models list`)")
+    return MODELS[name](cfg or ModelConfig())
+
+
+def describe(name: str) -> str:
+    """First line of the builder's docstring."""
+    doc = (MODELS[name].__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""

@@ -1,0 +1,310 @@
+"""RetinaNet and SymFormer-RetinaNet (SPEC §2.1–2.4), one class with a ``sas`` switch.
+
+Data flow: ResNet → C2..C5 → FPN P3..P7 → [SAS block, shared over levels] → RetinaNet head;
+classification head (SPEC §2.6) on C5.  Conventions follow the authors' mmdetection 2.16 code:
+
+* Anchors (SPEC §2.4): per level of stride ``s``, sizes ``4·2^(k/3)·s`` (k = 0, 1, 2) × ratios
+  h/w 0.5, 1, 2 → 9 per location, centred at ``(j·s, i·s)`` (mmdetection v2, centre offset 0) and
+  **not rounded**.  torchvision's ``AnchorGenerator`` rounds the base anchors to integers, so we
+  generate them here (cached per feature size/device/dtype); the difference is < 0.5 px.
+* Box coder: torchvision's ``BoxCoder`` with weights (1, 1, 1, 1) = mmdetection's
+  ``DeltaXYWHBBoxCoder`` with means 0 and stds 1 (same centre/size convention, same
+  ``log(1000/16)`` clamp on dw/dh at decoding).
+* Assigner: mmdetection's ``MaxIoUAssigner`` (pos ≥ 0.5, neg < 0.4, ignore in between; then every
+  GT takes *all* anchors that reach its own best IoU — assigned to that GT, later GTs winning ties
+  — provided that IoU is > 0).  torchvision's ``Matcher`` differs subtly (its low-quality matches
+  go to the anchor's own arg-max GT), hence our own 10 lines.
+* Losses: sigmoid focal loss γ 2, α 0.25 (``torchvision.ops.sigmoid_focal_loss``) over positive
+  and negative anchors + L1 on deltas of positives, both summed and divided by the number of
+  positive anchors in the batch (≥ 1).
+* Inference: per level, the (anchor, class) pairs with score ≥ 0.05, top 1000; decode; clip to the
+  valid image size; class-wise NMS IoU 0.5 (``batched_nms``); ≤ 100 per image.
+* Init: head convs N(0, 0.01), zero bias; classification bias ``−log((1 − 0.01)/0.01)`` (prior
+  0.01, SPEC §2.4).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.ops import batched_nms, box_iou, sigmoid_focal_loss
+
+from tbx.models.backbone import FPN, ResNetBackbone, load_backbone_weights
+from tbx.models.base import Detector, Prediction
+from tbx.models.cls_head import ClsHead
+from tbx.models.sas import SASBlock
+
+if TYPE_CHECKING:
+    from tbx.models.registry import ModelConfig
+
+STRIDES = (8, 16, 32, 64, 128)  # P3..P7 (SPEC §2.1)
+
+
+class AnchorGenerator(nn.Module):
+    """mmdetection-v2 anchors (SPEC §2.4): 9 per location, unrounded, centre offset 0."""
+
+    def __init__(self, strides=STRIDES, octave_base_scale: float = 4.0, scales_per_octave: int = 3,
+                 ratios=(0.5, 1.0, 2.0)):
+        super().__init__()
+        self.strides = tuple(strides)
+        scales = torch.tensor([octave_base_scale * 2 ** (k / scales_per_octave)
+                               for k in range(scales_per_octave)], dtype=torch.float64)
+        h_ratios = torch.tensor(ratios, dtype=torch.float64).sqrt()
+        w_ratios = 1.0 / h_ratios
+        base = []
+        for s in self.strides:
+            ws = (s * w_ratios[:, None] * scales[None, :]).reshape(-1)
+            hs = (s * h_ratios[:, None] * scales[None, :]).reshape(-1)
+            base.append(torch.stack([-0.5 * ws, -0.5 * hs, 0.5 * ws, 0.5 * hs], -1))
+        self.base_anchors = [b.float() for b in base]  # per level (9, 4), ratio-major
+        self.num_anchors = len(ratios) * scales_per_octave
+        self._cache: dict[tuple, list[Tensor]] = {}
+
+    def forward(self, sizes: list[tuple[int, int]], device: torch.device,
+                dtype: torch.dtype = torch.float32) -> list[Tensor]:
+        """Per level ``(H_l·W_l·9, 4)`` xyxy anchors in (row, column, anchor) order."""
+        key = (tuple(sizes), str(device), dtype, torch.is_inference_mode_enabled())
+        if key not in self._cache:
+            if len(self._cache) > 32:
+                self._cache.clear()
+            out = []
+            for (h, w), s, base in zip(sizes, self.strides, self.base_anchors):
+                ys = torch.arange(h, dtype=torch.float32, device=device) * s
+                xs = torch.arange(w, dtype=torch.float32, device=device) * s
+                yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+                shifts = torch.stack([xx, yy, xx, yy], -1).reshape(-1, 1, 4)
+                out.append((shifts + base.to(device)[None]).reshape(-1, 4).to(dtype))
+            self._cache[key] = out
+        return self._cache[key]
+
+
+def max_iou_assign(gt_boxes: Tensor, anchors: Tensor, pos_iou: float = 0.5, neg_iou: float = 0.4) -> Tensor:
+    """mmdetection ``MaxIoUAssigner`` (SPEC §2.4) → ``(A,)`` int64: −1 ignore, 0 background,
+    ``k + 1`` = assigned to GT ``k``."""
+    assigned = torch.full((anchors.shape[0],), -1, dtype=torch.long, device=anchors.device)
+    if gt_boxes.numel() == 0:
+        assigned.zero_()
+        return assigned
+    iou = box_iou(gt_boxes, anchors)  # (G, A)
+    max_iou, argmax = iou.max(0)
+    assigned[max_iou < neg_iou] = 0
+    pos = max_iou >= pos_iou
+    assigned[pos] = argmax[pos] + 1
+    # every GT keeps its best anchor(s) — allow low-quality matches; later GTs win (mmdet's loop)
+    gt_max = iou.max(1).values
+    best = (iou == gt_max[:, None]) & (gt_max[:, None] > 0)
+    gt_ids = torch.arange(1, gt_boxes.shape[0] + 1, device=anchors.device)[:, None]
+    last = (best.long() * gt_ids).max(0).values
+    return torch.where(last > 0, last, assigned)
+
+
+class RetinaHead(nn.Module):
+    """Two towers of 4 × (3×3 conv 256 + ReLU), no norm; cls → A·C logits, reg → A·4 deltas."""
+
+    def __init__(self, num_classes: int = 2, in_channels: int = 256, num_anchors: int = 9,
+                 stacked_convs: int = 4, prior_prob: float = 0.01):
+        super().__init__()
+        def tower() -> nn.Sequential:
+            layers: list[nn.Module] = []
+            for _ in range(stacked_convs):
+                layers += [nn.Conv2d(in_channels, in_channels, 3, padding=1), nn.ReLU(inplace=True)]
+            return nn.Sequential(*layers)
+        self.cls_convs, self.reg_convs = tower(), tower()
+        self.retina_cls = nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
+        self.retina_reg = nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1)
+        self.num_classes, self.num_anchors = num_classes, num_anchors
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+        nn.init.constant_(self.retina_cls.bias, -math.log((1 - prior_prob) / prior_prob))  # SPEC §2.4
+
+    def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Per level: logits ``(N, H·W·A, C)`` and deltas ``(N, H·W·A, 4)``."""
+        cls_out, reg_out = [], []
+        for f in feats:
+            n, _, h, w = f.shape
+            c = self.retina_cls(self.cls_convs(f))
+            r = self.retina_reg(self.reg_convs(f))
+            cls_out.append(c.permute(0, 2, 3, 1).reshape(n, h * w * self.num_anchors, self.num_classes))
+            reg_out.append(r.permute(0, 2, 3, 1).reshape(n, h * w * self.num_anchors, 4))
+        return cls_out, reg_out
+
+
+class RetinaNet(Detector):
+    """RetinaNet-FPN with the SPEC §2.6 classification head; ``sas=True`` → SymFormer-RetinaNet.
+
+    Args:
+        backbone: ``resnet18 | resnet34 | resnet50 | resnet101``.
+        pretrained: ``"imagenet" | "none" | PATH`` (see :func:`load_backbone_weights`).
+        num_classes: box classes (2: active, latent).
+        sas: insert the SAS block (SPE + SymAttention encoder layer) after the FPN.
+        pos_encoding / attention: SAS ablation switches (SPEC §2.3), ignored without ``sas``.
+    """
+
+    def __init__(self, backbone: str = "resnet50", pretrained: str = "imagenet", num_classes: int = 2,
+                 sas: bool = True, pos_encoding: str = "spe", attention: str = "symmetric",
+                 score_thresh: float = 0.05, nms_thresh: float = 0.5, topk_per_level: int = 1000,
+                 max_dets: int = 100):
+        super().__init__()
+        self.backbone = ResNetBackbone(backbone)
+        load_backbone_weights(self.backbone, pretrained)
+        self.fpn = FPN(self.backbone.out_channels[1:], 256)
+        self.sas = SASBlock(256, pos_encoding, attention) if sas else None
+        self.head = RetinaHead(num_classes)
+        self.cls_head = ClsHead(self.backbone.out_channels[-1], 512, 3)
+        self.anchor_generator = AnchorGenerator()
+        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))  # SPEC §2.4: means 0, stds 1
+        self.num_classes = num_classes
+        self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
+        self.topk_per_level, self.max_dets = topk_per_level, max_dets
+        if sas:  # paper accounting (SPEC §2.5): parameters the authors' model holds but never uses
+            self.dead_params = 130_412
+
+    # -- paper components (for `tbx models info`) --------------------------------------------
+    def components(self) -> dict[str, nn.Module]:
+        comps: dict[str, nn.Module] = {"backbone": self.backbone, "fpn": self.fpn}
+        if self.sas is not None:
+            comps["sym_attention"] = self.sas.encoder
+            comps["spe"] = self.sas.spe
+        comps["head"] = self.head
+        comps["cls_head"] = self.cls_head
+        return comps
+
+    # -- helpers ------------------------------------------------------------------------------
+    @staticmethod
+    def _sizes(images: Tensor, image_sizes) -> list[tuple[int, int]]:
+        if image_sizes is None:
+            return [(int(images.shape[-2]), int(images.shape[-1]))] * images.shape[0]
+        return [(int(h), int(w)) for h, w in (image_sizes.tolist() if isinstance(image_sizes, Tensor)
+                                              else image_sizes)]
+
+    @staticmethod
+    def _level_masks(images: Tensor, sizes: list[tuple[int, int]], feats: list[Tensor]):
+        """Padding masks per level (True = padding), or None when nothing is padded."""
+        H, W = images.shape[-2:]
+        if all(h >= H and w >= W for h, w in sizes):
+            return None
+        masks = []
+        for f in feats:
+            fh, fw = f.shape[-2:]
+            m = torch.ones((len(sizes), fh, fw), dtype=torch.bool, device=f.device)
+            for i, (h, w) in enumerate(sizes):
+                m[i, : math.ceil(h * fh / H), : math.ceil(w * fw / W)] = False
+            masks.append(m)
+        return masks
+
+    def _features(self, images: Tensor, sizes: list[tuple[int, int]]) -> tuple[Tensor, list[Tensor]]:
+        c2, c3, c4, c5 = self.backbone(images)
+        feats = self.fpn([c3, c4, c5])
+        if self.sas is not None:
+            feats = self.sas(feats, self._level_masks(images, sizes, feats))
+        return c5, feats
+
+    def macs_forward(self, images: Tensor) -> tuple:
+        """Every layer of :meth:`predict` except post-processing (for MAC counting; runs on the
+        meta device)."""
+        c5, feats = self._features(images, self._sizes(images, None))
+        return self.cls_head(c5), self.head(feats)
+
+    # -- training -----------------------------------------------------------------------------
+    def forward(self, images: Tensor, targets: list[dict] | None = None, image_sizes=None):
+        """Training: dict of losses (stage 1 ``loss_cls``/``loss_box``; stage 2 ``loss_img_cls``).
+        Without ``targets``: :meth:`predict`."""
+        if targets is None:
+            return self.predict(images, image_sizes)
+        if self.stage == 2:
+            with torch.no_grad():
+                c5 = self.backbone(images)[-1]
+            logits = self.cls_head(c5)
+            labels = torch.stack([torch.as_tensor(t["cls_label"], device=images.device) for t in targets])
+            return {"loss_img_cls": self.cls_loss(logits, labels.long())}
+        sizes = self._sizes(images, image_sizes)
+        _, feats = self._features(images, sizes)
+        cls_out, reg_out = self.head(feats)
+        anchors = torch.cat(self.anchor_generator([f.shape[-2:] for f in feats], images.device), 0)
+        return self.detection_loss(torch.cat(cls_out, 1), torch.cat(reg_out, 1), anchors, targets)
+
+    def detection_loss(self, logits: Tensor, deltas: Tensor, anchors: Tensor,
+                       targets: list[dict]) -> dict[str, Tensor]:
+        """Focal + L1 over the batch, normalised by the number of positive anchors (SPEC §2.4)."""
+        cls_t, box_t, assigned_all = [], [], []
+        with torch.no_grad():
+            for t in targets:
+                gt = t["boxes"].to(anchors)
+                lab = t["labels"].to(anchors.device).long()
+                if lab.numel() and (lab.min() < 1 or lab.max() > self.num_classes):
+                    raise ValueError(f"box labels must be in 1..{self.num_classes}, got {lab.tolist()} "
+                                     "(uncertain-type boxes must be removed before training)")
+                assigned = max_iou_assign(gt, anchors)
+                onehot = torch.zeros((anchors.shape[0], self.num_classes), device=anchors.device)
+                pos = assigned > 0
+                onehot[pos, lab[assigned[pos] - 1] - 1] = 1.0
+                enc = torch.zeros_like(anchors)
+                if pos.any():
+                    enc[pos] = self.box_coder.encode_single(gt[assigned[pos] - 1], anchors[pos])
+                cls_t.append(onehot)
+                box_t.append(enc)
+                assigned_all.append(assigned)
+        assigned = torch.stack(assigned_all)
+        cls_t, box_t = torch.stack(cls_t), torch.stack(box_t)
+        valid, pos = assigned >= 0, assigned > 0
+        num_pos = max(float(pos.sum()), 1.0)
+        # losses in fp32 (also under autocast)
+        loss_cls = sigmoid_focal_loss(logits[valid].float(), cls_t[valid], alpha=0.25, gamma=2.0,
+                                      reduction="sum") / num_pos
+        loss_box = (deltas[pos].float() - box_t[pos]).abs().sum() / num_pos
+        return {"loss_cls": loss_cls, "loss_box": loss_box}
+
+    # -- inference ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: Tensor, image_sizes=None) -> list[Prediction]:
+        """Per image: softmax class probabilities and ≤ 100 boxes (xyxy, input pixels, clipped)."""
+        sizes = self._sizes(images, image_sizes)
+        c5, feats = self._features(images, sizes)
+        probs = self.cls_head(c5).float().softmax(-1)
+        cls_out, reg_out = self.head(feats)
+        anchors = self.anchor_generator([f.shape[-2:] for f in feats], images.device)
+        preds = []
+        for i, (h, w) in enumerate(sizes):
+            boxes, scores, labels = self.postprocess([c[i] for c in cls_out], [r[i] for r in reg_out],
+                                                     anchors, (h, w))
+            preds.append(Prediction(probs=probs[i], boxes=boxes, scores=scores, labels=labels))
+        return preds
+
+    def postprocess(self, logits: list[Tensor], deltas: list[Tensor], anchors: list[Tensor],
+                    size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        """One image: top-k per level above the score threshold, decode, clip, class-wise NMS."""
+        all_boxes, all_scores, all_labels = [], [], []
+        for lg, dl, an in zip(logits, deltas, anchors):
+            scores = lg.float().sigmoid().flatten()
+            keep = torch.nonzero(scores >= self.score_thresh).squeeze(1)
+            scores = scores[keep]
+            if scores.numel() > self.topk_per_level:
+                scores, idx = scores.topk(self.topk_per_level)
+                keep = keep[idx]
+            a_idx = torch.div(keep, self.num_classes, rounding_mode="floor")
+            all_boxes.append(self.box_coder.decode_single(dl[a_idx].float(), an[a_idx].float()))
+            all_scores.append(scores)
+            all_labels.append(keep % self.num_classes)
+        boxes, scores, labels = torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
+        h, w = size
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.max_dets]
+        return boxes[keep], scores[keep], labels[keep] + 1
+
+
+def build_retinanet(cfg: ModelConfig) -> RetinaNet:
+    """RetinaNet-FPN (the paper's base model) + classification head."""
+    return RetinaNet(cfg.backbone, cfg.pretrained, cfg.num_classes, sas=False)
+
+
+def build_symformer_retinanet(cfg: ModelConfig) -> RetinaNet:
+    """SymFormer w/ RetinaNet (the paper's default model, SPEC §2)."""
+    return RetinaNet(cfg.backbone, cfg.pretrained, cfg.num_classes, sas=True,
+                     pos_encoding=cfg.pos_encoding, attention=cfg.attention)

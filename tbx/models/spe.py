@@ -1,0 +1,169 @@
+"""Symmetric positional encoding (SPE) with a spatial transformer (STN), SPEC §2.3.
+
+Base encoding: DETR sine, ``num_feats`` (128) per axis, positions ``((i + 0.5)/H)·2π`` and
+``((j + 0.5)/W)·2π``, temperature 10000, interleaved sin/cos, ``[y, x]`` concatenated → 256 ch.
+(With a padding ``mask``, positions are normalised by each image's *valid* extent, as DETR and
+Deformable DETR do; without one, by the map size — exactly the SPEC formula.)
+
+Symmetric part (``mode="spe"``, ``direction="right_to_left"``): the right half of the encoding
+(columns ``⌈W/2⌉ … W−1``) is warped by an affine ``θ`` predicted per image by the STN from the
+level's feature, flipped horizontally and used as the left half (columns ``0 … ⌊W/2⌋−1``); the
+right half — with the centre column when ``W`` is odd — keeps the plain encoding.  At the identity
+``θ`` the encoding is exactly mirror-symmetric.  ``direction="left_to_right"`` transfers the left
+half onto the right instead (ablation).  ``stn=False`` mirrors without warping (ablation).
+
+Other ablation modes (SPEC §2.3, Table 8):
+
+* ``"none"`` — zeros (no positional information);
+* ``"sine"`` — the plain DETR encoding;
+* ``"relative"`` — a *conditional* positional encoding (Chu et al., "Conditional Positional
+  Encodings for Vision Transformers", 2021): a depth-wise 3×3 convolution (zero padding) of the
+  feature map.  It is translation-equivariant — position enters only relative to the local
+  neighbourhood and the borders — which is the usable notion of a relative encoding for deformable
+  attention: a learned relative-position *bias* over (query, key) pairs cannot be applied because
+  deformable attention never forms a query–key score matrix (its weights come from the query alone).
+
+The module owns ONE :class:`STN`, shared by every level it is applied to (SPEC §2.3).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PE_MODES = ("none", "sine", "relative", "spe")
+DIRECTIONS = ("right_to_left", "left_to_right")
+
+
+class STN(nn.Module):
+    """The small spatial transformer of SPEC §2.3: feature ``(N, C, H, W)`` → ``θ (N, 2, 3)``.
+
+    AdaptiveMaxPool(8) → Conv C→8 k3 (no pad) → MaxPool 2 → ReLU → Conv 8→10 k2 → ReLU → flatten
+    (40) → Linear 40→32 → ReLU → Linear 32→6 (weight 0, bias = identity ``[1, 0, 0, 0, 1, 0]``).
+    """
+
+    def __init__(self, in_channels: int = 256):
+        super().__init__()
+        self.localization = nn.Sequential(
+            nn.AdaptiveMaxPool2d(8),
+            nn.Conv2d(in_channels, 8, kernel_size=3),
+            nn.MaxPool2d(2, stride=2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, 10, kernel_size=2),
+            nn.ReLU(inplace=True),
+        )
+        self.fc_loc = nn.Sequential(nn.Linear(10 * 2 * 2, 32), nn.ReLU(inplace=True), nn.Linear(32, 6))
+        with torch.no_grad():  # start at the identity transform (SPEC §2.3)
+            nn.init.zeros_(self.fc_loc[2].weight)
+            self.fc_loc[2].bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+
+    def forward(self, feat: Tensor) -> Tensor:
+        x = self.localization(feat).flatten(1)
+        return self.fc_loc(x).view(-1, 2, 3)
+
+
+_SINE_CACHE: dict[tuple, Tensor] = {}
+
+
+def sine_encoding(n: int, h: int, w: int, num_feats: int = 128, temperature: float = 10000.0,
+                  mask: Tensor | None = None, device: torch.device | None = None,
+                  dtype: torch.dtype = torch.float32) -> Tensor:
+    """DETR sine encoding ``(N, 2·num_feats, H, W)`` at pixel centres (SPEC §2.3).
+
+    ``mask`` ``(N, H, W)`` True = padding: positions are then normalised by the valid extent.
+    Without a mask the encoding depends on the size only and is cached (an expanded view of one
+    ``(1, C, H, W)`` tensor is returned — do not modify it in place).
+    """
+    if mask is None:
+        key = (h, w, num_feats, float(temperature), str(device), dtype, torch.is_inference_mode_enabled())
+        pe = _SINE_CACHE.get(key)
+        if pe is None:
+            if len(_SINE_CACHE) > 64:
+                _SINE_CACHE.clear()
+            pe = _sine(1, h, w, num_feats, temperature, None, device, dtype)
+            _SINE_CACHE[key] = pe
+        return pe.expand(n, -1, -1, -1)
+    return _sine(n, h, w, num_feats, temperature, mask, device, dtype)
+
+
+def _sine(n: int, h: int, w: int, num_feats: int, temperature: float, mask: Tensor | None,
+          device: torch.device | None, dtype: torch.dtype) -> Tensor:
+    scale = 2 * math.pi
+    if mask is None:
+        y = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+        x = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+        y_embed = (y * scale)[None, :, None].expand(n, h, w)
+        x_embed = (x * scale)[None, None, :].expand(n, h, w)
+    else:
+        not_mask = (~mask).to(torch.float32)
+        y_embed = not_mask.cumsum(1)
+        x_embed = not_mask.cumsum(2)
+        eps = 1e-6
+        y_embed = (y_embed - 0.5) / (y_embed[:, -1:, :] + eps) * scale
+        x_embed = (x_embed - 0.5) / (x_embed[:, :, -1:] + eps) * scale
+    dim_t = torch.arange(num_feats, device=y_embed.device, dtype=torch.float32)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+    pos_x = x_embed[..., None] / dim_t
+    pos_y = y_embed[..., None] / dim_t
+    # interleave: sin of even dims, cos of odd dims (DETR)
+    pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
+    pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
+    return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2).to(dtype).contiguous()
+
+
+def warp_half(half: Tensor, theta: Tensor) -> Tensor:
+    """Warp ``half`` ``(N, C, H, W')`` by the affine ``theta`` ``(N, 2, 3)`` (bilinear, zeros
+    outside, ``align_corners=False``: the identity reproduces the input exactly)."""
+    grid = F.affine_grid(theta.to(half.dtype), list(half.shape), align_corners=False)
+    return F.grid_sample(half, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class SymmetricPositionalEncoding(nn.Module):
+    """Positional encoding for the SAS block: ``forward(feat, mask) → pos (N, 2·num_feats, H, W)``.
+
+    Args:
+        num_feats: features per axis (128 → 256 channels; the feature must have 2·num_feats ch).
+        temperature: sine temperature (10000).
+        mode: ``"none" | "sine" | "relative" | "spe"`` (see module docstring).
+        stn: with ``mode="spe"``, warp the transferred half by the STN's ``θ`` (False: plain mirror).
+        direction: ``"right_to_left"`` (SPEC default) or ``"left_to_right"``.
+    """
+
+    def __init__(self, num_feats: int = 128, temperature: float = 10000, mode: str = "spe",
+                 stn: bool = True, direction: str = "right_to_left"):
+        super().__init__()
+        if mode not in PE_MODES:
+            raise ValueError(f"mode must be one of {PE_MODES}, got {mode!r}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        self.num_feats, self.temperature = num_feats, float(temperature)
+        self.mode, self.direction = mode, direction
+        channels = 2 * num_feats
+        self.stn = STN(channels) if (mode == "spe" and stn) else None
+        self.cpe = (nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+                    if mode == "relative" else None)
+
+    def forward(self, feat: Tensor, mask: Tensor | None = None) -> Tensor:
+        n, _, h, w = feat.shape
+        if self.mode == "none":
+            return feat.new_zeros(n, 2 * self.num_feats, h, w)
+        if self.mode == "relative":
+            return self.cpe(feat)
+        pe = sine_encoding(n, h, w, self.num_feats, self.temperature, mask, feat.device, feat.dtype)
+        if self.mode == "sine" or w < 2:
+            return pe
+        half_w = w // 2
+        c0 = w - half_w  # = ⌈W/2⌉, first column of the right half
+        if self.direction == "right_to_left":
+            src, keep = pe[..., c0:], pe[..., half_w:]      # keep: centre column (odd W) + right half
+        else:
+            src, keep = pe[..., :half_w], pe[..., :c0]      # keep: left half + centre column
+        if self.stn is not None:
+            src = warp_half(src, self.stn(feat))
+        mirrored = src.flip(-1)
+        if self.direction == "right_to_left":
+            return torch.cat([mirrored, keep], -1)
+        return torch.cat([keep, mirrored], -1)

@@ -1,0 +1,330 @@
+"""RetinaNet / SymFormer-RetinaNet (SPEC §2): parameter budget, MACs, anchors, assignment, losses,
+the Detector contract (both stages), overfitting, backbone weights and the `tbx models` commands."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from tbx.errors import TbxError
+from tbx.models import backbone as backbone_mod
+from tbx.models.backbone import ResNetBackbone, imagenet_weights_file, load_backbone_weights
+from tbx.models.base import CLS_LOSS_WEIGHTS
+from tbx.models.cls_head import ClsHead
+from tbx.models.info import count_macs, count_params
+from tbx.models.registry import MODELS, ModelConfig, build
+from tbx.models.retinanet import AnchorGenerator, RetinaNet, max_iou_assign
+
+# SPEC §2.5 component counts (ResNet-50, 2 box classes)
+R50_COMPONENTS = {"backbone": 23_508_032, "fpn": 7_997_440, "sym_attention": 682_848, "spe": 20_280,
+                  "head": 4_845_110, "cls_head": 12_849_667}
+
+
+def _meta_model(name: str, **kw) -> RetinaNet:
+    with torch.device("meta"):  # no weight init, no memory: parameter shapes only
+        return build(name, ModelConfig(pretrained="none", **kw))
+
+
+def test_symformer_retinanet_r50_parameter_budget():
+    m = _meta_model("symformer_retinanet")
+    counts = {k: count_params(v) for k, v in m.components().items()}
+    assert counts == R50_COMPONENTS
+    assert count_params(m) == 49_903_377
+    assert count_params(m) + m.dead_params == 50_033_789
+
+
+def test_retinanet_r50_is_symformer_without_sas():
+    m = _meta_model("retinanet")
+    assert m.sas is None and getattr(m, "dead_params", 0) == 0
+    assert count_params(m) == 49_903_377 - 682_848 - 20_280
+
+
+@pytest.mark.parametrize("pos,att", [("sine", "deformable"), ("spe_no_stn", "symmetric"),
+                                     ("spe_left_to_right", "symmetric"), ("none", "deformable")])
+def test_ablation_switches_reach_the_sas_block(pos, att):
+    m = _meta_model("symformer_retinanet", backbone="resnet18", pos_encoding=pos, attention=att)
+    spe = m.sas.spe
+    assert spe.mode == {"sine": "sine", "none": "none"}.get(pos, "spe")
+    assert (spe.stn is not None) == (pos in ("spe", "spe_left_to_right"))
+    assert spe.direction == ("left_to_right" if pos == "spe_left_to_right" else "right_to_left")
+    assert m.sas.encoder.self_attn.mirror is (att == "symmetric")
+
+
+def test_cls_head_macs_match_hand_count():
+    """mmcv-style counting (conv MACs + bias, ReLU, pooling) of the SPEC §2.6 head at 16×16."""
+    head = ClsHead(2048, 512, 3)
+    macs, functional = count_macs(head, torch.randn(1, 2048, 16, 16))
+    e18, e9 = 18 * 18 * 512, 9 * 9 * 512
+    expected = (e18 * 2048 + e18 + e18            # 1×1 conv, pad 1 → 18×18 (+bias) + ReLU
+                + 3 * (e18 * 512 * 9 + e18 + e18)  # 3 × 3×3 conv + ReLU
+                + e18                              # max pool (input elements)
+                + 2 * (e9 * 512 * 9 + e9 + e9)     # 2 × 3×3 conv at 9×9 + ReLU
+                + e9                               # global average pool
+                + 3 * 512 + 3)                     # 1×1 classifier
+    assert sum(macs.values()) == expected and functional == 0
+
+
+@pytest.mark.slow
+def test_symformer_retinanet_r50_macs_at_512():
+    from tbx.models.info import model_info
+
+    info = model_info("symformer_retinanet", ModelConfig(pretrained="none"), 512, latency_runs=0)
+    assert info["params_live"] == 49_903_377 and info["params_paper"] == 50_033_789
+    assert abs(info["gmacs"] - 59.14) / 59.14 < 0.03  # SPEC §2.5
+
+
+# ---------------------------------------------------------------------------------------------
+# anchors, assignment, coding
+
+
+def test_anchors_follow_mmdet_v2_conventions():
+    gen = AnchorGenerator()
+    a = gen([(4, 5), (2, 3), (1, 2), (1, 1), (1, 1)], torch.device("cpu"))
+    assert [x.shape[0] for x in a] == [4 * 5 * 9, 2 * 3 * 9, 1 * 2 * 9, 9, 9]
+    p3 = a[0].view(4, 5, 9, 4)
+    # ratio-major, scale-minor; ratio = h/w
+    for r_i, ratio in enumerate((0.5, 1.0, 2.0)):
+        for k in range(3):
+            size = 8 * 4 * 2 ** (k / 3)
+            w, h = size / math.sqrt(ratio), size * math.sqrt(ratio)
+            expected = torch.tensor([-w / 2, -h / 2, w / 2, h / 2])
+            torch.testing.assert_close(p3[0, 0, r_i * 3 + k], expected)
+            torch.testing.assert_close(p3[1, 2, r_i * 3 + k], expected + torch.tensor([16.0, 8, 16, 8]))
+    # P7 (stride 128), ratio 1, smallest scale: 4·128 = 512 square
+    torch.testing.assert_close(a[4][3], torch.tensor([-256.0, -256, 256, 256]))
+
+
+def test_max_iou_assigner_hand_example():
+    gt = torch.tensor([[0.0, 0, 10, 10], [100, 100, 110, 110]])
+    anchors = torch.tensor([[0.0, 0, 10, 10],     # IoU 1 → gt 1
+                            [0, 0, 10, 20],       # IoU .5 → gt 1 (pos ≥ .5)
+                            [0, 0, 10, 24],       # IoU .417 → ignore
+                            [0, 0, 10, 30],       # IoU .333 → background
+                            [50, 50, 60, 60],     # 0 → background
+                            [100, 100, 110, 125]])  # IoU .4 with gt 2: ignore band, but its best → gt 2
+    assert max_iou_assign(gt, anchors).tolist() == [1, 1, -1, 0, 0, 2]
+    # two GTs share the same best anchor: the later one takes it (mmdetection's loop order)
+    gt2 = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 11]])
+    anchors2 = torch.tensor([[0.0, 0, 10, 30], [40, 40, 50, 50]])
+    assert max_iou_assign(gt2, anchors2).tolist() == [2, 0]
+    assert max_iou_assign(torch.zeros(0, 4), anchors2).tolist() == [0, 0]
+
+
+def test_box_coder_uses_unit_stds():
+    m = _meta_model("retinanet", backbone="resnet18")
+    anchor = torch.tensor([[0.0, 0, 20, 10]])
+    gt = torch.tensor([[4.0, 2, 28, 22]])
+    d = m.box_coder.encode_single(gt, anchor)
+    expected = torch.tensor([[(16 - 10) / 20, (12 - 5) / 10, math.log(24 / 20), math.log(20 / 10)]])
+    torch.testing.assert_close(d, expected)
+    torch.testing.assert_close(m.box_coder.decode_single(d, anchor), gt)
+
+
+def test_postprocess_classwise_nms_and_threshold():
+    m = _meta_model("retinanet", backbone="resnet18")
+    anchors = [torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10], [50, 50, 60, 60]])]
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    logits = [torch.tensor([[logit(0.9), -9.0], [logit(0.8), -9.0], [-9.0, logit(0.7)],
+                            [logit(0.04), -9.0]])]
+    boxes, scores, labels = m.postprocess(logits, [torch.zeros(4, 4)], anchors, (40, 40))
+    # B suppressed by A (same class, IoU .82); C kept (other class); D below 0.05; D's box clipped
+    torch.testing.assert_close(boxes, torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10]]))
+    torch.testing.assert_close(scores, torch.tensor([0.9, 0.7]))
+    assert labels.tolist() == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# the Detector contract on small CPU models
+
+
+@pytest.fixture(scope="module")
+def small_models():
+    torch.manual_seed(0)
+    return {name: build(name, ModelConfig(backbone="resnet18", pretrained="none"))
+            for name in ("retinanet", "symformer_retinanet")}
+
+
+def _batch(size: int = 128):
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(2, 3, size, size, generator=g)
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20, 60, 90], [70, 30, 120, 100]]), "labels": torch.tensor([1, 2]),
+         "cls_label": torch.tensor(2)},
+        {"boxes": torch.tensor([[30.0, 30, 90, 70]]), "labels": torch.tensor([1]), "cls_label": torch.tensor(2)},
+    ]
+    return images, targets
+
+
+@pytest.mark.parametrize("name", ["retinanet", "symformer_retinanet"])
+def test_stage1_forward_backward(small_models, name):
+    model = copy.deepcopy(small_models[name])
+    model.set_stage(1)
+    model.train()
+    assert all(not m.training for n, m in model.named_modules()
+               if isinstance(m, torch.nn.BatchNorm2d) and n.startswith("backbone"))
+    images, targets = _batch(160)
+    losses = model(images, targets, [(160, 160), (128, 150)])
+    assert set(losses) == {"loss_cls", "loss_box"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    for part in ("backbone", "fpn", "head") + (("sas",) if name.startswith("symformer") else ()):
+        grads = [p.grad for n, p in model.named_parameters() if n.startswith(part + ".")]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), part
+    assert all(p.grad is None for p in model.cls_head.parameters())  # no loss on it in stage 1
+
+
+@pytest.mark.parametrize("name", ["retinanet", "symformer_retinanet"])
+def test_predict_contract(small_models, name):
+    model = copy.deepcopy(small_models[name]).eval()
+    with torch.no_grad():
+        model.head.retina_cls.bias.zero_()  # scores ≈ 0.5: many boxes survive the threshold
+    images, _ = _batch(128)
+    sizes = [(128, 128), (100, 90)]
+    with torch.inference_mode():
+        preds = model.predict(images, sizes)
+    assert len(preds) == 2
+    for p, (h, w) in zip(preds, sizes):
+        assert p.probs.shape == (3,)
+        torch.testing.assert_close(p.probs.sum(), torch.tensor(1.0))
+        k = p.boxes.shape[0]
+        assert 0 < k <= 100 and p.scores.shape == (k,) and p.labels.shape == (k,)
+        assert set(p.labels.tolist()) <= {1, 2}
+        assert (p.scores >= 0.05).all() and (p.scores[:-1] >= p.scores[1:]).all()
+        assert (p.boxes[:, 0] >= 0).all() and (p.boxes[:, 1] >= 0).all()
+        assert (p.boxes[:, 2] <= w).all() and (p.boxes[:, 3] <= h).all()
+        assert (p.boxes[:, 2] >= p.boxes[:, 0]).all() and (p.boxes[:, 3] >= p.boxes[:, 1]).all()
+
+
+@pytest.mark.parametrize("name", ["retinanet", "symformer_retinanet"])
+def test_stage2_trains_only_the_cls_head(small_models, name):
+    model = copy.deepcopy(small_models[name])
+    model.set_stage(2)
+    model.train()
+    images, targets = _batch(128)
+    targets[1]["cls_label"] = torch.tensor(0)
+    losses = model(images, targets)
+    assert set(losses) == {"loss_img_cls"}
+    losses["loss_img_cls"].backward()
+    for n, p in model.named_parameters():
+        if n.startswith("cls_head."):
+            assert p.grad is not None and p.grad.abs().sum() > 0
+        else:
+            assert p.grad is None, n
+    # the value is the class-weighted cross-entropy (SPEC §2.6) of the head on C5 (all in eval mode)
+    with torch.no_grad():
+        logp = F.log_softmax(model.cls_head(model.backbone(images)[-1]), -1)
+    w = torch.tensor(CLS_LOSS_WEIGHTS)
+    y = torch.tensor([2, 0])
+    expected = -(w[y] * logp[torch.arange(2), y]).sum() / w[y].sum()
+    torch.testing.assert_close(losses["loss_img_cls"].detach(), expected)
+
+
+def test_symformer_overfits_a_tiny_batch(small_models):
+    """12 Adam steps on 2 synthetic 64-px images: the detection loss must fall clearly.
+    (Backbone frozen and dropout off to keep it fast and deterministic on a loaded CPU.)"""
+    torch.manual_seed(0)
+    model = copy.deepcopy(small_models["symformer_retinanet"])
+    model.set_stage(1)
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(2)
+    images = torch.randn(2, 3, 64, 64, generator=g)
+    targets = [{"boxes": torch.tensor([[8.0, 10, 40, 44]]), "labels": torch.tensor([1]), "cls_label": torch.tensor(2)},
+               {"boxes": torch.tensor([[20.0, 4, 60, 30]]), "labels": torch.tensor([2]), "cls_label": torch.tensor(2)}]
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    history = []
+    for _ in range(12):
+        loss = sum(model(images, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    last = history[-3:]
+    assert min(last) < 0.5 * history[0] and sum(last) / 3 < 0.75 * history[0], history
+
+
+# ---------------------------------------------------------------------------------------------
+# backbone weights
+
+
+def test_pretrained_path_loads_a_torchvision_state_dict(tmp_path):
+    torch.manual_seed(5)
+    ref = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)
+    bb = ResNetBackbone("resnet18")
+    load_backbone_weights(bb, str(path))
+    ref_state = ref.state_dict()
+    for k, v in bb.state_dict().items():
+        assert torch.equal(v, ref_state[k]), k
+    # a tbx checkpoint: the model's backbone.* entries
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model": {**{f"backbone.{k}": v for k, v in ref_state.items() if not k.startswith("fc.")},
+                          "fpn.p6.weight": torch.zeros(1)}, "epoch": 3}, ckpt)
+    bb2 = ResNetBackbone("resnet18")
+    load_backbone_weights(bb2, ckpt)
+    assert all(torch.equal(v, ref_state[k]) for k, v in bb2.state_dict().items())
+    # wrong depth / missing file → clear errors
+    with pytest.raises(TbxError, match="do not fit resnet34"):
+        load_backbone_weights(ResNetBackbone("resnet34"), str(path))
+    with pytest.raises(TbxError, match="not found"):
+        load_backbone_weights(bb, str(tmp_path / "nope.pth"))
+
+
+def test_imagenet_weights_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(url, dst):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(backbone_mod, "_download", no_network)
+    expected = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert imagenet_weights_file("resnet18") == expected
+    with pytest.raises(TbxError) as err:
+        load_backbone_weights(ResNetBackbone("resnet18"), "imagenet")
+    assert "resnet18-f37072fd.pth" in str(err.value) and str(expected.parent) in str(err.value)
+    # once the file is where torchvision expects it, it loads without any download
+    expected.parent.mkdir(parents=True)
+    ref = torchvision.models.resnet18(weights=None)
+    torch.save(ref.state_dict(), expected)
+    bb = ResNetBackbone("resnet18")
+    load_backbone_weights(bb, "imagenet")
+    assert torch.equal(bb.conv1.weight, ref.conv1.weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# registry and CLI
+
+
+def test_registry():
+    assert {"symformer_retinanet", "retinanet"} <= set(MODELS)
+    with pytest.raises(TbxError, match="unknown model"):
+        build("yolo", ModelConfig())
+    with pytest.raises(TbxError, match="unknown backbone"):
+        _meta_model("retinanet", backbone="resnet12")
+
+
+def test_cli_models_list_and_info(cli):
+    code, out, _ = cli("models", "list")
+    assert code == 0 and "symformer_retinanet" in out and "retinanet" in out
+    code, out, _ = cli("models", "info", "retinanet", "--backbone", "resnet18", "--input", "128",
+                       "--runs", "1", "--json")
+    assert code == 0
+    res = json.loads(out)
+    # hand counts: torchvision resnet18 w/o fc; FPN on 128/256/512 ch; head; cls head on 512 ch
+    comps = {"backbone": 11_689_512 - 513_000, "fpn": 3_770_368, "head": 4_845_110, "cls_head": 12_063_235}
+    assert {k: v["params"] for k, v in res["components"].items()} == comps
+    assert res["params_live"] == res["params_paper"] == sum(comps.values())
+    assert res["gmacs"] > 0 and res["latency_ms"] > 0
+    code, _, err = cli("models", "info", "nope")
+    assert code == 2 and "unknown model" in err
