@@ -15,8 +15,9 @@
 
 Each timing is the median of ``--runs`` runs (interleaved round-robin across the compared
 functions) after warm-up runs, under ``torch.inference_mode`` for inference; ``--clock cpu`` times
-process CPU time instead of wall time (use it with ``--threads 1`` on a shared machine).  Weights are random (speed does not depend on them, except through the number of
-boxes reaching NMS, which we equalise by using the same prior-0.01 initialisation for both heads).
+process CPU time instead of wall time (use it with ``--threads 1`` on a shared machine).  Weights
+are random (speed does not depend on them, except through the number of boxes reaching NMS, which
+we equalise by using the same prior-0.01 initialisation for both heads).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 import torchvision
 
 from tbx.models.deform_core import ms_deform_sample
+from tbx.models.info import count_macs
 from tbx.models.registry import ModelConfig, build
 
 
@@ -76,9 +78,16 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
         t = median_times({"sym": lambda: sym.predict(x, sizes), "ret": lambda: ret.predict(x, sizes),
                           "ret_det": ours_detection_only(ret), "tv": lambda: tv([x[0]])}, runs, clock=clock)
     t_sym, t_ret, t_ret_det, t_tv = t["sym"], t["ret"], t["ret_det"], t["tv"]
+    # MACs for context (mmcv-style hooks; torchvision's FrozenBatchNorm2d is not counted)
+    ret_macs, _ = count_macs(ret, x)
+    tv_macs, _ = count_macs(tv, x)
+    gmacs = {"retinanet": sum(ret_macs.values()) / 1e9,
+             "retinanet_detection_only": (sum(ret_macs.values()) - ret_macs["cls_head"]) / 1e9,
+             "torchvision_retinanet": sum(tv_macs.values()) / 1e9}
     return {
         "latency_ms": {"symformer_retinanet": t_sym * 1e3, "retinanet": t_ret * 1e3,
                        "retinanet_detection_only": t_ret_det * 1e3, "torchvision_retinanet": t_tv * 1e3},
+        "gmacs": gmacs,
         "symformer_over_retinanet": t_sym / t_ret,
         "retinanet_over_torchvision": t_ret / t_tv,
         "retinanet_detection_only_over_torchvision": t_ret_det / t_tv,
@@ -132,7 +141,8 @@ def bench_deform_core(size: int, runs: int, clock: str = "wall") -> dict:
         return run
 
     with torch.no_grad():
-        err = (ms_deform_sample(value, shapes, loc, wts) - naive_ms_deform_sample(value, shapes, loc, wts)).abs().max()
+        err = (ms_deform_sample(value, shapes, loc, wts)
+               - naive_ms_deform_sample(value, shapes, loc, wts)).abs().max()
     t = median_times({"core": fwd_bwd(ms_deform_sample), "naive": fwd_bwd(naive_ms_deform_sample)}, runs,
                      warmup=1, clock=clock)
     t_core, t_naive = t["core"], t["naive"]
@@ -156,14 +166,16 @@ def main() -> None:
     res["detectors"] = det = bench_detectors(args.size, args.runs, args.clock)
     for k, v in det["latency_ms"].items():
         print(f"latency {k:28s} {v:9.1f} ms")
-    print(f"symformer_retinanet / retinanet            = {det['symformer_over_retinanet']:.3f}  (target ≤ 1.15)")
-    print(f"retinanet / torchvision retinanet          = {det['retinanet_over_torchvision']:.3f}  "
+    for k, v in det["gmacs"].items():
+        print(f"GMACs   {k:28s} {v:9.2f}")
+    print(f"symformer_retinanet / retinanet        = {det['symformer_over_retinanet']:.3f}  (target ≤ 1.15)")
+    print(f"retinanet / torchvision retinanet      = {det['retinanet_over_torchvision']:.3f}  "
           "(ours incl. classification head)")
-    print(f"retinanet detection path / torchvision     = {det['retinanet_detection_only_over_torchvision']:.3f}"
-          "  (target ≤ 1.0)")
+    print(f"retinanet detection path / torchvision = "
+          f"{det['retinanet_detection_only_over_torchvision']:.3f}  (target ≤ 1.0)")
     res["deform_core"] = dc = bench_deform_core(args.size, args.runs, args.clock)
-    print(f"ms_deform_sample fwd+bwd {dc['deform_core_ms']:.1f} ms vs naive loop {dc['naive_loop_ms']:.1f} ms "
-          f"→ speedup {dc['speedup']:.1f}×  (target ≥ 5; max |diff| {dc['max_abs_diff']:.2e})")
+    print(f"ms_deform_sample fwd+bwd {dc['deform_core_ms']:.1f} ms vs naive loop {dc['naive_loop_ms']:.1f} "
+          f"ms → speedup {dc['speedup']:.1f}×  (target ≥ 5; max |diff| {dc['max_abs_diff']:.2e})")
     if args.json:
         from tbx.io import atomic_write_json
         atomic_write_json(args.json, res)

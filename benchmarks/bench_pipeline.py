@@ -75,10 +75,14 @@ def main() -> int:
     model = build_model(cfg)
     model.set_stage(1)
     model.train()
+    if cfg.channels_last:  # as the trainer does
+        model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, sc)
 
     def step(b):
         x = normalize_batch(b.images, b.image_sizes)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         losses = model(x, b.targets, b.image_sizes)
         opt.zero_grad(set_to_none=True)
         sum(losses.values()).backward()

@@ -271,9 +271,17 @@ def test_fold_grouping_rules(tmp_path):
     cfg = yaml.safe_load((tmp_path / "b_fold0" / "config.yaml").read_text())
     cfg["optim"]["lr"] = 0.01  # a different config: not the same experiment
     (tmp_path / "b_fold0" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    runs = [load_run(tmp_path / n) for n in ("a_fold0", "a_fold1", "b_fold0")]
+    # tbx train style: fold only in the run name and in per-fold annotation paths
+    for k in range(2):
+        d = tmp_path / f"t_fold{k}"
+        d.mkdir()
+        (d / "config.yaml").write_text(yaml.safe_dump({"model_name": "symformer_retinanet", "data": {
+            "root": "/d", "stage1_ann": f"folds/fold{k}/TBX11K_train_only_tb.json"}}))
+        (d / "bench").mkdir()
+    runs = [load_run(tmp_path / n) for n in ("a_fold0", "a_fold1", "b_fold0", "t_fold0", "t_fold1")]
+    assert [r.fold for r in runs] == [0, 1, 0, 0, 1] and runs[3].model == "symformer_retinanet"
     groups = fold_groups(runs)
-    assert [[r.name for r in g] for g in groups] == [["a_fold0", "a_fold1"]]
+    assert [[r.name for r in g] for g in groups] == [["a_fold0", "a_fold1"], ["t_fold0", "t_fold1"]]
 
 
 def test_complexity_table(built):

@@ -50,8 +50,8 @@ def test_identity_theta_is_mirror_symmetric(h, w):
     ref = _sine_ref(h, w)
     half = w // 2
     for j in range(half):  # left column j is the plain encoding of column W-1-j
-        np.testing.assert_allclose(pe[:, :, :, j], np.broadcast_to(ref[:, :, w - 1 - j], pe[:, :, :, j].shape),
-                                   atol=1e-5)
+        expected = np.broadcast_to(ref[:, :, w - 1 - j], pe[:, :, :, j].shape)
+        np.testing.assert_allclose(pe[:, :, :, j], expected, atol=1e-5)
     # the right half (and the centre column of an odd W) keep the plain encoding
     np.testing.assert_allclose(pe[0][:, :, half:], ref[:, :, half:], atol=1e-6)
     np.testing.assert_allclose(pe[:, :, :, ::-1], pe, atol=1e-5)

@@ -120,30 +120,23 @@ def test_lesion_laterality_controlled():
 def test_default_unilateral_share_and_sizes():
     cfg = SynthConfig(n_healthy=0, n_sick=0, n_active=40, n_latent=20, n_both=20, n_uncertain=0,
                       size=256, seed=5)
-    multi, sizes, mirror_diff = [], {1: [], 2: []}, []
+    multi, sizes = [], {1: [], 2: []}
     for case in plan_cases(cfg):
         img, boxes = render(case, cfg)
         if len(boxes) >= 2:
             multi.append(len(_sides(boxes, 256)) == 1)
         for b in boxes:
             sizes[b.category].append(np.sqrt((b.w + 1) * (b.h + 1)) * 512 / 256)  # in the 512 frame
-            x0, y0, x1, y1 = int(b.x), int(b.y), int(b.x + b.w) + 1, int(b.y + b.h) + 1
-            mirror = img[y0:y1, 256 - x1:256 - x0]  # the bilaterally symmetric region
-            mirror_diff.append(img[y0:y1, x0:x1].mean() - mirror.mean())
     share = float(np.mean(multi))
     assert 0.7 <= share <= 0.97, share  # 85 % of TB images unilateral
     assert 40 <= np.median(sizes[1]) <= 150 and 20 <= np.median(sizes[2]) <= 60
-    # the premise of SymFormer: a lesion region is brighter than its mirror region (confounded by
-    # the heart and the patient's pose, hence "most", not all)
-    mirror_diff = np.array(mirror_diff)
-    assert (mirror_diff > 0).mean() >= 0.7 and np.median(mirror_diff) > 0.01
 
 
 def test_lesion_contrast_and_tight_boxes():
     """Render each TB image with and without its lesions: the difference is the lesion itself."""
     cfg = SynthConfig(n_healthy=0, n_sick=0, n_active=8, n_latent=6, n_both=2, n_uncertain=2,
                       size=256, seed=7)
-    peaks = []
+    peaks, mirror_clean = [], []
     for case in plan_cases(cfg):
         img, boxes = render(case, cfg)
         bare, boxes2 = render(case, cfg, lesions=False)
@@ -153,15 +146,23 @@ def test_lesion_contrast_and_tight_boxes():
         for b in boxes:
             inside[int(b.y):int(b.y + b.h) + 1, int(b.x):int(b.x + b.w) + 1] = True
             patch = diff[int(b.y):int(b.y + b.h) + 1, int(b.x):int(b.x + b.w) + 1]
-            # tight: the lesion reaches every edge row/column of its box
-            assert patch[0].max() > 0.2 * patch.max() and patch[-1].max() > 0.2 * patch.max()
-            assert patch[:, 0].max() > 0.2 * patch.max() and patch[:, -1].max() > 0.2 * patch.max()
-        # nothing visible outside the boxes (quantum noise is identical: same RNG stream)
-        assert diff[~inside].max() < 0.35 * diff[inside].max()
+            # tight: the lesion still shows on every edge row/column of its box
+            assert min(patch[0].max(), patch[-1].max(), patch[:, 0].max(), patch[:, -1].max()) \
+                > 0.1 * patch.max()
+        if len({b.x + b.w / 2 < 128 for b in boxes}) == 1:  # unilateral: the mirror is lesion-free,
+            for b in boxes:  # so comparing a region with its mirror isolates the lesion
+                x0, x1 = int(b.x), int(b.x + b.w) + 1
+                mirror = diff[int(b.y):int(b.y + b.h) + 1, 256 - x1:256 - x0]
+                mirror_clean.append(mirror.max() < 0.1 * diff.max())
+        # the boxes hold the lesions: only faint tails outside (quantum noise is identical, same RNG
+        # stream), most of the lesion's signal inside
+        assert diff[~inside].max() < 0.5 * diff[inside].max()
+        assert diff[inside].sum() >= 0.6 * diff.sum()
         lung_range = np.percentile(bare, 95) - np.percentile(bare, 5)
         peaks.append(np.percentile(diff[inside], 99) / lung_range)
     # subtle but visible: of the order of 8–20 % of the intensity range, never saturated
     assert 0.06 <= np.median(peaks) <= 0.3 and max(peaks) < 0.5, peaks
+    assert len(mirror_clean) >= 10 and np.mean(mirror_clean) >= 0.9
 
 
 def test_class_intensity_patterns():

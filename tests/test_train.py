@@ -171,3 +171,39 @@ def test_presets_resolve():
         load_train_config("symformer", "tiny", ["stage1.nope=1"])
     with pytest.raises(TbxError, match="no config file or preset"):
         load_train_config("symformer", "no_such_preset")
+
+
+def test_bn_calibration_estimates_frozen_statistics(root):
+    from tbx.data.dataset import EpochBatchSampler, TBXDataset, collate, normalize_batch
+    from tbx.engine.trainer import calibrate_bn
+
+    torch.manual_seed(0)
+    m = TinyDetector()
+    m.set_stage(1)
+    m.train()
+    w0 = m.backbone[0].weight.detach().clone()
+    ds = TBXDataset(root, "annotations/json/TBX11K_trainval_only_tb.json", 48, train=True)
+    calibrate_bn(m, ds, EpochBatchSampler(len(ds), 8, seed=5), 1, torch.device("cpu"), seed=5)
+    cal = EpochBatchSampler(len(ds), 8, seed=5 + 7919)
+    keys = next(iter(cal))
+    b = collate([ds[k] for k in keys])
+    with torch.no_grad():
+        y = m.backbone[0](normalize_batch(b.images, b.image_sizes))
+    torch.testing.assert_close(m.backbone[1].running_mean, y.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m.backbone[1].running_var, y.var(dim=(0, 2, 3), unbiased=True),
+                               rtol=1e-4, atol=1e-5)
+    assert torch.equal(m.backbone[0].weight, w0) and not m.backbone[1].training
+
+
+def test_validation_selects_best_checkpoint(root, tmp_path):
+    cfg = _cfg(root, val_ann="annotations/json/all_trainval.json", val_every=1, ckpt_every_iters=0)
+    res = train(cfg, tmp_path / "r", model_builder=tiny_builder, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["kind"] == "val"]
+    assert [(r["stage"], r["epoch"]) for r in val] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert all(r["metric"] == ("cat_agnostic_ap50" if r["stage"] == 1 else "accuracy") for r in val)
+    assert all(0 <= r["accuracy"] <= 1 and 0 <= r["cat_agnostic_ap50"] <= 1 for r in val)
+    for s in (1, 2):
+        best_epoch = max((r for r in val if r["stage"] == s), key=lambda r: r[r["metric"]])["epoch"]
+        assert load_checkpoint(res.best[s])["epoch"] == best_epoch  # saved after that epoch
+        assert (tmp_path / "r" / f"stage{s}" / "val" / f"epoch_{best_epoch:03d}" / "cls_result.txt").is_file()

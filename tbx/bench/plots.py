@@ -319,10 +319,19 @@ def training_figure(x: np.ndarray, losses: dict[str, np.ndarray], lr: np.ndarray
     fig = Figure(figsize=(8.0, 4.8), layout="constrained")
     ax = fig.subplots()
     handles = []
+    # NaN at each stage boundary so that no line joins the last point of a stage to the next stage
+    cut = np.searchsorted(x, [b for b, _ in bounds])
+
+    def broken(v: np.ndarray) -> np.ndarray:
+        return np.insert(np.asarray(v, float), cut, np.nan)
+
+    x = broken(x)
+    losses = {k: broken(v) for k, v in losses.items()}
+    lr = broken(lr)
     finite_all = np.concatenate([v[np.isfinite(v)] for v in losses.values()]) if losses else np.array([])
     for i, (k, v) in enumerate(losses.items()):
         st = style(i)
-        ok = np.isfinite(v)
+        ok = np.isfinite(v) | np.isnan(x)  # keep the boundary NaNs (they break the line)
         (h,) = ax.plot(x[ok], v[ok], color=st["color"], ls=st["linestyle"], lw=1.3, marker=st["marker"],
                        markevery=max(1, int(ok.sum()) // 10), markersize=4, markerfacecolor="none", label=k)
         handles.append(h)
@@ -334,7 +343,7 @@ def training_figure(x: np.ndarray, losses: dict[str, np.ndarray], lr: np.ndarray
     ax.grid(alpha=0.3)
     if np.isfinite(lr).any():
         ax2 = ax.twinx()
-        ok = np.isfinite(lr)
+        ok = np.isfinite(lr) | np.isnan(x)
         (h,) = ax2.plot(x[ok], lr[ok], color="0.35", ls=(0, (1, 1)), lw=1.4, label="lr (right axis)")
         ax2.set_ylabel("learning rate")
         ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))

@@ -575,6 +575,9 @@ def complexity_table(runs: list[Run], groups: list[list[Run]], reference: bool) 
                 v = v / 1e6 if v is not None and v > 1e4 else v  # raw counts → millions
             elif k == "fps":
                 v = _num(info.get("fps"))
+                lat = _num(info.get("latency_ms"))
+                if v is None and lat:  # tbx models info measures batch-1 latency
+                    v = 1000.0 / lat
             elif k == "f1":
                 v = _pct(c.get("f1"))
             else:
@@ -607,7 +610,8 @@ def complexity_table(runs: list[Run], groups: list[list[Run]], reference: bool) 
         t.footnotes.append(_published_footnote(cites) + " Paper FPS measured on one TITAN XP; params / "
                            "GMACs in the paper's mmcv accounting (SPEC §2.5); shares from SPEC §4.2.")
     t.footnotes.append("GMACs at 512×512 (multiply-accumulates, the paper's \"GFLOPs\"); Params: live "
-                       "parameters, and the paper's accounting incl. dead parameters (SPEC §2.5); "
+                       "parameters, and the paper's accounting incl. dead parameters (SPEC §2.5); FPS: "
+                       "model_info.json's fps, else 1000 / latency_ms (batch 1, its device); "
                        "TP/TN/FP/FN: TB vs non-TB, % of all images.")
     return t
 
@@ -1299,6 +1303,10 @@ def _provenance_summary(r: Run) -> str:
     for k in ("data_hash", "dataset_hash", "data_sha256"):
         if p.get(k):
             bits.append(f"data hash {p[k]}")
+    m = r.manifest or {}
+    for k, name in (("checkpoint_sha256", "checkpoint sha256"), ("image_list_sha256", "image list sha256")):
+        if m.get(k):
+            bits.append(f"{name} {m[k]}")
     return "; ".join(bits) if bits else "no provenance.json"
 
 
@@ -1328,6 +1336,9 @@ def render_html(tables: list[Table], figs: list[tuple[str, list[Path]]], runs: l
         if r.provenance:
             out.append("<details><summary>provenance.json</summary><pre>"
                        + h(json.dumps(r.provenance, indent=2, default=str)) + "</pre></details>")
+        if r.manifest:
+            out.append("<details><summary>predictions/manifest.json</summary><pre>"
+                       + h(json.dumps(r.manifest, indent=2, default=str)) + "</pre></details>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 

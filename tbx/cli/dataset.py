@@ -34,8 +34,8 @@ def synth(
     workers: int = typer.Option(1, "--workers", help="Parallel processes (output independent of it)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing non-empty OUT."),
 ) -> None:
-    """Generate procedural chest X-rays: a synthetic TBX11K (healthy, sick, active/latent/both/
-    uncertain TB with boxes), split assigned, or with --raw a hospital-style export."""
+    """Generate procedural chest X-rays: a synthetic TBX11K (healthy, sick, and active, latent,
+    both or uncertain-type TB with boxes; split assigned) or, with --raw, a hospital-style export."""
     from tbx.data.synth import SynthConfig, plan_cases, synthesize
 
     cfg = SynthConfig(n_healthy=n_healthy, n_sick=n_sick, n_active=n_active, n_latent=n_latent,
@@ -57,7 +57,7 @@ def synth(
 def _stats_tables(s: dict) -> list[Table]:
     cols = [*s["splits"], "total"]
     tables = []
-    t = Table(title=f"classes (SPEC §1.2) — {s.get('source', '')}")
+    t = Table(title="classes (SPEC §1.2)")
     t.add_column("class")
     for c in cols:
         t.add_column(c, justify="right")
@@ -111,6 +111,7 @@ def stats(
 
     s = stats_of(root)
     con = Console()
+    con.print(f"{root}: {s['n_images']} images, {s['boxes']['all']['total']} boxes")
     for t in _stats_tables(s):
         con.print(t)
     if json_out is not None:

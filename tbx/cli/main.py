@@ -16,7 +16,8 @@ from tbx.errors import TbxError
 
 app = typer.Typer(name="tbx", help="Computer-aided TB diagnosis on chest X-rays: curate, train, "
                   "benchmark and report (TBX11K + SymFormer).", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False,
+                  rich_markup_mode="markdown")
 
 
 @app.callback()
@@ -29,6 +30,8 @@ def _register() -> None:
     from tbx.cli import (bench, dataset, dataset_build, demo, models, predict, report, split, study,
                          train)
 
+    for group in (dataset.app, models.app, bench.app, study.app):
+        group.rich_markup_mode = "markdown"  # docstring paragraphs re-wrap instead of keeping breaks
     dataset.app.command("build", help=dataset_build.build.__doc__)(dataset_build.build)
     dataset.app.command("validate", help=dataset_build.validate.__doc__)(dataset_build.validate)
     dataset.app.command("split", help=split.split.__doc__)(split.split)

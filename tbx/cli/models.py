@@ -31,7 +31,8 @@ def list_models() -> None:
 def info(
     name: str = typer.Argument("symformer_retinanet", help="Model name (see `tbx models list`)."),
     input_size: int = typer.Option(512, "--input", help="Square input side in pixels for MACs/latency."),
-    backbone: str = typer.Option("resnet50", "--backbone", help="resnet18 | resnet34 | resnet50 | resnet101."),
+    backbone: str = typer.Option("resnet50", "--backbone",
+                                 help="resnet18 | resnet34 | resnet50 | resnet101."),
     pos_encoding: str = typer.Option("spe", "--pos-encoding",
                                      help="none | sine | relative | spe_no_stn | spe | spe_left_to_right."),
     attention: str = typer.Option("symmetric", "--attention", help="symmetric | deformable."),

@@ -63,16 +63,25 @@ def train(
                            fix="see the messages of the ranks above")
         return
 
-    overrides = list(set_)
-    overrides.append(f"data.root={data}")
-    for key, value in (("device", device), ("amp", amp), ("seed", seed), ("val_ann", val),
-                       ("val_every", val_every)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
     run_cfg = out / "config.yaml"
     if resume and config is None and run_cfg.is_file():
         config = str(run_cfg)
-    cfg = load_train_config(model, config, overrides)
+    cfg = load_train_config(model, config, list(set_))
+    cfg.data.root = str(data)
+    if device is not None:
+        if device not in ("auto", "cuda", "cpu"):
+            raise TbxError(f"bad --device '{device}'", fix="use auto, cuda or cpu")
+        cfg.device = device
+    if amp is not None:
+        if amp not in ("auto", "bf16", "fp16", "off"):
+            raise TbxError(f"bad --amp '{amp}'", fix="use bf16, fp16, off or auto")
+        cfg.amp = amp
+    if seed is not None:
+        cfg.seed = seed
+    if val is not None:
+        cfg.val_ann = str(val)
+    if val_every is not None:
+        cfg.val_every = val_every
 
     from tbx.engine.trainer import train as run_training
 

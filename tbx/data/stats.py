@@ -43,7 +43,8 @@ from typing import Any
 
 from tbx.data.coco import read_coco
 from tbx.data.layout import ANN_JSON, ANN_XML, LISTS, label_from_path
-from tbx.data.records import ACTIVE, CATEGORY_SHORT, LATENT, SPLITS, UNCERTAIN, Record
+from tbx.data.records import (ACTIVE, CATEGORY_SHORT, LATENT, SPLITS, UNCERTAIN, Record,
+                              tb_type_from_categories)
 from tbx.data.voc import read_voc
 from tbx.errors import TbxError
 
@@ -53,7 +54,7 @@ _LIST_NAME = re.compile(r"^(TBX11K|all)_(train|val|trainval|test)\.txt$")
 CLASS_ROWS = ("healthy", "sick", "active TB", "latent TB", "active & latent TB", "uncertain TB",
               "TB without box")
 _ROW_OF_TB_TYPE = {"active": "active TB", "latent": "latent TB", "active+latent": "active & latent TB",
-                   "uncertain": "uncertain TB", "unknown": "TB without box", "none": "TB without box"}
+                   "uncertain": "uncertain TB", "unknown": "TB without box"}
 COCO_BINS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2),
              ("large", 96.0 ** 2, float("inf")))  # [lo, hi) in the 512 frame
 PAPER_BINS = (("<=384^2", 0.0, 384.0 ** 2), ("(384^2,960^2]", 384.0 ** 2, 960.0 ** 2),
@@ -177,11 +178,12 @@ def original_sizes(path: str | Path, records: list[Record]) -> dict[str, tuple[i
 
 
 def class_row(r: Record) -> str:
-    """The SPEC §1.2 row of a record ("unlabelled" for images without a label)."""
+    """The SPEC §1.2 row of a record ("unlabelled" for images without a label); the TB type comes
+    from the record's box categories (SPEC §1.1), so a TB image without boxes is "TB without box"."""
     if r.label in ("healthy", "sick"):
         return r.label
     if r.label == "tb":
-        return _ROW_OF_TB_TYPE.get(r.tb_type, "TB without box") if r.boxes else "TB without box"
+        return _ROW_OF_TB_TYPE[tb_type_from_categories(b.category for b in r.boxes)]
     return "unlabelled"
 
 

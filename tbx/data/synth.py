@@ -8,9 +8,10 @@ per-pixel Python loops):
   vertebrae, mediastinum with aortic knob, a heart off-centre towards the patient's left (= the
   *right* of the image), hemidiaphragms (the patient's right one slightly higher, as in real
   chests), a gastric bubble, vascular markings densest at the hila;
-* **acquisition** — the whole thorax is rotated (±5°), shifted (±5 % sideways, −7…+5 % vertically) and scaled (0.86–1.08) as a
-  patient is positioned differently in every exposure: the two lungs are bilaterally symmetric *up
-  to a small affine transform*, which is exactly what SymFormer's STN absorbs (SPEC §2.3); then
+* **acquisition** — the whole thorax is rotated (±5°), shifted (±5 % sideways, −7…+5 %
+  vertically) and scaled (0.86–1.08), as a patient is positioned differently in every exposure:
+  the two lungs are bilaterally symmetric *up to a small affine transform*, which is exactly what
+  SymFormer's STN absorbs (SPEC §2.3); habitus (soft-tissue thickness, arms in the field or not),
   contrast, brightness, gamma and quantum noise vary per image;
 * **findings** (SPEC §1.1 classes):
   - healthy: none;
@@ -22,10 +23,12 @@ per-pixel Python loops):
     (small dense calcified nodules or fibrotic streaks pointing to the hilum; box 20–60 px), both,
     or *uncertain* type (either kind, boxed as category 3).  Lesions are unilateral in 85 % of TB
     images (``SynthConfig.unilateral``), so comparing a region with its mirror is informative.
-  Lesions add 0.06–0.2 density units to a lung field whose darkest-to-brightest range (air to
-  mediastinum) is ≈ 0.45 units — roughly 8–25 % of the lung's intensity range after the display
-  mapping, with soft edges.  Each box is the tight bounding box of the pixels where the lesion's
-  own layer reaches 30 % of its peak (i.e. the visible part, clipped to the lung).
+  Lesions add density to the lung (active 0.065–0.1, calcified nodules 0.10–0.16, streaks
+  0.06–0.09 units, on a lung field of ≈ 0.1–0.2 units and a mediastinum of ≈ 0.8) with soft
+  edges; after the display mapping their peak contrast is ≈ 12–18 % (active) and 15–35 % (small
+  latent) of the image's 5–95 % intensity range (``tests/test_synth.py`` measures it by rendering
+  each image with and without its lesions).  Each box is the tight bounding box of the pixels
+  where the lesion's own layer reaches 30 % of its peak (the visible part, clipped to the lung).
 
 Determinism: image ``i`` is rendered with ``numpy.random.default_rng([seed, 2, i])`` (anatomy with
 ``[seed, 1, patient]``), so results do not depend on ``workers`` or on the order of generation;
@@ -103,7 +106,6 @@ from tbx.errors import TbxError
 from tbx.io import atomic_dir, atomic_write_text
 
 MANIFEST_COLUMNS = ("file", "patient_id", "label", "tb_type", "source")
-TB_KINDS = ("active", "latent", "active+latent", "uncertain", "unknown")
 SICK_PATTERNS = ("diffuse", "lower", "cardiomegaly", "effusion")
 _STEM_PREFIX = {"healthy": "h", "sick": "s", "tb": "tb"}
 
@@ -202,6 +204,7 @@ def _fake_phi(rng: np.random.Generator, patient_id: str) -> dict[str, str]:
     """Realistic-looking fake PHI for a DICOM header (never real people)."""
     year = int(rng.integers(1940, 2005))
     study = (int(rng.integers(2022, 2025)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
+    hms = (int(rng.integers(7, 19)), int(rng.integers(0, 60)), int(rng.integers(0, 60)))
     return {
         "PatientName": f"{_LAST[rng.integers(len(_LAST))]}^{_FIRST[rng.integers(len(_FIRST))]}",
         "PatientID": patient_id,
@@ -210,8 +213,8 @@ def _fake_phi(rng: np.random.Generator, patient_id: str) -> dict[str, str]:
         "InstitutionName": _INSTITUTIONS[rng.integers(len(_INSTITUTIONS))],
         "AccessionNumber": f"A{int(rng.integers(10**8, 10**9))}",
         "StudyDate": f"{study[0]:04d}{study[1]:02d}{study[2]:02d}",
-        "StudyTime": f"{int(rng.integers(7, 19)):02d}{int(rng.integers(0, 60)):02d}{int(rng.integers(0, 60)):02d}",
-        "ReferringPhysicianName": f"{_LAST[rng.integers(len(_LAST))]}^{_FIRST[rng.integers(len(_FIRST))]}^^DR",
+        "StudyTime": f"{hms[0]:02d}{hms[1]:02d}{hms[2]:02d}",
+        "ReferringPhysicianName": f"{_LAST[rng.integers(len(_LAST))]}^{_FIRST[rng.integers(20)]}^^DR",
     }
 
 
@@ -452,8 +455,8 @@ def _sick(cv: _Canvas, rng: np.random.Generator, patterns: list[str]) -> None:
     if "lower" in patterns:  # lower-zone airspace opacities (bilateral 70 %)
         sides = [-1, 1] if rng.random() < 0.7 else [int(rng.choice([-1, 1]))]
         mott = 0.55 + 0.45 * _smooth_noise(rng, h, w, 10)
-        low = _ramp((zone - rng.uniform(0.55, 0.7)) / 0.25)
-        amp = rng.uniform(0.09, 0.14)
+        low = _ramp((zone - rng.uniform(0.5, 0.62)) / 0.22)
+        amp = rng.uniform(0.15, 0.21)
         sm = sum(_side_mask(cv, s) for s in sides)
         cv.D += cv.lung * amp * low * mott * sm
     if "effusion" in patterns:  # meniscus at the base, costophrenic angle blunted
@@ -500,7 +503,7 @@ def _lesion_layer(kind: str, rng: np.random.Generator, cx: float, cy: float,
         lay = 1.0 - np.exp(-1.6 * lay / lay.max())
         hh, ww = lay.shape
         lay *= 0.55 + 0.9 * _smooth_noise(rng, hh, ww, max(3, int(ww / (6 * px))))
-        return win, lay / lay.max(), rng.uniform(0.05, 0.085)
+        return win, lay / lay.max(), rng.uniform(0.065, 0.1)
     if kind == "cavity":
         R = rng.uniform(13, 34) * px
         win = _window(cx, cy, 2.0 * R, h, w)
@@ -653,7 +656,7 @@ def render(case: Case, cfg: SynthConfig, *, lesions: bool = True) -> tuple[np.nd
     if case.label == "sick":
         n = 1 if rng.random() < 0.6 else 2
         patterns = [str(p) for p in rng.choice(SICK_PATTERNS, size=n, replace=False, p=[0.3, 0.3, 0.2, 0.2])]
-    heart_scale = rng.uniform(1.35, 1.55) if "cardiomegaly" in patterns else 1.0
+    heart_scale = rng.uniform(1.4, 1.65) if "cardiomegaly" in patterns else 1.0
     low = _render_anatomy(an, rng, h2, w2, heart_scale)
     if patterns:
         _sick(low, rng, patterns)

@@ -45,8 +45,7 @@ from torch.utils.data import DataLoader
 from tbx.config import dump_yaml, to_dict
 from tbx.data.dataset import EpochBatchSampler, TBXDataset, collate, normalize_batch
 from tbx.engine import distributed as D
-from tbx.engine.checkpoint import (load_checkpoint, load_model_weights, save_checkpoint,
-                                   set_rng_state, unwrap)
+from tbx.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint, set_rng_state
 from tbx.engine.schedule import TrainConfig, build_optimizer, build_scheduler
 from tbx.errors import TbxError
 from tbx.io import atomic_path, atomic_write_text

@@ -43,12 +43,16 @@ image classification head (SPEC §2.6)                          12,849,667
 SymFormer-Deformable adds only the SPE's STN (20,280; SymAttention has the same parameters as
 deformable attention): 52,694,339 → 52.69 M.  Without the cls head the detector alone would be
 39.82 M, far from 52.67 M, so the paper's count includes the head.  ``tests/test_models_ddetr.py``
-asserts both totals (±0.5 %) under this accounting.
+asserts both totals (±0.5 %) under this accounting.  The MACs agree as well: ``tbx.models.info``
+(mmcv-style counting, 512×512, cls head included) gives 54.07 / 54.08 G — SPEC §2.5's 54.07 / 54.08
+GFLOPs (backbone 21.52, input projections 1.25, encoder 24.67, decoder 3.38, heads 0.24, cls
+head 3.02; plus 0.56 G of functional sampling/attention products that mmcv does not count).
 
 Frozen parts (stage 1, :meth:`DeformableDETR._trainable_in_stage1`): the stem (``conv1``/``bn1``),
 ``layer1`` and every backbone BatchNorm (affine parameters frozen too, running statistics in eval —
-the official code uses FrozenBatchNorm2d).  SPEC §3 training recipe: AdamW 2e-4, backbone lr ×0.1,
-gradient clipping 0.1, 50 epochs, step at 40 — see :data:`OPTIM_HINTS`.
+the official code uses FrozenBatchNorm2d).  SPEC §3 training recipe (``configs/deformable_detr_r50.yaml``):
+AdamW 2e-4, backbone lr ×0.1, gradient clipping 0.1, 50 epochs, step at 40; the official code also
+lowers the lr of the sampling-offset and reference-point Linears (:attr:`DeformableDETR.low_lr_keys`).
 """
 
 from __future__ import annotations
@@ -70,26 +74,6 @@ from tbx.models.matcher import (HungarianMatcher, box_cxcywh_to_xyxy, box_xyxy_t
 from tbx.models.sas import ATTENTIONS, POS_ENCODINGS
 from tbx.models.spe import SymmetricPositionalEncoding
 from tbx.models.sym_attention import SymAttention, SymEncoderLayer
-
-# SPEC §3: the training recipe of the Deformable DETR baselines, for the trainer: AdamW 2e-4 with
-# the backbone (and, as in the official code and mmdetection, the sampling-offset and
-# reference-point Linears) at lr × 0.1 — see :func:`param_groups` — grad-clip 0.1, 50 epochs, ×0.1 at 40.
-OPTIM_HINTS = {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 1e-4, "lr_mult": 0.1,
-               "grad_clip": 0.1, "epochs": 50, "lr_steps": (40,)}
-LOW_LR_KEYS = ("backbone.", "sampling_offsets", "reference_points")
-
-
-def param_groups(model: nn.Module, lr: float = OPTIM_HINTS["lr"],
-                 lr_mult: float = OPTIM_HINTS["lr_mult"]) -> list[dict]:
-    """Optimiser parameter groups of the official recipe: trainable parameters whose name starts
-    with ``backbone.`` or contains ``sampling_offsets`` / ``reference_points`` get ``lr × lr_mult``."""
-    low, rest = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (low if name.startswith(LOW_LR_KEYS[0]) or any(k in name for k in LOW_LR_KEYS[1:]) else rest).append(p)
-    return [{"params": rest, "lr": lr}, {"params": low, "lr": lr * lr_mult}]
-
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     """``logit(x)`` with ``x`` clamped to ``[eps, 1 − eps]`` (official Deformable DETR)."""
@@ -279,6 +263,10 @@ class DeformableDETR(Detector):
         detections_per_img: top-k kept at inference (100).
     """
 
+    #: Parameters the official recipe (and mmdetection's config) trains at the backbone's reduced
+    #: lr (× 0.1, SPEC §3) besides ``backbone.*``: names containing these keys.
+    low_lr_keys: tuple[str, ...] = ("sampling_offsets", "reference_points")
+
     def __init__(self, backbone: ResNetBackbone, num_classes: int = 2, num_queries: int = 300,
                  d_model: int = 256, n_heads: int = 8, n_points: int = 4, enc_layers: int = 6,
                  dec_layers: int = 6, d_ffn: int = 1024, dropout: float = 0.1, n_levels: int = 4,
@@ -439,7 +427,8 @@ class DeformableDETR(Detector):
         (computed in float32, also under autocast)."""
         logits, boxes = logits.float(), boxes.float()
         indices = self.matcher(logits, boxes, tgts)
-        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(logits.device)
+        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+        batch_idx = batch_idx.to(logits.device)
         src_idx = torch.cat([src for src, _ in indices]).to(logits.device)
         onehot = torch.zeros_like(logits)
         tgt_labels = torch.cat([t["labels"][j.to(logits.device)] for t, (_, j) in zip(tgts, indices)])
@@ -486,7 +475,8 @@ class DeformableDETR(Detector):
             b = xyxy[i, query_idx[i]] * torch.tensor([w, h, w, h], dtype=xyxy.dtype, device=xyxy.device)
             b[:, 0::2] = b[:, 0::2].clamp(0, w)
             b[:, 1::2] = b[:, 1::2].clamp(0, h)
-            out.append(Prediction(probs=probs[i].float(), boxes=b, scores=scores[i].float(), labels=labels[i]))
+            out.append(Prediction(probs=probs[i].float(), boxes=b, scores=scores[i].float(),
+                                  labels=labels[i]))
         return out
 
 
@@ -512,10 +502,10 @@ def _build(cfg, sym: bool) -> DeformableDETR:
 
 
 def build_deformable_detr(cfg) -> DeformableDETR:
-    """Deformable DETR R50 (SPEC §3) from a :class:`tbx.models.registry.ModelConfig`."""
+    """Deformable DETR R50 (single-stage, no box refinement) + classification head (SPEC §3)."""
     return _build(cfg, sym=False)
 
 
 def build_symformer_deformable_detr(cfg) -> DeformableDETR:
-    """SymFormer w/ Deformable DETR (SPEC §3): SymAttention encoder + SPE with STN."""
+    """SymFormer w/ Deformable DETR: SymAttention encoder + SPE with STN + cls head (SPEC §3)."""
     return _build(cfg, sym=True)

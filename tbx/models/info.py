@@ -201,9 +201,12 @@ def model_info(name: str, cfg: ModelConfig | None = None, input_size: int | None
     if model is None and latency_runs <= 0:
         # nothing to time: count on the meta device (no weights, no compute) when the model offers a
         # post-processing-free `macs_forward`
-        with torch.device("meta"):
-            meta_model = build(name, cfg)
-        if hasattr(meta_model, "macs_forward"):
+        try:
+            with torch.device("meta"):
+                meta_model = build(name, cfg)
+        except Exception:  # a builder that needs real tensors: count on the CPU below
+            meta_model = None
+        if meta_model is not None and hasattr(meta_model, "macs_forward"):
             model = meta_model
     if model is None:
         model = build(name, cfg)

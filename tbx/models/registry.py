@@ -30,6 +30,9 @@ class ModelConfig:
         attention: ``symmetric`` (SymAttention) or ``deformable`` (no mirroring), SPEC §2.3.
         num_queries / num_encoder_layers / num_decoder_layers / num_feature_levels: Deformable DETR
             (SPEC §3: 300, 6, 6, 4).
+        width: RetinaNet family — FPN / head / SAS channels (SPEC §2.1: 256). Narrower widths are
+            for the CPU ``tiny`` preset only; the paper's models keep 256.
+        cls_channels: classification-head width (SPEC §2.6: 512).
     """
 
     backbone: str = "resnet50"
@@ -42,6 +45,8 @@ class ModelConfig:
     num_encoder_layers: int = 6
     num_decoder_layers: int = 6
     num_feature_levels: int = 4
+    width: int = 256
+    cls_channels: int = 512
 
 
 Builder = Callable[[ModelConfig], Detector]

@@ -144,19 +144,24 @@ class RetinaNet(Detector):
         num_classes: box classes (2: active, latent).
         sas: insert the SAS block (SPE + SymAttention encoder layer) after the FPN.
         pos_encoding / attention: SAS ablation switches (SPEC §2.3), ignored without ``sas``.
+        width: FPN / head / SAS channels (SPEC §2.1: 256; narrower only for CPU presets; must be a
+            multiple of 16 — 8 heads, and the sine encoding needs an even number per axis).
+        cls_channels: classification-head width (SPEC §2.6: 512).
     """
 
     def __init__(self, backbone: str = "resnet50", pretrained: str = "imagenet", num_classes: int = 2,
                  sas: bool = True, pos_encoding: str = "spe", attention: str = "symmetric",
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, topk_per_level: int = 1000,
-                 max_dets: int = 100):
+                 max_dets: int = 100, width: int = 256, cls_channels: int = 512):
         super().__init__()
+        if width % 16:
+            raise ValueError(f"width must be a multiple of 16, got {width}")
         self.backbone = ResNetBackbone(backbone)
         load_backbone_weights(self.backbone, pretrained)
-        self.fpn = FPN(self.backbone.out_channels[1:], 256)
-        self.sas = SASBlock(256, pos_encoding, attention) if sas else None
-        self.head = RetinaHead(num_classes)
-        self.cls_head = ClsHead(self.backbone.out_channels[-1], 512, 3)
+        self.fpn = FPN(self.backbone.out_channels[1:], width)
+        self.sas = SASBlock(width, pos_encoding, attention, d_ffn=4 * width) if sas else None
+        self.head = RetinaHead(num_classes, in_channels=width)
+        self.cls_head = ClsHead(self.backbone.out_channels[-1], cls_channels, 3)
         self.anchor_generator = AnchorGenerator()
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))  # SPEC §2.4: means 0, stds 1
         self.num_classes = num_classes
@@ -301,10 +306,12 @@ class RetinaNet(Detector):
 
 def build_retinanet(cfg: ModelConfig) -> RetinaNet:
     """RetinaNet-FPN (the paper's base model) + classification head."""
-    return RetinaNet(cfg.backbone, cfg.pretrained, cfg.num_classes, sas=False)
+    return RetinaNet(cfg.backbone, cfg.pretrained, cfg.num_classes, sas=False, width=cfg.width,
+                     cls_channels=cfg.cls_channels)
 
 
 def build_symformer_retinanet(cfg: ModelConfig) -> RetinaNet:
     """SymFormer w/ RetinaNet (the paper's default model, SPEC §2)."""
     return RetinaNet(cfg.backbone, cfg.pretrained, cfg.num_classes, sas=True,
-                     pos_encoding=cfg.pos_encoding, attention=cfg.attention)
+                     pos_encoding=cfg.pos_encoding, attention=cfg.attention, width=cfg.width,
+                     cls_channels=cfg.cls_channels)

@@ -109,7 +109,8 @@ def _eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def _predictions(probs: Tensor, detections: list[dict[str, Tensor]], label_offset: int = 0) -> list[Prediction]:
+def _predictions(probs: Tensor, detections: list[dict[str, Tensor]],
+                 label_offset: int = 0) -> list[Prediction]:
     return [Prediction(probs=p.float(), boxes=d["boxes"].float(), scores=d["scores"].float(),
                        labels=d["labels"] + label_offset) for p, d in zip(probs, detections)]
 
