@@ -38,8 +38,7 @@ def test_demo_end_to_end(tmp_path):
     assert "<html" in html.lower() and "data:image/png;base64" in html
     with Image.open(next((out / "report/figures").glob("*.png"))) as im:
         assert im.size[0] > 100
-    # no PHI from the DICOM headers of the raw export reaches the built dataset
-    assert (out / "raw/manifest.csv").is_file()
+    assert (out / "raw/manifest.csv").is_file()  # the hospital-style export (PHI: test_build.py)
     # a second run replaces the earlier demo folder; a foreign folder is refused
     assert (out / MARKER).is_file()
     foreign = tmp_path / "foreign"

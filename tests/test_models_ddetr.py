@@ -267,3 +267,21 @@ def test_paired_giou_matches_torchvision():
     assert torch.allclose(ours, ref, atol=1e-5)
     assert ours[0].item() == pytest.approx(1.0, abs=1e-6) and ours[1].item() < -0.9
     assert torch.allclose(box_cxcywh_to_xyxy(box_xyxy_to_cxcywh(a)), a, atol=1e-5)
+
+
+def test_optimizer_gives_sampling_offsets_the_backbone_lr():
+    """SPEC §3 (official recipe): backbone and the sampling-offset / reference-point Linears at lr × 0.1."""
+    from tbx.engine.schedule import StageConfig, param_groups
+
+    model = build("deformable_detr", ModelConfig(backbone="resnet18", pretrained="none", input_size=128,
+                                                 num_encoder_layers=1, num_decoder_layers=1))
+    model.set_stage(1)
+    groups = param_groups(model, StageConfig(lr=2e-4, backbone_lr_mult=0.1))
+    low = next(g for g in groups if g["lr_mult"] == 0.1)
+    low_ids = {id(p) for p in low["params"]}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        expect_low = name.startswith("backbone.") or "sampling_offsets" in name or "reference_points" in name
+        assert (id(p) in low_ids) == expect_low, name
+    assert low["lr"] == pytest.approx(2e-5)

@@ -8,8 +8,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from tbx.engine import distributed as D
-from tbx.engine.schedule import load_train_config
 from tbx.errors import TbxError
 
 
@@ -45,6 +43,9 @@ def train(
     freezes everything but the classification head and trains it on all_trainval.json. Writes
     RUN/config.yaml, provenance.json, metrics.jsonl and RUN/stage{1,2}/{last,final,best}.pt.
     """
+    from tbx.engine import distributed as D  # torch: imported only when the command runs
+    from tbx.engine.schedule import load_train_config
+
     console = Console()
     if gpus and gpus > 1 and D.env_world_size() <= 1:
         args = ["train", model, "--data", str(data), "--out", str(out), "--stage", stage]

@@ -169,12 +169,18 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def param_groups(model: nn.Module, sc: StageConfig) -> list[dict[str, Any]]:
-    """Trainable parameters, split into backbone (lr × ``backbone_lr_mult``) and the rest."""
+    """Trainable parameters, split into backbone (lr × ``backbone_lr_mult``) and the rest.
+
+    A model may name further reduced-lr parameters in ``low_lr_keys`` (Deformable DETR: the
+    sampling-offset and reference-point Linears, as the official recipe does).
+    """
+    low_keys = tuple(getattr(model, "low_lr_keys", ()))
     backbone, other = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (backbone if name.startswith("backbone.") else other).append(p)
+        low = name.startswith("backbone.") or any(k in name for k in low_keys)
+        (backbone if low else other).append(p)
     groups = []
     if other:
         groups.append({"params": other, "lr_mult": 1.0, "lr": sc.lr})
