@@ -23,7 +23,6 @@ we equalise by using the same prior-0.01 initialisation for both heads).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 

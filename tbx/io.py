@@ -64,6 +64,22 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
     atomic_write_text(path, dumps_json(obj, indent))
 
 
+def replace_dir(src: Path, dest: Path, overwrite: bool = False) -> None:
+    """Move the finished directory ``src`` to ``dest``; an existing ``dest`` is replaced (removed
+    only after the new one is in place) when ``overwrite``, else :class:`FileExistsError`."""
+    if not dest.exists():
+        os.replace(src, dest)
+        return
+    if not overwrite:
+        raise FileExistsError(dest)
+    old = dest.with_name(f".{dest.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(dest, old)
+    os.replace(src, dest)
+    shutil.rmtree(old)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory in a temporary sibling, then move it to ``path`` on success.
@@ -76,17 +92,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        if path.exists():
-            if not overwrite:
-                raise FileExistsError(path)
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path, overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

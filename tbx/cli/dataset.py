@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-app = typer.Typer(help="dataset commands.", no_args_is_help=True)
+app = typer.Typer(help="Curate TBX11K-layout datasets: synth, build, validate, stats, split (SPEC §1).",
+                  no_args_is_help=True)
 
 
 @app.command("synth")

@@ -47,11 +47,11 @@ import numpy as np
 
 from tbx.data.layout import (ANN_XML, EXTRA_GROUPS, FOLDER_OF_LABEL, IMGS, LISTS, label_from_path,
                              list_name)
-from tbx.data.records import (CATEGORIES, CATEGORY_BY_NAME, CATEGORY_SHORT, LABELS, SPLITS, TB_TYPES,
+from tbx.data.records import (CATEGORY_BY_NAME, CATEGORY_SHORT, LABELS, SPLITS, TB_TYPES,
                               Box, Record, tb_type_from_categories)
 from tbx.data.voc import read_voc, write_voc
 from tbx.errors import TbxError, where
-from tbx.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from tbx.io import atomic_write_bytes, atomic_write_json, atomic_write_text, replace_dir
 
 DEFAULT_SALT = "tbx-patient-id-v1"  # public constant: reproducible, derived from nothing identifying
 STATE_NAME = ".build_state.json"
@@ -524,17 +524,10 @@ def _stash_previous_outputs(partial: Path) -> None:
 
 
 def _swap_into_place(partial: Path, out: Path, overwrite: bool) -> None:
-    if out.exists():
-        if not overwrite:
-            raise TbxError("output folder already exists", out, "pass --overwrite or choose another OUT")
-        old = out.with_name(f".{out.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(partial, out)
+    try:
+        replace_dir(partial, out, overwrite)
+    except FileExistsError:
+        raise TbxError("output folder already exists", out, "pass --overwrite or choose another OUT") from None
 
 
 def _check_out(src: Path, out: Path, cfg: BuildConfig) -> None:

@@ -176,7 +176,7 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig | None = None,
     for name, data in files.items():
         path = jdir / f"{name}.json"
         m = _SPLIT_RE.match(name)
-        split, only_tb = m.group(2), bool(m.group(3))
+        split = m.group(2)
         ids, fnames = set(), set()
         by_id: dict[int, dict[str, Any]] = {}
         for img in data.get("images", []):
