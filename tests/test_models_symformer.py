@@ -339,3 +339,22 @@ def test_cli_models_list_and_info(cli):
     assert res["gmacs"] > 0 and res["latency_ms"] > 0
     code, _, err = cli("models", "info", "nope")
     assert code == 2 and "unknown model" in err
+
+
+def test_norm_eval_switch_for_from_scratch_presets():
+    """SPEC §2.1 keeps backbone BN in eval; `model.norm_eval: false` lets it train (from scratch)."""
+    import torch.nn as nn
+
+    from tbx.models.registry import ModelConfig, build
+
+    for norm_eval in (True, False):
+        m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", width=32,
+                                           cls_channels=32, norm_eval=norm_eval))
+        m.set_stage(1)
+        m.train()
+        bns = [mod for name, mod in m.named_modules()
+               if name.startswith("backbone") and isinstance(mod, nn.BatchNorm2d)]
+        assert bns and all(bn.training == (not norm_eval) for bn in bns)
+        m.set_stage(2)
+        m.train()
+        assert not any(bn.training for bn in bns)  # stage 2: everything but the head is frozen

@@ -46,6 +46,10 @@ class Detector(nn.Module):
     """
 
     stage: int = 1
+    #: Backbone BatchNorm in eval mode with frozen running statistics (SPEC §2.1, right for
+    #: ImageNet-initialised backbones).  CPU presets training from scratch set it False
+    #: (``model.norm_eval: false``): frozen statistics of a random network do not normalise.
+    norm_eval: bool = True
 
     def set_stage(self, stage: int) -> None:
         """Stage 1: train the detector (classification head frozen is *not* required, it simply
@@ -72,7 +76,8 @@ class Detector(nn.Module):
                 continue
             if self.stage == 2 and not name.startswith("cls_head"):
                 m.eval()
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm) and name.startswith("backbone"):
+            elif (self.norm_eval and isinstance(m, nn.modules.batchnorm._BatchNorm)
+                  and name.startswith("backbone")):
                 m.eval()
         return self
 

@@ -33,6 +33,8 @@ class ModelConfig:
         width: RetinaNet family — FPN / head / SAS channels (SPEC §2.1: 256). Narrower widths are
             for the CPU ``tiny`` preset only; the paper's models keep 256.
         cls_channels: classification-head width (SPEC §2.6: 512).
+        norm_eval: keep backbone BatchNorm in eval mode (SPEC §2.1); False only for from-scratch
+            CPU presets (see :attr:`tbx.models.base.Detector.norm_eval`).
     """
 
     backbone: str = "resnet50"
@@ -47,6 +49,7 @@ class ModelConfig:
     num_feature_levels: int = 4
     width: int = 256
     cls_channels: int = 512
+    norm_eval: bool = True
 
 
 Builder = Callable[[ModelConfig], Detector]
@@ -101,7 +104,10 @@ def build(name: str, cfg: ModelConfig | None = None) -> Detector:
         raise UNAVAILABLE[name]
     if name not in MODELS:
         raise TbxError(f"unknown model {name!r}", fix=f"use one of {sorted(MODELS)} (see `tbx models list`)")
-    return MODELS[name](cfg or ModelConfig())
+    cfg = cfg or ModelConfig()
+    model = MODELS[name](cfg)
+    model.norm_eval = cfg.norm_eval
+    return model
 
 
 def describe(name: str) -> str:
