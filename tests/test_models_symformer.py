@@ -358,3 +358,34 @@ def test_norm_eval_switch_for_from_scratch_presets():
         m.set_stage(2)
         m.train()
         assert not any(bn.training for bn in bns)  # stage 2: everything but the head is frozen
+
+
+def test_stage2_trainable_prefixes():
+    """Paper: stage 2 trains the cls head only; a from-scratch preset may also train the backbone."""
+    from tbx.models.registry import ModelConfig, build
+
+    m = build("symformer_retinanet", ModelConfig(backbone="resnet18", pretrained="none", width=32,
+                                                 cls_channels=32, norm_eval=False))
+    m.set_stage(2)
+    assert {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad} == {"cls_head"}
+    m.set_stage(2, ("cls_head", "backbone"))
+    m.train()
+    trainable = {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable == {"cls_head", "backbone"}
+    assert m.backbone.training and m.cls_head.training
+    assert not m.fpn.training and not m.sas.training and not m.head.training
+
+
+def test_anchor_scale_scales_the_anchors():
+    """SPEC §2.4 anchors are 4·2^(k/3)·stride; anchor_scale replaces the 4 (CPU presets only)."""
+    from tbx.models.registry import ModelConfig, build
+
+    widths = []
+    for scale in (4.0, 1.0):
+        m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", width=32,
+                                           cls_channels=32, anchor_scale=scale))
+        p3 = m.anchor_generator.base_anchors[0]  # stride 8, (9, 4)
+        widths.append(sorted(float(w) for w in (p3[:, 2] - p3[:, 0])))
+    assert widths[0] == pytest.approx([4 * w for w in widths[1]])
+    square = [8 * 4 * 2 ** (k / 3) for k in range(3)]  # ratio 1 anchors at stride 8, SPEC §2.4
+    assert all(any(abs(w - s) < 1e-3 for w in widths[0]) for s in square)

@@ -69,6 +69,9 @@ class StageConfig:
     grad_clip: float | None = None  # max L2 norm of all gradients
     backbone_lr_mult: float = 1.0
     init_from: str | None = None  # weights to start from (stage 2: the stage-1 final by default)
+    # stage 2: module prefixes that train (SPEC §2.7: the classification head only); from-scratch
+    # CPU presets may add "backbone" (it never saw ImageNet, so its frozen features are weak)
+    trainable: list[str] = field(default_factory=lambda: ["cls_head"])
 
 
 def _stage2_default() -> StageConfig:

@@ -288,7 +288,7 @@ def _train_stage(cfg: TrainConfig, s: int, out: Path, resume: bool, builder: Mod
             load_model_weights(model, init_state["model"], init)
             del init_state
     if hasattr(model, "set_stage"):
-        model.set_stage(s)
+        model.set_stage(s, cfg.stage(s).trainable)
     model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -51,21 +51,32 @@ class Detector(nn.Module):
     #: (``model.norm_eval: false``): frozen statistics of a random network do not normalise.
     norm_eval: bool = True
 
-    def set_stage(self, stage: int) -> None:
+    stage2_trainable: tuple[str, ...] = ("cls_head",)
+
+    def set_stage(self, stage: int, stage2_trainable: tuple[str, ...] | list[str] = ("cls_head",)) -> None:
         """Stage 1: train the detector (classification head frozen is *not* required, it simply
-        receives no loss). Stage 2: freeze everything except ``cls_head`` (SPEC §2.7)."""
+        receives no loss). Stage 2: freeze everything except ``cls_head`` (SPEC §2.7).
+
+        ``stage2_trainable``: module-name prefixes that stay trainable in stage 2 (the paper: only
+        ``cls_head``; a from-scratch CPU preset may add ``backbone``, whose features it never
+        learned from ImageNet).
+        """
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         self.stage = stage
+        self.stage2_trainable = tuple(stage2_trainable)
         for name, p in self.named_parameters():
             if stage == 2:
-                p.requires_grad_(name.startswith("cls_head."))
+                p.requires_grad_(self._in_stage2_trainable(name))
             else:
                 p.requires_grad_(self._trainable_in_stage1(name))
         self.train(self.training)
 
     def _trainable_in_stage1(self, name: str) -> bool:  # overridden by models freezing a stem
         return True
+
+    def _in_stage2_trainable(self, name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in self.stage2_trainable)
 
     def train(self, mode: bool = True) -> Detector:
         super().train(mode)
@@ -74,7 +85,7 @@ class Detector(nn.Module):
         for name, m in self.named_modules():
             if not name:
                 continue
-            if self.stage == 2 and not name.startswith("cls_head"):
+            if self.stage == 2 and not self._in_stage2_trainable(name):
                 m.eval()
             elif (self.norm_eval and isinstance(m, nn.modules.batchnorm._BatchNorm)
                   and name.startswith("backbone")):

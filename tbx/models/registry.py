@@ -33,6 +33,8 @@ class ModelConfig:
         width: RetinaNet family — FPN / head / SAS channels (SPEC §2.1: 256). Narrower widths are
             for the CPU ``tiny`` preset only; the paper's models keep 256.
         cls_channels: classification-head width (SPEC §2.6: 512).
+        anchor_scale: RetinaNet anchor octave base scale (SPEC §2.4: 4); smaller for presets that
+            shrink the input and hence the lesions.
         norm_eval: keep backbone BatchNorm in eval mode (SPEC §2.1); False only for from-scratch
             CPU presets (see :attr:`tbx.models.base.Detector.norm_eval`).
     """
@@ -49,6 +51,7 @@ class ModelConfig:
     num_feature_levels: int = 4
     width: int = 256
     cls_channels: int = 512
+    anchor_scale: float = 4.0
     norm_eval: bool = True
 
 

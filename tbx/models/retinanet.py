@@ -147,12 +147,15 @@ class RetinaNet(Detector):
         width: FPN / head / SAS channels (SPEC §2.1: 256; narrower only for CPU presets; must be a
             multiple of 16 — 8 heads, and the sine encoding needs an even number per axis).
         cls_channels: classification-head width (SPEC §2.6: 512).
+        anchor_scale: anchor octave base scale (SPEC §2.4: 4, i.e. 32–50 px at stride 8); CPU
+            presets that shrink the input (and so the lesions) scale the anchors with it.
     """
 
     def __init__(self, backbone: str = "resnet50", pretrained: str = "imagenet", num_classes: int = 2,
                  sas: bool = True, pos_encoding: str = "spe", attention: str = "symmetric",
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, topk_per_level: int = 1000,
-                 max_dets: int = 100, width: int = 256, cls_channels: int = 512):
+                 max_dets: int = 100, width: int = 256, cls_channels: int = 512,
+                 anchor_scale: float = 4.0):
         super().__init__()
         if width % 16:
             raise ValueError(f"width must be a multiple of 16, got {width}")
@@ -162,7 +165,7 @@ class RetinaNet(Detector):
         self.sas = SASBlock(width, pos_encoding, attention, d_ffn=4 * width) if sas else None
         self.head = RetinaHead(num_classes, in_channels=width)
         self.cls_head = ClsHead(self.backbone.out_channels[-1], cls_channels, 3)
-        self.anchor_generator = AnchorGenerator()
+        self.anchor_generator = AnchorGenerator(octave_base_scale=anchor_scale)
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))  # SPEC §2.4: means 0, stds 1
         self.num_classes = num_classes
         self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
@@ -307,11 +310,11 @@ class RetinaNet(Detector):
 def build_retinanet(cfg: ModelConfig) -> RetinaNet:
     """RetinaNet-FPN (the paper's base model) + classification head."""
     return RetinaNet(cfg.backbone, cfg.pretrained, cfg.num_classes, sas=False, width=cfg.width,
-                     cls_channels=cfg.cls_channels)
+                     cls_channels=cfg.cls_channels, anchor_scale=cfg.anchor_scale)
 
 
 def build_symformer_retinanet(cfg: ModelConfig) -> RetinaNet:
     """SymFormer w/ RetinaNet (the paper's default model, SPEC §2)."""
     return RetinaNet(cfg.backbone, cfg.pretrained, cfg.num_classes, sas=True,
                      pos_encoding=cfg.pos_encoding, attention=cfg.attention, width=cfg.width,
-                     cls_channels=cfg.cls_channels)
+                     cls_channels=cfg.cls_channels, anchor_scale=cfg.anchor_scale)
