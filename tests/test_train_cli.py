@@ -46,3 +46,13 @@ def test_cli_errors(cli, tmp_path):
     code, _, err = cli("predict", tmp_path / "nothing", "--data", tmp_path, "--ann", "a.json",
                        "--out", tmp_path / "p")
     assert code == 2 and "not found" in err
+
+
+def test_failed_start_leaves_no_run_directory(cli, tmp_path):
+    """Missing backbone weights: one clear line, exit 2, and no half-made run directory."""
+    root = make_layout(tmp_path / "data", n_tb=2, n_healthy=1, n_sick=1, size=64)
+    run = tmp_path / "run"
+    code, _, err = cli("train", "symformer", "--config", "tiny", "--data", root, "--out", run,
+                       "--set", f"model.pretrained={tmp_path / 'missing.pth'}", "--set", "data.workers=0")
+    assert code == 2 and "missing.pth" in err
+    assert not run.exists()

@@ -162,6 +162,7 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
 
 
 def _use_progress_bar(progress: bool | None) -> bool:
@@ -216,6 +217,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, stage: str | int = "both", resu
         amp_dtype = resolve_amp(cfg.amp, device)
         if not cfg.data.root:
             raise TbxError("no data root given", fix="pass --data ROOT (a TBX11K-layout folder)")
+        created = not out.exists()  # a failed start removes a run directory it created itself
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             if resume and not any((out / f"stage{s}" / n).is_file() for s in stages
@@ -237,6 +239,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, stage: str | int = "both", resu
                     result.final[s] = final
                 if best is not None:
                     result.best[s] = best
+        except TbxError:
+            log.close()
+            if ctx.is_main and created and not any(out.rglob("*.pt")):
+                shutil.rmtree(out, ignore_errors=True)  # nothing trained: leave no half-made run
+            raise
         finally:
             log.close()
         return result
