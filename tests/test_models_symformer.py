@@ -374,6 +374,13 @@ def test_stage2_trainable_prefixes():
     assert trainable == {"cls_head", "backbone"}
     assert m.backbone.training and m.cls_head.training
     assert not m.fpn.training and not m.sas.training and not m.head.training
+    # the stage-2 forward really back-propagates into a trainable backbone
+    x = torch.randn(2, 3, 64, 64)
+    loss = m(x, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+                  "cls_label": torch.tensor(c)} for c in (0, 2)], [(64, 64)] * 2)["loss_img_cls"]
+    loss.backward()
+    assert all(p.grad is not None for p in m.backbone.parameters())
+    assert all(p.grad is None for p in m.fpn.parameters())
 
 
 def test_anchor_scale_scales_the_anchors():

@@ -59,7 +59,6 @@ def init_distributed(device_type: str) -> DistContext:
     world = env_world_size()
     if world <= 1:
         return DistContext()
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if dist.is_initialized():
         return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, False)

@@ -92,6 +92,16 @@ class Detector(nn.Module):
                 m.eval()
         return self
 
+    def backbone_grad(self):
+        """Context for the stage-2 backbone forward: autograd only when the backbone is among
+        ``stage2_trainable`` (the paper: frozen, so no graph is built)."""
+        return torch.set_grad_enabled(torch.is_grad_enabled() and self._in_stage2_trainable("backbone"))
+
+    def image_cls_loss(self, feat: Tensor, targets: list[dict]) -> dict[str, Tensor]:
+        """Stage-2 loss: the classification head on ``feat`` vs the targets' ``cls_label``."""
+        labels = torch.stack([torch.as_tensor(t["cls_label"]) for t in targets]).to(feat.device).long()
+        return {"loss_img_cls": self.cls_loss(self.cls_head(feat), labels)}
+
     @staticmethod
     def cls_loss(logits: Tensor, cls_labels: Tensor) -> Tensor:
         weight = torch.tensor(CLS_LOSS_WEIGHTS, device=logits.device, dtype=logits.dtype)

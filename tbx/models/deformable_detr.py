@@ -383,11 +383,9 @@ class DeformableDETR(Detector):
             return self.predict(images, image_sizes)
         sizes = normalise_image_sizes(images, image_sizes)
         if self.stage == 2:
-            with torch.no_grad():
+            with self.backbone_grad():
                 c5 = self._c5(images)
-            logits = self.cls_head(c5)
-            labels = torch.stack([torch.as_tensor(t["cls_label"]) for t in targets]).to(images.device)
-            return {"loss_img_cls": self.cls_loss(logits, labels)}
+            return self.image_cls_loss(c5, targets)
         feats = self.backbone(images)[1:]
         logits, boxes = self._detect(feats, padding_mask(images, sizes))
         tgts = self._prepare_targets(targets, sizes, images.device)

@@ -226,11 +226,9 @@ class RetinaNet(Detector):
         if targets is None:
             return self.predict(images, image_sizes)
         if self.stage == 2:
-            with torch.no_grad():
+            with self.backbone_grad():
                 c5 = self.backbone(images)[-1]
-            logits = self.cls_head(c5)
-            labels = torch.stack([torch.as_tensor(t["cls_label"], device=images.device) for t in targets])
-            return {"loss_img_cls": self.cls_loss(logits, labels.long())}
+            return self.image_cls_loss(c5, targets)
         sizes = self._sizes(images, image_sizes)
         _, feats = self._features(images, sizes)
         cls_out, reg_out = self.head(feats)

@@ -94,10 +94,6 @@ def _tv_targets(targets: list[dict], device: torch.device, label_offset: int = 0
     return out
 
 
-def _cls_labels(targets: list[dict], device: torch.device) -> Tensor:
-    return torch.stack([torch.as_tensor(t["cls_label"], device=device) for t in targets]).long()
-
-
 @contextmanager
 def _eval_mode(model: nn.Module):
     """torchvision heads branch on ``self.training``: predict always runs them in eval mode."""
@@ -146,11 +142,16 @@ class _FPNDetectorMixin:
         c5 = feats[next(reversed(feats))]
         return c5, self.backbone.fpn(feats)
 
-    def _stage2_loss(self, images: Tensor, targets: list[dict]) -> dict[str, Tensor]:
-        with torch.no_grad():  # everything but the head is frozen in stage 2 (SPEC §2.7)
-            c5 = self._c5(images)
-        logits = self.cls_head(c5)
-        return {"loss_img_cls": Detector.cls_loss(logits, _cls_labels(targets, images.device))}
+    def forward(self, images: Tensor, targets: list[dict] | None = None, image_sizes=None):
+        """Stage 1: the detector's losses (:meth:`_detection_losses`); stage 2: ``loss_img_cls``;
+        without ``targets``: :meth:`predict`."""
+        if targets is None:
+            return self.predict(images, image_sizes)
+        if self.stage == 2:
+            with self.backbone_grad():  # frozen in stage 2 unless listed trainable (SPEC §2.7)
+                c5 = self._c5(images)
+            return self.image_cls_loss(c5, targets)
+        return self._detection_losses(images, targets, image_sizes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,13 +173,8 @@ class FasterRCNNDetector(_FPNDetectorMixin, Detector, FasterRCNN):
         return {"backbone": self.backbone.body, "fpn": self.backbone.fpn, "rpn": self.rpn,
                 "roi_heads": self.roi_heads, "cls_head": self.cls_head}
 
-    def forward(self, images: Tensor, targets: list[dict] | None = None, image_sizes=None):
-        """Stage 1: ``loss_rpn_cls``, ``loss_rpn_box``, ``loss_cls``, ``loss_box``; stage 2:
-        ``loss_img_cls``; without ``targets``: :meth:`predict`."""
-        if targets is None:
-            return self.predict(images, image_sizes)
-        if self.stage == 2:
-            return self._stage2_loss(images, targets)
+    def _detection_losses(self, images: Tensor, targets: list[dict], image_sizes) -> dict[str, Tensor]:
+        """``loss_rpn_cls``, ``loss_rpn_box``, ``loss_cls``, ``loss_box``."""
         il = ImageList(images, _sizes(images, image_sizes))
         tv_targets = _tv_targets(targets, images.device)
         _, feats = self._trunk_and_fpn(images)
@@ -229,13 +225,8 @@ class FCOSDetector(_FPNDetectorMixin, Detector, FCOS):
         num_anchors_per_level = [f.size(2) * f.size(3) for f in feat_list]
         return il, head_outputs, anchors, num_anchors_per_level
 
-    def forward(self, images: Tensor, targets: list[dict] | None = None, image_sizes=None):
-        """Stage 1: ``loss_cls`` (focal), ``loss_box`` (GIoU), ``loss_centerness``; stage 2:
-        ``loss_img_cls``; without ``targets``: :meth:`predict`."""
-        if targets is None:
-            return self.predict(images, image_sizes)
-        if self.stage == 2:
-            return self._stage2_loss(images, targets)
+    def _detection_losses(self, images: Tensor, targets: list[dict], image_sizes) -> dict[str, Tensor]:
+        """``loss_cls`` (focal), ``loss_box`` (GIoU), ``loss_centerness``."""
         _, feats = self._trunk_and_fpn(images)
         _, head_outputs, anchors, num_per_level = self._head(images, feats, _sizes(images, image_sizes))
         # FCOS has no background class: categories 1/2 → class indices 0/1
@@ -397,10 +388,9 @@ class SSDDetector(Detector, SSD):
         if targets is None:
             return self.predict(images, image_sizes)
         if self.stage == 2:
-            with torch.no_grad():
+            with self.backbone_grad():
                 fc7 = self.backbone.fc7(images)
-            logits = self.cls_head(fc7)
-            return {"loss_img_cls": self.cls_loss(logits, _cls_labels(targets, images.device))}
+            return self.image_cls_loss(fc7, targets)
         il = ImageList(images, _sizes(images, image_sizes))
         tv_targets = _tv_targets(targets, images.device)
         _, maps = self._features(images)
