@@ -6,9 +6,11 @@
    (target ≤ 1.15: the SAS block must stay cheap).
 2. Our RetinaNet vs torchvision's ``retinanet_resnet50_fpn`` (weights=None, weights_backbone=None,
    min_size = max_size = size, same thresholds: score 0.05, NMS 0.5, top-1000 per level, 100 dets),
-   target ≤ 1.0.  Ours carries the SPEC §2.6 classification head (≈ 3 GMACs at 512) and builds P6
-   from C5 (2048 ch, SPEC §2.1) where torchvision builds it from P5, so two ratios are printed:
-   the full ``predict`` and the detection path alone (no classification head) — the like-for-like one.
+   target ≤ 1.0.  Ours runs as ``tbx predict`` runs it (:func:`tbx.models.inference.
+   prepare_for_inference`: BatchNorm folded into the convolutions, channels_last); torchvision's
+   as shipped, and also with channels_last (printed for context).  Ours carries the SPEC §2.6
+   classification head (≈ 3 GMACs at 512) and builds P6 from C5 (2048 ch, SPEC §2.1) where
+   torchvision builds it from P5, so the detection path alone (no classification head) is printed too.
 3. The deformable sampling core ``ms_deform_sample`` (forward + backward) vs a naive reference
    that loops in Python over heads × levels × points with explicit bilinear gathers, at the
    Deformable-DETR encoder scale (4 levels of a 512 input, 8 heads × 32 ch, 4 points), target ≥ 5×.
@@ -30,9 +32,9 @@ import torch
 import torchvision
 
 from tbx.models.deform_core import ms_deform_sample
+from tbx.models.inference import prepare_for_inference
 from tbx.models.info import count_macs
 from tbx.models.registry import ModelConfig, build
-
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -57,26 +59,33 @@ def median_times(fns: dict, runs: int, warmup: int = 2, clock: str = "wall") -> 
 def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
     torch.manual_seed(0)
     cfg = ModelConfig(backbone="resnet50", pretrained="none")
-    sym = build("symformer_retinanet", cfg).eval()
-    ret = build("retinanet", cfg).eval()
-    tv = torchvision.models.detection.retinanet_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=2, min_size=size, max_size=size,
-        score_thresh=0.05, nms_thresh=0.5, detections_per_img=100, topk_candidates=1000).eval()
+    sym = prepare_for_inference(build("symformer_retinanet", cfg))
+    ret = prepare_for_inference(build("retinanet", cfg))
+
+    def tv_retinanet():
+        return torchvision.models.detection.retinanet_resnet50_fpn(
+            weights=None, weights_backbone=None, num_classes=2, min_size=size, max_size=size,
+            score_thresh=0.05, nms_thresh=0.5, detections_per_img=100, topk_candidates=1000).eval()
+
+    tv = tv_retinanet()
+    tv_cl = tv_retinanet().to(memory_format=torch.channels_last)
     x = torch.randn(1, 3, size, size)
+    x_cl = x.contiguous(memory_format=torch.channels_last)  # as tbx predict feeds it
     sizes = [(size, size)]
 
     def ours_detection_only(model):
         def run():
-            _, feats = model._features(x, sizes)
+            _, feats = model._features(x_cl, sizes)
             cls_out, reg_out = model.head(feats)
             anchors = model.anchor_generator([f.shape[-2:] for f in feats], x.device)
             model.postprocess([c[0] for c in cls_out], [r[0] for r in reg_out], anchors, sizes[0])
         return run
 
     with torch.inference_mode():
-        t = median_times({"sym": lambda: sym.predict(x, sizes), "ret": lambda: ret.predict(x, sizes),
-                          "ret_det": ours_detection_only(ret), "tv": lambda: tv([x[0]])}, runs, clock=clock)
-    t_sym, t_ret, t_ret_det, t_tv = t["sym"], t["ret"], t["ret_det"], t["tv"]
+        t = median_times({"sym": lambda: sym.predict(x_cl, sizes), "ret": lambda: ret.predict(x_cl, sizes),
+                          "ret_det": ours_detection_only(ret), "tv": lambda: tv([x[0]]),
+                          "tv_cl": lambda: tv_cl([x_cl[0]])}, runs, clock=clock)
+    t_sym, t_ret, t_ret_det, t_tv, t_tv_cl = t["sym"], t["ret"], t["ret_det"], t["tv"], t["tv_cl"]
     # MACs for context (mmcv-style hooks; torchvision's FrozenBatchNorm2d is not counted)
     ret_macs, _ = count_macs(ret, x)
     tv_macs, _ = count_macs(tv, x)
@@ -85,10 +94,12 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
              "torchvision_retinanet": sum(tv_macs.values()) / 1e9}
     return {
         "latency_ms": {"symformer_retinanet": t_sym * 1e3, "retinanet": t_ret * 1e3,
-                       "retinanet_detection_only": t_ret_det * 1e3, "torchvision_retinanet": t_tv * 1e3},
+                       "retinanet_detection_only": t_ret_det * 1e3, "torchvision_retinanet": t_tv * 1e3,
+                       "torchvision_retinanet_channels_last": t_tv_cl * 1e3},
         "gmacs": gmacs,
         "symformer_over_retinanet": t_sym / t_ret,
         "retinanet_over_torchvision": t_ret / t_tv,
+        "retinanet_over_torchvision_channels_last": t_ret / t_tv_cl,
         "retinanet_detection_only_over_torchvision": t_ret_det / t_tv,
     }
 
@@ -169,9 +180,9 @@ def main() -> None:
         print(f"GMACs   {k:28s} {v:9.2f}")
     print(f"symformer_retinanet / retinanet        = {det['symformer_over_retinanet']:.3f}  (target ≤ 1.15)")
     print(f"retinanet / torchvision retinanet      = {det['retinanet_over_torchvision']:.3f}  "
-          "(ours incl. classification head)")
-    print(f"retinanet detection path / torchvision = "
-          f"{det['retinanet_detection_only_over_torchvision']:.3f}  (target ≤ 1.0)")
+          "(target ≤ 1.0; ours incl. classification head)")
+    print(f"retinanet / torchvision channels_last  = {det['retinanet_over_torchvision_channels_last']:.3f}")
+    print(f"retinanet detection path / torchvision = {det['retinanet_detection_only_over_torchvision']:.3f}")
     res["deform_core"] = dc = bench_deform_core(args.size, args.runs, args.clock)
     print(f"ms_deform_sample fwd+bwd {dc['deform_core_ms']:.1f} ms vs naive loop {dc['naive_loop_ms']:.1f} "
           f"ms → speedup {dc['speedup']:.1f}×  (target ≥ 5; max |diff| {dc['max_abs_diff']:.2e})")

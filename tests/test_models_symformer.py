@@ -396,3 +396,81 @@ def test_anchor_scale_scales_the_anchors():
     assert widths[0] == pytest.approx([4 * w for w in widths[1]])
     square = [8 * 4 * 2 ** (k / 3) for k in range(3)]  # ratio 1 anchors at stride 8, SPEC §2.4
     assert all(any(abs(w - s) < 1e-3 for w in widths[0]) for s in square)
+
+
+def test_joint_loss_weights(small_models):
+    """StageConfig loss weights: stage 1 may add weight × the SPEC §2.6 weighted cross-entropy to
+    the detector losses (images without boxes are negatives); stage 2 may keep the detector losses."""
+    model = copy.deepcopy(small_models["symformer_retinanet"])
+    model.set_stage(1, loss_weights=(1.0, 0.5))
+    model.train()
+    images, targets = _batch(128)
+    targets[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+                  "cls_label": torch.tensor(1)}  # a sick CXR: no boxes, all anchors background
+    losses = model(images, targets)
+    assert set(losses) == {"loss_cls", "loss_box", "loss_img_cls"}
+    sum(losses.values()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.cls_head.parameters())
+    model.eval()  # independent value: 0.5 × weighted CE of the head on C5 (BN statistics frozen)
+    with torch.no_grad():
+        logp = F.log_softmax(model.cls_head(model.backbone(images)[-1]), -1)
+        model.train()
+        joint = model(images, targets)
+    w, y = torch.tensor(CLS_LOSS_WEIGHTS), torch.tensor([2, 1])
+    expected = -0.5 * (w[y] * logp[torch.arange(2), y]).sum() / w[y].sum()
+    assert all(not m.training for n, m in model.named_modules()  # norm_eval: BN as in eval above
+               if isinstance(m, torch.nn.BatchNorm2d) and n.startswith("backbone"))
+    torch.testing.assert_close(joint["loss_img_cls"], expected)
+    # stage 2 with the detector kept in tune: 2 × the same detection losses + the plain CE
+    def losses_at(stage, trainable, weights):
+        model.set_stage(stage, trainable, loss_weights=weights)
+        model.train()
+        for m in model.modules():  # no dropout: both forwards see the same network
+            if isinstance(m, torch.nn.Dropout):
+                m.eval()
+        with torch.no_grad():
+            return model(images, targets)
+
+    ref = losses_at(1, ["cls_head"], (1.0, 0.5))
+    got = losses_at(2, ["cls_head", "backbone", "fpn", "sas", "head"], (2.0, 1.0))
+    torch.testing.assert_close(got["loss_box"], 2 * ref["loss_box"])
+    torch.testing.assert_close(got["loss_img_cls"], 2 * ref["loss_img_cls"])
+    model.set_stage(2)
+    assert model.loss_weights == (0.0, 1.0)
+    with pytest.raises(ValueError, match="joint"):
+        build("faster_rcnn", ModelConfig(backbone="resnet18", pretrained="none")).set_stage(
+            1, loss_weights=(1.0, 1.0))
+
+
+def test_fold_batchnorm_keeps_outputs_and_removes_every_bn():
+    from tbx.models.inference import fold_batchnorm, prepare_for_inference
+
+    torch.manual_seed(0)
+    m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", width=32,
+                                       cls_channels=32, norm_eval=False))
+    m.train()
+    with torch.no_grad():  # non-trivial running statistics and affine parameters
+        for _ in range(3):
+            m.backbone(torch.randn(4, 3, 96, 96) * 2 + 0.5)
+        for bn in (x for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(m)
+    m.eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        ref = m.backbone(x)
+        ref_probs = m.predict(x, [(96, 96)] * 2)
+    folded = copy.deepcopy(m)
+    # resnet18: stem 1 + 8 blocks × 2 + 3 downsample branches
+    assert fold_batchnorm(folded) == 20
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in folded.modules())
+    with torch.no_grad():
+        for a, b in zip(ref, folded.backbone(x)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    prepare_for_inference(m)  # what `tbx predict` runs: folded + channels_last
+    with torch.no_grad():
+        got = m.predict(x.contiguous(memory_format=torch.channels_last), [(96, 96)] * 2)
+    for a, b in zip(ref_probs, got):
+        torch.testing.assert_close(a.probs, b.probs, rtol=1e-4, atol=1e-5)

@@ -129,7 +129,19 @@ def test_default_unilateral_share_and_sizes():
             sizes[b.category].append(np.sqrt((b.w + 1) * (b.h + 1)) * 512 / 256)  # in the 512 frame
     share = float(np.mean(multi))
     assert 0.7 <= share <= 0.97, share  # 85 % of TB images unilateral
-    assert 40 <= np.median(sizes[1]) <= 150 and 20 <= np.median(sizes[2]) <= 60
+    # calibrated on the real release (TBX11K_train.json, 724 active / 178 latent boxes, √area
+    # at 512: median 124 / 108, 5–95 % 54–195 / 45–173): ±25 % on the medians
+    assert 93 <= np.median(sizes[1]) <= 155 and 81 <= np.median(sizes[2]) <= 135, \
+        (np.median(sizes[1]), np.median(sizes[2]))
+    assert np.percentile(sizes[1], 5) >= 35 and np.percentile(sizes[1], 95) <= 260
+
+
+def test_box_sizes_follow_the_real_release(shared_data: Path):
+    """The constants above, recomputed from the official TBX11K_train.json (√(w·h) at 512)."""
+    data = json.loads((shared_data / "tbx11k-meta" / "TBX11K_train.json").read_text())
+    for cat, median in ((1, 124.4), (2, 108.3)):
+        s = [np.sqrt(a["bbox"][2] * a["bbox"][3]) for a in data["annotations"] if a["category_id"] == cat]
+        assert np.median(s) == pytest.approx(median, abs=0.1)
 
 
 def test_lesion_contrast_and_tight_boxes():
@@ -146,8 +158,11 @@ def test_lesion_contrast_and_tight_boxes():
         for b in boxes:
             inside[int(b.y):int(b.y + b.h) + 1, int(b.x):int(b.x + b.w) + 1] = True
             patch = diff[int(b.y):int(b.y + b.h) + 1, int(b.x):int(b.x + b.w) + 1]
-            # tight: the lesion still shows on every edge row/column of its box
-            assert min(patch[0].max(), patch[-1].max(), patch[:, 0].max(), patch[:, -1].max()) \
+            overlapped = any(o is not b and o.x <= b.x + b.w and b.x <= o.x + o.w
+                             and o.y <= b.y + b.h and b.y <= o.y + o.h for o in boxes)
+            # tight: the lesion still shows on every edge row/column of its box (a box that
+            # touches another lesion's box may have its peak from that lesion: not checked)
+            assert overlapped or min(patch[0].max(), patch[-1].max(), patch[:, 0].max(), patch[:, -1].max()) \
                 > 0.1 * patch.max()
         if len({b.x + b.w / 2 < 128 for b in boxes}) == 1:  # unilateral: the mirror is lesion-free,
             for b in boxes:  # so comparing a region with its mirror isolates the lesion

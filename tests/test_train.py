@@ -144,6 +144,20 @@ def test_stage2_needs_stage1_weights_and_same_model(root, tmp_path):
         train(_cfg(root), tmp_path / "empty", resume=True, model_builder=tiny_builder, progress=False)
 
 
+def test_stage_loss_weights_resolve_and_are_checked(root, tmp_path):
+    sc = StageConfig()
+    assert sc.loss_weights(1) == (1.0, 0.0) and sc.loss_weights(2) == (0.0, 1.0)  # SPEC §2.7
+    assert StageConfig(image_cls_weight=0.5).loss_weights(1) == (1.0, 0.5)
+    zero, joint = _cfg(root), _cfg(root)
+    zero.stage1.detection_weight = 0.0
+    joint.stage1.image_cls_weight = 1.0  # the test detector has no joint losses
+    with pytest.raises(TbxError, match="not both 0"):
+        train(zero, tmp_path / "a", stage=1, model_builder=tiny_builder, progress=False)
+    with pytest.raises(TbxError, match=r"paper's loss weights only"):
+        train(joint, tmp_path / "b", stage=1, model_builder=tiny_builder, progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_lr_schedule_matches_paper_formula():
     sc = StageConfig()  # SPEC §2.7: warm-up 500 from 0.001, ×0.1 at epochs 16 and 22
     ipe = 100

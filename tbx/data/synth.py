@@ -19,10 +19,14 @@ per-pixel Python loops):
     airspace opacities, *cardiomegaly* (cardiothoracic ratio > 0.5) and a pleural *effusion*
     (meniscus, blunted costophrenic angle) — patterns deliberately unlike TB's;
   - TB: *active* lesions (fluffy consolidations built from mottled blobs, or cavities = a dense
-    ring around a lucent centre; mostly upper zones; box 40–150 px at 512), *latent* lesions
-    (small dense calcified nodules or fibrotic streaks pointing to the hilum; box 20–60 px), both,
-    or *uncertain* type (either kind, boxed as category 3).  Lesions are unilateral in 85 % of TB
-    images (``SynthConfig.unilateral``), so comparing a region with its mirror is informative.
+    ring around a lucent centre; mostly upper zones), *latent* lesions (clusters of small dense
+    calcified nodules, or fibrotic streaks pointing to the hilum), both, or *uncertain* type
+    (either kind, boxed as category 3).  Box sizes are calibrated on the real release
+    (``TBX11K_train.json``: √(w·h) at 512 has median 124 px for active and 108 px for latent
+    boxes, 5–95 % ranges 54–195 and 45–173; the synthetic medians are ≈ 115 and ≈ 101; 1.5
+    boxes per TB image there, ≈ 1.9 here).  Each lesion stays inside the lung it was placed in;
+    lesions are unilateral in 85 % of TB images (``SynthConfig.unilateral``), so comparing a
+    region with its mirror is informative.
   Lesions add density to the lung (active 0.065–0.1, calcified nodules 0.10–0.16, streaks
   0.06–0.09 units, on a lung field of ≈ 0.1–0.2 units and a mediastinum of ≈ 0.8) with soft
   edges; after the display mapping their peak contrast is ≈ 12–18 % (active) and 15–35 % (small
@@ -491,7 +495,7 @@ def _lesion_layer(kind: str, rng: np.random.Generator, cx: float, cy: float,
     """
     px = unit / 512.0  # one 512-frame pixel in this image
     if kind == "consolidation":
-        R = rng.uniform(20, 58) * px
+        R = rng.uniform(34, 118) * px
         win = _window(cx, cy, 2.2 * R, h, w)
         if win is None:
             return None
@@ -505,7 +509,7 @@ def _lesion_layer(kind: str, rng: np.random.Generator, cx: float, cy: float,
         lay *= 0.55 + 0.9 * _smooth_noise(rng, hh, ww, max(3, int(ww / (6 * px))))
         return win, lay / lay.max(), rng.uniform(0.065, 0.1)
     if kind == "cavity":
-        R = rng.uniform(13, 34) * px
+        R = rng.uniform(24, 60) * px
         win = _window(cx, cy, 2.0 * R, h, w)
         if win is None:
             return None
@@ -518,9 +522,9 @@ def _lesion_layer(kind: str, rng: np.random.Generator, cx: float, cy: float,
             + 0.35 * np.exp(-((d - 1.0) / (2.2 * wall)) ** 2)
         return win, lay / np.abs(lay).max(), rng.uniform(0.06, 0.09)
     if kind == "nodules":  # calcified granulomas: small, dense, sharp-ish
-        n = int(rng.integers(2, 6))
-        spread = rng.uniform(7, 15) * px
-        rad = rng.uniform(4.0, 7.5, n) * px
+        n = int(rng.integers(5, 12))
+        spread = rng.uniform(30, 68) * px
+        rad = rng.uniform(4.0, 8.0, n) * px
         win = _window(cx, cy, spread * 2.5 + 2 * rad.max() + 3 * px, h, w)
         if win is None:
             return None
@@ -533,7 +537,7 @@ def _lesion_layer(kind: str, rng: np.random.Generator, cx: float, cy: float,
             lay = np.maximum(lay, _ramp((rad[k] - d) / (1.5 * px)) * rng.uniform(0.7, 1.0))
         return win, lay / lay.max(), rng.uniform(0.10, 0.16)
     if kind == "fibrosis":  # fibrotic streaks converging towards the hilum
-        length = rng.uniform(30, 62) * px
+        length = rng.uniform(120, 240) * px
         win = _window(cx, cy, 0.75 * length + 3 * px, h, w)
         if win is None:
             return None
@@ -572,19 +576,20 @@ def _place(low: _Canvas, lung: np.ndarray, kx: float, ky: float, rng: np.random.
     if idx.size == 0:
         return None
     ys, xs = np.unravel_index(idx, sub.shape)
-    for _ in range(30):
+    for attempt in range(60):
+        overlap = 1.0 if attempt < 30 else 0.5  # then let lesions touch rather than drop one
         k = int(rng.integers(idx.size))
         cy, cx = (ys[k] + rng.random()) * st * ky, (xs[k] + rng.random()) * st * kx
         probe = [(cy, cx + margin), (cy, cx - margin), (cy + margin, cx), (cy - margin, cx)]
         if not all(0 <= py < h and 0 <= qx < w and lung[int(py), int(qx)] > 0.3 for py, qx in probe):
             continue
-        if any(math.hypot(cx - ax, cy - ay) < (margin + ar) for ax, ay, ar in avoid):
+        if any(math.hypot(cx - ax, cy - ay) < overlap * (margin + ar) for ax, ay, ar in avoid):
             continue
         return cx, cy
     return None
 
 
-def _tb(D: np.ndarray, lung: np.ndarray, low: _Canvas, kx: float, ky: float, unit: float,
+def _tb(D: np.ndarray, lung: np.ndarray, side_x: np.ndarray, low: _Canvas, kx: float, ky: float, unit: float,
         rng: np.random.Generator, tb_type: str, unilateral: float, draw: bool = True) -> list[Box]:
     """Render the lesions of a TB image into ``D`` (full resolution); returns their tight boxes
     (0-based pixel indices: ``x`` = first column, ``w`` = last − first column)."""
@@ -606,7 +611,7 @@ def _tb(D: np.ndarray, lung: np.ndarray, low: _Canvas, kx: float, ky: float, uni
     avoid: list[tuple[float, float, float]] = []
     for j, (kind, cat) in enumerate(kinds):
         s = (side if j % 2 == 0 else -side) if bilateral else side
-        margin = (30 if kind in ("consolidation", "cavity") else 14) * px
+        margin = 30 * px
         upper = 0.85 if cat == ACTIVE else 0.7
         pos = _place(low, lung, kx, ky, rng, s, upper, avoid, margin)
         if pos is None:
@@ -615,7 +620,9 @@ def _tb(D: np.ndarray, lung: np.ndarray, low: _Canvas, kx: float, ky: float, uni
         if made is None:
             continue
         win, lay, amp = made
-        lay = lay * lung[win]  # only inside the lung
+        # only inside the lung it was placed in (large nodule clusters and long streaks would
+        # otherwise spill into the other lung and break the planned laterality)
+        lay = lay * lung[win] * _ramp(s * side_x[win] / np.float32(1 / 80))
         if draw:
             D[win] += np.float32(amp) * lay
         vis = np.abs(lay) >= 0.3
@@ -664,7 +671,8 @@ def render(case: Case, cfg: SynthConfig, *, lesions: bool = True) -> tuple[np.nd
     boxes: list[Box] = []
     if case.label == "tb":
         lung = _upsample(low.lung, w, h)
-        boxes = _tb(D, lung, low, w / w2, h / h2, low.unit * min(h, w) / min(h2, w2), rng,
+        side_x = _upsample(low.X, w, h)  # thorax-frame abscissa: which lung a pixel belongs to
+        boxes = _tb(D, lung, side_x, low, w / w2, h / h2, low.unit * min(h, w) / min(h2, w2), rng,
                     case.tb_type, cfg.unilateral, draw=lesions)
         if case.tb_type == "unknown":
             boxes = []

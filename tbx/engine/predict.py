@@ -31,6 +31,7 @@ from tbx.engine.checkpoint import file_sha256, find_checkpoint, load_checkpoint,
 from tbx.engine.schedule import TrainConfig
 from tbx.errors import TbxError
 from tbx.io import atomic_write_json
+from tbx.models.inference import prepare_for_inference
 from tbx.provenance import versions, write_provenance
 
 CLS_RESULT = "cls_result.txt"
@@ -165,8 +166,7 @@ def predict(checkpoint: str | Path, data_root: str | Path, ann: str | Path, out_
     model.to(dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    prepare_for_inference(model, cfg.channels_last)  # BN folded into the convolutions, NHWC
     size = int(input_size or cfg.model.input_size)
     ds = TBXDataset(data_root, ann, size, train=False)
     bar = None

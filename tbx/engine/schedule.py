@@ -72,6 +72,19 @@ class StageConfig:
     # stage 2: module prefixes that train (SPEC §2.7: the classification head only); from-scratch
     # CPU presets may add "backbone" (it never saw ImageNet, so its frozen features are weak)
     trainable: list[str] = field(default_factory=lambda: ["cls_head"])
+    # Loss weights of the stage; None = the paper (stage I: detection 1, image classification 0;
+    # stage II: detection 0, classification 1).  Both > 0 trains jointly: the detector losses on
+    # every image of the stage's annotation file (images without boxes are negatives) plus the
+    # SPEC §2.6 cross-entropy — e.g. a stage II that trains the backbone keeps its detector in tune
+    # (list the detector modules in `trainable` then).  RetinaNet models only.
+    detection_weight: float | None = None
+    image_cls_weight: float | None = None
+
+    def loss_weights(self, stage: int) -> tuple[float, float]:
+        """``(detection, image classification)`` weights of this stage, defaults resolved."""
+        det = self.detection_weight if self.detection_weight is not None else float(stage == 1)
+        cls = self.image_cls_weight if self.image_cls_weight is not None else float(stage == 2)
+        return float(det), float(cls)
 
 
 def _stage2_default() -> StageConfig:
@@ -113,7 +126,7 @@ def preset_path(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
-    stem = p.name[:-5] if p.name.endswith(".yaml") else p.name
+    stem = p.name.removesuffix(".yaml")
     cand = CONFIG_DIR / f"{stem}.yaml"
     if cand.is_file() and p.parent == Path("."):
         return cand

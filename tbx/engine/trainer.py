@@ -295,7 +295,16 @@ def _train_stage(cfg: TrainConfig, s: int, out: Path, resume: bool, builder: Mod
             load_model_weights(model, init_state["model"], init)
             del init_state
     if hasattr(model, "set_stage"):
-        model.set_stage(s, cfg.stage(s).trainable)
+        weights = sc.loss_weights(s)
+        knobs = f"stage{s}.detection_weight / stage{s}.image_cls_weight"
+        if min(weights) < 0 or max(weights) <= 0:
+            raise TbxError(f"stage{s} loss weights must be ≥ 0 and not both 0 (got {weights})",
+                           where=str(out), fix=f"set {knobs}")
+        try:
+            model.set_stage(s, sc.trainable, weights)
+        except ValueError as e:  # joint losses on a model without them
+            raise TbxError(f"{model_name}: {e}", where=str(out),
+                           fix=f"drop {knobs} (joint losses exist for the RetinaNet models)") from None
     model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -52,19 +52,32 @@ class Detector(nn.Module):
     norm_eval: bool = True
 
     stage2_trainable: tuple[str, ...] = ("cls_head",)
+    #: ``(detection, image classification)`` loss weights of the current stage (SPEC §2.7:
+    #: stage 1 ``(1, 0)``, stage 2 ``(0, 1)``).
+    loss_weights: tuple[float, float] = (1.0, 0.0)
+    #: Whether the training forward honours other loss weights (joint detection + classification).
+    supports_loss_weights: bool = False
 
-    def set_stage(self, stage: int, stage2_trainable: tuple[str, ...] | list[str] = ("cls_head",)) -> None:
+    def set_stage(self, stage: int, stage2_trainable: tuple[str, ...] | list[str] = ("cls_head",),
+                  loss_weights: tuple[float, float] | None = None) -> None:
         """Stage 1: train the detector (classification head frozen is *not* required, it simply
         receives no loss). Stage 2: freeze everything except ``cls_head`` (SPEC §2.7).
 
         ``stage2_trainable``: module-name prefixes that stay trainable in stage 2 (the paper: only
         ``cls_head``; a from-scratch CPU preset may add ``backbone``, whose features it never
-        learned from ImageNet).
+        learned from ImageNet).  ``loss_weights``: ``(detection, image classification)``, None =
+        the paper's for the stage; others need ``supports_loss_weights`` (joint training).
         """
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
+        paper = (1.0, 0.0) if stage == 1 else (0.0, 1.0)
+        weights = paper if loss_weights is None else (float(loss_weights[0]), float(loss_weights[1]))
+        if weights != paper and not self.supports_loss_weights:
+            raise ValueError(f"{type(self).__name__} trains with the paper's loss weights only "
+                             f"(stage {stage}: {paper}), got {weights} — no joint losses")
         self.stage = stage
         self.stage2_trainable = tuple(stage2_trainable)
+        self.loss_weights = weights
         for name, p in self.named_parameters():
             if stage == 2:
                 p.requires_grad_(self._in_stage2_trainable(name))
@@ -93,9 +106,10 @@ class Detector(nn.Module):
         return self
 
     def backbone_grad(self):
-        """Context for the stage-2 backbone forward: autograd only when the backbone is among
-        ``stage2_trainable`` (the paper: frozen, so no graph is built)."""
-        return torch.set_grad_enabled(torch.is_grad_enabled() and self._in_stage2_trainable("backbone"))
+        """Context for a classification-only backbone forward: autograd in stage 1 and, in stage 2,
+        only when the backbone is among ``stage2_trainable`` (the paper: frozen, no graph built)."""
+        trains = self.stage == 1 or self._in_stage2_trainable("backbone")
+        return torch.set_grad_enabled(torch.is_grad_enabled() and trains)
 
     def image_cls_loss(self, feat: Tensor, targets: list[dict]) -> dict[str, Tensor]:
         """Stage-2 loss: the classification head on ``feat`` vs the targets' ``cls_label``."""

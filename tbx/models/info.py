@@ -20,11 +20,13 @@ Counting is generic (nothing per model is hard-coded):
   counted separately as ``gmacs_functional`` (grid_sample: 4 taps per sampled element; products:
   the usual m·n·k).
 * ``latency_ms`` — median wall time of ``predict`` on CPU (batch 1, ``torch.inference_mode``)
-  after warm-up runs.
+  after warm-up runs, on a copy prepared as ``tbx predict`` prepares it (BatchNorm folded,
+  channels_last: :func:`tbx.models.inference.prepare_for_inference`).
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections import defaultdict
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from tbx.models.inference import prepare_for_inference
 from tbx.models.registry import ModelConfig, build
 
 _ACT = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid)
@@ -222,7 +225,11 @@ def model_info(name: str, cfg: ModelConfig | None = None, input_size: int | None
         components["other"] = {"params": 0, "params_trainable": 0, "gmacs": macs["other"] / 1e9}
     dead = int(getattr(model, "dead_params", 0))
     trainable = count_params(model, True)
-    latency = measure_latency(model, images, latency_runs) * 1000 if latency_runs > 0 else None
+    latency = None
+    if latency_runs > 0:
+        fast = prepare_for_inference(copy.deepcopy(model))
+        nhwc = images.contiguous(memory_format=torch.channels_last)
+        latency = measure_latency(fast, nhwc, latency_runs) * 1000
     return {
         "model": name, "backbone": cfg.backbone, "input": size,
         "params_live": count_params(model), "params_trainable": trainable,

@@ -151,6 +151,8 @@ class RetinaNet(Detector):
             presets that shrink the input (and so the lesions) scale the anchors with it.
     """
 
+    supports_loss_weights = True  # joint detection + image classification (StageConfig weights)
+
     def __init__(self, backbone: str = "resnet50", pretrained: str = "imagenet", num_classes: int = 2,
                  sas: bool = True, pos_encoding: str = "spe", attention: str = "symmetric",
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, topk_per_level: int = 1000,
@@ -225,15 +227,21 @@ class RetinaNet(Detector):
         Without ``targets``: :meth:`predict`."""
         if targets is None:
             return self.predict(images, image_sizes)
-        if self.stage == 2:
+        w_det, w_cls = self.loss_weights
+        if not w_det:  # the paper's stage 2: backbone (frozen unless trainable) + classification head
             with self.backbone_grad():
                 c5 = self.backbone(images)[-1]
-            return self.image_cls_loss(c5, targets)
+            return {k: w_cls * v for k, v in self.image_cls_loss(c5, targets).items()}
         sizes = self._sizes(images, image_sizes)
-        _, feats = self._features(images, sizes)
+        c5, feats = self._features(images, sizes)
         cls_out, reg_out = self.head(feats)
         anchors = torch.cat(self.anchor_generator([f.shape[-2:] for f in feats], images.device), 0)
-        return self.detection_loss(torch.cat(cls_out, 1), torch.cat(reg_out, 1), anchors, targets)
+        losses = self.detection_loss(torch.cat(cls_out, 1), torch.cat(reg_out, 1), anchors, targets)
+        if w_det != 1.0:
+            losses = {k: w_det * v for k, v in losses.items()}
+        if w_cls:  # joint detection + image classification (StageConfig loss weights)
+            losses["loss_img_cls"] = w_cls * self.image_cls_loss(c5, targets)["loss_img_cls"]
+        return losses
 
     def detection_loss(self, logits: Tensor, deltas: Tensor, anchors: Tensor,
                        targets: list[dict]) -> dict[str, Tensor]:
