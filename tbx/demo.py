@@ -36,8 +36,8 @@ MARKER = ".tbx-demo"
 class DemoConfig:
     """Size of the synthetic dataset and of the training run (defaults fit ~15 CPU minutes)."""
 
-    n_healthy: int = 300  # the release's mix (healthy = sick, TB a minority): SPEC §2.6's class
-    n_sick: int = 300  # weights [1, 1, 4] assume it (here 164 TB = 21 %; the release: 11 %)
+    n_healthy: int = 150
+    n_sick: int = 150
     n_active: int = 100
     n_latent: int = 40
     n_both: int = 20
