@@ -49,7 +49,7 @@ def ms_deform_sample(value: Tensor, spatial_shapes: Sequence[tuple[int, int]] | 
 def _grid_sample_core(value: Tensor, shapes: list[tuple[int, int]], sampling_locations: Tensor,
                       attention_weights: Tensor) -> Tensor:
     n, _, m, d = value.shape
-    _, q, _, n_levels, n_points, _ = sampling_locations.shape
+    _, q, _, _, n_points, _ = sampling_locations.shape
     value_list = value.split([h * w for h, w in shapes], dim=1)
     grids = 2 * sampling_locations - 1
     out = None
