@@ -3,7 +3,8 @@
 Synthesises a TBX11K-layout dataset (``tbx.data.synth``), trains ``tiny`` SymFormer with the
 two-stage schedule (``tbx.engine.trainer.train``), predicts ``all_test.json`` and scores it with
 the bench library (``tbx.bench.protocol.evaluate``).  Target (brief): 3-class accuracy ≥ 0.90 and
-tb-only category-agnostic AP50 ≥ 0.50 within 15 CPU minutes on 2 cores.
+tb-only category-agnostic AP50 ≥ 0.50 within 15 CPU minutes on 2 cores (read as: both training
+stages take ≤ 900 s of wall time with 2 threads on a 2-core machine; ``passed`` checks all three).
 
 The default dataset keeps the release's class mix (healthy = sick, TB a minority: 1,776 images,
 376 TB = 21 %, the release has 11 %, more TB here so that stage I sees a few hundred boxed images)
@@ -86,8 +87,9 @@ def main() -> int:
     load = os.getloadavg()
     result = {
         "metrics": scores,
-        "targets": {"accuracy": 0.90, "cat_agnostic_ap50": 0.50},
-        "passed": bool(scores.get("accuracy", 0) >= 0.90 and scores.get("cat_agnostic_ap50", 0) >= 0.50),
+        "targets": {"accuracy": 0.90, "cat_agnostic_ap50": 0.50, "train_total_s": 900},
+        "passed": bool(scores.get("accuracy", 0) >= 0.90 and scores.get("cat_agnostic_ap50", 0) >= 0.50
+                       and times["train_total_s"] <= 900),
         "times": times, "threads": args.threads, "loadavg_at_end": load, "cpu_count": os.cpu_count(),
         "config": args.config, "overrides": args.overrides, "data": str(root),
     }

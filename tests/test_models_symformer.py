@@ -381,6 +381,17 @@ def test_stage2_trainable_prefixes():
     loss.backward()
     assert all(p.grad is not None for p in m.backbone.parameters())
     assert all(p.grad is None for p in m.fpn.parameters())
+    # a part of the backbone: gradients reach exactly that part
+    m.zero_grad(set_to_none=True)
+    m.set_stage(2, ("cls_head", "backbone.layer4"))
+    m.train()
+    loss = m(x, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+                  "cls_label": torch.tensor(c)} for c in (0, 2)], [(64, 64)] * 2)["loss_img_cls"]
+    loss.backward()
+    got = {n for n, p in m.named_parameters() if p.grad is not None}
+    assert got and all(n.startswith(("cls_head.", "backbone.layer4.")) for n in got)
+    assert any(n.startswith("backbone.layer4.") for n in got)
+    assert m.backbone.layer4.training and not m.backbone.layer3.training
 
 
 def test_anchor_scale_scales_the_anchors():
@@ -474,3 +485,58 @@ def test_fold_batchnorm_keeps_outputs_and_removes_every_bn():
         got = m.predict(x.contiguous(memory_format=torch.channels_last), [(96, 96)] * 2)
     for a, b in zip(ref_probs, got):
         torch.testing.assert_close(a.probs, b.probs, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_class_agnostic_nms(agnostic):
+    """Two near-identical boxes of different classes: class-wise NMS (the paper) keeps both,
+    class-agnostic NMS only the higher-scoring one."""
+    from tbx.models.registry import ModelConfig, build
+
+    m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", width=32, cls_channels=32,
+                                       nms_class_agnostic=agnostic))
+    anchors = [torch.tensor([[10.0, 10.0, 50.0, 50.0], [12.0, 10.0, 52.0, 50.0], [80.0, 80.0, 90.0, 90.0]])]
+    p = torch.tensor([[0.9, 0.01], [0.01, 0.8], [0.01, 0.01]])  # sigmoid scores: A active, B latent
+    logits = [torch.log(p / (1 - p))]
+    boxes, scores, labels = m.postprocess(logits, [torch.zeros(3, 4)], anchors, (100, 100))
+    iou = float(torchvision.ops.box_iou(anchors[0][:1], anchors[0][1:2]))
+    assert iou > 0.5  # the pair overlaps beyond the NMS threshold
+    if agnostic:
+        assert labels.tolist() == [1] and scores.tolist() == pytest.approx([0.9])
+    else:
+        assert sorted(labels.tolist()) == [1, 2] and sorted(scores.tolist()) == pytest.approx([0.8, 0.9])
+    assert torch.allclose(boxes[0], anchors[0][0])
+
+
+def test_cls_backbone_stage2_leaves_the_detector_unchanged():
+    """``cls_backbone``: stage I does not train it, stage II forks it from the detector's backbone
+    and trains it with the head — the detections stay bit-identical, the class probabilities move."""
+    from tbx.models.registry import ModelConfig, build
+
+    torch.manual_seed(0)
+    m = build("symformer_retinanet", ModelConfig(backbone="resnet18", pretrained="none", width=32,
+                                                 cls_channels=32, norm_eval=False, cls_backbone=True,
+                                                 anchor_scale=1.0))
+    m.set_stage(1)
+    assert not any(p.requires_grad for n, p in m.named_parameters() if n.startswith("cls_backbone."))
+    m.start_stage(2)
+    for (ka, a), (kb, b) in zip(m.backbone.state_dict().items(), m.cls_backbone.state_dict().items()):
+        assert ka == kb and torch.equal(a, b)
+    m.set_stage(2, ("cls_head", "cls_backbone.layer4"))
+    x = torch.randn(2, 3, 64, 64)
+    m.eval()
+    before = m.predict(x)
+    m.train()
+    assert m.cls_backbone.layer4.training and not m.cls_backbone.layer1.training and not m.backbone.training
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
+    targets = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+                "cls_label": torch.tensor(c)} for c in (1, 2)]
+    m(x, targets, [(64, 64)] * 2)["loss_img_cls"].backward()
+    grads = {n.split(".")[0] + "." + n.split(".")[1] for n, p in m.named_parameters() if p.grad is not None}
+    assert grads == {"cls_backbone.layer4", "cls_head.features", "cls_head.classifier"}
+    opt.step()
+    m.eval()
+    after = m.predict(x)
+    for b, a in zip(before, after):
+        assert torch.equal(b.boxes, a.boxes) and torch.equal(b.scores, a.scores)
+        assert not torch.allclose(b.probs, a.probs)

@@ -185,7 +185,8 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def param_groups(model: nn.Module, sc: StageConfig) -> list[dict[str, Any]]:
-    """Trainable parameters, split into backbone (lr × ``backbone_lr_mult``) and the rest.
+    """Trainable parameters, split into backbone (lr × ``backbone_lr_mult``; also a RetinaNet's
+    ``cls_backbone``) and the rest.
 
     A model may name further reduced-lr parameters in ``low_lr_keys`` (Deformable DETR: the
     sampling-offset and reference-point Linears, as the official recipe does).
@@ -195,7 +196,7 @@ def param_groups(model: nn.Module, sc: StageConfig) -> list[dict[str, Any]]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        low = name.startswith("backbone.") or any(k in name for k in low_keys)
+        low = name.startswith(("backbone.", "cls_backbone.")) or any(k in name for k in low_keys)
         (backbone if low else other).append(p)
     groups = []
     if other:

@@ -294,6 +294,8 @@ def _train_stage(cfg: TrainConfig, s: int, out: Path, resume: bool, builder: Mod
             init_state = load_checkpoint(init, "cpu", expect_model=model_name)
             load_model_weights(model, init_state["model"], init)
             del init_state
+        if hasattr(model, "start_stage"):
+            model.start_stage(s)
     if hasattr(model, "set_stage"):
         weights = sc.loss_weights(s)
         knobs = f"stage{s}.detection_weight / stage{s}.image_cls_weight"

@@ -85,6 +85,9 @@ class Detector(nn.Module):
                 p.requires_grad_(self._trainable_in_stage1(name))
         self.train(self.training)
 
+    def start_stage(self, stage: int) -> None:
+        """Called once when a training stage starts from its initial weights (not on resume)."""
+
     def _trainable_in_stage1(self, name: str) -> bool:  # overridden by models freezing a stem
         return True
 
@@ -99,16 +102,19 @@ class Detector(nn.Module):
             if not name:
                 continue
             if self.stage == 2 and not self._in_stage2_trainable(name):
-                m.eval()
+                m.training = False  # this module only: a trainable child (backbone.layer4) keeps its mode
             elif (self.norm_eval and isinstance(m, nn.modules.batchnorm._BatchNorm)
-                  and name.startswith("backbone")):
+                  and name.startswith(("backbone.", "cls_backbone."))):
                 m.eval()
         return self
 
     def backbone_grad(self):
         """Context for a classification-only backbone forward: autograd in stage 1 and, in stage 2,
-        only when the backbone is among ``stage2_trainable`` (the paper: frozen, no graph built)."""
-        trains = self.stage == 1 or self._in_stage2_trainable("backbone")
+        only when some backbone parameter is trainable (``backbone`` or a part of it such as
+        ``backbone.layer4`` in ``stage2_trainable``; the paper: frozen, no graph built).  Frozen
+        leading stages build no graph either way: autograd starts at the first trainable layer."""
+        trains = self.stage == 1 or any(p.requires_grad for n, p in self.named_parameters()
+                                         if n.startswith("backbone."))
         return torch.set_grad_enabled(torch.is_grad_enabled() and trains)
 
     def image_cls_loss(self, feat: Tensor, targets: list[dict]) -> dict[str, Tensor]:

@@ -35,6 +35,10 @@ class ModelConfig:
         cls_channels: classification-head width (SPEC §2.6: 512).
         anchor_scale: RetinaNet anchor octave base scale (SPEC §2.4: 4); smaller for presets that
             shrink the input and hence the lesions.
+        nms_class_agnostic: RetinaNet family — NMS across active/latent boxes (paper: class-wise).
+        cls_backbone: RetinaNet family — the classification head on its own ResNet, forked from the
+            detector's when stage II starts (paper: False, one shared backbone).  For from-scratch
+            presets whose stage II must train backbone features without moving the detector.
         norm_eval: keep backbone BatchNorm in eval mode (SPEC §2.1); False only for from-scratch
             CPU presets (see :attr:`tbx.models.base.Detector.norm_eval`).
     """
@@ -52,6 +56,8 @@ class ModelConfig:
     width: int = 256
     cls_channels: int = 512
     anchor_scale: float = 4.0
+    nms_class_agnostic: bool = False
+    cls_backbone: bool = False
     norm_eval: bool = True
 
 

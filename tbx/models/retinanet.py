@@ -1,7 +1,10 @@
 """RetinaNet and SymFormer-RetinaNet (SPEC §2.1–2.4), one class with a ``sas`` switch.
 
 Data flow: ResNet → C2..C5 → FPN P3..P7 → [SAS block, shared over levels] → RetinaNet head;
-classification head (SPEC §2.6) on C5.  Conventions follow the authors' mmdetection 2.16 code:
+classification head (SPEC §2.6) on C5 — of the same ResNet (the paper), or, with
+``cls_backbone=True`` (from-scratch CPU presets), of a second ResNet that stage II forks from the
+stage-I one and trains with the head, so that stage II leaves the detector exactly as stage I
+made it.  Conventions follow the authors' mmdetection 2.16 code:
 
 * Anchors (SPEC §2.4): per level of stride ``s``, sizes ``4·2^(k/3)·s`` (k = 0, 1, 2) × ratios
   h/w 0.5, 1, 2 → 9 per location, centred at ``(j·s, i·s)`` (mmdetection v2, centre offset 0) and
@@ -18,7 +21,10 @@ classification head (SPEC §2.6) on C5.  Conventions follow the authors' mmdetec
   and negative anchors + L1 on deltas of positives, both summed and divided by the number of
   positive anchors in the batch (≥ 1).
 * Inference: per level, the (anchor, class) pairs with score ≥ 0.05, top 1000; decode; clip to the
-  valid image size; class-wise NMS IoU 0.5 (``batched_nms``); ≤ 100 per image.
+  valid image size; class-wise NMS IoU 0.5 (``batched_nms``); ≤ 100 per image.  Optionally
+  class-agnostic NMS (mmdetection's ``nms=dict(class_agnostic=True)``): one lesion then keeps
+  one box even when the detector hesitates between active and latent, which the
+  category-agnostic rows of SPEC §4.3 would otherwise count as a false positive.
 * Init: head convs N(0, 0.01), zero bias; classification bias ``−log((1 − 0.01)/0.01)`` (prior
   0.01, SPEC §2.4).
 """
@@ -149,6 +155,11 @@ class RetinaNet(Detector):
         cls_channels: classification-head width (SPEC §2.6: 512).
         anchor_scale: anchor octave base scale (SPEC §2.4: 4, i.e. 32–50 px at stride 8); CPU
             presets that shrink the input (and so the lesions) scale the anchors with it.
+        class_agnostic_nms: NMS across the box classes (the paper: class-wise, False).
+        cls_backbone: give the classification head its own ResNet (see the module docstring;
+            the paper: False).  It is copied from ``backbone`` when stage II starts
+            (:meth:`start_stage`), is not trained in stage I and is listed in stage II's
+            ``trainable`` as ``cls_backbone``.
     """
 
     supports_loss_weights = True  # joint detection + image classification (StageConfig weights)
@@ -157,7 +168,7 @@ class RetinaNet(Detector):
                  sas: bool = True, pos_encoding: str = "spe", attention: str = "symmetric",
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, topk_per_level: int = 1000,
                  max_dets: int = 100, width: int = 256, cls_channels: int = 512,
-                 anchor_scale: float = 4.0):
+                 anchor_scale: float = 4.0, class_agnostic_nms: bool = False, cls_backbone: bool = False):
         super().__init__()
         if width % 16:
             raise ValueError(f"width must be a multiple of 16, got {width}")
@@ -166,12 +177,14 @@ class RetinaNet(Detector):
         self.fpn = FPN(self.backbone.out_channels[1:], width)
         self.sas = SASBlock(width, pos_encoding, attention, d_ffn=4 * width) if sas else None
         self.head = RetinaHead(num_classes, in_channels=width)
+        self.cls_backbone = ResNetBackbone(backbone) if cls_backbone else None
         self.cls_head = ClsHead(self.backbone.out_channels[-1], cls_channels, 3)
         self.anchor_generator = AnchorGenerator(octave_base_scale=anchor_scale)
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))  # SPEC §2.4: means 0, stds 1
         self.num_classes = num_classes
         self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
         self.topk_per_level, self.max_dets = topk_per_level, max_dets
+        self.class_agnostic_nms = class_agnostic_nms
         if sas:  # paper accounting (SPEC §2.5): parameters the authors' model holds but never uses
             self.dead_params = 130_412
 
@@ -182,6 +195,8 @@ class RetinaNet(Detector):
             comps["sym_attention"] = self.sas.encoder
             comps["spe"] = self.sas.spe
         comps["head"] = self.head
+        if self.cls_backbone is not None:
+            comps["cls_backbone"] = self.cls_backbone
         comps["cls_head"] = self.cls_head
         return comps
 
@@ -208,12 +223,25 @@ class RetinaNet(Detector):
             masks.append(m)
         return masks
 
-    def _features(self, images: Tensor, sizes: list[tuple[int, int]]) -> tuple[Tensor, list[Tensor]]:
+    def _features(self, images: Tensor, sizes: list[tuple[int, int]],
+                  cls: bool = True) -> tuple[Tensor | None, list[Tensor]]:
+        """``(classification-head input, detection features)``; ``cls=False`` skips a separate
+        classification backbone (the first item is then None for such a model)."""
         c2, c3, c4, c5 = self.backbone(images)
         feats = self.fpn([c3, c4, c5])
         if self.sas is not None:
             feats = self.sas(feats, self._level_masks(images, sizes, feats))
+        if self.cls_backbone is not None:
+            c5 = self.cls_backbone(images)[-1] if cls else None
         return c5, feats
+
+    def start_stage(self, stage: int) -> None:
+        """Stage II forks the classification backbone from the stage-I backbone."""
+        if stage == 2 and self.cls_backbone is not None:
+            self.cls_backbone.load_state_dict(self.backbone.state_dict())
+
+    def _trainable_in_stage1(self, name: str) -> bool:
+        return not (name == "cls_backbone" or name.startswith("cls_backbone."))
 
     def macs_forward(self, images: Tensor) -> tuple:
         """Every layer of :meth:`predict` except post-processing (for MAC counting; runs on the
@@ -229,11 +257,14 @@ class RetinaNet(Detector):
             return self.predict(images, image_sizes)
         w_det, w_cls = self.loss_weights
         if not w_det:  # the paper's stage 2: backbone (frozen unless trainable) + classification head
-            with self.backbone_grad():
-                c5 = self.backbone(images)[-1]
+            if self.cls_backbone is not None:
+                c5 = self.cls_backbone(images)[-1]
+            else:
+                with self.backbone_grad():
+                    c5 = self.backbone(images)[-1]
             return {k: w_cls * v for k, v in self.image_cls_loss(c5, targets).items()}
         sizes = self._sizes(images, image_sizes)
-        c5, feats = self._features(images, sizes)
+        c5, feats = self._features(images, sizes, cls=bool(w_cls))
         cls_out, reg_out = self.head(feats)
         anchors = torch.cat(self.anchor_generator([f.shape[-2:] for f in feats], images.device), 0)
         losses = self.detection_loss(torch.cat(cls_out, 1), torch.cat(reg_out, 1), anchors, targets)
@@ -292,7 +323,8 @@ class RetinaNet(Detector):
 
     def postprocess(self, logits: list[Tensor], deltas: list[Tensor], anchors: list[Tensor],
                     size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-        """One image: top-k per level above the score threshold, decode, clip, class-wise NMS."""
+        """One image: top-k per level above the score threshold, decode, clip, NMS (class-wise
+        unless ``class_agnostic_nms``)."""
         all_boxes, all_scores, all_labels = [], [], []
         for lg, dl, an in zip(logits, deltas, anchors):
             scores = lg.float().sigmoid().flatten()
@@ -309,18 +341,21 @@ class RetinaNet(Detector):
         h, w = size
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-        keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.max_dets]
+        groups = torch.zeros_like(labels) if self.class_agnostic_nms else labels
+        keep = batched_nms(boxes, scores, groups, self.nms_thresh)[: self.max_dets]
         return boxes[keep], scores[keep], labels[keep] + 1
 
 
 def build_retinanet(cfg: ModelConfig) -> RetinaNet:
     """RetinaNet-FPN (the paper's base model) + classification head."""
     return RetinaNet(cfg.backbone, cfg.pretrained, cfg.num_classes, sas=False, width=cfg.width,
-                     cls_channels=cfg.cls_channels, anchor_scale=cfg.anchor_scale)
+                     cls_channels=cfg.cls_channels, anchor_scale=cfg.anchor_scale,
+                     class_agnostic_nms=cfg.nms_class_agnostic, cls_backbone=cfg.cls_backbone)
 
 
 def build_symformer_retinanet(cfg: ModelConfig) -> RetinaNet:
     """SymFormer w/ RetinaNet (the paper's default model, SPEC §2)."""
     return RetinaNet(cfg.backbone, cfg.pretrained, cfg.num_classes, sas=True,
                      pos_encoding=cfg.pos_encoding, attention=cfg.attention, width=cfg.width,
-                     cls_channels=cfg.cls_channels, anchor_scale=cfg.anchor_scale)
+                     cls_channels=cfg.cls_channels, anchor_scale=cfg.anchor_scale,
+                     class_agnostic_nms=cfg.nms_class_agnostic, cls_backbone=cfg.cls_backbone)
