@@ -14,15 +14,16 @@ def demo(
                              "holds an earlier demo)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data, split and training."),
     preset: str = typer.Option("tiny", "--config", help="Training preset (CPU: tiny)."),
-    set_: list[str] = typer.Option([], "--set", help="Training config override (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Training config override (repeatable; "
+                                   "applied after the demo's own, a longer stage II)."),
     workers: int = typer.Option(2, "--workers", help="Processes for synthesis/build/loading."),
 ) -> None:
     """Run the whole pipeline on synthetic CXRs: synth → build → validate → stats → split → train
     (tiny SymFormer, both stages) → predict → bench → study (simulated reader) → report."""
-    from tbx.demo import DemoConfig, run_demo
+    from tbx.demo import DEMO_OVERRIDES, DemoConfig, run_demo
 
     console = Console()
-    outputs = run_demo(out, DemoConfig(seed=seed, preset=preset, overrides=list(set_),
+    outputs = run_demo(out, DemoConfig(seed=seed, preset=preset, overrides=[*DEMO_OVERRIDES, *set_],
                                        workers=workers), say=console.print)
     table = Table(title="tbx demo outputs")
     table.add_column("what")
