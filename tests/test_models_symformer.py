@@ -7,10 +7,12 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from PIL import Image
 
 from tbx.errors import TbxError
 from tbx.models import backbone as backbone_mod
@@ -506,6 +508,61 @@ def test_class_agnostic_nms(agnostic):
     else:
         assert sorted(labels.tolist()) == [1, 2] and sorted(scores.tolist()) == pytest.approx([0.8, 0.9])
     assert torch.allclose(boxes[0], anchors[0][0])
+
+
+@pytest.mark.parametrize("box_loss,weight", [("l1", 1.0), ("giou", 2.0)])
+def test_box_loss_matches_hand_computation(box_loss, weight):
+    """One positive anchor (IoU 0.64 with the GT) and one negative: L1 on the encoded deltas (the
+    paper) or weight × (1 − GIoU) of the decoded box, over one positive."""
+    m = RetinaNet("resnet18", "none", sas=False, width=32, cls_channels=32, box_loss=box_loss,
+                  box_loss_weight=weight)
+    anchors = torch.tensor([[0.0, 0.0, 20.0, 20.0], [100.0, 100.0, 120.0, 120.0]])
+    gt = [2.0, 1.0, 22.0, 25.0]  # centre (12, 13), 20 × 24
+    d = [0.1, -0.05, 0.2, 0.1]
+    targets = [{"boxes": torch.tensor([gt]), "labels": torch.tensor([1])}]
+    got = m.detection_loss(torch.zeros(1, 2, 2), torch.tensor([[d, [0.0] * 4]]), anchors, targets)
+    if box_loss == "l1":
+        enc = [(12 - 10) / 20, (13 - 10) / 20, math.log(20 / 20), math.log(24 / 20)]
+        expected = sum(abs(a - b) for a, b in zip(d, enc))
+    else:
+        cx, cy, w, h = 10 + d[0] * 20, 10 + d[1] * 20, 20 * math.exp(d[2]), 20 * math.exp(d[3])
+        box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+        iw = min(box[2], gt[2]) - max(box[0], gt[0])
+        ih = min(box[3], gt[3]) - max(box[1], gt[1])
+        union = w * h + 20 * 24 - iw * ih
+        hull = (max(box[2], gt[2]) - min(box[0], gt[0])) * (max(box[3], gt[3]) - min(box[1], gt[1]))
+        expected = weight * (1 - (iw * ih / union - (hull - union) / hull))
+    assert float(got["loss_box"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_cls_input_size_downscales_only_the_classification_branch():
+    """``cls_input_size``: the classification ResNet sees the input resized to that side (its
+    probabilities change), the detector the full input (boxes identical); it needs cls_backbone."""
+    def make(cls_input_size):
+        torch.manual_seed(0)
+        return build("symformer_retinanet", ModelConfig(
+            backbone="resnet18", pretrained="none", width=32, cls_channels=32, input_size=96,
+            cls_backbone=True, cls_input_size=cls_input_size, norm_eval=False, anchor_scale=1.0)).eval()
+
+    full, small = make(0), make(64)
+    assert (full.cls_scale, small.cls_scale, make(128).cls_scale) == (1.0, 64 / 96, 1.0)  # at most
+    small.load_state_dict(full.state_dict())
+    seen = []
+    small.cls_backbone.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    x = torch.rand(2, 3, 96, 96)
+    a, b = full.predict(x), small.predict(x)
+    assert [tuple(t.shape) for t in seen] == [(2, 3, 64, 64)]
+    for pa, pb in zip(a, b):
+        assert torch.equal(pa.boxes, pb.boxes) and torch.equal(pa.scores, pb.scores)
+    assert not torch.equal(a[0].probs, b[0].probs)
+    # the branch's input is the image downscaled as PIL does it (bilinear, antialiased; float mode)
+    def pil(ch):
+        return np.asarray(Image.fromarray(ch.numpy(), mode="F").resize((64, 64), Image.BILINEAR))
+    ref = torch.tensor(np.stack([[pil(ch) for ch in img] for img in x]))
+    torch.testing.assert_close(seen[0], ref, rtol=0, atol=1e-5)
+    with pytest.raises(TbxError, match="cls_backbone"):
+        build("symformer_retinanet", ModelConfig(backbone="resnet18", pretrained="none", input_size=96,
+                                                 cls_input_size=64))
 
 
 def test_cls_backbone_stage2_leaves_the_detector_unchanged():

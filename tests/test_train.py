@@ -71,6 +71,55 @@ def test_resume_is_exact(root, tmp_path, kill_at, workers):
     assert iters(tmp_path / "b") == iters(tmp_path / "a")
 
 
+def test_ema_weights_match_an_independent_average_and_resume_exactly(root, tmp_path):
+    """stage1.ema_decay: final.pt holds d·ema + (1 − d)·w over every step (the first step copies),
+    parameters and BN statistics alike; last.pt keeps the trained weights; resume stays exact."""
+    decay = 0.7
+
+    def cfg():
+        c = _cfg(root)
+        c.stage1.ema_decay = decay
+        c.stage2.epochs = 0
+        return c
+
+    built, history = [], []
+
+    def builder(c):
+        built.append(TinyDetector())
+        return built[-1]
+
+    def record(info):
+        history.append({k: v.detach().clone().float() for k, v in built[-1].state_dict().items()})
+
+    res = train(cfg(), tmp_path / "a", model_builder=builder, callback=record, progress=False)
+    expected = {}
+    for w in history:  # independent EMA in float64
+        for k, v in w.items():
+            expected[k] = v.double() if k not in expected else decay * expected[k] + (1 - decay) * v.double()
+    final = load_checkpoint(res.final[1])["model"]
+    last = load_checkpoint(tmp_path / "a" / "stage1" / "last.pt")
+    assert len(history) == last["iteration"] == 4
+    for k, v in final.items():
+        if v.is_floating_point():
+            assert torch.allclose(v.double(), expected[k], atol=1e-6), k
+            assert torch.equal(last["model"][k], history[-1][k].to(v.dtype)), k
+    assert not torch.equal(final["neck.weight"], last["model"]["neck.weight"])
+
+    def killer(info):
+        if info["iteration"] == 3:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train(cfg(), tmp_path / "b", model_builder=tiny_builder, callback=killer, progress=False)
+    resumed = train(cfg(), tmp_path / "b", resume=True, model_builder=tiny_builder, progress=False)
+    _assert_same_weights(res.final[1], resumed.final[1])
+    # a checkpoint without the average cannot resume a run that keeps one
+    with pytest.raises(Kill):
+        train(_cfg(root), tmp_path / "c", model_builder=tiny_builder, callback=killer, progress=False)
+    with pytest.raises(TbxError, match="no weight average"):
+        train(cfg(), tmp_path / "c", resume=True, model_builder=tiny_builder, progress=False)
+
+
 def test_stage2_freezes_everything_but_cls_head(root, tmp_path):
     res = train(_cfg(root), tmp_path / "r", model_builder=tiny_builder, progress=False)
     s1, s2 = load_checkpoint(res.final[1])["model"], load_checkpoint(res.final[2])["model"]

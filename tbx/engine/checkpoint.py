@@ -2,10 +2,11 @@
 
 A checkpoint is a plain dict saved with ``torch.save`` through :func:`tbx.io.atomic_path` (a crash
 never leaves a half-written file).  It holds everything needed to continue bit-exactly on the same
-hardware: model, optimiser, LR scheduler and AMP scaler states, the position (stage, epoch, batch
-within the epoch, iteration), all RNG states (python, numpy, torch CPU, CUDA) and the sampler state
-(seed, epoch, batch — the data order is a pure function of these, see
-:class:`tbx.data.dataset.EpochBatchSampler`), plus the resolved config as a plain dict.
+hardware: model, optimiser, LR scheduler and AMP scaler states (and the weight average if one is
+kept), the position (stage, epoch, batch within the epoch, iteration), all RNG states (python,
+numpy, torch CPU, CUDA) and the sampler state (seed, epoch, batch — the data order is a pure
+function of these, see :class:`tbx.data.dataset.EpochBatchSampler`), plus the resolved config as a
+plain dict.
 
 Everything stored is a tensor or a builtin, so loading uses ``torch.load(weights_only=True)``: a
 checkpoint file cannot execute code.  A corrupt file, a file that is not a tbx checkpoint, or a
@@ -76,9 +77,10 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, model_name: str, conf
                     stage: int, epoch: int, batch: int, iteration: int,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     scaler: Any = None, sampler: dict[str, int] | None = None,
-                    extra: dict[str, Any] | None = None) -> Path:
+                    extra: dict[str, Any] | None = None, ema: nn.Module | None = None) -> Path:
     """Atomically write a checkpoint.  ``epoch``/``batch``: the position of the *next* batch to
-    train (``batch == 0``: the epoch starts afresh); ``iteration``: iterations done in the stage."""
+    train (``batch == 0``: the epoch starts afresh); ``iteration``: iterations done in the stage;
+    ``ema``: the weight average (``torch.optim.swa_utils.AveragedModel``), kept for resume."""
     state = {
         "format": FORMAT, "version": VERSION, "model_name": model_name, "stage": stage,
         "epoch": epoch, "batch": batch, "iteration": iteration,
@@ -88,6 +90,8 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, model_name: str, conf
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": rng_state(), "sampler": sampler, "config": config, "extra": extra or {},
     }
+    if ema is not None:
+        state["ema"] = ema.state_dict()
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

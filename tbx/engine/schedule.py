@@ -68,6 +68,10 @@ class StageConfig:
     lr_gamma: float = 0.1
     grad_clip: float | None = None  # max L2 norm of all gradients
     backbone_lr_mult: float = 1.0
+    # Exponential moving average of the weights (and BN statistics), updated after every step:
+    # ema ← decay·ema + (1 − decay)·weights; 0 = off (the paper).  With it, the stage's final/best
+    # checkpoints, its validation and the next stage use the average; last.pt keeps both for resume.
+    ema_decay: float = 0.0
     init_from: str | None = None  # weights to start from (stage 2: the stage-1 final by default)
     # stage 2: module prefixes that train (SPEC §2.7: the classification head only); from-scratch
     # CPU presets may add "backbone" (it never saw ImageNet, so its frozen features are weak)
@@ -176,6 +180,9 @@ def validate(cfg: TrainConfig) -> None:
                            fix=f"check stage{s}.epochs / batch_size / lr")
         if sorted(sc.lr_steps) != list(sc.lr_steps):
             raise TbxError(f"stage{s}.lr_steps must be increasing, got {sc.lr_steps}")
+        if not 0.0 <= sc.ema_decay < 1.0:
+            raise TbxError(f"stage{s}.ema_decay must be in [0, 1), got {sc.ema_decay}",
+                           fix=f"set stage{s}.ema_decay=0 (off) or e.g. 0.98")
     if cfg.model.input_size < 32:
         raise TbxError(f"model.input_size must be ≥ 32, got {cfg.model.input_size}")
 

@@ -12,6 +12,10 @@ weights).  A run directory holds::
     RUN/stage{1,2}/final.pt  the state at the end of the stage (what ``tbx predict RUN`` uses)
     RUN/stage{1,2}/best.pt   with validation: the best epoch (AP50 in stage I, accuracy in II)
 
+With ``stageN.ema_decay`` an exponential moving average of the weights is kept: ``last.pt``
+holds the trained weights and the average (for resume); ``final.pt`` and ``best.pt`` hold the
+average as their model, which validation scores and the next stage starts from.
+
 CUDA path: bf16/fp16 autocast (GradScaler for fp16), channels_last, cudnn.benchmark, pinned
 memory + non-blocking copies, images shipped as uint8 and normalised on the GPU.  DDP when started
 under torchrun (see :mod:`tbx.engine.distributed`); only rank 0 writes.
@@ -40,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from tbx.config import dump_yaml, to_dict
@@ -324,10 +329,19 @@ def _train_stage(cfg: TrainConfig, s: int, out: Path, resume: bool, builder: Mod
     scheduler = build_scheduler(optimizer, ipe, sc)
     scaler = torch.amp.GradScaler(device.type, enabled=(amp_dtype == torch.float16))
 
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(sc.ema_decay), use_buffers=True)
+           if sc.ema_decay > 0 else None)
+
     start_epoch, start_batch, iteration = 0, 0, 0
     best_metric = -math.inf
     resumed = state is not None
     if resumed:
+        if ema is not None:
+            if "ema" not in state:
+                raise TbxError(f"stage{s}.ema_decay is set but the checkpoint holds no weight average",
+                               last_p, f"resume with the run's own config (stage{s}.ema_decay=0) "
+                               "or start the stage afresh without --resume")
+            ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler") and scaler.is_enabled():
@@ -368,14 +382,17 @@ def _train_stage(cfg: TrainConfig, s: int, out: Path, resume: bool, builder: Mod
         progress.start()
         task = progress.add_task("train", total=total, completed=iteration, info="")
 
-    def checkpoint(path: Path, epoch: int, batch: int) -> None:
+    # the weights that are evaluated and handed on (final/best checkpoints, the next stage)
+    eval_model = ema.module if ema is not None else model
+
+    def checkpoint(path: Path, epoch: int, batch: int, weights: nn.Module = model) -> None:
         if ctx.is_main:
-            save_checkpoint(path, model=model, model_name=model_name, config=cfg_dict, stage=s,
+            save_checkpoint(path, model=weights, model_name=model_name, config=cfg_dict, stage=s,
                             epoch=epoch, batch=batch, iteration=iteration, optimizer=optimizer,
                             scheduler=scheduler, scaler=scaler,
                             sampler={"seed": sampler.seed, "epoch": epoch, "batch": batch},
                             extra={"best_metric": best_metric, "world_size": ctx.world_size,
-                                   "iters_per_epoch": ipe})
+                                   "iters_per_epoch": ipe}, ema=ema)
 
     win_t0, win_wait, win_imgs, win_losses, win_n = time.perf_counter(), 0.0, 0, {}, 0
     try:
@@ -415,6 +432,8 @@ def _train_stage(cfg: TrainConfig, s: int, out: Path, resume: bool, builder: Mod
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 iteration += 1
                 batch_idx += 1
                 win_imgs += len(batch) * ctx.world_size
@@ -443,19 +462,20 @@ def _train_stage(cfg: TrainConfig, s: int, out: Path, resume: bool, builder: Mod
                 t_wait = time.perf_counter()
             # end of epoch
             if cfg.val_ann and ((epoch + 1) % max(1, cfg.val_every) == 0 or epoch + 1 == sc.epochs):
-                metric = _validate(cfg, s, model, device, amp_dtype, ctx, log, epoch, iteration, sdir)
+                metric = _validate(cfg, s, eval_model, device, amp_dtype, ctx, log, epoch, iteration,
+                                   sdir)
                 if metric is not None and metric > best_metric:
                     best_metric = metric
-                    checkpoint(last_p, epoch + 1, 0)
-                    if ctx.is_main:
-                        with atomic_path(best_p) as tmp:
-                            shutil.copyfile(last_p, tmp)
+                    checkpoint(best_p, epoch + 1, 0, eval_model)
             checkpoint(last_p, epoch + 1, 0)
             D.barrier(ctx)
         if ctx.is_main:
-            with atomic_path(final_p) as tmp:
-                if last_p.is_file():
-                    shutil.copyfile(last_p, tmp)
+            if ema is not None:
+                checkpoint(final_p, sc.epochs, 0, eval_model)
+            else:
+                with atomic_path(final_p) as tmp:
+                    if last_p.is_file():
+                        shutil.copyfile(last_p, tmp)
             log.write({"kind": "stage_end", "stage": s, "iteration": iteration,
                        "epoch": sc.epochs, "checkpoint": str(final_p)})
         D.barrier(ctx)

@@ -36,9 +36,15 @@ class ModelConfig:
         anchor_scale: RetinaNet anchor octave base scale (SPEC §2.4: 4); smaller for presets that
             shrink the input and hence the lesions.
         nms_class_agnostic: RetinaNet family — NMS across active/latent boxes (paper: class-wise).
+        box_loss: RetinaNet family — ``"l1"`` on the encoded deltas (the paper, SPEC §2.4) or
+            ``"giou"`` on the decoded boxes (mmdetection's ``reg_decoded_bbox`` + ``GIoULoss``).
+        box_loss_weight: weight of the box loss (paper: 1 with L1).
         cls_backbone: RetinaNet family — the classification head on its own ResNet, forked from the
             detector's when stage II starts (paper: False, one shared backbone).  For from-scratch
             presets whose stage II must train backbone features without moving the detector.
+        cls_input_size: with ``cls_backbone``, the classification ResNet sees the input downscaled
+            to this side when ``input_size`` is larger (0: never).  A cheaper stage II for CPU
+            presets whose detector needs more pixels than the image label does.
         norm_eval: keep backbone BatchNorm in eval mode (SPEC §2.1); False only for from-scratch
             CPU presets (see :attr:`tbx.models.base.Detector.norm_eval`).
     """
@@ -57,7 +63,10 @@ class ModelConfig:
     cls_channels: int = 512
     anchor_scale: float = 4.0
     nms_class_agnostic: bool = False
+    box_loss: Literal["l1", "giou"] = "l1"
+    box_loss_weight: float = 1.0
     cls_backbone: bool = False
+    cls_input_size: int = 0
     norm_eval: bool = True
 
 

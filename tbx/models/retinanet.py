@@ -4,7 +4,9 @@ Data flow: ResNet → C2..C5 → FPN P3..P7 → [SAS block, shared over levels] 
 classification head (SPEC §2.6) on C5 — of the same ResNet (the paper), or, with
 ``cls_backbone=True`` (from-scratch CPU presets), of a second ResNet that stage II forks from the
 stage-I one and trains with the head, so that stage II leaves the detector exactly as stage I
-made it.  Conventions follow the authors' mmdetection 2.16 code:
+made it; that ResNet may then also see a smaller copy of the input (``cls_scale``), since an
+image-level label needs less resolution than lesion boxes.  Conventions follow the authors'
+mmdetection 2.16 code:
 
 * Anchors (SPEC §2.4): per level of stride ``s``, sizes ``4·2^(k/3)·s`` (k = 0, 1, 2) × ratios
   h/w 0.5, 1, 2 → 9 per location, centred at ``(j·s, i·s)`` (mmdetection v2, centre offset 0) and
@@ -19,7 +21,9 @@ made it.  Conventions follow the authors' mmdetection 2.16 code:
   go to the anchor's own arg-max GT), hence our own 10 lines.
 * Losses: sigmoid focal loss γ 2, α 0.25 (``torchvision.ops.sigmoid_focal_loss``) over positive
   and negative anchors + L1 on deltas of positives, both summed and divided by the number of
-  positive anchors in the batch (≥ 1).
+  positive anchors in the batch (≥ 1).  Optionally (``box_loss="giou"``, not the paper's) the
+  box term is the GIoU loss of the decoded boxes (mmdetection's ``reg_decoded_bbox=True`` with
+  ``GIoULoss``), which scores overlap directly instead of four independent coordinates.
 * Inference: per level, the (anchor, class) pairs with score ≥ 0.05, top 1000; decode; clip to the
   valid image size; class-wise NMS IoU 0.5 (``batched_nms``); ≤ 100 per image.  Optionally
   class-agnostic NMS (mmdetection's ``nms=dict(class_agnostic=True)``): one lesion then keeps
@@ -35,10 +39,12 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
-from torchvision.ops import batched_nms, box_iou, sigmoid_focal_loss
+from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
+from tbx.errors import TbxError
 from tbx.models.backbone import FPN, ResNetBackbone, load_backbone_weights
 from tbx.models.base import Detector, Prediction
 from tbx.models.cls_head import ClsHead
@@ -156,10 +162,13 @@ class RetinaNet(Detector):
         anchor_scale: anchor octave base scale (SPEC §2.4: 4, i.e. 32–50 px at stride 8); CPU
             presets that shrink the input (and so the lesions) scale the anchors with it.
         class_agnostic_nms: NMS across the box classes (the paper: class-wise, False).
+        box_loss / box_loss_weight: ``"l1"`` (the paper) or ``"giou"``, and the term's weight.
         cls_backbone: give the classification head its own ResNet (see the module docstring;
             the paper: False).  It is copied from ``backbone`` when stage II starts
             (:meth:`start_stage`), is not trained in stage I and is listed in stage II's
             ``trainable`` as ``cls_backbone``.
+        cls_scale: with ``cls_backbone``, the classification ResNet sees the input resized by this
+            factor (bilinear, antialiased; 1 = the detector's input).
     """
 
     supports_loss_weights = True  # joint detection + image classification (StageConfig weights)
@@ -168,10 +177,20 @@ class RetinaNet(Detector):
                  sas: bool = True, pos_encoding: str = "spe", attention: str = "symmetric",
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, topk_per_level: int = 1000,
                  max_dets: int = 100, width: int = 256, cls_channels: int = 512,
-                 anchor_scale: float = 4.0, class_agnostic_nms: bool = False, cls_backbone: bool = False):
+                 anchor_scale: float = 4.0, class_agnostic_nms: bool = False, cls_backbone: bool = False,
+                 box_loss: str = "l1", box_loss_weight: float = 1.0, cls_scale: float = 1.0):
         super().__init__()
         if width % 16:
             raise ValueError(f"width must be a multiple of 16, got {width}")
+        if box_loss not in ("l1", "giou"):
+            raise ValueError(f"box_loss must be 'l1' or 'giou', got {box_loss!r}")
+        self.box_loss, self.box_loss_weight = box_loss, box_loss_weight
+        if cls_scale != 1.0 and not cls_backbone:
+            raise ValueError("a classification input scale other than 1 needs cls_backbone=True "
+                             "(the shared backbone runs at the detector's resolution)")
+        if not 0.0 < cls_scale <= 1.0:
+            raise ValueError(f"cls_scale must be in (0, 1], got {cls_scale}")
+        self.cls_scale = cls_scale
         self.backbone = ResNetBackbone(backbone)
         load_backbone_weights(self.backbone, pretrained)
         self.fpn = FPN(self.backbone.out_channels[1:], width)
@@ -232,8 +251,15 @@ class RetinaNet(Detector):
         if self.sas is not None:
             feats = self.sas(feats, self._level_masks(images, sizes, feats))
         if self.cls_backbone is not None:
-            c5 = self.cls_backbone(images)[-1] if cls else None
+            c5 = self._cls_c5(images) if cls else None
         return c5, feats
+
+    def _cls_c5(self, images: Tensor) -> Tensor:
+        """C5 of the separate classification ResNet, on the input resized by ``cls_scale``."""
+        if self.cls_scale != 1.0:
+            images = F.interpolate(images, scale_factor=self.cls_scale, mode="bilinear",
+                                   align_corners=False, antialias=True)
+        return self.cls_backbone(images)[-1]
 
     def start_stage(self, stage: int) -> None:
         """Stage II forks the classification backbone from the stage-I backbone."""
@@ -258,7 +284,7 @@ class RetinaNet(Detector):
         w_det, w_cls = self.loss_weights
         if not w_det:  # the paper's stage 2: backbone (frozen unless trainable) + classification head
             if self.cls_backbone is not None:
-                c5 = self.cls_backbone(images)[-1]
+                c5 = self._cls_c5(images)
             else:
                 with self.backbone_grad():
                     c5 = self.backbone(images)[-1]
@@ -276,7 +302,8 @@ class RetinaNet(Detector):
 
     def detection_loss(self, logits: Tensor, deltas: Tensor, anchors: Tensor,
                        targets: list[dict]) -> dict[str, Tensor]:
-        """Focal + L1 over the batch, normalised by the number of positive anchors (SPEC §2.4)."""
+        """Focal + L1 (or GIoU) over the batch, normalised by the number of positive anchors
+        (SPEC §2.4)."""
         cls_t, box_t, assigned_all = [], [], []
         with torch.no_grad():
             for t in targets:
@@ -289,9 +316,10 @@ class RetinaNet(Detector):
                 onehot = torch.zeros((anchors.shape[0], self.num_classes), device=anchors.device)
                 pos = assigned > 0
                 onehot[pos, lab[assigned[pos] - 1] - 1] = 1.0
-                enc = torch.zeros_like(anchors)
+                enc = torch.zeros_like(anchors)  # L1: encoded deltas; GIoU: the GT box itself
                 if pos.any():
-                    enc[pos] = self.box_coder.encode_single(gt[assigned[pos] - 1], anchors[pos])
+                    enc[pos] = (gt[assigned[pos] - 1] if self.box_loss == "giou"
+                                else self.box_coder.encode_single(gt[assigned[pos] - 1], anchors[pos]))
                 cls_t.append(onehot)
                 box_t.append(enc)
                 assigned_all.append(assigned)
@@ -302,7 +330,14 @@ class RetinaNet(Detector):
         # losses in fp32 (also under autocast)
         loss_cls = sigmoid_focal_loss(logits[valid].float(), cls_t[valid], alpha=0.25, gamma=2.0,
                                       reduction="sum") / num_pos
-        loss_box = (deltas[pos].float() - box_t[pos]).abs().sum() / num_pos
+        if self.box_loss == "giou":
+            pos_anchors = anchors.expand(len(targets), -1, -1)[pos]
+            boxes = self.box_coder.decode_single(deltas[pos].float(), pos_anchors)
+            loss_box = generalized_box_iou_loss(boxes, box_t[pos], reduction="sum") / num_pos
+        else:
+            loss_box = (deltas[pos].float() - box_t[pos]).abs().sum() / num_pos
+        if self.box_loss_weight != 1.0:
+            loss_box = self.box_loss_weight * loss_box
         return {"loss_cls": loss_cls, "loss_box": loss_box}
 
     # -- inference ----------------------------------------------------------------------------
@@ -346,11 +381,26 @@ class RetinaNet(Detector):
         return boxes[keep], scores[keep], labels[keep] + 1
 
 
+def _cls_scale(cfg: ModelConfig) -> float:
+    """``cls_input_size / input_size`` when the input is larger than ``cls_input_size``, else 1."""
+    if not cfg.cls_input_size or cfg.cls_input_size >= cfg.input_size:
+        return 1.0
+    if not cfg.cls_backbone:
+        raise TbxError(f"model.cls_input_size {cfg.cls_input_size} is below input_size {cfg.input_size} "
+                       "but the classification head shares the detector's backbone",
+                       fix="set model.cls_backbone=true, or drop model.cls_input_size")
+    if cfg.cls_input_size < 32:
+        raise TbxError(f"model.cls_input_size must be ≥ 32, got {cfg.cls_input_size}")
+    return cfg.cls_input_size / cfg.input_size
+
+
 def build_retinanet(cfg: ModelConfig) -> RetinaNet:
     """RetinaNet-FPN (the paper's base model) + classification head."""
     return RetinaNet(cfg.backbone, cfg.pretrained, cfg.num_classes, sas=False, width=cfg.width,
                      cls_channels=cfg.cls_channels, anchor_scale=cfg.anchor_scale,
-                     class_agnostic_nms=cfg.nms_class_agnostic, cls_backbone=cfg.cls_backbone)
+                     class_agnostic_nms=cfg.nms_class_agnostic, cls_backbone=cfg.cls_backbone,
+                     box_loss=cfg.box_loss, box_loss_weight=cfg.box_loss_weight,
+                     cls_scale=_cls_scale(cfg))
 
 
 def build_symformer_retinanet(cfg: ModelConfig) -> RetinaNet:
@@ -358,4 +408,6 @@ def build_symformer_retinanet(cfg: ModelConfig) -> RetinaNet:
     return RetinaNet(cfg.backbone, cfg.pretrained, cfg.num_classes, sas=True,
                      pos_encoding=cfg.pos_encoding, attention=cfg.attention, width=cfg.width,
                      cls_channels=cfg.cls_channels, anchor_scale=cfg.anchor_scale,
-                     class_agnostic_nms=cfg.nms_class_agnostic, cls_backbone=cfg.cls_backbone)
+                     class_agnostic_nms=cfg.nms_class_agnostic, cls_backbone=cfg.cls_backbone,
+                     box_loss=cfg.box_loss, box_loss_weight=cfg.box_loss_weight,
+                     cls_scale=_cls_scale(cfg))
