@@ -33,8 +33,8 @@ MARKER = ".tbx-demo"
 
 
 # The demo's stage II sees ~390 images (the benchmark's 1,330), so the preset's 4 epochs at
-# backbone lr × 0.1 leave it predicting TB for everything (accuracy 0.27); 10 epochs at × 0.3
-# measured accuracy 0.545, AUC(TB) 0.90, tb-only AP50 0.35 (whole demo 520 s on 2 cores).
+# backbone lr × 0.1 left it predicting TB for everything (accuracy 0.27); 10 epochs at × 0.3
+# measured accuracy 0.586, AUC(TB) 0.95, tb-only AP50 0.40 (whole demo 544 s on 2 cores).
 DEMO_OVERRIDES = ("stage2.epochs=10", "stage2.lr_steps=[8]", "stage2.backbone_lr_mult=0.3")
 
 
