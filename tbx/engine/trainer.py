@@ -53,7 +53,7 @@ from tbx.engine import distributed as D
 from tbx.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint, set_rng_state
 from tbx.engine.schedule import TrainConfig, build_optimizer, build_scheduler
 from tbx.errors import TbxError
-from tbx.io import atomic_path, atomic_write_text
+from tbx.io import atomic_write_text
 from tbx.provenance import write_provenance
 
 ModelBuilder = Callable[[TrainConfig], nn.Module]
@@ -470,12 +470,7 @@ def _train_stage(cfg: TrainConfig, s: int, out: Path, resume: bool, builder: Mod
             checkpoint(last_p, epoch + 1, 0)
             D.barrier(ctx)
         if ctx.is_main:
-            if ema is not None:
-                checkpoint(final_p, sc.epochs, 0, eval_model)
-            else:
-                with atomic_path(final_p) as tmp:
-                    if last_p.is_file():
-                        shutil.copyfile(last_p, tmp)
+            checkpoint(final_p, sc.epochs, 0, eval_model)
             log.write({"kind": "stage_end", "stage": s, "iteration": iteration,
                        "epoch": sc.epochs, "checkpoint": str(final_p)})
         D.barrier(ctx)

@@ -394,20 +394,20 @@ def _cls_scale(cfg: ModelConfig) -> float:
     return cfg.cls_input_size / cfg.input_size
 
 
+def _retinanet_kwargs(cfg: ModelConfig) -> dict:
+    """RetinaNet arguments shared by both builders."""
+    return dict(backbone=cfg.backbone, pretrained=cfg.pretrained, num_classes=cfg.num_classes,
+                width=cfg.width, cls_channels=cfg.cls_channels, anchor_scale=cfg.anchor_scale,
+                class_agnostic_nms=cfg.nms_class_agnostic, cls_backbone=cfg.cls_backbone,
+                box_loss=cfg.box_loss, box_loss_weight=cfg.box_loss_weight, cls_scale=_cls_scale(cfg))
+
+
 def build_retinanet(cfg: ModelConfig) -> RetinaNet:
     """RetinaNet-FPN (the paper's base model) + classification head."""
-    return RetinaNet(cfg.backbone, cfg.pretrained, cfg.num_classes, sas=False, width=cfg.width,
-                     cls_channels=cfg.cls_channels, anchor_scale=cfg.anchor_scale,
-                     class_agnostic_nms=cfg.nms_class_agnostic, cls_backbone=cfg.cls_backbone,
-                     box_loss=cfg.box_loss, box_loss_weight=cfg.box_loss_weight,
-                     cls_scale=_cls_scale(cfg))
+    return RetinaNet(sas=False, **_retinanet_kwargs(cfg))
 
 
 def build_symformer_retinanet(cfg: ModelConfig) -> RetinaNet:
     """SymFormer w/ RetinaNet (the paper's default model, SPEC §2)."""
-    return RetinaNet(cfg.backbone, cfg.pretrained, cfg.num_classes, sas=True,
-                     pos_encoding=cfg.pos_encoding, attention=cfg.attention, width=cfg.width,
-                     cls_channels=cfg.cls_channels, anchor_scale=cfg.anchor_scale,
-                     class_agnostic_nms=cfg.nms_class_agnostic, cls_backbone=cfg.cls_backbone,
-                     box_loss=cfg.box_loss, box_loss_weight=cfg.box_loss_weight,
-                     cls_scale=_cls_scale(cfg))
+    return RetinaNet(sas=True, pos_encoding=cfg.pos_encoding, attention=cfg.attention,
+                     **_retinanet_kwargs(cfg))
