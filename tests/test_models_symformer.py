@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
+from tbx.engine.schedule import load_train_config
 from tbx.errors import TbxError
 from tbx.models import backbone as backbone_mod
 from tbx.models.backbone import ResNetBackbone, imagenet_weights_file, load_backbone_weights
@@ -70,6 +71,75 @@ def test_cls_head_macs_match_hand_count():
                 + e9                               # global average pool
                 + 3 * 512 + 3)                     # 1×1 classifier
     assert sum(macs.values()) == expected and functional == 0
+
+
+def test_cls_head_init_paper_default_and_kaiming():
+    """``paper`` is nn.Conv2d's own initialisation (same draws, same order); ``kaiming`` draws
+    N(0, 2/fan_in) weights and zero biases, and keeps the signal's scale through the stack where
+    torch's default shrinks it layer after layer (the tiny preset's stage-II failure mode)."""
+    torch.manual_seed(0)
+    head = ClsHead(256, 128, 3)
+    torch.manual_seed(0)
+    shapes = [(256, 128, 1)] + [(128, 128, 3)] * 5 + [(128, 3, 1)]
+    ref = [torch.nn.Conv2d(i, o, k) for i, o, k in shapes]
+    convs = [m for m in head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == len(ref)
+    for c, r in zip(convs, ref):
+        assert torch.equal(c.weight, r.weight) and torch.equal(c.bias, r.bias)
+
+    torch.manual_seed(1)
+    head_k = ClsHead(256, 128, 3, init="kaiming")
+    for c in (m for m in head_k.modules() if isinstance(m, torch.nn.Conv2d)):
+        fan_in = c.weight[0].numel()
+        if c.weight.numel() >= 10_000:  # enough draws for a tight estimate
+            assert c.weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.03)
+        assert c.weight.mean().abs().item() < 0.1 * math.sqrt(2 / fan_in)
+        assert torch.count_nonzero(c.bias) == 0
+
+    x = torch.relu(torch.randn(64, 256, 8, 8, generator=torch.Generator().manual_seed(2)))
+
+    def last_relu_rms(h: ClsHead) -> float:
+        with torch.no_grad():
+            return h.features(x).pow(2).mean().sqrt().item()
+
+    rms_in = x.pow(2).mean().sqrt().item()
+    # He init: E[y²] = E[x²] through every conv + ReLU (zero bias) — the rms stays within ±35 %
+    assert 0.65 < last_relu_rms(head_k) / rms_in < 1.35
+    # torch's default: Var(w) = 1/(3·fan_in), E[y²] ≈ E[x²]/6 per layer (biases keep a floor)
+    assert last_relu_rms(head) / rms_in < 0.05
+    with pytest.raises(ValueError, match="kaiming"):
+        ClsHead(256, 128, 3, init="xavier")
+
+    cfg = ModelConfig(backbone="resnet18", pretrained="none", width=64, cls_channels=128,
+                      cls_head_init="kaiming")
+    m = build("symformer_retinanet", cfg)
+    w = m.cls_head.features[2].weight
+    assert w.std().item() == pytest.approx(math.sqrt(2 / w[0].numel()), rel=0.03)
+
+
+def test_box_head_init_paper_and_kaiming():
+    """``head_init``: the towers' convs N(0, 2/fan_in) instead of N(0, 0.01²); the output convs keep
+    N(0, 0.01²), zero biases and the focal-loss prior on the class bias; nothing else changes."""
+    kw = dict(backbone="resnet18", pretrained="none", width=64, cls_channels=128)
+    models = {}
+    for init in ("paper", "kaiming"):
+        torch.manual_seed(3)
+        models[init] = build("symformer_retinanet", ModelConfig(head_init=init, **kw))
+    for init, m in models.items():
+        for conv in [c for c in m.head.cls_convs if isinstance(c, torch.nn.Conv2d)] + \
+                    [c for c in m.head.reg_convs if isinstance(c, torch.nn.Conv2d)]:
+            std = math.sqrt(2 / (64 * 9)) if init == "kaiming" else 0.01
+            assert conv.weight.std().item() == pytest.approx(std, rel=0.03)
+            assert torch.count_nonzero(conv.bias) == 0
+        for conv in (m.head.retina_cls, m.head.retina_reg):
+            assert conv.weight.std().item() == pytest.approx(0.01, rel=0.05)
+        assert torch.allclose(m.head.retina_cls.bias, torch.full((18,), -math.log(99)))
+    # same number of draws: every other parameter is identical
+    sd_p, sd_k = models["paper"].state_dict(), models["kaiming"].state_dict()
+    differ = {k for k in sd_p if not torch.equal(sd_p[k], sd_k[k])}
+    assert differ == {f"head.{t}.{i}.weight" for t in ("cls_convs", "reg_convs") for i in (0, 2, 4, 6)}
+    with pytest.raises(TbxError, match="kaiming"):
+        load_train_config(None, "tiny", ["model.head_init=xavier"])
 
 
 def test_symformer_retinanet_r50_macs_at_512():

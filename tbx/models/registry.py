@@ -42,6 +42,10 @@ class ModelConfig:
         cls_backbone: RetinaNet family — the classification head on its own ResNet, forked from the
             detector's when stage II starts (paper: False, one shared backbone).  For from-scratch
             presets whose stage II must train backbone features without moving the detector.
+        cls_head_init: classification-head initialisation, ``"paper"`` (torch's default, as the
+            paper's code) or ``"kaiming"`` (He normal; see :mod:`tbx.models.cls_head`).
+        head_init: RetinaNet family — the box head's conv towers, ``"paper"`` (N(0, 0.01), SPEC §2.4)
+            or ``"kaiming"`` (He normal; the output convs keep N(0, 0.01) and the prior bias).
         cls_input_size: with ``cls_backbone``, the classification ResNet sees the input downscaled
             to this side when ``input_size`` is larger (0: never).  A cheaper stage II for CPU
             presets whose detector needs more pixels than the image label does.
@@ -67,6 +71,8 @@ class ModelConfig:
     box_loss_weight: float = 1.0
     cls_backbone: bool = False
     cls_input_size: int = 0
+    cls_head_init: Literal["paper", "kaiming"] = "paper"
+    head_init: Literal["paper", "kaiming"] = "paper"
     norm_eval: bool = True
 
 
@@ -125,6 +131,8 @@ def build(name: str, cfg: ModelConfig | None = None) -> Detector:
     cfg = cfg or ModelConfig()
     model = MODELS[name](cfg)
     model.norm_eval = cfg.norm_eval
+    if cfg.cls_head_init != "paper":
+        model.cls_head.init_weights(cfg.cls_head_init)
     return model
 
 

@@ -118,8 +118,10 @@ class RetinaHead(nn.Module):
     """Two towers of 4 × (3×3 conv 256 + ReLU), no norm; cls → A·C logits, reg → A·4 deltas."""
 
     def __init__(self, num_classes: int = 2, in_channels: int = 256, num_anchors: int = 9,
-                 stacked_convs: int = 4, prior_prob: float = 0.01):
+                 stacked_convs: int = 4, prior_prob: float = 0.01, init: str = "paper"):
         super().__init__()
+        if init not in ("paper", "kaiming"):
+            raise ValueError(f"head init must be 'paper' or 'kaiming', got {init!r}")
         def tower() -> nn.Sequential:
             layers: list[nn.Module] = []
             for _ in range(stacked_convs):
@@ -129,9 +131,14 @@ class RetinaHead(nn.Module):
         self.retina_cls = nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
         self.retina_reg = nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1)
         self.num_classes, self.num_anchors = num_classes, num_anchors
+        towers = set(self.cls_convs.modules()) | set(self.reg_convs.modules())
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.01)
+                if init == "kaiming" and m in towers:
+                    # He normal: at width 64 N(0, 0.01) shrinks the rms ≈ 6× per conv + ReLU
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                else:
+                    nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
         nn.init.constant_(self.retina_cls.bias, -math.log((1 - prior_prob) / prior_prob))  # SPEC §2.4
 
@@ -169,6 +176,7 @@ class RetinaNet(Detector):
             ``trainable`` as ``cls_backbone``.
         cls_scale: with ``cls_backbone``, the classification ResNet sees the input resized by this
             factor (bilinear, antialiased; 1 = the detector's input).
+        head_init: the box head's conv towers, ``"paper"`` (N(0, 0.01)) or ``"kaiming"``.
     """
 
     supports_loss_weights = True  # joint detection + image classification (StageConfig weights)
@@ -178,7 +186,8 @@ class RetinaNet(Detector):
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, topk_per_level: int = 1000,
                  max_dets: int = 100, width: int = 256, cls_channels: int = 512,
                  anchor_scale: float = 4.0, class_agnostic_nms: bool = False, cls_backbone: bool = False,
-                 box_loss: str = "l1", box_loss_weight: float = 1.0, cls_scale: float = 1.0):
+                 box_loss: str = "l1", box_loss_weight: float = 1.0, cls_scale: float = 1.0,
+                 head_init: str = "paper"):
         super().__init__()
         if width % 16:
             raise ValueError(f"width must be a multiple of 16, got {width}")
@@ -195,7 +204,7 @@ class RetinaNet(Detector):
         load_backbone_weights(self.backbone, pretrained)
         self.fpn = FPN(self.backbone.out_channels[1:], width)
         self.sas = SASBlock(width, pos_encoding, attention, d_ffn=4 * width) if sas else None
-        self.head = RetinaHead(num_classes, in_channels=width)
+        self.head = RetinaHead(num_classes, in_channels=width, init=head_init)
         self.cls_backbone = ResNetBackbone(backbone) if cls_backbone else None
         self.cls_head = ClsHead(self.backbone.out_channels[-1], cls_channels, 3)
         self.anchor_generator = AnchorGenerator(octave_base_scale=anchor_scale)
@@ -399,7 +408,8 @@ def _retinanet_kwargs(cfg: ModelConfig) -> dict:
     return dict(backbone=cfg.backbone, pretrained=cfg.pretrained, num_classes=cfg.num_classes,
                 width=cfg.width, cls_channels=cfg.cls_channels, anchor_scale=cfg.anchor_scale,
                 class_agnostic_nms=cfg.nms_class_agnostic, cls_backbone=cfg.cls_backbone,
-                box_loss=cfg.box_loss, box_loss_weight=cfg.box_loss_weight, cls_scale=_cls_scale(cfg))
+                box_loss=cfg.box_loss, box_loss_weight=cfg.box_loss_weight, cls_scale=_cls_scale(cfg),
+                head_init=cfg.head_init)
 
 
 def build_retinanet(cfg: ModelConfig) -> RetinaNet:
