@@ -47,7 +47,7 @@ from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, sigm
 from tbx.errors import TbxError
 from tbx.models.backbone import FPN, ResNetBackbone, load_backbone_weights
 from tbx.models.base import Detector, Prediction
-from tbx.models.cls_head import ClsHead
+from tbx.models.cls_head import ClsHead, HeadInit
 from tbx.models.sas import SASBlock
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class RetinaHead(nn.Module):
     """Two towers of 4 × (3×3 conv 256 + ReLU), no norm; cls → A·C logits, reg → A·4 deltas."""
 
     def __init__(self, num_classes: int = 2, in_channels: int = 256, num_anchors: int = 9,
-                 stacked_convs: int = 4, prior_prob: float = 0.01, init: str = "paper"):
+                 stacked_convs: int = 4, prior_prob: float = 0.01, init: HeadInit = "paper"):
         super().__init__()
         if init not in ("paper", "kaiming"):
             raise ValueError(f"head init must be 'paper' or 'kaiming', got {init!r}")
@@ -187,7 +187,7 @@ class RetinaNet(Detector):
                  max_dets: int = 100, width: int = 256, cls_channels: int = 512,
                  anchor_scale: float = 4.0, class_agnostic_nms: bool = False, cls_backbone: bool = False,
                  box_loss: str = "l1", box_loss_weight: float = 1.0, cls_scale: float = 1.0,
-                 head_init: str = "paper"):
+                 head_init: HeadInit = "paper"):
         super().__init__()
         if width % 16:
             raise ValueError(f"width must be a multiple of 16, got {width}")
