@@ -73,6 +73,7 @@ def main() -> int:
         return t.user + t.system + t.children_user + t.children_system
 
     targets = {"accuracy": 0.90, "cat_agnostic_ap50": 0.50, "train_total_s": 900}
+    ann = root / "annotations" / "json" / "all_test.json"
     runs = {}
     for seed in args.seed:
         cfg = load_train_config(None, args.config, [f"data.root={root}", f"seed={seed}", *args.overrides])
@@ -86,7 +87,6 @@ def main() -> int:
         times["train_total_s"] = times["train_stage1_s"] + times["train_stage2_s"]
         times["train_total_cpu_s"] = times["train_stage1_cpu_s"] + times["train_stage2_cpu_s"]
         t = time.perf_counter()
-        ann = root / "annotations" / "json" / "all_test.json"
         pred = predict(res.checkpoint, root, ann, run / "predictions", batch_size=16, workers=2,
                        progress=False)
         times["predict_s"] = time.perf_counter() - t
