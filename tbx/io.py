@@ -64,6 +64,33 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
     atomic_write_text(path, dumps_json(obj, indent))
 
 
+OUTPUT_MARKER = ".tbx-output.json"
+"""File that every folder tbx creates carries: ``{"kind": ..., "tbx_version": ...}``.  Commands may
+replace (``--force`` / ``--overwrite``) only an empty folder or one that carries it."""
+
+
+def mark_output(folder: str | Path, kind: str) -> Path:
+    """Write the ownership marker into ``folder`` (created if needed); ``kind`` names the command's
+    output (``"dataset"``, ``"run"``, ``"screen"``, ``"report"`` …).  Return the marker's path."""
+    from tbx import __version__
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / OUTPUT_MARKER
+    atomic_write_json(marker, {"kind": kind, "tbx_version": __version__})
+    return marker
+
+
+def output_kind(folder: str | Path) -> str | None:
+    """The ``kind`` of a folder tbx created (its marker), else None (not tbx's, or unreadable)."""
+    marker = Path(folder) / OUTPUT_MARKER
+    try:
+        kind = json.loads(marker.read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
 def replace_dir(src: Path, dest: Path, overwrite: bool = False) -> None:
     """Move the finished directory ``src`` to ``dest``; an existing ``dest`` is replaced (removed
     only after the new one is in place) when ``overwrite``, else :class:`FileExistsError`."""
