@@ -10,18 +10,24 @@ import pytest
 import torch
 from torchvision.ops import generalized_box_iou
 
+from tbx.models.config import DetrConfig, ModelConfig
 from tbx.models.deformable_detr import DeformableDETR, DeformableTransformer
-from tbx.models.matcher import (HungarianMatcher, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, linear_assignment,
-                                paired_generalized_box_iou)
-from tbx.models.registry import ModelConfig, build
+from tbx.models.matcher import (
+    HungarianMatcher,
+    box_cxcywh_to_xyxy,
+    box_xyxy_to_cxcywh,
+    linear_assignment,
+    paired_generalized_box_iou,
+)
+from tbx.models.registry import build
 from tbx.models.sym_attention import SymAttention
 
 SIZE = 128
 
 
 def _tiny(name: str, **kw) -> DeformableDETR:
-    cfg = ModelConfig(backbone="resnet18", pretrained="none", num_queries=30, num_encoder_layers=2,
-                      num_decoder_layers=2, **kw)
+    cfg = ModelConfig(backbone="resnet18", pretrained="none", **kw,
+                      detr=DetrConfig(num_queries=30, num_encoder_layers=2, num_decoder_layers=2))
     return build(name, cfg)
 
 
@@ -274,7 +280,7 @@ def test_optimizer_gives_sampling_offsets_the_backbone_lr():
     from tbx.engine.schedule import StageConfig, param_groups
 
     model = build("deformable_detr", ModelConfig(backbone="resnet18", pretrained="none", input_size=128,
-                                                 num_encoder_layers=1, num_decoder_layers=1))
+                                                 detr=DetrConfig(num_encoder_layers=1, num_decoder_layers=1)))
     model.set_stage(1)
     groups = param_groups(model, StageConfig(lr=2e-4, backbone_lr_mult=0.1))
     low = next(g for g in groups if g["lr_mult"] == 0.1)

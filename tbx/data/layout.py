@@ -6,7 +6,7 @@ whole path, which is what mislabels data roots containing "tb" or "sick" in the 
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from tbx.errors import TbxError
 
@@ -75,8 +75,3 @@ def label_from_path(file_name: str) -> tuple[str, str]:
         return ("tb" if is_tb else "healthy"), source
     raise TbxError(f"cannot derive the image label from path '{file_name}'",
                    fix="images must live under imgs/{health,sick,tb}/ or imgs/extra/<group>/<split>/")
-
-
-def root_paths(root: str | Path) -> dict[str, Path]:
-    root = Path(root)
-    return {"imgs": root / IMGS, "json": root / ANN_JSON, "xml": root / ANN_XML, "lists": root / LISTS}

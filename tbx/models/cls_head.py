@@ -14,11 +14,9 @@ through the stack — for heads trained from scratch on a small budget (the CPU 
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import Tensor, nn
 
-HeadInit = Literal["paper", "kaiming"]
+from tbx.models.config import HeadInit
 
 
 class ClsHead(nn.Module):

@@ -69,11 +69,17 @@ from torchvision.ops import sigmoid_focal_loss
 from tbx.models.backbone import ResNetBackbone, load_backbone_weights
 from tbx.models.base import Detector, Prediction
 from tbx.models.cls_head import ClsHead
-from tbx.models.matcher import (HungarianMatcher, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh,
-                                paired_generalized_box_iou)
+from tbx.models.config import DetrConfig, ModelConfig, SymFormerConfig
+from tbx.models.matcher import (
+    HungarianMatcher,
+    box_cxcywh_to_xyxy,
+    box_xyxy_to_cxcywh,
+    paired_generalized_box_iou,
+)
 from tbx.models.sas import ATTENTIONS, POS_ENCODINGS
 from tbx.models.spe import SymmetricPositionalEncoding
 from tbx.models.sym_attention import SymAttention, SymEncoderLayer
+
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     """``logit(x)`` with ``x`` clamped to ``[eps, 1 − eps]`` (official Deformable DETR)."""
@@ -154,7 +160,7 @@ class DeformableDecoderLayer(nn.Module):
         ``(N, S, C)``, ``memory_padding_mask`` ``(N, S)`` True = padding."""
         q = k = tgt + query_pos
         tgt = self.norm2(tgt + self.dropout2(self.self_attn(q, k, tgt, need_weights=False)[0]))
-        attn = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, None,
+        attn = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes,
                                memory_padding_mask)
         tgt = self.norm1(tgt + self.dropout1(attn))
         ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt))))
@@ -273,7 +279,7 @@ class DeformableDETR(Detector):
                  sym: bool = False, pos_encoding: str | None = None, attention: str | None = None,
                  cls_weight: float = 2.0, bbox_weight: float = 5.0, giou_weight: float = 2.0,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, aux_loss: bool = True,
-                 detections_per_img: int = 100):
+                 detections_per_img: int = 100, cls_channels: int = 512):
         super().__init__()
         self.backbone = backbone
         self.num_classes, self.num_queries = num_classes, num_queries
@@ -313,7 +319,7 @@ class DeformableDETR(Detector):
             nn.init.zeros_(self.bbox_embed.layers[-1].weight)
             nn.init.zeros_(self.bbox_embed.layers[-1].bias)
             self.bbox_embed.layers[-1].bias[2:] = -2.0
-        self.cls_head = ClsHead(in_channels=backbone.out_channels[-1])
+        self.cls_head = ClsHead(backbone.out_channels[-1], cls_channels)
         self.matcher = HungarianMatcher(cls_weight, bbox_weight, giou_weight, focal_alpha, focal_gamma)
         self.weights = {"cls": cls_weight, "bbox": bbox_weight, "giou": giou_weight}
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
@@ -482,28 +488,31 @@ class DeformableDETR(Detector):
 # builders (names imported by tbx.models.registry)
 
 
-def _build(cfg, sym: bool) -> DeformableDETR:
+def _build(cfg: ModelConfig, sym: bool) -> DeformableDETR:
+    dc = cfg.detr or DetrConfig()
+    # the ablation switches (SPEC §2.3) apply to the SymFormer variant only
+    sc = (cfg.symformer or SymFormerConfig()) if sym else None
     backbone = ResNetBackbone(cfg.backbone)
     load_backbone_weights(backbone, cfg.pretrained)
     return DeformableDETR(
         backbone,
         num_classes=cfg.num_classes,
-        num_queries=cfg.num_queries,
-        enc_layers=cfg.num_encoder_layers,
-        dec_layers=cfg.num_decoder_layers,
-        n_levels=cfg.num_feature_levels,
+        num_queries=dc.num_queries,
+        enc_layers=dc.num_encoder_layers,
+        dec_layers=dc.num_decoder_layers,
+        n_levels=dc.num_feature_levels,
         sym=sym,
-        # ablation switches (SPEC §2.3) apply to the SymFormer variant only
-        pos_encoding=cfg.pos_encoding if sym else None,
-        attention=cfg.attention if sym else None,
+        pos_encoding=sc.pos_encoding if sc else None,
+        attention=sc.attention if sc else None,
+        cls_channels=cfg.cls_channels,
     )
 
 
-def build_deformable_detr(cfg) -> DeformableDETR:
+def build_deformable_detr(cfg: ModelConfig) -> DeformableDETR:
     """Deformable DETR R50 (single-stage, no box refinement) + classification head (SPEC §3)."""
     return _build(cfg, sym=False)
 
 
-def build_symformer_deformable_detr(cfg) -> DeformableDETR:
+def build_symformer_deformable_detr(cfg: ModelConfig) -> DeformableDETR:
     """SymFormer w/ Deformable DETR: SymAttention encoder + SPE with STN + cls head (SPEC §3)."""
     return _build(cfg, sym=True)

@@ -36,7 +36,7 @@ mmdetection 2.16 code:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +47,9 @@ from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, sigm
 from tbx.errors import TbxError
 from tbx.models.backbone import FPN, ResNetBackbone, load_backbone_weights
 from tbx.models.base import Detector, Prediction
-from tbx.models.cls_head import ClsHead, HeadInit
+from tbx.models.cls_head import ClsHead
+from tbx.models.config import HeadInit, ModelConfig, RetinaNetConfig, SymFormerConfig
 from tbx.models.sas import SASBlock
-
-if TYPE_CHECKING:
-    from tbx.models.registry import ModelConfig
 
 STRIDES = (8, 16, 32, 64, 128)  # P3..P7 (SPEC §2.1)
 
@@ -390,26 +388,27 @@ class RetinaNet(Detector):
         return boxes[keep], scores[keep], labels[keep] + 1
 
 
-def _cls_scale(cfg: ModelConfig) -> float:
+def _cls_scale(cfg: ModelConfig, rc: RetinaNetConfig) -> float:
     """``cls_input_size / input_size`` when the input is larger than ``cls_input_size``, else 1."""
-    if not cfg.cls_input_size or cfg.cls_input_size >= cfg.input_size:
+    if not rc.cls_input_size or rc.cls_input_size >= cfg.input_size:
         return 1.0
-    if not cfg.cls_backbone:
-        raise TbxError(f"model.cls_input_size {cfg.cls_input_size} is below input_size {cfg.input_size} "
-                       "but the classification head shares the detector's backbone",
-                       fix="set model.cls_backbone=true, or drop model.cls_input_size")
-    if cfg.cls_input_size < 32:
-        raise TbxError(f"model.cls_input_size must be ≥ 32, got {cfg.cls_input_size}")
-    return cfg.cls_input_size / cfg.input_size
+    if not rc.cls_backbone:
+        raise TbxError(f"model.retinanet.cls_input_size {rc.cls_input_size} is below input_size "
+                       f"{cfg.input_size} but the classification head shares the detector's backbone",
+                       fix="set model.retinanet.cls_backbone=true, or drop model.retinanet.cls_input_size")
+    if rc.cls_input_size < 32:
+        raise TbxError(f"model.retinanet.cls_input_size must be ≥ 32, got {rc.cls_input_size}")
+    return rc.cls_input_size / cfg.input_size
 
 
-def _retinanet_kwargs(cfg: ModelConfig) -> dict:
+def _retinanet_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     """RetinaNet arguments shared by both builders."""
+    rc = cfg.retinanet or RetinaNetConfig()
     return dict(backbone=cfg.backbone, pretrained=cfg.pretrained, num_classes=cfg.num_classes,
-                width=cfg.width, cls_channels=cfg.cls_channels, anchor_scale=cfg.anchor_scale,
-                class_agnostic_nms=cfg.nms_class_agnostic, cls_backbone=cfg.cls_backbone,
-                box_loss=cfg.box_loss, box_loss_weight=cfg.box_loss_weight, cls_scale=_cls_scale(cfg),
-                head_init=cfg.head_init)
+                width=rc.width, cls_channels=cfg.cls_channels, anchor_scale=rc.anchor_scale,
+                class_agnostic_nms=rc.nms_class_agnostic, cls_backbone=rc.cls_backbone,
+                box_loss=rc.box_loss, box_loss_weight=rc.box_loss_weight, cls_scale=_cls_scale(cfg, rc),
+                head_init=rc.head_init)
 
 
 def build_retinanet(cfg: ModelConfig) -> RetinaNet:
@@ -419,5 +418,6 @@ def build_retinanet(cfg: ModelConfig) -> RetinaNet:
 
 def build_symformer_retinanet(cfg: ModelConfig) -> RetinaNet:
     """SymFormer w/ RetinaNet (the paper's default model, SPEC §2)."""
-    return RetinaNet(sas=True, pos_encoding=cfg.pos_encoding, attention=cfg.attention,
+    sc = cfg.symformer or SymFormerConfig()
+    return RetinaNet(sas=True, pos_encoding=sc.pos_encoding, attention=sc.attention,
                      **_retinanet_kwargs(cfg))
