@@ -1,0 +1,354 @@
+"""The report's figures: training curves, ROC / PR / FROC, error analysis, overlays."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tbx.bench.report.config import DET_CATS, DET_MODES, OVERLAY_SCORE_THR, ReportConfig
+from tbx.bench.report.runs import Run, _num, _read_json
+from tbx.bench.report.tables import _floats, _num_any, _roc, _study_model_label, screening_points
+from tbx.errors import TbxError, where
+
+
+def _global_steps(rows: list[dict[str, Any]]) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    """x axis for training curves: ``iteration`` continued across stages when it restarts, plus the
+    stage boundaries ``(x, new stage)``."""
+    xs, bounds = [], []
+    offset, last_it, last_stage = 0.0, None, None
+    for i, r in enumerate(rows):
+        it = _num(r.get("iteration", r.get("iter", r.get("step"))))
+        it = float(i) if it is None else it
+        stage = r.get("stage")
+        if last_stage is not None and stage != last_stage:
+            if last_it is not None and it + offset <= last_it:
+                offset = last_it + 1 - it
+            bounds.append((it + offset, str(stage)))
+        x = it + offset
+        xs.append(x)
+        last_it, last_stage = x, stage
+    return np.asarray(xs, float), bounds
+
+
+def _figures_for_runs(runs: list[Run], cfg: ReportConfig, study: dict[str, Any] | None, fig_dir: Path,
+                      notes: list[str]) -> list[tuple[str, list[Path]]]:
+    """Draw every figure the runs allow; returns ``[(caption, [png, pdf]), ...]``."""
+    from tbx.bench import plots
+
+    figs: list[tuple[str, list[Path]]] = []
+
+    def safe(s: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "-", s).strip("-") or "run"
+
+    def add(caption: str, draw: Any, *args: Any) -> None:
+        # Malformed arrays in a hand-made JSON cost one figure (with a note), never the report.
+        try:
+            figs.append((caption, draw(*args)))
+        except (ValueError, TypeError, IndexError, KeyError) as e:
+            notes.append(f"figure '{caption}' skipped: malformed data ({type(e).__name__}: {e})")
+
+    # Confusion matrices (one per run).
+    for r in runs:
+        cm = r.cls.get("confusion")
+        if cm is None:
+            if r.cls:
+                notes.append(f"{r.name}: no classification.confusion in bench JSON — "
+                             "confusion matrix skipped")
+            continue
+        try:
+            cm = np.asarray(cm, float)
+        except (TypeError, ValueError):
+            cm = np.zeros(0)
+        if cm.shape != (3, 3):
+            notes.append(f"{r.name}: classification.confusion is not 3×3 — confusion matrix skipped")
+            continue
+        add(f"Confusion matrix — {r.label}", plots.confusion_figure, cm, r.label,
+            fig_dir / f"confusion_{safe(r.name)}", cfg.dpi)
+
+    # ROC with screening points and readers.
+    curves = []
+    for r in runs:
+        roc = _roc(r)
+        if roc is None:
+            if r.cls:
+                notes.append(f"{r.name}: no classification.roc arrays — not in the ROC figure")
+            continue
+        pts = {}
+        a, b = screening_points(r)
+        if a:
+            pts["sens @ spec .70"] = a
+        if b:
+            pts["spec @ sens .90"] = b
+        curves.append(plots.RocCurve(r.label, roc[0], roc[1], _num(r.cls.get("auc")), pts))
+    readers = []
+    for s in ([study] if study else []) + [r.study for r in runs if r.study]:
+        for rd in s.get("readers", []):
+            if not isinstance(rd, dict):
+                continue
+            se, sp = _num(rd.get("sensitivity")), _num(rd.get("specificity"))
+            if se is not None and sp is not None:
+                p = (str(rd.get("name", "reader")), se, sp)
+                if p not in readers:
+                    readers.append(p)
+    for s in ([study] if study else []) + [r.study for r in runs if r.study]:
+        m = s.get("model") if isinstance(s.get("model"), dict) else None
+        roc = m.get("roc") if m else None
+        if isinstance(roc, dict):
+            fpr, tpr = _floats(roc.get("fpr")), _floats(roc.get("tpr"))
+            label = _study_model_label(s)
+            if fpr.size >= 2 and fpr.shape == tpr.shape and not any(c.label == label for c in curves):
+                curves.append(plots.RocCurve(label, fpr, tpr, _num(m.get("auc"))))
+    if curves:
+        add("ROC of TB vs non-TB", plots.roc_figure, curves, readers, fig_dir / "roc_tb", cfg.dpi)
+
+    # Detection: PR per category at IoU .5/.75, error analysis, FROC.
+    for mode, mode_h in DET_MODES:
+        froc_curves: dict[str, list[Any]] = {}
+        for r in runs:
+            if not r.has_mode(mode):
+                continue
+            pr = {cat: r.det(mode, cat).get("pr") for cat, _ in DET_CATS}
+            pr = {c: v for c, v in pr.items() if isinstance(v, dict) and (v.get("iou50") or v.get("iou75"))}
+            pr = {c: {k: (_floats(x) if isinstance(x, list) else None) for k, x in v.items()}
+                  for c, v in pr.items()}
+            if pr:
+                add(f"Precision–recall, {mode_h} — {r.label}", plots.pr_figure, pr,
+                    [h for _, h in DET_CATS], [c for c, _ in DET_CATS], f"{r.label} — {mode_h}",
+                    fig_dir / f"pr_{mode}_{safe(r.name)}", cfg.dpi)
+            else:
+                notes.append(f"{r.name}: no detection.{mode}.*.pr arrays — PR figure skipped")
+            ea = {cat: _error_curves(r.det(mode, cat)) for cat, _ in DET_CATS}
+            ea = {c: v for c, v in ea.items() if v}
+            if ea:
+                add(f"COCO error analysis, {mode_h} — {r.label}", plots.error_analysis_figure, ea,
+                    dict(DET_CATS), f"{r.label} — {mode_h}", fig_dir / f"errors_{mode}_{safe(r.name)}",
+                    cfg.dpi)
+            else:
+                notes.append(f"{r.name}: no detection.{mode}.*.error_analysis — "
+                             "error-analysis figure skipped")
+            for cat, _ in DET_CATS:
+                d = r.det(mode, cat)
+                pts = plots.parse_froc(d.get("froc"))
+                curve = plots.parse_froc(d.get("froc_curve")) or pts  # full curve when the bench gives it
+                if curve is not None:
+                    froc_curves.setdefault(cat, []).append(plots.FrocCurve(
+                        r.label, curve[0], curve[1], pts if curve is not pts else None))
+        if froc_curves:
+            add(f"FROC, {mode_h}", plots.froc_figure, froc_curves, dict(DET_CATS), mode_h,
+                fig_dir / f"froc_{mode}", cfg.dpi)
+        elif any(r.has_mode(mode) for r in runs):
+            notes.append(f"no detection.{mode}.*.froc in any run — FROC figure skipped")
+
+    # Training curves.
+    for r in runs:
+        if not r.metrics:
+            notes.append(f"{r.name}: no metrics.jsonl — training curves skipped")
+            continue
+        rows = [row for row in r.metrics if row.get("kind", "train") == "train"]
+        if not rows:
+            notes.append(f"{r.name}: metrics.jsonl has no training rows — training curves skipped")
+            continue
+        x, bounds = _global_steps(rows)
+        keys = []
+        for row in rows:
+            for k, v in row.items():
+                if k.startswith("loss") and _num_any(v) is not None and k not in keys:
+                    keys.append(k)
+        losses = {k: _floats([row.get(k) for row in rows]) for k in keys}
+        lr = _floats([row.get("lr") for row in rows])
+        if not keys and np.all(np.isnan(lr)):
+            notes.append(f"{r.name}: metrics.jsonl has no loss*/lr values — training curves skipped")
+            continue
+        add(f"Training curves — {r.label}", plots.training_figure, x, losses, lr, bounds, r.label,
+            fig_dir / f"train_{safe(r.name)}", cfg.dpi)
+
+    # Detection overlays.
+    if cfg.overlays > 0:
+        for r in runs:
+            try:
+                items = _overlay_items(r, cfg.overlays, notes)
+            except (ValueError, TypeError, IndexError, KeyError) as e:
+                notes.append(f"{r.name}: overlays skipped: malformed predictions ({type(e).__name__}: {e})")
+                items = []
+            if items:
+                add(f"Detections on sample images — {r.label}", plots.overlay_figure, items, r.label,
+                    fig_dir / f"overlays_{safe(r.name)}", cfg.dpi)
+    return figs
+
+
+def _error_curves(d: dict[str, Any]) -> dict[str, Any]:
+    """COCO error-analysis block → ``{type: 101-point precision array | AP scalar}``.
+
+    Accepts ``error_analysis`` or ``analysis`` whose values are arrays, scalars or
+    ``{"ap": …, "precision": [...]}`` (tbx bench)."""
+    ea = d.get("error_analysis") or d.get("analysis")
+    if not isinstance(ea, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in ea.items():
+        if isinstance(v, dict):
+            v = v.get("precision") if isinstance(v.get("precision"), list) else v.get("ap")
+        if isinstance(v, list):
+            arr = _floats(v)
+            if arr.size >= 2:
+                out[k] = arr
+        elif _num_any(v) is not None:
+            out[k] = float(v)
+    arrays = {k: v for k, v in out.items() if isinstance(v, np.ndarray)}
+    return arrays if arrays else out  # curves win over scalars when a block mixes both
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of xywh boxes ``a`` (N×4) and ``b`` (M×4)."""
+    ax2, ay2 = a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
+    bx2, by2 = b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    iw = np.clip(np.minimum(ax2[:, None], bx2[None]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(ay2[:, None], by2[None]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def overlay_score(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray,
+                  thr: float = OVERLAY_SCORE_THR) -> float:
+    """Mean over ground-truth boxes of the best IoU with a prediction of score ≥ ``thr`` (0 if none)."""
+    if len(gt) == 0:
+        return float("nan")
+    keep = scores >= thr
+    if not keep.any():
+        return 0.0
+    return float(_iou(gt, pred[keep]).max(axis=1).mean())
+
+
+def _dataset_root(ann: Path) -> Path:
+    # The layout root is the parent of annotations/json/ (SPEC §1.3).
+    if ann.parent.name == "json" and ann.parent.parent.name == "annotations":
+        return ann.parent.parent.parent
+    return ann.parent
+
+
+def _overlay_items(r: Run, n: int, notes: list[str]) -> list[Any]:
+    from PIL import Image
+
+    from tbx.bench.plots import OverlayItem
+    from tbx.data.coco import read_coco
+    from tbx.data.layout import IMGS
+
+    pred_dir = r.path / "predictions"
+    if not pred_dir.is_dir():
+        notes.append(f"{r.name}: no predictions/ — overlays skipped")
+        return []
+    man = r.manifest or {}
+    ann_s = man.get("ann") or man.get("annotations")
+    if not ann_s:
+        notes.append(f"{r.name}: no predictions/manifest.json with 'ann' — overlays skipped")
+        return []
+    ann = Path(ann_s)
+    if not ann.is_absolute():
+        cands = [r.path / ann, pred_dir / ann, Path.cwd() / ann]
+        ann = next((c for c in cands if c.is_file()), cands[0])
+    if not ann.is_file():
+        notes.append(f"{r.name}: annotation file {ann_s} not reachable — overlays skipped")
+        return []
+    try:
+        records = read_coco(ann, strict_labels=False)
+    except TbxError as e:
+        notes.append(f"{r.name}: cannot read {ann} ({e.what}) — overlays skipped")
+        return []
+    root = _dataset_root(ann)
+    if man.get("data_root") and Path(man["data_root"]).is_dir():
+        root = Path(man["data_root"])
+    boxes_pred: dict[int, list[dict[str, Any]]] = {}
+    bbox_file = pred_dir / "bbox_result.json"
+    if bbox_file.is_file():
+        dets = _read_json(bbox_file)
+        if not isinstance(dets, list):
+            raise TbxError("bbox_result.json must be a JSON list of COCO results", bbox_file)
+        for d in dets:
+            if isinstance(d, dict) and "image_id" in d and "bbox" in d:
+                boxes_pred.setdefault(int(d["image_id"]), []).append(d)
+    else:
+        notes.append(f"{r.name}: no predictions/bbox_result.json — overlays show ground truth only")
+    p_tb: dict[int, float] = {}
+    cls_file = pred_dir / "cls_result.txt"
+    if cls_file.is_file():
+        lines = [ln for ln in cls_file.read_text().splitlines() if ln.strip()]
+        if len(lines) == len(records):
+            for rec, ln in zip(records, lines):
+                parts = ln.split()
+                try:
+                    p_tb[rec.image_id] = float(parts[2])
+                except (IndexError, ValueError):
+                    raise TbxError("bad cls_result.txt line (need 3 probabilities)",
+                                   where(cls_file, lines.index(ln) + 1)) from None
+        else:
+            notes.append(f"{r.name}: cls_result.txt has {len(lines)} lines for {len(records)} images in "
+                         f"{ann.name} — uncertainty ranking skipped")
+
+    def img_path(rec) -> Path:
+        return root / IMGS / rec.file_name
+
+    reachable = [rec for rec in records if img_path(rec).is_file()]
+    if not reachable:
+        notes.append(f"{r.name}: images of {ann} not found under {root / IMGS} — overlays skipped")
+        return []
+
+    def arrs(rec):
+        gt = np.asarray([[b.x, b.y, b.w, b.h] for b in rec.boxes], float).reshape(-1, 4)
+        pd = boxes_pred.get(rec.image_id, [])
+        pb = np.asarray([d["bbox"] for d in pd], float).reshape(-1, 4)
+        ps = np.asarray([float(d.get("score", 1.0)) for d in pd], float)
+        return gt, pb, ps
+
+    scored = []
+    for rec in reachable:
+        if rec.boxes:
+            gt, pb, ps = arrs(rec)
+            scored.append((overlay_score(gt, pb, ps), len(rec.boxes), rec))
+    k = max(1, n // 3)
+    chosen: list[tuple[str, Any, float | None]] = []
+    used: set[int] = set()
+    best = sorted(scored, key=lambda t: (-t[0], -t[1], t[2].image_id))
+    worst = sorted(scored, key=lambda t: (t[0], -t[1], t[2].image_id))
+    for tag, seq in (("best", best), ("worst", worst)):
+        picked = 0
+        for q, _, rec in seq:
+            if picked >= k:
+                break
+            if rec.image_id in used:
+                continue
+            used.add(rec.image_id)
+            chosen.append((tag, rec, q))
+            picked += 1
+    if p_tb:
+        unc = sorted((rec for rec in reachable if rec.image_id in p_tb),
+                     key=lambda rec: (abs(p_tb[rec.image_id] - 0.5), rec.image_id))
+        picked = 0
+        for rec in unc:
+            if picked >= k:
+                break
+            if rec.image_id in used:
+                continue
+            used.add(rec.image_id)
+            chosen.append(("uncertain", rec, None))
+            picked += 1
+    else:
+        notes.append(f"{r.name}: no usable cls_result.txt — 'most uncertain' overlays skipped")
+    if not chosen:
+        notes.append(f"{r.name}: no TB images with boxes reachable — overlays skipped")
+        return []
+    items = []
+    for tag, rec, q in chosen:
+        gt, pb, ps = arrs(rec)
+        pd = boxes_pred.get(rec.image_id, [])
+        with Image.open(img_path(rec)) as im:
+            arr = np.asarray(im.convert("L"))
+        items.append(OverlayItem(
+            image=arr, title=rec.file_name, tag=tag, quality=q, p_tb=p_tb.get(rec.image_id),
+            gt=[(b.x, b.y, b.w, b.h, b.category) for b in rec.boxes],
+            pred=[(*map(float, d["bbox"]), int(d.get("category_id", 1)), float(d.get("score", 1.0)))
+                  for d in pd if float(d.get("score", 1.0)) >= OVERLAY_SCORE_THR]))
+    return items
