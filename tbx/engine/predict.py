@@ -18,7 +18,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ def predict_dataset(model: nn.Module, dataset: TBXDataset, batch_size: int, devi
                     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Run ``model.predict`` over ``dataset`` in order.  Returns the (N, 3) probabilities and the
     COCO detections (image ids of the annotation file, xywh in the annotation frame)."""
-    net = unwrap(model)
+    net: Any = unwrap(model)  # a Detector (duck-typed: test doubles too)
     was_training = net.training
     net.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
@@ -142,7 +142,7 @@ def model_from_checkpoint(state: dict[str, Any], where: Path,
     model = model_builder(cfg) if model_builder else build(cfg.model_name, cfg.model)
     load_model_weights(model, state["model"], where)
     if hasattr(model, "set_stage"):
-        model.set_stage(int(state.get("stage", 1)))
+        cast(Any, model).set_stage(int(state.get("stage", 1)))
     return model, cfg
 
 

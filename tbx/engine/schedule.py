@@ -195,7 +195,8 @@ def param_groups(model: nn.Module, sc: StageConfig) -> list[dict[str, Any]]:
     sampling-offset and reference-point Linears, as the official recipe does).
     """
     low_keys = tuple(getattr(model, "low_lr_keys", ()))
-    backbone, other = [], []
+    backbone: list[nn.Parameter] = []
+    other: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -218,7 +219,7 @@ def build_optimizer(model: nn.Module, sc: StageConfig) -> torch.optim.Optimizer:
     if sc.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=sc.lr, momentum=sc.momentum, weight_decay=sc.weight_decay,
                                fused=True)
-    return torch.optim.AdamW(groups, lr=sc.lr, betas=tuple(sc.betas), weight_decay=sc.weight_decay,
+    return torch.optim.AdamW(groups, lr=sc.lr, betas=(sc.betas[0], sc.betas[1]), weight_decay=sc.weight_decay,
                              fused=True)
 
 

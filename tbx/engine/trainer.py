@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -351,7 +351,7 @@ def _stage_model(run: _Run, s: int, sdir: Path) -> tuple[nn.Module, dict[str, An
             load_model_weights(model, init_state["model"], init)
             del init_state
         if hasattr(model, "start_stage"):
-            model.start_stage(s)
+            cast(Any, model).start_stage(s)
     if hasattr(model, "set_stage"):
         _set_stage(model, s, sc, cfg.model_name, run.out)
     model.to(run.device)
@@ -371,7 +371,7 @@ def _set_stage(model: nn.Module, s: int, sc: StageConfig, model_name: str, out: 
         raise TbxError(f"stage{s} loss weights must be ≥ 0 and not both 0 (got {weights})",
                        where=str(out), fix=f"set {knobs}")
     try:
-        model.set_stage(s, sc.trainable, weights)
+        cast(Any, model).set_stage(s, sc.trainable, weights)
     except ValueError as e:  # joint losses on a model without them
         raise TbxError(f"{model_name}: {e}", where=str(out),
                        fix=f"drop {knobs} (joint losses exist for the RetinaNet models)") from None
@@ -520,7 +520,7 @@ def _end_epoch(run: _Run, st: _Stage, epoch: int) -> None:
     """Validate when due (``best.pt`` on a new best), then ``last.pt`` at the epoch boundary."""
     cfg, sc = run.cfg, run.cfg.stage(st.s)
     if cfg.val_ann and ((epoch + 1) % max(1, cfg.val_every) == 0 or epoch + 1 == sc.epochs):
-        metric = _validate(run, st, epoch)
+        metric = _validate(run, st, epoch, cfg.val_ann)
         if metric is not None and metric > st.best_metric:
             st.best_metric = metric
             _checkpoint(run, st, st.best, epoch + 1, 0, st.eval_model)
@@ -528,8 +528,8 @@ def _end_epoch(run: _Run, st: _Stage, epoch: int) -> None:
     D.barrier(run.ctx)
 
 
-def _validate(run: _Run, st: _Stage, epoch: int) -> float | None:
-    """Predict ``cfg.val_ann`` on rank 0 and score it with the bench library: AP50 (tb-only,
+def _validate(run: _Run, st: _Stage, epoch: int, ann: str) -> float | None:
+    """Predict ``ann`` (``cfg.val_ann``) on rank 0 and score it with the bench library: AP50 (tb-only,
     category-agnostic) in stage I, accuracy in stage II.  Returns the metric on every rank."""
     from tbx.engine.predict import evaluate_predictions, predict_dataset, write_predictions
 
@@ -537,7 +537,7 @@ def _validate(run: _Run, st: _Stage, epoch: int) -> float | None:
     metric_t = torch.zeros(1, device=run.device)
     if ctx.is_main:
         was_training = model.training
-        ds = TBXDataset(cfg.data.root, cfg.val_ann, cfg.model.input_size, train=False)
+        ds = TBXDataset(cfg.data.root, ann, cfg.model.input_size, train=False)
         probs, dets = predict_dataset(model, ds, cfg.val_batch_size, run.device, run.amp_dtype,
                                       workers=min(2, cfg.data.workers))
         model.train(was_training)

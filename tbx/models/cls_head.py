@@ -47,7 +47,8 @@ class ClsHead(nn.Module):
                     m.reset_parameters()
                 else:
                     nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                    nn.init.zeros_(m.bias)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
 
     def forward(self, c5: Tensor) -> Tensor:
         return self.classifier(self.pool(self.features(c5))).flatten(1)

@@ -132,4 +132,4 @@ def check_sections(model_name: str, cfg: ModelConfig) -> ModelConfig:
             raise TbxError(f"model.{name} is not read by {model_name}", fix=f"drop model.{name} "
                            f"({model_name} reads the common model keys and {reads})")
     filled = {name: getattr(cfg, name) or _DEFAULTS[name]() for name in used}
-    return replace(cfg, **filled)  # type: ignore[arg-type]
+    return replace(cfg, **filled)

@@ -99,7 +99,7 @@ def padding_mask(images: Tensor, image_sizes: Sequence[tuple[int, int]]) -> Tens
 def normalise_image_sizes(images: Tensor, image_sizes) -> list[tuple[int, int]]:
     """``image_sizes`` as a list of ``(h, w)`` ints (``None`` → the full padded size)."""
     if image_sizes is None:
-        return [tuple(images.shape[-2:])] * images.shape[0]
+        return [(int(images.shape[-2]), int(images.shape[-1]))] * images.shape[0]
     if isinstance(image_sizes, Tensor):
         image_sizes = image_sizes.tolist()
     sizes = [(int(h), int(w)) for h, w in image_sizes]
@@ -304,9 +304,11 @@ class DeformableDETR(Detector):
             projs.append(nn.Sequential(nn.Conv2d(in_chs[-1] if i == 0 else d_model, d_model, 3, stride=2,
                                                  padding=1), nn.GroupNorm(32, d_model)))
         self.input_proj = nn.ModuleList(projs)
-        for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.zeros_(proj[0].bias)
+        for proj in projs:
+            conv = proj[0]
+            assert isinstance(conv, nn.Conv2d) and conv.bias is not None
+            nn.init.xavier_uniform_(conv.weight, gain=1)
+            nn.init.zeros_(conv.bias)
         # SPEC §2.3 SPE (one STN shared by all levels) or the plain normalised sine encoding
         self.pos_encoding = SymmetricPositionalEncoding(d_model // 2, **POS_ENCODINGS[pos_encoding])
         self.transformer = DeformableTransformer(d_model, n_heads, enc_layers, dec_layers, d_ffn, dropout,
@@ -316,9 +318,11 @@ class DeformableDETR(Detector):
         self.bbox_embed = MLP(d_model, d_model, 4, 3)
         with torch.no_grad():
             nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01
-            nn.init.zeros_(self.bbox_embed.layers[-1].weight)
-            nn.init.zeros_(self.bbox_embed.layers[-1].bias)
-            self.bbox_embed.layers[-1].bias[2:] = -2.0
+            box_out = self.bbox_embed.layers[-1]
+            assert isinstance(box_out, nn.Linear)
+            nn.init.zeros_(box_out.weight)
+            nn.init.zeros_(box_out.bias)
+            box_out.bias[2:] = -2.0
         self.cls_head = ClsHead(backbone.out_channels[-1], cls_channels)
         self.matcher = HungarianMatcher(cls_weight, bbox_weight, giou_weight, focal_alpha, focal_gamma)
         self.weights = {"cls": cls_weight, "bbox": bbox_weight, "giou": giou_weight}
@@ -380,7 +384,7 @@ class DeformableDETR(Detector):
     # -- training ----------------------------------------------------------------------------
 
     def forward(self, images: Tensor, targets: list[dict[str, Tensor]] | None = None,
-                image_sizes=None) -> dict[str, Tensor]:
+                image_sizes=None) -> dict[str, Tensor] | list[Prediction]:
         """Training losses (Detector contract).  Stage 1: ``loss_cls``, ``loss_bbox``,
         ``loss_giou`` of the last decoder layer and ``loss_{cls,bbox,giou}_{d}`` of decoder layers
         ``d = 0..D−2`` (already weighted: the total is their sum).  Stage 2: ``loss_img_cls`` only
