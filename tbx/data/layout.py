@@ -6,6 +6,7 @@ whole path, which is what mislabels data roots containing "tb" or "sick" in the 
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 
 from tbx.errors import TbxError
@@ -14,6 +15,9 @@ IMGS = "imgs"
 ANN_JSON = "annotations/json"
 ANN_XML = "annotations/xml"
 LISTS = "lists"
+# official annotation / list file names: prefix, split, only-TB suffix
+JSON_NAME = re.compile(r"^(TBX11K|all)_(train|val|trainval|test)(_only_tb)?\.json$")
+LIST_NAME = re.compile(r"^(TBX11K|all)_(train|val|trainval|test)\.txt$")
 
 CLASS_FOLDERS = {"health": "healthy", "sick": "sick", "tb": "tb"}
 FOLDER_OF_LABEL = {v: k for k, v in CLASS_FOLDERS.items()}

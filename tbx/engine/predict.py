@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tbx.bench.results_io import BBOX_RESULT, CLS_RESULT, write_bbox_result, write_cls_result
 from tbx.config import from_dict
 from tbx.data.dataset import TBXDataset, collate, normalize_batch
 from tbx.engine.checkpoint import file_sha256, find_checkpoint, load_checkpoint, load_model_weights, unwrap
@@ -35,9 +36,6 @@ from tbx.io import atomic_write_json
 from tbx.models.inference import prepare_for_inference
 from tbx.models.registry import build
 from tbx.provenance import versions, write_provenance
-
-CLS_RESULT = "cls_result.txt"
-BBOX_RESULT = "bbox_result.json"
 
 
 @torch.no_grad()
@@ -97,7 +95,6 @@ def detections_to_coco(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.
 
 def write_predictions(out_dir: str | Path, probs: np.ndarray, dets: list[dict[str, Any]]) -> None:
     """``cls_result.txt`` + ``bbox_result.json`` with the bench library's writers (atomic)."""
-    from tbx.bench.results_io import write_bbox_result, write_cls_result
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

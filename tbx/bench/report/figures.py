@@ -202,14 +202,13 @@ def _error_curves(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of xywh boxes ``a`` (N×4) and ``b`` (M×4)."""
-    ax2, ay2 = a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
-    bx2, by2 = b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
-    iw = np.clip(np.minimum(ax2[:, None], bx2[None]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(ay2[:, None], by2[None]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    """IoU matrix of xywh boxes ``a`` (N×4) and ``b`` (M×4) (``torchvision.ops.box_iou``, float64;
+    0 where both boxes are empty)."""
+    import torch
+    from torchvision.ops import box_convert, box_iou
+
+    ta, tb = (box_convert(torch.as_tensor(np.asarray(x, np.float64)), "xywh", "xyxy") for x in (a, b))
+    return torch.nan_to_num(box_iou(ta, tb), nan=0.0).numpy()
 
 
 def overlay_score(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray,
