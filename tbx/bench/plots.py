@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter  # noqa: E402
 
+from tbx.bench.classification import SENS_TARGET, SPEC_TARGET  # noqa: E402
 from tbx.io import atomic_path  # noqa: E402
 
 COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
@@ -126,8 +127,8 @@ def roc_figure(curves: Sequence[RocCurve], readers: Sequence[tuple[str, float, f
                            markerfacecolor="#E69F00", ls="none", label=f"reader: {name}", zorder=6)
             if not is_zoom:
                 handles.append(h)
-        ax.axvline(0.30, color="0.7", lw=0.8, ls="--")
-        ax.axhline(0.90, color="0.7", lw=0.8, ls="--")
+        ax.axvline(1 - SPEC_TARGET, color="0.7", lw=0.8, ls="--")  # the screening targets
+        ax.axhline(SENS_TARGET, color="0.7", lw=0.8, ls="--")
         ax.grid(alpha=0.3)
         ax.set_xlabel("1 − specificity (false-positive rate)")
         ax.set_ylabel("sensitivity (true-positive rate)")

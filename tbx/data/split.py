@@ -74,7 +74,7 @@ from typing import Any
 
 from tbx.data.apportion import controlled_rounding, largest_remainder
 from tbx.data.layout import ANN_JSON, LISTS
-from tbx.data.records import LABELS, SPLITS, TB_TYPES, Record
+from tbx.data.records import LABELS, SPLITS, TB_TYPE_ROWS, TB_TYPES, Record
 from tbx.data.views import annotation_views, load_dataset, write_view, write_views
 from tbx.errors import TbxError
 from tbx.io import atomic_write_json
@@ -294,9 +294,7 @@ class SplitPlan:
         return rep
 
 
-ROW_NAMES = {"healthy": "healthy", "sick": "sick", "tb:active": "active TB",
-             "tb:latent": "latent TB", "tb:active+latent": "active & latent TB",
-             "tb:uncertain": "uncertain TB", "tb:unknown": "TB without box"}
+ROW_NAMES = {"healthy": "healthy", "sick": "sick", **{f"tb:{t}": row for t, row in TB_TYPE_ROWS.items()}}
 
 
 def display_row(r: Record) -> str:
@@ -304,8 +302,7 @@ def display_row(r: Record) -> str:
         return f"{r.source} {r.label}"
     if not r.is_tb:
         return {"healthy": "healthy", "sick": "sick"}.get(r.label, r.label)
-    return {"active": "active TB", "latent": "latent TB", "active+latent": "active & latent TB",
-            "uncertain": "uncertain TB"}.get(r.tb_type, "TB without box")
+    return TB_TYPE_ROWS.get(r.tb_type, TB_TYPE_ROWS["unknown"])
 
 
 def _patient_summary(records: Sequence[Record]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from tbx.data.records import (
     CATEGORY_SHORT,
     LATENT,
     SPLITS,
+    TB_TYPE_ROWS,
     UNCERTAIN,
     Record,
     tb_type_from_categories,
@@ -39,10 +40,7 @@ from tbx.data.records import (
 from tbx.data.views import load_dataset
 from tbx.data.voc import read_voc
 
-CLASS_ROWS = ("healthy", "sick", "active TB", "latent TB", "active & latent TB", "uncertain TB",
-              "TB without box")
-_ROW_OF_TB_TYPE = {"active": "active TB", "latent": "latent TB", "active+latent": "active & latent TB",
-                   "uncertain": "uncertain TB", "unknown": "TB without box"}
+CLASS_ROWS = ("healthy", "sick", *TB_TYPE_ROWS.values())
 COCO_BINS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2),
              ("large", 96.0 ** 2, float("inf")))  # [lo, hi) in the 512 frame
 PAPER_BINS = (("<=384^2", 0.0, 384.0 ** 2), ("(384^2,960^2]", 384.0 ** 2, 960.0 ** 2),
@@ -85,7 +83,7 @@ def class_row(r: Record) -> str:
     if r.label in ("healthy", "sick"):
         return r.label
     if r.label == "tb":
-        return _ROW_OF_TB_TYPE[tb_type_from_categories(b.category for b in r.boxes)]
+        return TB_TYPE_ROWS[tb_type_from_categories(b.category for b in r.boxes)]
     return "unlabelled"
 
 

@@ -64,18 +64,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import sigmoid_focal_loss
+from torchvision.ops import box_convert, sigmoid_focal_loss
 
 from tbx.models.backbone import ResNetBackbone, load_backbone_weights
 from tbx.models.base import Detector, Prediction
 from tbx.models.cls_head import ClsHead
 from tbx.models.config import DetrConfig, ModelConfig, SymFormerConfig
-from tbx.models.matcher import (
-    HungarianMatcher,
-    box_cxcywh_to_xyxy,
-    box_xyxy_to_cxcywh,
-    paired_generalized_box_iou,
-)
+from tbx.models.matcher import HungarianMatcher, paired_generalized_box_iou
 from tbx.models.sas import ATTENTIONS, POS_ENCODINGS
 from tbx.models.spe import SymmetricPositionalEncoding
 from tbx.models.sym_attention import SymAttention, SymEncoderLayer
@@ -418,7 +413,7 @@ class DeformableDETR(Detector):
             boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
             scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
             labels = torch.as_tensor(t["labels"], dtype=torch.int64, device=device).reshape(-1) - 1
-            out.append({"boxes": box_xyxy_to_cxcywh(boxes / scale), "labels": labels})
+            out.append({"boxes": box_convert(boxes / scale, "xyxy", "cxcywh"), "labels": labels})
         return out
 
     @staticmethod
@@ -446,7 +441,8 @@ class DeformableDETR(Detector):
         src_boxes = boxes[batch_idx, src_idx]
         tgt_boxes = torch.cat([t["boxes"][j.to(logits.device)] for t, (_, j) in zip(tgts, indices)])
         loss_bbox = F.l1_loss(src_boxes, tgt_boxes, reduction="sum") / num_boxes
-        giou = paired_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(tgt_boxes))
+        giou = paired_generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"),
+                                          box_convert(tgt_boxes, "cxcywh", "xyxy"))
         loss_giou = (1 - giou).sum() / num_boxes
         return {"loss_cls": self.weights["cls"] * loss_cls, "loss_bbox": self.weights["bbox"] * loss_bbox,
                 "loss_giou": self.weights["giou"] * loss_giou}
@@ -477,7 +473,7 @@ class DeformableDETR(Detector):
         scores, idx = scores_all.topk(topk, dim=1)
         query_idx = torch.div(idx, k, rounding_mode="floor")
         labels = idx % k + 1  # class index → category 1 active / 2 latent
-        xyxy = box_cxcywh_to_xyxy(boxes.float())
+        xyxy = box_convert(boxes.float(), "cxcywh", "xyxy")
         out = []
         for i, (h, w) in enumerate(sizes):
             b = xyxy[i, query_idx[i]] * torch.tensor([w, h, w, h], dtype=xyxy.dtype, device=xyxy.device)

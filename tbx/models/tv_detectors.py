@@ -63,7 +63,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 from tbx.errors import TbxError
 from tbx.models import backbone as backbone_module
-from tbx.models.backbone import ResNetBackbone, load_backbone_weights
+from tbx.models.backbone import ResNetBackbone, fetch_weights, load_backbone_weights
 from tbx.models.base import Detector, Prediction
 from tbx.models.cls_head import ClsHead
 from tbx.models.config import ModelConfig
@@ -314,17 +314,7 @@ def load_vgg16_weights(features: nn.Sequential, pretrained: str | Path) -> None:
         return
     if spec.lower() == "imagenet":
         where = vgg16_imagenet_file()
-        if not where.is_file():
-            url = torchvision.models.VGG16_Weights.IMAGENET1K_V1.url
-            try:
-                backbone_module._download(url, where)
-            except Exception as e:  # offline, proxy, disk… — all the same to the user
-                raise TbxError(
-                    f"ImageNet weights for vgg16 are not cached and could not be downloaded "
-                    f"({type(e).__name__}: {e})", where=where,
-                    fix=f"download {url} and place it at {where} (directory: $TORCH_HOME/hub/checkpoints, "
-                        f"TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch')}), "
-                        "or use pretrained: none / a path to a state_dict") from e
+        fetch_weights("vgg16", torchvision.models.VGG16_Weights.IMAGENET1K_V1.url, where)
     else:
         where = Path(spec).expanduser()
         if not where.is_file():

@@ -6,14 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from tbx.bench.schema import DET_ROW_LABELS
 from tbx.errors import TbxError
 
 FORMATS = ("md", "tex", "csv", "html")
 CLS_COLUMNS = (("accuracy", "Acc"), ("auc", "AUC (TB)"), ("sensitivity", "Sens"),
                ("specificity", "Spec"), ("ap", "AP"), ("ar", "AR"))
 DET_MODES = (("all_cxr", "ALL"), ("tb_only", "Only TB"))
-DET_CATS = (("agnostic", "Category-agnostic TB"), ("active", "Active TB"), ("latent", "Latent TB"))
-SCREENING = {"spec": 0.70, "sens": 0.90}  # screening operating points (sens @ spec .70, spec @ sens .90)
+DET_CATS = tuple(DET_ROW_LABELS.items())  # (row, label) in table order
 OVERLAY_SCORE_THR = 0.3
 PUBLISHED_MARK = "(published)"
 DAGGER = "†"

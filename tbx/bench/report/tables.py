@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from tbx.bench import published as pub
-from tbx.bench.report.config import CLS_COLUMNS, DAGGER, DET_CATS, DET_MODES, PUBLISHED_MARK, SCREENING
+from tbx.bench.classification import SENS_TARGET, SPEC_TARGET
+from tbx.bench.report.config import CLS_COLUMNS, DAGGER, DET_CATS, DET_MODES, PUBLISHED_MARK
 from tbx.bench.report.runs import Run, _as_interval, _group_label, _num
 
 
@@ -277,8 +278,8 @@ def screening_points(r: Run) -> tuple[tuple[float, float] | None, tuple[float, f
     (which the bench may have downsampled)."""
     ops = r.bench.get("operating_points") or {}
     out: list[tuple[float, float] | None] = []
-    for key, tkey, target in (("sensitivity_at_specificity", "target_specificity", SCREENING["spec"]),
-                              ("specificity_at_sensitivity", "target_sensitivity", SCREENING["sens"])):
+    for key, tkey, target in (("sensitivity_at_specificity", "target_specificity", SPEC_TARGET),
+                              ("specificity_at_sensitivity", "target_sensitivity", SENS_TARGET)):
         op = ops.get(key) if isinstance(ops, dict) else None
         se = _num(op.get("sensitivity")) if isinstance(op, dict) else None
         sp = _num(op.get("specificity")) if isinstance(op, dict) else None
