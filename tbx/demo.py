@@ -81,6 +81,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None,
     from tbx.bench.report import ReportConfig, make_report
     from tbx.bench.study import StudyConfig, run_compare, sample_study, simulate_reader, write_sheet
     from tbx.data.build import BuildConfig, build_dataset
+    from tbx.data.layout import ANN_JSON, all_json_name
     from tbx.data.split import SplitConfig, run_split
     from tbx.data.stats import stats_of
     from tbx.data.synth import SynthConfig, synthesize
@@ -143,7 +144,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None,
     outputs["training run"] = run
 
     step(7, "predict the test split (official cls_result.txt + bbox_result.json)")
-    ann = root / "annotations" / "json" / "all_test.json"
+    ann = root / ANN_JSON / all_json_name("test")
     preds = predict(run, root, ann, run / "predictions", workers=cfg.workers)
     outputs["predictions"] = preds
 

@@ -43,7 +43,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tbx.data.layout import ANN_XML, EXTRA_GROUPS, FOLDER_OF_LABEL, IMGS, LISTS, label_from_path, list_name
+from tbx.data.layout import (
+    ANN_XML,
+    BOXES_COLUMNS,
+    EXTRA_GROUPS,
+    FOLDER_OF_LABEL,
+    IMGS,
+    LISTS,
+    MANIFEST_COLUMNS,
+    label_from_path,
+    list_name,
+)
 from tbx.data.records import (
     CATEGORY_BY_NAME,
     CATEGORY_SHORT,
@@ -68,8 +78,6 @@ from tbx.io import (
 DEFAULT_SALT = "tbx-patient-id-v1"  # public constant: reproducible, derived from nothing identifying
 STATE_NAME = ".build_state.json"
 STATE_VERSION = 1
-MANIFEST_COLUMNS = ("file", "patient_id", "label", "tb_type", "source")
-BOXES_COLUMNS = ("file", "xmin", "ymin", "xmax", "ymax", "label")
 CLASS_PREFIX = {"healthy": "h", "sick": "s", "tb": "tb"}  # the release's file-name prefixes
 # box labels accepted in raw exports: official category names and their short forms
 BOX_LABELS = {**CATEGORY_BY_NAME, **{v: k for k, v in CATEGORY_SHORT.items()}}

@@ -15,6 +15,9 @@ IMGS = "imgs"
 ANN_JSON = "annotations/json"
 ANN_XML = "annotations/xml"
 LISTS = "lists"
+# the source manifest of `tbx dataset build` (one row per image) and its optional boxes.csv
+MANIFEST_COLUMNS = ("file", "patient_id", "label", "tb_type", "source")
+BOXES_COLUMNS = ("file", "xmin", "ymin", "xmax", "ymax", "label")
 # official annotation / list file names: prefix, split, only-TB suffix
 JSON_NAME = re.compile(r"^(TBX11K|all)_(train|val|trainval|test)(_only_tb)?\.json$")
 LIST_NAME = re.compile(r"^(TBX11K|all)_(train|val|trainval|test)\.txt$")

@@ -35,6 +35,7 @@ from tbx.data.layout import (
     LISTS,
     all_json_name,
     label_from_path,
+    list_name,
     tbx_json_name,
 )
 from tbx.data.records import SPLITS, Record
@@ -144,9 +145,9 @@ def load_dataset(path: str | Path) -> list[Record]:
 
     found_any = False
     for split in SPLITS:
-        full = [n for n in (f"TBX11K_{split}.json", f"all_{split}.json") if (json_dir / n).is_file()]
-        lists = [n for n in (f"TBX11K_{split}.txt", f"all_{split}.txt") if (list_dir / n).is_file()]
-        only_tb = f"TBX11K_{split}_only_tb.json"
+        full = [n for n in (tbx_json_name(split), all_json_name(split)) if (json_dir / n).is_file()]
+        lists = [n for n in (list_name(split), list_name(split, "all")) if (list_dir / n).is_file()]
+        only_tb = tbx_json_name(split, only_tb=True)
         if full:
             groups += [read(n, split) for n in full]
         elif lists:
@@ -157,7 +158,7 @@ def load_dataset(path: str | Path) -> list[Record]:
             continue
         found_any = True
     if not found_any:
-        for name in ("TBX11K_trainval.json", "all_trainval.json", "TBX11K_trainval_only_tb.json"):
+        for name in (tbx_json_name("trainval"), all_json_name("trainval"), tbx_json_name("trainval", True)):
             if (json_dir / name).is_file():
                 groups.append(read(name, None))
                 found_any = True
