@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,48 +34,75 @@ def _global_steps(rows: list[dict[str, Any]]) -> tuple[np.ndarray, list[tuple[fl
     return np.asarray(xs, float), bounds
 
 
+class _Figures:
+    """The figures drawn so far, as ``[(caption, [png, pdf]), ...]``, and where they go."""
+
+    def __init__(self, fig_dir: Path, dpi: int, notes: list[str]):
+        self.fig_dir, self.dpi, self.notes = fig_dir, dpi, notes
+        self.drawn: list[tuple[str, list[Path]]] = []
+
+    def add(self, caption: str, draw: Any, *args: Any) -> None:
+        """``draw(*args, out_stem, dpi)``; malformed arrays in a hand-made JSON cost one figure
+        (with a note), never the report."""
+        try:
+            self.drawn.append((caption, draw(*args)))
+        except (ValueError, TypeError, IndexError, KeyError) as e:
+            self.notes.append(f"figure '{caption}' skipped: malformed data ({type(e).__name__}: {e})")
+
+    def path(self, stem: str) -> Path:
+        return self.fig_dir / stem
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", s).strip("-") or "run"
+
+
 def _figures_for_runs(runs: list[Run], cfg: ReportConfig, study: dict[str, Any] | None, fig_dir: Path,
                       notes: list[str]) -> list[tuple[str, list[Path]]]:
     """Draw every figure the runs allow; returns ``[(caption, [png, pdf]), ...]``."""
+    figs = _Figures(fig_dir, cfg.dpi, notes)
+    _confusion_figures(runs, figs)
+    _roc_figure(runs, study, figs)
+    for mode, mode_h in DET_MODES:
+        _detection_figures(runs, mode, mode_h, figs)
+    _training_figures(runs, figs)
+    if cfg.overlays > 0:
+        _overlay_figures(runs, cfg.overlays, figs)
+    return figs.drawn
+
+
+def _confusion_figures(runs: list[Run], figs: _Figures) -> None:
+    """One confusion matrix per run."""
     from tbx.bench import plots
 
-    figs: list[tuple[str, list[Path]]] = []
-
-    def safe(s: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_.+-]+", "-", s).strip("-") or "run"
-
-    def add(caption: str, draw: Any, *args: Any) -> None:
-        # Malformed arrays in a hand-made JSON cost one figure (with a note), never the report.
-        try:
-            figs.append((caption, draw(*args)))
-        except (ValueError, TypeError, IndexError, KeyError) as e:
-            notes.append(f"figure '{caption}' skipped: malformed data ({type(e).__name__}: {e})")
-
-    # Confusion matrices (one per run).
     for r in runs:
         cm = r.cls.get("confusion")
         if cm is None:
             if r.cls:
-                notes.append(f"{r.name}: no classification.confusion in bench JSON — "
-                             "confusion matrix skipped")
+                figs.notes.append(f"{r.name}: no classification.confusion in bench JSON — "
+                                  "confusion matrix skipped")
             continue
         try:
             cm = np.asarray(cm, float)
         except (TypeError, ValueError):
             cm = np.zeros(0)
         if cm.shape != (3, 3):
-            notes.append(f"{r.name}: classification.confusion is not 3×3 — confusion matrix skipped")
+            figs.notes.append(f"{r.name}: classification.confusion is not 3×3 — confusion matrix skipped")
             continue
-        add(f"Confusion matrix — {r.label}", plots.confusion_figure, cm, r.label,
-            fig_dir / f"confusion_{safe(r.name)}", cfg.dpi)
+        figs.add(f"Confusion matrix — {r.label}", plots.confusion_figure, cm, r.label,
+                 figs.path(f"confusion_{_safe(r.name)}"), figs.dpi)
 
-    # ROC with screening points and readers.
+
+def _roc_figure(runs: list[Run], study: dict[str, Any] | None, figs: _Figures) -> None:
+    """ROC of every run with its screening points, the readers and the study's model curve."""
+    from tbx.bench import plots
+
     curves = []
     for r in runs:
         roc = _roc(r)
         if roc is None:
             if r.cls:
-                notes.append(f"{r.name}: no classification.roc arrays — not in the ROC figure")
+                figs.notes.append(f"{r.name}: no classification.roc arrays — not in the ROC figure")
             continue
         pts = {}
         a, b = screening_points(r)
@@ -83,8 +111,9 @@ def _figures_for_runs(runs: list[Run], cfg: ReportConfig, study: dict[str, Any] 
         if b:
             pts["spec @ sens .90"] = b
         curves.append(plots.RocCurve(r.label, roc[0], roc[1], _num(r.cls.get("auc")), pts))
+    studies = ([study] if study else []) + [r.study for r in runs if r.study]
     readers = []
-    for s in ([study] if study else []) + [r.study for r in runs if r.study]:
+    for s in studies:
         for rd in s.get("readers", []):
             if not isinstance(rd, dict):
                 continue
@@ -93,7 +122,7 @@ def _figures_for_runs(runs: list[Run], cfg: ReportConfig, study: dict[str, Any] 
                 p = (str(rd.get("name", "reader")), se, sp)
                 if p not in readers:
                     readers.append(p)
-    for s in ([study] if study else []) + [r.study for r in runs if r.study]:
+    for s in studies:
         m = s.get("model") if isinstance(s.get("model"), dict) else None
         roc = m.get("roc") if m else None
         if isinstance(roc, dict):
@@ -102,54 +131,61 @@ def _figures_for_runs(runs: list[Run], cfg: ReportConfig, study: dict[str, Any] 
             if fpr.size >= 2 and fpr.shape == tpr.shape and not any(c.label == label for c in curves):
                 curves.append(plots.RocCurve(label, fpr, tpr, _num(m.get("auc"))))
     if curves:
-        add("ROC of TB vs non-TB", plots.roc_figure, curves, readers, fig_dir / "roc_tb", cfg.dpi)
+        figs.add("ROC of TB vs non-TB", plots.roc_figure, curves, readers, figs.path("roc_tb"), figs.dpi)
 
-    # Detection: PR per category at IoU .5/.75, error analysis, FROC.
-    for mode, mode_h in DET_MODES:
-        froc_curves: dict[str, list[Any]] = {}
-        for r in runs:
-            if not r.has_mode(mode):
-                continue
-            pr = {cat: r.det(mode, cat).get("pr") for cat, _ in DET_CATS}
-            pr = {c: v for c, v in pr.items() if isinstance(v, dict) and (v.get("iou50") or v.get("iou75"))}
-            pr = {c: {k: (_floats(x) if isinstance(x, list) else None) for k, x in v.items()}
-                  for c, v in pr.items()}
-            if pr:
-                add(f"Precision–recall, {mode_h} — {r.label}", plots.pr_figure, pr,
-                    [h for _, h in DET_CATS], [c for c, _ in DET_CATS], f"{r.label} — {mode_h}",
-                    fig_dir / f"pr_{mode}_{safe(r.name)}", cfg.dpi)
-            else:
-                notes.append(f"{r.name}: no detection.{mode}.*.pr arrays — PR figure skipped")
-            ea = {cat: _error_curves(r.det(mode, cat)) for cat, _ in DET_CATS}
-            ea = {c: v for c, v in ea.items() if v}
-            if ea:
-                add(f"COCO error analysis, {mode_h} — {r.label}", plots.error_analysis_figure, ea,
-                    dict(DET_CATS), f"{r.label} — {mode_h}", fig_dir / f"errors_{mode}_{safe(r.name)}",
-                    cfg.dpi)
-            else:
-                notes.append(f"{r.name}: no detection.{mode}.*.error_analysis — "
-                             "error-analysis figure skipped")
-            for cat, _ in DET_CATS:
-                d = r.det(mode, cat)
-                pts = plots.parse_froc(d.get("froc"))
-                curve = plots.parse_froc(d.get("froc_curve")) or pts  # full curve when the bench gives it
-                if curve is not None:
-                    froc_curves.setdefault(cat, []).append(plots.FrocCurve(
-                        r.label, curve[0], curve[1], pts if curve is not pts else None))
-        if froc_curves:
-            add(f"FROC, {mode_h}", plots.froc_figure, froc_curves, dict(DET_CATS), mode_h,
-                fig_dir / f"froc_{mode}", cfg.dpi)
-        elif any(r.has_mode(mode) for r in runs):
-            notes.append(f"no detection.{mode}.*.froc in any run — FROC figure skipped")
 
-    # Training curves.
+def _detection_figures(runs: list[Run], mode: str, mode_h: str, figs: _Figures) -> None:
+    """Detection in one mode: PR per category at IoU .5/.75 and error analysis per run, FROC."""
+    from tbx.bench import plots
+
+    froc_curves: dict[str, list[Any]] = {}
+    for r in runs:
+        if not r.has_mode(mode):
+            continue
+        pr = {cat: r.det(mode, cat).get("pr") for cat, _ in DET_CATS}
+        pr = {c: v for c, v in pr.items() if isinstance(v, dict) and (v.get("iou50") or v.get("iou75"))}
+        pr = {c: {k: (_floats(x) if isinstance(x, list) else None) for k, x in v.items()}
+              for c, v in pr.items()}
+        if pr:
+            figs.add(f"Precision–recall, {mode_h} — {r.label}", plots.pr_figure, pr,
+                     [h for _, h in DET_CATS], [c for c, _ in DET_CATS], f"{r.label} — {mode_h}",
+                     figs.path(f"pr_{mode}_{_safe(r.name)}"), figs.dpi)
+        else:
+            figs.notes.append(f"{r.name}: no detection.{mode}.*.pr arrays — PR figure skipped")
+        ea = {cat: _error_curves(r.det(mode, cat)) for cat, _ in DET_CATS}
+        ea = {c: v for c, v in ea.items() if v}
+        if ea:
+            figs.add(f"COCO error analysis, {mode_h} — {r.label}", plots.error_analysis_figure, ea,
+                     dict(DET_CATS), f"{r.label} — {mode_h}", figs.path(f"errors_{mode}_{_safe(r.name)}"),
+                     figs.dpi)
+        else:
+            figs.notes.append(f"{r.name}: no detection.{mode}.*.error_analysis — "
+                              "error-analysis figure skipped")
+        for cat, _ in DET_CATS:
+            d = r.det(mode, cat)
+            pts = plots.parse_froc(d.get("froc"))
+            curve = plots.parse_froc(d.get("froc_curve")) or pts  # full curve when the bench gives it
+            if curve is not None:
+                froc_curves.setdefault(cat, []).append(plots.FrocCurve(
+                    r.label, curve[0], curve[1], pts if curve is not pts else None))
+    if froc_curves:
+        figs.add(f"FROC, {mode_h}", plots.froc_figure, froc_curves, dict(DET_CATS), mode_h,
+                 figs.path(f"froc_{mode}"), figs.dpi)
+    elif any(r.has_mode(mode) for r in runs):
+        figs.notes.append(f"no detection.{mode}.*.froc in any run — FROC figure skipped")
+
+
+def _training_figures(runs: list[Run], figs: _Figures) -> None:
+    """Loss terms and lr over the global step, one figure per run with metrics.jsonl."""
+    from tbx.bench import plots
+
     for r in runs:
         if not r.metrics:
-            notes.append(f"{r.name}: no metrics.jsonl — training curves skipped")
+            figs.notes.append(f"{r.name}: no metrics.jsonl — training curves skipped")
             continue
         rows = [row for row in r.metrics if row.get("kind", "train") == "train"]
         if not rows:
-            notes.append(f"{r.name}: metrics.jsonl has no training rows — training curves skipped")
+            figs.notes.append(f"{r.name}: metrics.jsonl has no training rows — training curves skipped")
             continue
         x, bounds = _global_steps(rows)
         keys = []
@@ -160,23 +196,25 @@ def _figures_for_runs(runs: list[Run], cfg: ReportConfig, study: dict[str, Any] 
         losses = {k: _floats([row.get(k) for row in rows]) for k in keys}
         lr = _floats([row.get("lr") for row in rows])
         if not keys and np.all(np.isnan(lr)):
-            notes.append(f"{r.name}: metrics.jsonl has no loss*/lr values — training curves skipped")
+            figs.notes.append(f"{r.name}: metrics.jsonl has no loss*/lr values — training curves skipped")
             continue
-        add(f"Training curves — {r.label}", plots.training_figure, x, losses, lr, bounds, r.label,
-            fig_dir / f"train_{safe(r.name)}", cfg.dpi)
+        figs.add(f"Training curves — {r.label}", plots.training_figure, x, losses, lr, bounds, r.label,
+                 figs.path(f"train_{_safe(r.name)}"), figs.dpi)
 
-    # Detection overlays.
-    if cfg.overlays > 0:
-        for r in runs:
-            try:
-                items = _overlay_items(r, cfg.overlays, notes)
-            except (ValueError, TypeError, IndexError, KeyError) as e:
-                notes.append(f"{r.name}: overlays skipped: malformed predictions ({type(e).__name__}: {e})")
-                items = []
-            if items:
-                add(f"Detections on sample images — {r.label}", plots.overlay_figure, items, r.label,
-                    fig_dir / f"overlays_{safe(r.name)}", cfg.dpi)
-    return figs
+
+def _overlay_figures(runs: list[Run], n: int, figs: _Figures) -> None:
+    """Detections drawn on ``n`` sample images per run (see :func:`_overlay_items`)."""
+    from tbx.bench import plots
+
+    for r in runs:
+        try:
+            items = _overlay_items(r, n, figs.notes)
+        except (ValueError, TypeError, IndexError, KeyError) as e:
+            figs.notes.append(f"{r.name}: overlays skipped: malformed predictions ({type(e).__name__}: {e})")
+            items = []
+        if items:
+            figs.add(f"Detections on sample images — {r.label}", plots.overlay_figure, items, r.label,
+                     figs.path(f"overlays_{_safe(r.name)}"), figs.dpi)
 
 
 def _error_curves(d: dict[str, Any]) -> dict[str, Any]:
@@ -229,34 +267,77 @@ def _dataset_root(ann: Path) -> Path:
     return ann.parent
 
 
+@dataclass
+class _OverlaySource:
+    """What the overlays of one run are drawn from."""
+
+    ann: Path
+    root: Path
+    records: list[Any]
+    boxes: dict[int, list[dict[str, Any]]]  # image id → predicted COCO boxes
+    p_tb: dict[int, float]  # image id → p(TB)
+
+
 def _overlay_items(r: Run, n: int, notes: list[str]) -> list[Any]:
     from PIL import Image
 
     from tbx.bench.plots import OverlayItem
-    from tbx.data.coco import read_coco
     from tbx.data.layout import IMGS
+
+    src = _overlay_source(r, notes)
+    if src is None:
+        return []
+
+    def img_path(rec: Any) -> Path:
+        return src.root / IMGS / rec.file_name
+
+    reachable = [rec for rec in src.records if img_path(rec).is_file()]
+    if not reachable:
+        notes.append(f"{r.name}: images of {src.ann} not found under {src.root / IMGS} — overlays skipped")
+        return []
+    chosen = _pick_overlays(r, src, reachable, n, notes)
+    if not chosen:
+        notes.append(f"{r.name}: no TB images with boxes reachable — overlays skipped")
+        return []
+    items = []
+    for tag, rec, q in chosen:
+        pd = src.boxes.get(rec.image_id, [])
+        with Image.open(img_path(rec)) as im:
+            arr = np.asarray(im.convert("L"))
+        items.append(OverlayItem(
+            image=arr, title=rec.file_name, tag=tag, quality=q, p_tb=src.p_tb.get(rec.image_id),
+            gt=[(b.x, b.y, b.w, b.h, b.category) for b in rec.boxes],
+            pred=[(*map(float, d["bbox"]), int(d.get("category_id", 1)), float(d.get("score", 1.0)))
+                  for d in pd if float(d.get("score", 1.0)) >= OVERLAY_SCORE_THR]))
+    return items
+
+
+def _overlay_source(r: Run, notes: list[str]) -> _OverlaySource | None:
+    """The run's annotation file (from its prediction manifest), dataset root, predicted boxes and
+    p(TB); None (with a note) when something needed is missing."""
+    from tbx.data.coco import read_coco
 
     pred_dir = r.path / "predictions"
     if not pred_dir.is_dir():
         notes.append(f"{r.name}: no predictions/ — overlays skipped")
-        return []
+        return None
     man = r.manifest or {}
     ann_s = man.get("ann") or man.get("annotations")
     if not ann_s:
         notes.append(f"{r.name}: no predictions/manifest.json with 'ann' — overlays skipped")
-        return []
+        return None
     ann = Path(ann_s)
     if not ann.is_absolute():
         cands = [r.path / ann, pred_dir / ann, Path.cwd() / ann]
         ann = next((c for c in cands if c.is_file()), cands[0])
     if not ann.is_file():
         notes.append(f"{r.name}: annotation file {ann_s} not reachable — overlays skipped")
-        return []
+        return None
     try:
         records = read_coco(ann, strict_labels=False)
     except TbxError as e:
         notes.append(f"{r.name}: cannot read {ann} ({e.what}) — overlays skipped")
-        return []
+        return None
     root = _dataset_root(ann)
     if man.get("data_root") and Path(man["data_root"]).is_dir():
         root = Path(man["data_root"])
@@ -286,26 +367,19 @@ def _overlay_items(r: Run, n: int, notes: list[str]) -> list[Any]:
         else:
             notes.append(f"{r.name}: cls_result.txt has {len(lines)} lines for {len(records)} images in "
                          f"{ann.name} — uncertainty ranking skipped")
+    return _OverlaySource(ann, root, records, boxes_pred, p_tb)
 
-    def img_path(rec) -> Path:
-        return root / IMGS / rec.file_name
 
-    reachable = [rec for rec in records if img_path(rec).is_file()]
-    if not reachable:
-        notes.append(f"{r.name}: images of {ann} not found under {root / IMGS} — overlays skipped")
-        return []
-
-    def arrs(rec):
-        gt = np.asarray([[b.x, b.y, b.w, b.h] for b in rec.boxes], float).reshape(-1, 4)
-        pd = boxes_pred.get(rec.image_id, [])
-        pb = np.asarray([d["bbox"] for d in pd], float).reshape(-1, 4)
-        ps = np.asarray([float(d.get("score", 1.0)) for d in pd], float)
-        return gt, pb, ps
-
+def _pick_overlays(r: Run, src: _OverlaySource, reachable: list[Any], n: int,
+                   notes: list[str]) -> list[tuple[str, Any, float | None]]:
+    """``(tag, record, quality)`` of the best, worst and most uncertain images (module docstring)."""
     scored = []
     for rec in reachable:
         if rec.boxes:
-            gt, pb, ps = arrs(rec)
+            gt = np.asarray([[b.x, b.y, b.w, b.h] for b in rec.boxes], float).reshape(-1, 4)
+            pd = src.boxes.get(rec.image_id, [])
+            pb = np.asarray([d["bbox"] for d in pd], float).reshape(-1, 4)
+            ps = np.asarray([float(d.get("score", 1.0)) for d in pd], float)
             scored.append((overlay_score(gt, pb, ps), len(rec.boxes), rec))
     k = max(1, n // 3)
     chosen: list[tuple[str, Any, float | None]] = []
@@ -322,7 +396,8 @@ def _overlay_items(r: Run, n: int, notes: list[str]) -> list[Any]:
             used.add(rec.image_id)
             chosen.append((tag, rec, q))
             picked += 1
-    if p_tb:
+    if src.p_tb:
+        p_tb = src.p_tb
         unc = sorted((rec for rec in reachable if rec.image_id in p_tb),
                      key=lambda rec: (abs(p_tb[rec.image_id] - 0.5), rec.image_id))
         picked = 0
@@ -336,18 +411,4 @@ def _overlay_items(r: Run, n: int, notes: list[str]) -> list[Any]:
             picked += 1
     else:
         notes.append(f"{r.name}: no usable cls_result.txt — 'most uncertain' overlays skipped")
-    if not chosen:
-        notes.append(f"{r.name}: no TB images with boxes reachable — overlays skipped")
-        return []
-    items = []
-    for tag, rec, q in chosen:
-        gt, pb, ps = arrs(rec)
-        pd = boxes_pred.get(rec.image_id, [])
-        with Image.open(img_path(rec)) as im:
-            arr = np.asarray(im.convert("L"))
-        items.append(OverlayItem(
-            image=arr, title=rec.file_name, tag=tag, quality=q, p_tb=p_tb.get(rec.image_id),
-            gt=[(b.x, b.y, b.w, b.h, b.category) for b in rec.boxes],
-            pred=[(*map(float, d["bbox"]), int(d.get("category_id", 1)), float(d.get("score", 1.0)))
-                  for d in pd if float(d.get("score", 1.0)) >= OVERLAY_SCORE_THR]))
-    return items
+    return chosen
