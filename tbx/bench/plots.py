@@ -237,17 +237,11 @@ def error_analysis_figure(ea: dict[str, dict[str, Any]], titles: dict[str, str],
 
 # ------------------------------------------------------------------------------------------------ FROC
 def parse_froc(v: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """``{fppi, sensitivity}`` (aliases ``fps``/``fp_per_image``, ``sens``/``recall``) or
-    ``[[fppi, sens], …]``."""
-    if isinstance(v, dict):
-        x = next((v[k] for k in ("fppi", "fp_per_image", "fps", "x") if k in v), None)
-        y = next((v[k] for k in ("sensitivity", "sens", "recall", "tpr", "y") if k in v), None)
-    elif isinstance(v, list) and v and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in v):
-        x, y = [p[0] for p in v], [p[1] for p in v]
-    else:
+    """A FROC of the bench schema, ``{fppi: [...], sensitivity: [...]}`` (:mod:`tbx.bench.schema`),
+    sorted by FP/image; None when absent or malformed."""
+    if not isinstance(v, dict) or "fppi" not in v or "sensitivity" not in v:
         return None
-    if x is None or y is None:
-        return None
+    x, y = v["fppi"], v["sensitivity"]
     try:
         x, y = (np.asarray([np.nan if a is None else a for a in np.ravel(np.asarray(v, object))], float)
                 for v in (x, y))

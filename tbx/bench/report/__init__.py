@@ -45,8 +45,7 @@ Run directory contract
     taken from ``operating_points`` when its targets are these, else read off the ROC arrays.
 
     Several bench files are merged key by key in file-name order; a disagreement is noted and the
-    later file wins.  ``froc`` is ``{fppi: [...], sensitivity: [...]}`` (aliases accepted: ``fps``,
-    ``fp_per_image`` / ``sens``, ``recall``) or a list of ``[fppi, sensitivity]`` pairs.
+    later file wins.  ``froc`` is ``{fppi: [...], sensitivity: [...]}``.
     ``error_analysis`` values are 101-point precision arrays (drawn as the stacked areas of the COCO
     analyze figure), ``{ap, precision}`` objects, or AP scalars (drawn as a stacked bar).
 ``model_info.json``
