@@ -119,7 +119,8 @@ def main() -> int:
 
 def results_lines(result: dict) -> list[str]:
     """The Markdown rows of ``benchmarks/RESULTS.md`` for one run of this script."""
-    lines = [f"Preset `{result['config']}` {' '.join(result['overrides'])}, {result['threads']} threads; "
+    sets = "".join(f" `--set {o}`" for o in result["overrides"])
+    lines = [f"Preset `{result['config']}`{sets}, {result['threads']} threads; "
              f"targets: accuracy ≥ {result['targets']['accuracy']}, tb-only category-agnostic AP50 ≥ "
              f"{result['targets']['cat_agnostic_ap50']}, training ≤ {result['targets']['train_total_s']} s.",
              "",
