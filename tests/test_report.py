@@ -18,8 +18,14 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from sklearn.metrics import (confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score,
-                             roc_curve)
+from sklearn.metrics import (
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
 
 from tbx.bench import published as pub
 from tbx.bench.report import ReportConfig, load_run, make_report
