@@ -1,12 +1,12 @@
-# Two entry points for a fresh machine: `make demo` and `make test`.  Both create .venv and install
-# what they need (torch 2.14.1 / torchvision 0.29.1 come from the local wheel cache here).
+# Entry points for a fresh machine: `make demo`, `make test` and `make lint`.  Each creates .venv and
+# installs what it needs (torch 2.14.1 / torchvision 0.29.1 come from the local wheel cache here).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-all install clean
+.PHONY: demo test test-all lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(PIP) install -q -e ".[test]"
 	touch $@
 
+$(VENV)/.lint-installed: $(VENV)/.installed
+	$(PIP) install -q -e ".[lint]"
+	touch $@
+
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -24,6 +28,13 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -n 2 -q
+
+# ruff (lint + format check) over the tree; mypy on tbx/config.py, tbx/models, tbx/engine
+# (settings in pyproject.toml: strict for the config and engine modules)
+lint: $(VENV)/.lint-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test-all: $(VENV)/.installed
 	$(BIN)/python -m pytest -n 2 -q -m ''

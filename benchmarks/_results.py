@@ -38,7 +38,10 @@ def update_results(section: str, lines: list[str], path: Path = RESULTS) -> Path
     block = f"## {section}\n\n{stamp}\n\n" + "\n".join(lines).rstrip() + "\n"
     text = path.read_text() if path.exists() else _HEADER
     pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _m: block + "\n", text, count=1) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: block + "\n", text, count=1)
+    else:
+        text = text.rstrip() + "\n\n" + block
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text.rstrip() + "\n")
     tmp.replace(path)

@@ -31,10 +31,11 @@ import time
 import torch
 import torchvision
 
+from tbx.models.config import ModelConfig
 from tbx.models.deform_core import ms_deform_sample
 from tbx.models.inference import prepare_for_inference
 from tbx.models.info import count_macs
-from tbx.models.registry import ModelConfig, build
+from tbx.models.registry import build
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 

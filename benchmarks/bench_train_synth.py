@@ -27,6 +27,8 @@ import os
 import time
 from pathlib import Path
 
+from _results import update_results
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,7 +113,25 @@ def main() -> int:
     }
     (args.out / "bench_train_synth.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    update_results("bench_train_synth", results_lines(result))
     return 0
+
+
+def results_lines(result: dict) -> list[str]:
+    """The Markdown rows of ``benchmarks/RESULTS.md`` for one run of this script."""
+    sets = "".join(f" `--set {o}`" for o in result["overrides"])
+    lines = [f"Preset `{result['config']}`{sets}, {result['threads']} threads; "
+             f"targets: accuracy ≥ {result['targets']['accuracy']}, tb-only category-agnostic AP50 ≥ "
+             f"{result['targets']['cat_agnostic_ap50']}, training ≤ {result['targets']['train_total_s']} s.",
+             "",
+             "| seed | accuracy | AP50 (tb-only, agnostic) | stage I s | stage II s | training s | passed |",
+             "|---|---|---|---|---|---|---|"]
+    for seed, r in result["runs"].items():
+        m, t = r["metrics"], r["times"]
+        lines.append(f"| {seed} | {m.get('accuracy', 0):.3f} | {m.get('cat_agnostic_ap50', 0):.3f} | "
+                     f"{t['train_stage1_s']:.0f} | {t['train_stage2_s']:.0f} | {t['train_total_s']:.0f} | "
+                     f"{r['passed']} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise TbxError(f"'{key}' must be a mapping, got {value!r}")
-        return from_dict(tp, value, prefix=f"{key}.")
+        return from_dict(typing.cast(type, tp), value, prefix=f"{key}.")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise TbxError(f"'{key}' must be a list, got {value!r}")
@@ -94,7 +94,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, checking keys and types (missing keys → defaults)."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(typing.cast(Any, cls))}
     unknown = sorted(set(data) - names)
     if unknown:
         raise TbxError(f"unknown config key '{prefix}{unknown[0]}'",

@@ -33,8 +33,7 @@ MARKER = ".tbx-demo"
 
 
 # The demo's stage II sees ~390 images (the benchmark's 1,330), so it runs 10 epochs at backbone
-# lr × 0.3 instead of the preset's 4 at × 0.2; measured accuracy 0.828, AUC(TB) 0.97, tb-only
-# AP50 0.42 (He-initialised heads; with torch's default init: 0.586 / 0.95 / 0.40 in 544 s).
+# lr × 0.3 instead of the preset's 4 at × 0.2 (figures: benchmarks/RESULTS.md, "tbx demo").
 DEMO_OVERRIDES = ("stage2.epochs=10", "stage2.lr_steps=[8]", "stage2.backbone_lr_mult=0.3")
 
 
@@ -82,6 +81,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None,
     from tbx.bench.report import ReportConfig, make_report
     from tbx.bench.study import StudyConfig, run_compare, sample_study, simulate_reader, write_sheet
     from tbx.data.build import BuildConfig, build_dataset
+    from tbx.data.layout import ANN_JSON, all_json_name
     from tbx.data.split import SplitConfig, run_split
     from tbx.data.stats import stats_of
     from tbx.data.synth import SynthConfig, synthesize
@@ -90,7 +90,6 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None,
     from tbx.engine.schedule import load_train_config
     from tbx.engine.trainer import train
     from tbx.models.info import model_info
-    from tbx.models.registry import ModelConfig
     from tbx.provenance import write_provenance
 
     cfg = cfg or DemoConfig()
@@ -145,7 +144,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None,
     outputs["training run"] = run
 
     step(7, "predict the test split (official cls_result.txt + bbox_result.json)")
-    ann = root / "annotations" / "json" / "all_test.json"
+    ann = root / ANN_JSON / all_json_name("test")
     preds = predict(run, root, ann, run / "predictions", workers=cfg.workers)
     outputs["predictions"] = preds
 
@@ -159,8 +158,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None,
         f"  specificity {c['specificity']:.3f}  tb-only AP50 {det['ap50']:.3f}")
 
     step(9, "model size and cost of the trained model (params, MACs, CPU latency)")
-    mcfg = ModelConfig(**{**tcfg.model.__dict__, "pretrained": "none"})
-    info = model_info(tcfg.model_name, mcfg, latency_runs=3)
+    info = model_info(tcfg.model_name, tcfg.model, latency_runs=3)  # random weights (pretrained none)
     atomic_write_json(run / "model_info.json", info)
     outputs["model info"] = run / "model_info.json"
 

@@ -2,11 +2,14 @@
 
 A crash or an error never leaves a half-written JSON/CSV/PNG behind.  Directories that must appear
 all-or-nothing are built in a temporary sibling and moved into place with :func:`atomic_dir`.
+Also the one CSV reader (:func:`read_csv`) and :func:`link_or_copy`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
@@ -14,6 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from tbx.errors import TbxError, where
 
 
 def _umask() -> int:
@@ -123,3 +128,47 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def link_or_copy(src: Path, dst: Path, link: bool = True) -> None:
+    """``dst`` as a hard link to ``src`` (a copy where linking fails, or with ``link=False``),
+    written atomically (a temporary sibling renamed into place)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        if not link:
+            raise OSError("copy requested")
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a UTF-8 CSV (BOM allowed) as ``(line number, {column: value})``: header names
+    stripped and lower-cased, values stripped, blank rows skipped, missing trailing cells "".
+    A missing file, bad encoding, empty file or missing ``required`` column is a TbxError."""
+    if not path.is_file():
+        raise TbxError("file not found", path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TbxError(f"cannot read CSV ({e})", path, "save it as UTF-8 CSV") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except StopIteration:
+        raise TbxError("empty CSV file", path, f"write a header line: {','.join(required)}") from None
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise TbxError(f"missing column(s) {', '.join(missing)} in the CSV header", where(path, 1),
+                       f"the header must contain {','.join(required)}")
+    rows = []
+    for row in reader:
+        if not any(v.strip() for v in row):
+            continue
+        cells = {h: (row[i].strip() if i < len(row) else "") for i, h in enumerate(header)}
+        rows.append((reader.line_num, cells))
+    return rows

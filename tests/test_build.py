@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 from test_dicom import PHI, write_dicom
 
-from tbx.data.build import BuildConfig, build_dataset, convert_voc_box, patient_hash
+from tbx.data.build import BuildConfig, build_dataset, patient_hash
 from tbx.data.coco import read_coco
-from tbx.data.voc import read_voc
 from tbx.data.validate import validate_dataset
+from tbx.data.voc import convert_voc_box, read_voc
 
 SIZE = 64  # output side in most tests (speed); the conversion rule is tested at 512
 

@@ -163,7 +163,8 @@ def test_coco_round_trip_matches_official(shared_data, tmp_path):
 
 def _rec(i, label, split, source="tbx11k", boxes=()):
     folder = {"healthy": "health", "sick": "sick", "tb": "tb"}[label]
-    fn = f"{folder}/{i}.png" if source == "tbx11k" else f"extra/da+db/{split}/{'p' if label == 'tb' else 'n'}{i}.png"
+    extra = f"extra/da+db/{split}/{'p' if label == 'tb' else 'n'}{i}.png"
+    fn = f"{folder}/{i}.png" if source == "tbx11k" else extra
     tb_type = tb_type_from_categories(b.category for b in boxes) if label == "tb" else "none"
     return Record(i, fn, 512, 512, label, tb_type, source, None, split, list(boxes))
 

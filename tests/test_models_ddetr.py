@@ -8,20 +8,24 @@ import math
 import numpy as np
 import pytest
 import torch
-from torchvision.ops import generalized_box_iou
+from torchvision.ops import box_convert, generalized_box_iou
 
+from tbx.models.config import DetrConfig, ModelConfig
 from tbx.models.deformable_detr import DeformableDETR, DeformableTransformer
-from tbx.models.matcher import (HungarianMatcher, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, linear_assignment,
-                                paired_generalized_box_iou)
-from tbx.models.registry import ModelConfig, build
+from tbx.models.matcher import (
+    HungarianMatcher,
+    linear_assignment,
+    paired_generalized_box_iou,
+)
+from tbx.models.registry import build
 from tbx.models.sym_attention import SymAttention
 
 SIZE = 128
 
 
 def _tiny(name: str, **kw) -> DeformableDETR:
-    cfg = ModelConfig(backbone="resnet18", pretrained="none", num_queries=30, num_encoder_layers=2,
-                      num_decoder_layers=2, **kw)
+    cfg = ModelConfig(backbone="resnet18", pretrained="none", **kw,
+                      detr=DetrConfig(num_queries=30, num_encoder_layers=2, num_decoder_layers=2))
     return build(name, cfg)
 
 
@@ -230,8 +234,8 @@ def _reference_cost(logits, boxes, labels, tgt_boxes, alpha=0.25, gamma=2.0):
             pos = alpha * (1 - p) ** gamma * -math.log(p + 1e-8)
             neg = (1 - alpha) * p ** gamma * -math.log(1 - p + 1e-8)
             l1 = float((boxes[i] - tgt_boxes[j]).abs().sum())
-            giou = float(generalized_box_iou(box_cxcywh_to_xyxy(boxes[i][None]),
-                                             box_cxcywh_to_xyxy(tgt_boxes[j][None]))[0, 0])
+            giou = float(generalized_box_iou(box_convert(boxes[i][None], "cxcywh", "xyxy"),
+                                             box_convert(tgt_boxes[j][None], "cxcywh", "xyxy"))[0, 0])
             c[i, j] = 2.0 * (pos - neg) + 5.0 * l1 - 2.0 * giou
     return c
 
@@ -266,7 +270,7 @@ def test_paired_giou_matches_torchvision():
     ref = torch.diagonal(generalized_box_iou(a, b))
     assert torch.allclose(ours, ref, atol=1e-5)
     assert ours[0].item() == pytest.approx(1.0, abs=1e-6) and ours[1].item() < -0.9
-    assert torch.allclose(box_cxcywh_to_xyxy(box_xyxy_to_cxcywh(a)), a, atol=1e-5)
+    assert torch.allclose(box_convert(box_convert(a, "xyxy", "cxcywh"), "cxcywh", "xyxy"), a, atol=1e-5)
 
 
 def test_optimizer_gives_sampling_offsets_the_backbone_lr():
@@ -274,7 +278,7 @@ def test_optimizer_gives_sampling_offsets_the_backbone_lr():
     from tbx.engine.schedule import StageConfig, param_groups
 
     model = build("deformable_detr", ModelConfig(backbone="resnet18", pretrained="none", input_size=128,
-                                                 num_encoder_layers=1, num_decoder_layers=1))
+                                                 detr=DetrConfig(num_encoder_layers=1, num_decoder_layers=1)))
     model.set_stage(1)
     groups = param_groups(model, StageConfig(lr=2e-4, backbone_lr_mult=0.1))
     low = next(g for g in groups if g["lr_mult"] == 0.1)

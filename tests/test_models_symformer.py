@@ -20,8 +20,9 @@ from tbx.models import backbone as backbone_mod
 from tbx.models.backbone import ResNetBackbone, imagenet_weights_file, load_backbone_weights
 from tbx.models.base import CLS_LOSS_WEIGHTS
 from tbx.models.cls_head import ClsHead
+from tbx.models.config import ModelConfig, RetinaNetConfig, SymFormerConfig
 from tbx.models.info import count_macs, count_params
-from tbx.models.registry import MODELS, ModelConfig, build
+from tbx.models.registry import MODELS, build
 from tbx.models.retinanet import AnchorGenerator, RetinaNet, max_iou_assign
 
 # SPEC §2.5 component counts (ResNet-50, 2 box classes)
@@ -51,7 +52,8 @@ def test_retinanet_r50_is_symformer_without_sas():
 @pytest.mark.parametrize("pos,att", [("sine", "deformable"), ("spe_no_stn", "symmetric"),
                                      ("spe_left_to_right", "symmetric"), ("none", "deformable")])
 def test_ablation_switches_reach_the_sas_block(pos, att):
-    m = _meta_model("symformer_retinanet", backbone="resnet18", pos_encoding=pos, attention=att)
+    m = _meta_model("symformer_retinanet", backbone="resnet18",
+                    symformer=SymFormerConfig(pos_encoding=pos, attention=att))
     spe = m.sas.spe
     assert spe.mode == {"sine": "sine", "none": "none"}.get(pos, "spe")
     assert (spe.stn is not None) == (pos in ("spe", "spe_left_to_right"))
@@ -110,8 +112,8 @@ def test_cls_head_init_paper_default_and_kaiming():
     with pytest.raises(ValueError, match="kaiming"):
         ClsHead(256, 128, 3, init="xavier")
 
-    cfg = ModelConfig(backbone="resnet18", pretrained="none", width=64, cls_channels=128,
-                      cls_head_init="kaiming")
+    cfg = ModelConfig(backbone="resnet18", pretrained="none", cls_channels=128, cls_head_init="kaiming",
+                      retinanet=RetinaNetConfig(width=64))
     m = build("symformer_retinanet", cfg)
     w = m.cls_head.features[2].weight
     assert w.std().item() == pytest.approx(math.sqrt(2 / w[0].numel()), rel=0.03)
@@ -120,11 +122,12 @@ def test_cls_head_init_paper_default_and_kaiming():
 def test_box_head_init_paper_and_kaiming():
     """``head_init``: the towers' convs N(0, 2/fan_in) instead of N(0, 0.01²); the output convs keep
     N(0, 0.01²), zero biases and the focal-loss prior on the class bias; nothing else changes."""
-    kw = dict(backbone="resnet18", pretrained="none", width=64, cls_channels=128)
     models = {}
     for init in ("paper", "kaiming"):
         torch.manual_seed(3)
-        models[init] = build("symformer_retinanet", ModelConfig(head_init=init, **kw))
+        models[init] = build("symformer_retinanet", ModelConfig(
+            backbone="resnet18", pretrained="none", cls_channels=128,
+            retinanet=RetinaNetConfig(width=64, head_init=init)))
     for init, m in models.items():
         for conv in [c for c in m.head.cls_convs if isinstance(c, torch.nn.Conv2d)] + \
                     [c for c in m.head.reg_convs if isinstance(c, torch.nn.Conv2d)]:
@@ -139,7 +142,7 @@ def test_box_head_init_paper_and_kaiming():
     differ = {k for k in sd_p if not torch.equal(sd_p[k], sd_k[k])}
     assert differ == {f"head.{t}.{i}.weight" for t in ("cls_convs", "reg_convs") for i in (0, 2, 4, 6)}
     with pytest.raises(TbxError, match="kaiming"):
-        load_train_config(None, "tiny", ["model.head_init=xavier"])
+        load_train_config(None, "tiny", ["model.retinanet.head_init=xavier"])
 
 
 def test_symformer_retinanet_r50_macs_at_512():
@@ -417,11 +420,9 @@ def test_norm_eval_switch_for_from_scratch_presets():
     """SPEC §2.1 keeps backbone BN in eval; `model.norm_eval: false` lets it train (from scratch)."""
     import torch.nn as nn
 
-    from tbx.models.registry import ModelConfig, build
-
     for norm_eval in (True, False):
-        m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", width=32,
-                                           cls_channels=32, norm_eval=norm_eval))
+        m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", cls_channels=32,
+                                           norm_eval=norm_eval, retinanet=RetinaNetConfig(width=32)))
         m.set_stage(1)
         m.train()
         bns = [mod for name, mod in m.named_modules()
@@ -434,10 +435,8 @@ def test_norm_eval_switch_for_from_scratch_presets():
 
 def test_stage2_trainable_prefixes():
     """Paper: stage 2 trains the cls head only; a from-scratch preset may also train the backbone."""
-    from tbx.models.registry import ModelConfig, build
-
-    m = build("symformer_retinanet", ModelConfig(backbone="resnet18", pretrained="none", width=32,
-                                                 cls_channels=32, norm_eval=False))
+    m = build("symformer_retinanet", ModelConfig(backbone="resnet18", pretrained="none", cls_channels=32,
+                                                 norm_eval=False, retinanet=RetinaNetConfig(width=32)))
     m.set_stage(2)
     assert {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad} == {"cls_head"}
     m.set_stage(2, ("cls_head", "backbone"))
@@ -468,12 +467,10 @@ def test_stage2_trainable_prefixes():
 
 def test_anchor_scale_scales_the_anchors():
     """SPEC §2.4 anchors are 4·2^(k/3)·stride; anchor_scale replaces the 4 (CPU presets only)."""
-    from tbx.models.registry import ModelConfig, build
-
     widths = []
     for scale in (4.0, 1.0):
-        m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", width=32,
-                                           cls_channels=32, anchor_scale=scale))
+        m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", cls_channels=32,
+                                           retinanet=RetinaNetConfig(width=32, anchor_scale=scale)))
         p3 = m.anchor_generator.base_anchors[0]  # stride 8, (9, 4)
         widths.append(sorted(float(w) for w in (p3[:, 2] - p3[:, 0])))
     assert widths[0] == pytest.approx([4 * w for w in widths[1]])
@@ -529,8 +526,8 @@ def test_fold_batchnorm_keeps_outputs_and_removes_every_bn():
     from tbx.models.inference import fold_batchnorm, prepare_for_inference
 
     torch.manual_seed(0)
-    m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", width=32,
-                                       cls_channels=32, norm_eval=False))
+    m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", cls_channels=32,
+                                       norm_eval=False, retinanet=RetinaNetConfig(width=32)))
     m.train()
     with torch.no_grad():  # non-trivial running statistics and affine parameters
         for _ in range(3):
@@ -563,10 +560,8 @@ def test_fold_batchnorm_keeps_outputs_and_removes_every_bn():
 def test_class_agnostic_nms(agnostic):
     """Two near-identical boxes of different classes: class-wise NMS (the paper) keeps both,
     class-agnostic NMS only the higher-scoring one."""
-    from tbx.models.registry import ModelConfig, build
-
-    m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", width=32, cls_channels=32,
-                                       nms_class_agnostic=agnostic))
+    m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", cls_channels=32,
+                                       retinanet=RetinaNetConfig(width=32, nms_class_agnostic=agnostic)))
     anchors = [torch.tensor([[10.0, 10.0, 50.0, 50.0], [12.0, 10.0, 52.0, 50.0], [80.0, 80.0, 90.0, 90.0]])]
     p = torch.tensor([[0.9, 0.01], [0.01, 0.8], [0.01, 0.01]])  # sigmoid scores: A active, B latent
     logits = [torch.log(p / (1 - p))]
@@ -611,8 +606,9 @@ def test_cls_input_size_downscales_only_the_classification_branch():
     def make(cls_input_size):
         torch.manual_seed(0)
         return build("symformer_retinanet", ModelConfig(
-            backbone="resnet18", pretrained="none", width=32, cls_channels=32, input_size=96,
-            cls_backbone=True, cls_input_size=cls_input_size, norm_eval=False, anchor_scale=1.0)).eval()
+            backbone="resnet18", pretrained="none", cls_channels=32, input_size=96, norm_eval=False,
+            retinanet=RetinaNetConfig(width=32, cls_backbone=True, cls_input_size=cls_input_size,
+                                      anchor_scale=1.0))).eval()
 
     full, small = make(0), make(64)
     assert (full.cls_scale, small.cls_scale, make(128).cls_scale) == (1.0, 64 / 96, 1.0)  # at most
@@ -632,18 +628,16 @@ def test_cls_input_size_downscales_only_the_classification_branch():
     torch.testing.assert_close(seen[0], ref, rtol=0, atol=1e-5)
     with pytest.raises(TbxError, match="cls_backbone"):
         build("symformer_retinanet", ModelConfig(backbone="resnet18", pretrained="none", input_size=96,
-                                                 cls_input_size=64))
+                                                 retinanet=RetinaNetConfig(cls_input_size=64)))
 
 
 def test_cls_backbone_stage2_leaves_the_detector_unchanged():
     """``cls_backbone``: stage I does not train it, stage II forks it from the detector's backbone
     and trains it with the head — the detections stay bit-identical, the class probabilities move."""
-    from tbx.models.registry import ModelConfig, build
-
     torch.manual_seed(0)
-    m = build("symformer_retinanet", ModelConfig(backbone="resnet18", pretrained="none", width=32,
-                                                 cls_channels=32, norm_eval=False, cls_backbone=True,
-                                                 anchor_scale=1.0))
+    m = build("symformer_retinanet", ModelConfig(backbone="resnet18", pretrained="none", cls_channels=32,
+                                                 norm_eval=False, retinanet=RetinaNetConfig(
+                                                     width=32, cls_backbone=True, anchor_scale=1.0)))
     m.set_stage(1)
     assert not any(p.requires_grad for n, p in m.named_parameters() if n.startswith("cls_backbone."))
     m.start_stage(2)

@@ -16,10 +16,21 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from tbx.errors import TbxError
 from tbx.models import backbone as backbone_module
-from tbx.models.registry import ModelConfig, build
-from tbx.models.tv_detectors import (SSD512_RATIOS, SSD512_SIZES, FasterRCNNDetector, SSD512FeatureExtractor,
-                                     SSDDetector, build_fcos, build_ssd, load_vgg16_weights,
-                                     resnet_fpn_backbone, vgg16_features, vgg16_imagenet_file)
+from tbx.models.config import ModelConfig
+from tbx.models.registry import build
+from tbx.models.tv_detectors import (
+    SSD512_RATIOS,
+    SSD512_SIZES,
+    FasterRCNNDetector,
+    SSD512FeatureExtractor,
+    SSDDetector,
+    build_fcos,
+    build_ssd,
+    load_vgg16_weights,
+    resnet_fpn_backbone,
+    vgg16_features,
+    vgg16_imagenet_file,
+)
 
 SIZE = 128
 

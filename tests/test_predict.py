@@ -17,7 +17,7 @@ from tbx.engine.checkpoint import file_sha256, save_checkpoint
 from tbx.engine.predict import predict
 from tbx.engine.schedule import TrainConfig
 from tbx.errors import TbxError
-from tbx.models.registry import ModelConfig
+from tbx.models.config import ModelConfig
 
 
 @pytest.fixture()

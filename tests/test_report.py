@@ -18,12 +18,21 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from sklearn.metrics import (confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score,
-                             roc_curve)
+from sklearn.metrics import (
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
 
 from tbx.bench import published as pub
-from tbx.bench.report import (ReportConfig, _error_curves, _global_steps, fold_groups, load_run, make_report,
-                              operating_point, overlay_score, tex_escape)
+from tbx.bench.report import ReportConfig, load_run, make_report
+from tbx.bench.report.figures import _error_curves, _global_steps, overlay_score
+from tbx.bench.report.render import tex_escape
+from tbx.bench.report.runs import fold_groups
+from tbx.bench.report.tables import operating_point
 from tbx.errors import TbxError
 
 
@@ -112,7 +121,7 @@ def make_run(d: Path, *, seed: int, fold: int | None = None, ci: bool = False, a
              detection: bool = True, metrics: bool = False, ann: Path | None = None, model_info: bool = False,
              study: bool = False, bench: bool = True) -> dict:
     d.mkdir(parents=True)
-    cfg = {"model": {"name": "symformer_retinanet_r50"}, "optim": {"lr": 0.001},
+    cfg = {"model_name": "symformer_retinanet_r50", "optim": {"lr": 0.001},
            "data": {"root": "/data/TBX11K", **({"fold": fold} if fold is not None else {})},
            "out": str(d)}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -121,7 +130,7 @@ def make_run(d: Path, *, seed: int, fold: int | None = None, ci: bool = False, a
     out: dict = {}
     if bench:
         cls, tb, ptb = _cls_bench(seed)
-        out = {"classification": cls}
+        out = {"schema": "tbx.bench/1", "classification": cls}
         if not arrays:
             for k in ("confusion", "roc"):
                 cls.pop(k)
@@ -473,11 +482,21 @@ def test_cli_report_reference_none_and_rerun(tmp_path, cli):
     assert code == 2 and "run directory not found" in err
 
 
-def test_study_option_and_bench_aliases(tmp_path):
+def test_study_option_and_bench_schema(tmp_path):
     make_run(tmp_path / "r", seed=4, detection=False)
     b = json.loads((tmp_path / "r" / "bench" / "test.json").read_text())
-    (tmp_path / "r" / "bench" / "z_det.json").write_text(json.dumps(
-        {"detection": {"all-cxr": {"category_agnostic": {"ap50": 0.5, "ap": 0.25}}}}))
+    z_det = tmp_path / "r" / "bench" / "z_det.json"
+    for bad, match in (({"detection": {"all-cxr": {"agnostic": {"ap50": 0.5}}}}, "unknown detection mode"),
+                       ({"detection": {"all_cxr": {"category_agnostic": {}}}}, "unknown detection row"),
+                       ({"ci": {"classification": {"auc": {"lo": 0.1, "hi": 0.2}}}}, "not an interval")):
+        z_det.write_text(json.dumps({"schema": "tbx.bench/1", **bad}))
+        with pytest.raises(TbxError, match=match):
+            load_run(tmp_path / "r")
+    z_det.write_text(json.dumps({"detection": {"all_cxr": {"agnostic": {"ap50": 0.5}}}}))
+    with pytest.raises(TbxError, match="schema None"):
+        load_run(tmp_path / "r")
+    z_det.write_text(json.dumps(
+        {"schema": "tbx.bench/1", "detection": {"all_cxr": {"agnostic": {"ap50": 0.5, "ap": 0.25}}}}))
     sdir = tmp_path / "study"
     sdir.mkdir()
     (sdir / "study_compare.json").write_text(json.dumps({"readers": [

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tbx.data import split as split_mod
+from tbx.data.apportion import controlled_rounding, largest_remainder
 from tbx.data.coco import write_coco
 from tbx.data.records import Box, Record
-from tbx.data.split import (SplitConfig, controlled_rounding, largest_remainder, load_root_records,
-                            parse_ratio, plan_split, run_split, split_records)
+from tbx.data.split import SplitConfig, load_root_records, parse_ratio, plan_split, run_split, split_records
 from tbx.errors import TbxError
 
 FOLDER = {"healthy": "health", "sick": "sick", "tb": "tb"}

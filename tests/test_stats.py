@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tbx.data.stats import dataset_stats, load_dataset, original_sizes, stats_of
+from tbx.data.stats import dataset_stats, original_sizes, stats_of
+from tbx.data.views import load_dataset
 
 META = "tbx11k-meta"
 TYPE_ROW = {frozenset({1}): "active TB", frozenset({2}): "latent TB", frozenset({1, 2}): "active & latent TB"}

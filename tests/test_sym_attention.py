@@ -32,7 +32,7 @@ def _run(att: SymAttention, value_map: torch.Tensor, query: torch.Tensor | None 
     if query is None:
         query = torch.randn(n, h * w, c)
     ref = reference_points_for([(h, w)])[None, :, None, :].expand(n, -1, 1, 2)
-    out = att(query, ref, value, [(h, w)], None, mask)
+    out = att(query, ref, value, [(h, w)], mask)
     return out.reshape(n, h, w, c)
 
 
@@ -177,6 +177,7 @@ def test_cpu_bag_sum_kernel_matches_grid_sample_kernel():
     a = _bag_sum_core(value, shapes, loc, wts)
     b = _grid_sample_core(value, shapes, loc, wts)
     torch.testing.assert_close(a, b)
-    for ga, gb in zip(torch.autograd.grad(a, (value, loc, wts), g), torch.autograd.grad(b, (value, loc, wts), g)):
+    inputs = (value, loc, wts)
+    for ga, gb in zip(torch.autograd.grad(a, inputs, g), torch.autograd.grad(b, inputs, g)):
         torch.testing.assert_close(ga, gb)
     assert torch.autograd.gradcheck(lambda v, lc, w: _bag_sum_core(v, shapes, lc, w), (value, loc, wts))

@@ -12,7 +12,7 @@ from tbx.engine.checkpoint import load_checkpoint
 from tbx.engine.distributed import torchrun_command
 from tbx.engine.schedule import DataConfig, StageConfig, TrainConfig
 from tbx.engine.trainer import train
-from tbx.models.registry import ModelConfig
+from tbx.models.config import ModelConfig
 
 
 def _free_port() -> int:
@@ -47,3 +47,13 @@ def test_torchrun_command():
     cmd = torchrun_command(4, ["train", "symformer", "--data", "D"])
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node=4", "--standalone"]
     assert cmd[-5:] == ["-m", "tbx", "train", "symformer", "--data", "D"][-5:]
+
+
+def test_relaunch_command_line_keeps_every_option():
+    """``--gpus N`` relaunches `tbx train` with the options it was given (None: left out)."""
+    from tbx.engine.distributed import command_line
+
+    args = command_line("train", "symformer", options={"--data": "D", "--config": None, "--seed": 3},
+                        repeated={"--set": ["a=1", "b.c=2"]}, flags={"--resume": True, "--x": False})
+    assert args == ["train", "symformer", "--data", "D", "--seed", "3", "--set", "a=1", "--set", "b.c=2",
+                    "--resume"]

@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter  # noqa: E402
 
+from tbx.bench.classification import SENS_TARGET, SPEC_TARGET  # noqa: E402
 from tbx.io import atomic_path  # noqa: E402
 
 COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
@@ -126,8 +127,8 @@ def roc_figure(curves: Sequence[RocCurve], readers: Sequence[tuple[str, float, f
                            markerfacecolor="#E69F00", ls="none", label=f"reader: {name}", zorder=6)
             if not is_zoom:
                 handles.append(h)
-        ax.axvline(0.30, color="0.7", lw=0.8, ls="--")
-        ax.axhline(0.90, color="0.7", lw=0.8, ls="--")
+        ax.axvline(1 - SPEC_TARGET, color="0.7", lw=0.8, ls="--")  # the screening targets
+        ax.axhline(SENS_TARGET, color="0.7", lw=0.8, ls="--")
         ax.grid(alpha=0.3)
         ax.set_xlabel("1 − specificity (false-positive rate)")
         ax.set_ylabel("sensitivity (true-positive rate)")
@@ -236,17 +237,11 @@ def error_analysis_figure(ea: dict[str, dict[str, Any]], titles: dict[str, str],
 
 # ------------------------------------------------------------------------------------------------ FROC
 def parse_froc(v: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """``{fppi, sensitivity}`` (aliases ``fps``/``fp_per_image``, ``sens``/``recall``) or
-    ``[[fppi, sens], …]``."""
-    if isinstance(v, dict):
-        x = next((v[k] for k in ("fppi", "fp_per_image", "fps", "x") if k in v), None)
-        y = next((v[k] for k in ("sensitivity", "sens", "recall", "tpr", "y") if k in v), None)
-    elif isinstance(v, list) and v and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in v):
-        x, y = [p[0] for p in v], [p[1] for p in v]
-    else:
+    """A FROC of the bench schema, ``{fppi: [...], sensitivity: [...]}`` (:mod:`tbx.bench.schema`),
+    sorted by FP/image; None when absent or malformed."""
+    if not isinstance(v, dict) or "fppi" not in v or "sensitivity" not in v:
         return None
-    if x is None or y is None:
-        return None
+    x, y = v["fppi"], v["sensitivity"]
     try:
         x, y = (np.asarray([np.nan if a is None else a for a in np.ravel(np.asarray(v, object))], float)
                 for v in (x, y))

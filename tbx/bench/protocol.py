@@ -36,6 +36,7 @@ import numpy as np
 from tbx.bench.classification import ClassificationEval
 from tbx.bench.detection import IOU_THRS, LOC_IOU, GroundTruth, RowEval, match
 from tbx.bench.results_io import BBOX_RESULT, CLS_RESULT, Detections, read_bbox_arrays, read_cls_result
+from tbx.bench.schema import DET_ROWS, SCHEMA
 from tbx.bench.stats import bootstrap_counts, ci_tree, delong_ci, delong_test
 from tbx.data.coco import load_json, records_from_coco
 from tbx.data.records import ACTIVE, CATEGORIES, CLASS_INDEX, LATENT, UNCERTAIN, Record
@@ -43,9 +44,7 @@ from tbx.errors import TbxError
 from tbx.io import atomic_write_json
 from tbx.provenance import write_provenance
 
-SCHEMA = "tbx.bench/1"
 MODES = {"all-cxr": ("all_cxr",), "tb-only": ("tb_only",), "both": ("all_cxr", "tb_only")}
-ROWS = ("agnostic", "active", "latent")
 
 
 @dataclass
@@ -165,7 +164,7 @@ class _Scored:
                                iou_thrs=np.array([LOC_IOU]))}
         for mode in self.modes:
             self.rows[mode] = {}
-            for row in ROWS:
+            for row in DET_ROWS:
                 img_in, det_keep = self.truth.row_masks(mode, row, self.cfg.keep_uncertain, self.pred_tb)
                 self.rows[mode][row] = RowEval(m[row], img_in, det_keep, oth[row])
 

@@ -47,9 +47,7 @@ import html
 import io
 import json
 import math
-import os
 import random
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +59,7 @@ from tbx.data.coco import read_coco
 from tbx.data.layout import ANN_JSON, IMGS, tbx_json_name
 from tbx.data.records import Record
 from tbx.errors import TbxError, where
-from tbx.io import atomic_dir, atomic_write_json, atomic_write_text
+from tbx.io import atomic_dir, atomic_write_json, atomic_write_text, link_or_copy, read_csv
 
 CASES = "cases.csv"
 KEY = "key.csv"
@@ -122,7 +120,7 @@ def _parse_mix(text: str) -> list[int]:
 def tb_counts(n_tb: int, mix: str) -> dict[str, int]:
     """TB cases per type: the mix itself when it sums to ``n_tb``, else its largest-remainder
     apportionment of ``n_tb``."""
-    from tbx.data.split import largest_remainder
+    from tbx.data.apportion import largest_remainder
 
     w = _parse_mix(mix)
     counts = w if sum(w) == n_tb else largest_remainder(n_tb, w)
@@ -189,7 +187,7 @@ def sample_study(root: str | Path, out: str | Path, cfg: StudyConfig | None = No
         for cid, r in zip(ids, chosen):
             src = root / IMGS / r.file_name
             rel = f"images/{cid}{src.suffix.lower()}"
-            _link_or_copy(src, tmp / rel, cfg.link)
+            link_or_copy(src, tmp / rel, cfg.link)
             cases_rows.append([cid, rel])
             key_rows.append([cid, r.label, r.tb_type if r.label == "tb" else "none", r.file_name,
                              str(r.image_id)])
@@ -203,16 +201,6 @@ def sample_study(root: str | Path, out: str | Path, cfg: StudyConfig | None = No
         })
         write_provenance(tmp, cfg, cfg.seed, root=str(root.resolve()), annotation=ann_rel)
     return out
-
-
-def _link_or_copy(src: Path, dst: Path, link: bool) -> None:
-    if link:
-        try:
-            os.link(src, dst)
-            return
-        except OSError:
-            pass
-    shutil.copyfile(src, dst)
 
 
 def _csv(rows: list[list[str]]) -> str:
@@ -235,36 +223,13 @@ class Case:
     image_id: int
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    """Rows of a CSV as ``(line number, {column: value})``; header required."""
-    if not path.is_file():
-        raise TbxError("file not found", path)
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = [h.strip().lower() for h in next(reader)]
-    except StopIteration:
-        raise TbxError("empty CSV file", path, f"write a header line: {','.join(required)}") from None
-    miss = [c for c in required if c not in header]
-    if miss:
-        raise TbxError(f"missing column(s) {', '.join(miss)} in the header", where(path, 1),
-                       f"the header must contain {','.join(required)}")
-    rows = []
-    for row in reader:
-        line = reader.line_num
-        if not any(v.strip() for v in row):
-            continue
-        rows.append((line, {h: (row[i].strip() if i < len(row) else "") for i, h in enumerate(header)}))
-    return rows
-
-
 def load_study(study_dir: str | Path) -> tuple[list[Case], dict[str, Any]]:
     """Cases in reading order with their gold standard, and ``study.json``; checks key ↔ cases."""
     d = Path(study_dir)
     if not (d / CASES).is_file():
         raise TbxError("not a study folder (no cases.csv)", d, "create it with tbx study sample")
-    cases = _read_csv(d / CASES, ("case_id", "image"))
-    key = _read_csv(d / KEY, ("case_id", "label", "tb_type"))
+    cases = read_csv(d / CASES, ("case_id", "image"))
+    key = read_csv(d / KEY, ("case_id", "label", "tb_type"))
     meta = json.loads((d / STUDY_JSON).read_text()) if (d / STUDY_JSON).is_file() else {}
     problems = []
     key_by: dict[str, tuple[int, dict[str, str]]] = {}
@@ -433,7 +398,7 @@ def read_reads(path: str | Path, cases: list[Case], name: str | None = None) -> 
     """Parse a reads CSV; every problem (unknown/missing/duplicate case, invalid label) is listed
     with ``file:line`` in one :class:`TbxError`."""
     path = Path(path)
-    rows = _read_csv(path, ("case_id", "label"))
+    rows = read_csv(path, ("case_id", "label"))
     index = {c.case_id: i for i, c in enumerate(cases)}
     answers: list[str | None] = [None] * len(cases)
     comments = [""] * len(cases)

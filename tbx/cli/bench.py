@@ -11,13 +11,13 @@ from rich.console import Console
 from rich.table import Table
 
 from tbx.bench.protocol import BenchConfig, compare, evaluate, write_result
+from tbx.bench.schema import DET_ROW_LABELS
 from tbx.errors import TbxError
 
 app = typer.Typer(help="Score predictions with the TBX11K protocol (SPEC §4): classification, "
                   "detection (all-cxr / tb-only), screening operating points, bootstrap CIs.",
                   no_args_is_help=True)
 
-ROW_NAMES = {"agnostic": "Category-agnostic TB", "active": "Active TB", "latent": "Latent TB"}
 MODE_NAMES = {"all_cxr": "ALL (all-cxr)", "tb_only": "Only TB (tb-only)"}
 
 
@@ -88,7 +88,7 @@ def _print_result(res: dict[str, Any], console: Console) -> None:
             t.add_column(col, justify="right" if col not in ("Data", "Target") else "left")
         for mode, rows in det.items():
             for i, (row, r) in enumerate(rows.items()):
-                t.add_row(MODE_NAMES.get(mode, mode) if i == 0 else "", ROW_NAMES.get(row, row),
+                t.add_row(MODE_NAMES.get(mode, mode) if i == 0 else "", DET_ROW_LABELS.get(row, row),
                           _with_ci(r["ap50"], _get(ci, "detection", mode, row, "ap50")),
                           _with_ci(r["ap"], _get(ci, "detection", mode, row, "ap")),
                           _with_ci(r["ar100"], _get(ci, "detection", mode, row, "ar100")),

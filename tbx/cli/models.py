@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import typing
 
 import typer
 from rich.console import Console
@@ -15,15 +14,13 @@ app = typer.Typer(help="Model registry: list models, show their size and cost.",
 @app.command("list")
 def list_models() -> None:
     """List the models `tbx train --model NAME` can build."""
-    from tbx.models.registry import DEFAULT_MODEL, MODELS, UNAVAILABLE, describe
+    from tbx.models.registry import DEFAULT_MODEL, MODELS, describe
 
     table = Table(title="tbx models")
     table.add_column("name")
     table.add_column("description")
     for name in MODELS:
         table.add_row(name + (" (default)" if name == DEFAULT_MODEL else ""), describe(name))
-    for name, err in UNAVAILABLE.items():
-        table.add_row(f"[dim]{name}[/]", f"[red]unavailable: {err}[/]")
     Console().print(table)
 
 
@@ -41,13 +38,14 @@ def info(
 ) -> None:
     """Parameters (live and paper accounting), MACs at --input and CPU latency of a model."""
     from tbx.config import _coerce
+    from tbx.models.config import SECTIONS, Attention, ModelConfig, PosEncoding, SymFormerConfig
     from tbx.models.info import model_info
-    from tbx.models.registry import ModelConfig
 
-    hints = typing.get_type_hints(ModelConfig)  # validates the Literal choices → TbxError
+    # _coerce validates the Literal choices → TbxError
+    sym = SymFormerConfig(pos_encoding=_coerce(PosEncoding, pos_encoding, "--pos-encoding"),
+                          attention=_coerce(Attention, attention, "--attention"))
     cfg = ModelConfig(backbone=backbone, pretrained="none", input_size=input_size,
-                      pos_encoding=_coerce(hints["pos_encoding"], pos_encoding, "--pos-encoding"),
-                      attention=_coerce(hints["attention"], attention, "--attention"))
+                      symformer=sym if "symformer" in SECTIONS.get(name, ()) else None)
     res = model_info(name, cfg, input_size, latency_runs=runs)
     if as_json:
         typer.echo(json.dumps(res, indent=2))

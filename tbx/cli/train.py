@@ -48,20 +48,11 @@ def train(
 
     console = Console()
     if gpus and gpus > 1 and D.env_world_size() <= 1:
-        args = ["train", model, "--data", str(data), "--out", str(out), "--stage", stage]
-        for opt, val_ in (("--config", config), ("--device", device), ("--amp", amp),
-                          ("--seed", seed), ("--val", val), ("--val-every", val_every)):
-            if val_ is not None:
-                args += [opt, str(val_)]
-        for s in set_:
-            args += ["--set", s]
-        if resume:
-            args.append("--resume")
-        console.print(f"launching {gpus} processes: {' '.join(D.torchrun_command(gpus, args))}")
-        code = D.launch(gpus, args)
-        if code:
-            raise TbxError(f"distributed training failed (exit code {code})",
-                           fix="see the messages of the ranks above")
+        D.relaunch(gpus, D.command_line(
+            "train", model, options={"--data": data, "--out": out, "--stage": stage, "--config": config,
+                                     "--device": device, "--amp": amp, "--seed": seed, "--val": val,
+                                     "--val-every": val_every},
+            repeated={"--set": list(set_)}, flags={"--resume": resume}), echo=console.print)
         return
 
     run_cfg = out / "config.yaml"

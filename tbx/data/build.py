@@ -7,7 +7,7 @@ source`` (optional ``split``); boxes in VOC XML ``SRC/xml/<stem>.xml`` or in ``S
 (``file, xmin, ymin, xmax, ymax, label``) at the original resolution; images PNG/JPEG/DICOM at any
 size.  The build decodes every image to 8-bit grayscale (DICOM: modality LUT → VOI LUT →
 MONOCHROME1 inversion, :mod:`tbx.data.dicom`), stretches it to ``size``×``size`` like the release,
-converts the boxes with the official rule (:func:`convert_voc_box`), assigns the split (manifest
+converts the boxes with the official rule (:func:`tbx.data.voc.convert_voc_box`), assigns the split (manifest
 column, else :func:`tbx.data.split.split_records`) and writes images, XMLs, lists and COCO JSONs.
 
 **Official release root** — ``imgs/``, ``lists/``, ``annotations/xml/``: the lists and XMLs are
@@ -43,21 +43,41 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
-
-from tbx.data.layout import (ANN_XML, EXTRA_GROUPS, FOLDER_OF_LABEL, IMGS, LISTS, label_from_path,
-                             list_name)
-from tbx.data.records import (CATEGORY_BY_NAME, CATEGORY_SHORT, LABELS, SPLITS, TB_TYPES,
-                              Box, Record, tb_type_from_categories)
-from tbx.data.voc import read_voc, write_voc
+from tbx.data.layout import (
+    ANN_XML,
+    BOXES_COLUMNS,
+    EXTRA_GROUPS,
+    FOLDER_OF_LABEL,
+    IMGS,
+    LISTS,
+    MANIFEST_COLUMNS,
+    label_from_path,
+    list_name,
+)
+from tbx.data.records import (
+    CATEGORY_BY_NAME,
+    CATEGORY_SHORT,
+    LABELS,
+    SPLITS,
+    TB_TYPES,
+    Box,
+    Record,
+    tb_type_from_categories,
+)
+from tbx.data.voc import convert_voc_box, read_voc, write_voc
 from tbx.errors import TbxError, where
-from tbx.io import atomic_write_bytes, atomic_write_json, atomic_write_text, replace_dir
+from tbx.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    link_or_copy,
+    read_csv,
+    replace_dir,
+)
 
 DEFAULT_SALT = "tbx-patient-id-v1"  # public constant: reproducible, derived from nothing identifying
 STATE_NAME = ".build_state.json"
 STATE_VERSION = 1
-MANIFEST_COLUMNS = ("file", "patient_id", "label", "tb_type", "source")
-BOXES_COLUMNS = ("file", "xmin", "ymin", "xmax", "ymax", "label")
 CLASS_PREFIX = {"healthy": "h", "sick": "s", "tb": "tb"}  # the release's file-name prefixes
 # box labels accepted in raw exports: official category names and their short forms
 BOX_LABELS = {**CATEGORY_BY_NAME, **{v: k for k, v in CATEGORY_SHORT.items()}}
@@ -103,29 +123,6 @@ class BuildReport:
 
 
 Progress = Callable[[int, int], None]
-
-
-# ----------------------------------------------------------------------------------------------
-# the official box rule
-
-
-def convert_voc_box(xmin: float, ymin: float, xmax: float, ymax: float, width: int, height: int,
-                    size: int | tuple[int, int] = 512) -> tuple[float, float, float, float] | None:
-    """A VOC box at the original ``width``×``height`` → COCO ``(x, y, w, h)`` in the resized frame.
-
-    SPEC §1.3: scale x by size/width and y by size/height, subtract 1 (0-based), drop boxes
-    narrower (or lower) than 1 px after scaling.  Bit-exact with the release: the corners are
-    computed in float64, stored as float32, and w/h are float32 differences (this reproduces all
-    902 boxes of ``TBX11K_train.json`` exactly; see :func:`official_area` for the area).
-    """
-    sw, sh = (size, size) if isinstance(size, int) else size
-    corners = np.array([xmin * sw / width - 1, ymin * sh / height - 1,
-                        xmax * sw / width - 1, ymax * sh / height - 1], dtype=np.float32)
-    w = corners[2] - corners[0]
-    h = corners[3] - corners[1]
-    if w < 1 or h < 1:
-        return None
-    return float(corners[0]), float(corners[1]), float(w), float(h)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,7 +208,7 @@ def _process_image(task: tuple[int, str, str, int, int]) -> dict[str, Any]:
         for cand in [out, *[Path(c) for c in known.get("candidates", [])]]:
             if _verified(cand, known["out_sha"]):
                 if cand != out:
-                    _link_or_copy(cand, out)
+                    link_or_copy(cand, out)
                 return {"idx": idx, "key": key, "reused": True,
                         **{k: known[k] for k in ("out_sha", "pixel_sha", "width", "height", "phash")}}
     try:
@@ -228,18 +225,6 @@ def _process_image(task: tuple[int, str, str, int, int]) -> dict[str, Any]:
     # sidecar: an interrupted run (Ctrl-C, crash) can still reuse this image on resume
     atomic_write_json(out.with_suffix(".json"), meta, indent=None)
     return {"idx": idx, "key": key, "reused": False, **meta}
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def _run_tasks(tasks: list[tuple], known: dict[str, dict[str, Any]], workers: int,
@@ -290,33 +275,13 @@ class _Item:
     error: TbxError | None = None
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise TbxError(f"cannot read CSV ({e})", path, "save it as UTF-8 CSV") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    cols = [c.strip() for c in (reader.fieldnames or [])]
-    missing = [c for c in required if c not in cols]
-    if missing:
-        raise TbxError(f"CSV lacks column(s) {', '.join(missing)}", where(path, 1),
-                       f"the header must contain {', '.join(required)}")
-    rows = []
-    for row in reader:
-        clean = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
-        if not any(clean.values()):
-            continue
-        rows.append((reader.line_num, clean))
-    return rows
-
-
 def _norm_rel(rel: str) -> str:
     return str(PurePosixPath(rel.strip().replace("\\", "/")))
 
 
 def _parse_manifest(src: Path) -> tuple[list[_Item], bool]:
     manifest = src / "manifest.csv"
-    rows = _read_csv(manifest, MANIFEST_COLUMNS)
+    rows = read_csv(manifest, MANIFEST_COLUMNS)
     if not rows:
         raise TbxError("the manifest lists no images", manifest, "add one row per image")
     has_split = any(r.get("split") for _, r in rows)
@@ -373,7 +338,7 @@ def _attach_boxes(src: Path, items: list[_Item]) -> list[str]:
         if (src / "xml").is_dir():
             notes.append("both boxes.csv and xml/ exist: boxes.csv is used, xml/ is ignored")
         by_file = {_norm_rel(it.rel): it for it in items}
-        for line, row in _read_csv(boxes_csv, BOXES_COLUMNS):
+        for line, row in read_csv(boxes_csv, BOXES_COLUMNS):
             at = where(boxes_csv, line)
             it = by_file.get(_norm_rel(row["file"]))
             if it is None:
@@ -527,7 +492,8 @@ def _swap_into_place(partial: Path, out: Path, overwrite: bool) -> None:
     try:
         replace_dir(partial, out, overwrite)
     except FileExistsError:
-        raise TbxError("output folder already exists", out, "pass --overwrite or choose another OUT") from None
+        raise TbxError("output folder already exists", out,
+                       "pass --overwrite or choose another OUT") from None
 
 
 def _check_out(src: Path, out: Path, cfg: BuildConfig) -> None:
@@ -690,7 +656,7 @@ def _build_raw(src: Path, out: Path, cfg: BuildConfig, progress: Progress | None
 
     # records (provisional names), split
     records: list[Record] = []
-    for n, (it, res, boxes, _) in enumerate(kept):
+    for n, (it, _res, boxes, _) in enumerate(kept):
         if it.label == "tb" and boxes:
             tb_type = tb_type_from_categories(b.category for b in boxes)
             if it.tb_type not in ("unknown", tb_type):
@@ -739,7 +705,7 @@ def _build_raw(src: Path, out: Path, cfg: BuildConfig, progress: Progress | None
                            "be derived back", fix="keep the default pattern '{prefix}{n:04d}'")
         used.add(fname)
         rec.file_name = fname
-        _link_or_copy(work / f"{res['key']}.png", partial / IMGS / fname)
+        link_or_copy(work / f"{res['key']}.png", partial / IMGS / fname)
         state["images"][res["key"]]["file"] = f"{IMGS}/{fname}"
         if rec.is_tb and orig:
             write_voc(partial / ANN_XML / f"{stem}.xml", stem, res["width"], res["height"], orig)
@@ -857,9 +823,9 @@ def _build_release(src: Path, out: Path, cfg: BuildConfig, progress: Progress | 
             records.append(Record(image_id=len(records) + 1, file_name=fn, width=width, height=height,
                                   label=label, tb_type=tb_type, source=source, split=split, boxes=boxes))
             if not no_images:
-                _link_or_copy(img, partial / IMGS / fn)
+                link_or_copy(img, partial / IMGS / fn)
             if xml is not None and xml.is_file():
-                _link_or_copy(xml, partial / ANN_XML / xml.name)
+                link_or_copy(xml, partial / ANN_XML / xml.name)
         except TbxError as e:
             if not cfg.skip_bad:
                 raise

@@ -6,7 +6,8 @@ whole path, which is what mislabels data roots containing "tb" or "sick" in the 
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+import re
+from pathlib import PurePosixPath
 
 from tbx.errors import TbxError
 
@@ -14,6 +15,12 @@ IMGS = "imgs"
 ANN_JSON = "annotations/json"
 ANN_XML = "annotations/xml"
 LISTS = "lists"
+# the source manifest of `tbx dataset build` (one row per image) and its optional boxes.csv
+MANIFEST_COLUMNS = ("file", "patient_id", "label", "tb_type", "source")
+BOXES_COLUMNS = ("file", "xmin", "ymin", "xmax", "ymax", "label")
+# official annotation / list file names: prefix, split, only-TB suffix
+JSON_NAME = re.compile(r"^(TBX11K|all)_(train|val|trainval|test)(_only_tb)?\.json$")
+LIST_NAME = re.compile(r"^(TBX11K|all)_(train|val|trainval|test)\.txt$")
 
 CLASS_FOLDERS = {"health": "healthy", "sick": "sick", "tb": "tb"}
 FOLDER_OF_LABEL = {v: k for k, v in CLASS_FOLDERS.items()}
@@ -75,8 +82,3 @@ def label_from_path(file_name: str) -> tuple[str, str]:
         return ("tb" if is_tb else "healthy"), source
     raise TbxError(f"cannot derive the image label from path '{file_name}'",
                    fix="images must live under imgs/{health,sick,tb}/ or imgs/extra/<group>/<split>/")
-
-
-def root_paths(root: str | Path) -> dict[str, Path]:
-    root = Path(root)
-    return {"imgs": root / IMGS, "json": root / ANN_JSON, "xml": root / ANN_XML, "lists": root / LISTS}

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 # data has one: tb/tb1199.png), whose type therefore cannot be derived.
 LABELS = ("healthy", "sick", "tb")
 TB_TYPES = ("none", "active", "latent", "active+latent", "uncertain", "unknown")
+# the SPEC §1.2 table row of a TB image of each type ("unknown": a TB image without boxes)
+TB_TYPE_ROWS = {"active": "active TB", "latent": "latent TB", "active+latent": "active & latent TB",
+                "uncertain": "uncertain TB", "unknown": "TB without box"}
 SPLITS = ("train", "val", "test")
 
 # Box categories (SPEC §1.1): official COCO ids and names.

@@ -60,7 +60,6 @@ command: read a root, split, write everything all-or-nothing).
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
 import re
@@ -73,9 +72,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from tbx.data.apportion import controlled_rounding, largest_remainder
 from tbx.data.layout import ANN_JSON, LISTS
-from tbx.data.records import LABELS, SPLITS, TB_TYPES, Record
-from tbx.data.views import annotation_views, write_view, write_views
+from tbx.data.records import LABELS, SPLITS, TB_TYPE_ROWS, TB_TYPES, Record
+from tbx.data.views import annotation_views, load_dataset, write_view, write_views
 from tbx.errors import TbxError
 from tbx.io import atomic_write_json
 from tbx.provenance import write_provenance
@@ -130,77 +130,6 @@ def default_extra_ratio(ratio: Sequence[Fraction]) -> tuple[Fraction, Fraction, 
     if tr + va == 0:
         return (Fraction(0), Fraction(0), Fraction(1))
     return (tr, va, tr + va)
-
-
-def largest_remainder(n: int, weights: Sequence[Fraction | int]) -> list[int]:
-    """Hamilton apportionment of ``n`` items by ``weights``; ties → the earlier index."""
-    w = [Fraction(x) for x in weights]
-    total = sum(w)
-    if n == 0:
-        return [0] * len(w)
-    if total <= 0:
-        raise ValueError("weights must have a positive sum")
-    quotas = [n * x / total for x in w]
-    counts = [int(q) for q in quotas]  # floor (quotas ≥ 0)
-    left = n - sum(counts)
-    order = sorted(range(len(w)), key=lambda i: (-(quotas[i] - counts[i]), i))
-    for i in order[:left]:
-        counts[i] += 1
-    return counts
-
-
-def controlled_rounding(rows: dict[str, int], totals: Sequence[int]) -> dict[str, list[int]]:
-    """Integer table with the given row sums (``rows``) and column sums (``totals``), closest to
-    the proportional table ``n_r · T_c / N``: floors plus at most one extra unit per cell, placed to
-    maximise the summed fractional parts.  Ties: lexicographic on the preference order of cells
-    (fractional part desc, row size desc, row name, column index).
-    """
-    names = sorted(rows)
-    n_total = sum(rows.values())
-    if n_total != sum(totals):
-        raise ValueError("row and column sums differ")
-    if n_total == 0:
-        return {k: [0] * len(totals) for k in names}
-    exact = {k: [Fraction(rows[k] * t, n_total) for t in totals] for k in names}
-    floor = {k: [int(q) for q in exact[k]] for k in names}
-    frac = {k: [exact[k][c] - floor[k][c] for c in range(len(totals))] for k in names}
-    need_row = {k: rows[k] - sum(floor[k]) for k in names}
-    need_col = [totals[c] - sum(floor[k][c] for k in names) for c in range(len(totals))]
-    cells = [(k, c) for k in names for c in range(len(totals))]
-    pref = sorted(cells, key=lambda kc: (-frac[kc[0]][kc[1]], -rows[kc[0]], kc[0], kc[1]))
-    rank = {kc: i for i, kc in enumerate(pref)}
-
-    best: tuple[Fraction, tuple[int, ...]] | None = None
-    best_choice: list[tuple[str, int]] = []
-    options = [list(itertools.combinations(range(len(totals)), need_row[k])) for k in names]
-    # Search is tiny (≤ 3^#TB-types combinations); prune on column capacity.
-    def search(i: int, cols: list[int], chosen: list[tuple[str, int]]) -> None:
-        nonlocal best, best_choice
-        if i == len(names):
-            if any(cols):
-                return
-            score = sum((frac[k][c] for k, c in chosen), Fraction(0))
-            key = (score, tuple(-r for r in sorted(rank[kc] for kc in chosen)))
-            if best is None or key > best:
-                best, best_choice = key, list(chosen)
-            return
-        k = names[i]
-        for combo in options[i]:
-            if any(cols[c] <= 0 for c in combo):
-                continue
-            for c in combo:
-                cols[c] -= 1
-            search(i + 1, cols, chosen + [(k, c) for c in combo])
-            for c in combo:
-                cols[c] += 1
-
-    search(0, list(need_col), [])
-    if best is None:  # cannot happen for consistent sums (transportation problem is feasible)
-        raise RuntimeError("controlled rounding found no table")
-    out = {k: list(floor[k]) for k in names}
-    for k, c in best_choice:
-        out[k][c] += 1
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,9 +294,7 @@ class SplitPlan:
         return rep
 
 
-ROW_NAMES = {"healthy": "healthy", "sick": "sick", "tb:active": "active TB",
-             "tb:latent": "latent TB", "tb:active+latent": "active & latent TB",
-             "tb:uncertain": "uncertain TB", "tb:unknown": "TB without box"}
+ROW_NAMES = {"healthy": "healthy", "sick": "sick", **{f"tb:{t}": row for t, row in TB_TYPE_ROWS.items()}}
 
 
 def display_row(r: Record) -> str:
@@ -375,8 +302,7 @@ def display_row(r: Record) -> str:
         return f"{r.source} {r.label}"
     if not r.is_tb:
         return {"healthy": "healthy", "sick": "sick"}.get(r.label, r.label)
-    return {"active": "active TB", "latent": "latent TB", "active+latent": "active & latent TB",
-            "uncertain": "uncertain TB"}.get(r.tb_type, "TB without box")
+    return TB_TYPE_ROWS.get(r.tb_type, TB_TYPE_ROWS["unknown"])
 
 
 def _patient_summary(records: Sequence[Record]) -> dict[str, Any]:
@@ -551,11 +477,9 @@ PROVENANCE_NAME = "provenance_split.json"
 
 def load_root_records(root: str | Path) -> list[Record]:
     """The labelled images of a dataset (layout root, annotation folder or one COCO JSON) via
-    :func:`tbx.data.stats.load_dataset`, sorted by (source, file name) so that the split does not
+    :func:`tbx.data.views.load_dataset`, sorted by (source, file name) so that the split does not
     depend on which files the root happens to hold or their order.  Unlabelled images (``test/``)
     are an error: they cannot be stratified."""
-    from tbx.data.stats import load_dataset
-
     recs = load_dataset(root)
     bad = [r.file_name for r in recs if r.label not in LABELS]
     if bad:
@@ -630,7 +554,7 @@ def run_split(root: str | Path, cfg: SplitConfig | None = None, out: str | Path 
               force: bool = False, records: list[Record] | None = None) -> SplitResult:
     """``tbx dataset split``: read ROOT's annotations, split, write the official views.
 
-    ``root`` is anything :func:`tbx.data.stats.load_dataset` reads (layout root, annotation folder,
+    ``root`` is anything :func:`tbx.data.views.load_dataset` reads (layout root, annotation folder,
     one COCO JSON); ``records`` (optional) replaces reading it.
 
     Writes ``lists/*.txt`` + ``annotations/json/*.json`` (TBX11K_*, all_*, fold*), ``split_report.json``

@@ -1,21 +1,7 @@
-"""Dataset statistics (SPEC §1.2 table, box counts, box-area histograms) and the generic loader.
+"""Dataset statistics (SPEC §1.2 table, box counts, box-area histograms).
 
-:func:`load_dataset` reads the records of anything that looks like TBX11K annotations:
-
-* a layout root (``ROOT/annotations/json/*.json``, ``ROOT/lists/*.txt``),
-* a bare annotation folder such as the real metadata dir (``TBX11K_train.json``,
-  ``TBX11K_train_only_tb.json``, ``all_train.json`` at top level),
-* one COCO JSON file.
-
-Splits come from the official file names (``TBX11K_<split>[_only_tb].json``, ``all_<split>.json``,
-``lists/<prefix>_<split>.txt``).  For each split the full views are read and united by
-``file_name`` (``TBX11K_<split>.json`` ∪ ``all_<split>.json``; TBX11K entries first); list files
-are used (labels from paths, no boxes, TB type ``unknown``) only for splits without a full JSON,
-and ``*_only_tb.json`` only when nothing else describes the split.  A ``*_trainval*`` file is read
-only when neither train nor val is available (its images get split ``None``).  A single JSON keeps
-the split of its name (``None`` for other names).  Labels always come from the paths
-(:func:`tbx.data.layout.label_from_path`); images of ``test/`` (labels withheld) get label
-``unknown``.  Image ids are renumbered 1..N over the union (file-level ids repeat across files).
+Records come from :func:`tbx.data.views.load_dataset` (any layout root, annotation folder or
+COCO JSON).
 
 :func:`dataset_stats` summarises records:
 
@@ -36,116 +22,30 @@ the split of its name (``None`` for other names).  Labels always come from the p
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tbx.data.coco import read_coco
-from tbx.data.layout import ANN_JSON, ANN_XML, LISTS, label_from_path
-from tbx.data.records import (ACTIVE, CATEGORY_SHORT, LATENT, SPLITS, UNCERTAIN, Record,
-                              tb_type_from_categories)
+from tbx.data.layout import ANN_XML
+from tbx.data.records import (
+    ACTIVE,
+    CATEGORY_SHORT,
+    LATENT,
+    SPLITS,
+    TB_TYPE_ROWS,
+    UNCERTAIN,
+    Record,
+    tb_type_from_categories,
+)
+from tbx.data.views import load_dataset
 from tbx.data.voc import read_voc
-from tbx.errors import TbxError
 
-_JSON_NAME = re.compile(r"^(TBX11K|all)_(train|val|trainval|test)(_only_tb)?\.json$")
-_LIST_NAME = re.compile(r"^(TBX11K|all)_(train|val|trainval|test)\.txt$")
-
-CLASS_ROWS = ("healthy", "sick", "active TB", "latent TB", "active & latent TB", "uncertain TB",
-              "TB without box")
-_ROW_OF_TB_TYPE = {"active": "active TB", "latent": "latent TB", "active+latent": "active & latent TB",
-                   "uncertain": "uncertain TB", "unknown": "TB without box"}
+CLASS_ROWS = ("healthy", "sick", *TB_TYPE_ROWS.values())
 COCO_BINS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2),
              ("large", 96.0 ** 2, float("inf")))  # [lo, hi) in the 512 frame
 PAPER_BINS = (("<=384^2", 0.0, 384.0 ** 2), ("(384^2,960^2]", 384.0 ** 2, 960.0 ** 2),
               (">960^2", 960.0 ** 2, float("inf")))  # (lo, hi] at original resolution, SPEC §1.1
 NO_SIZE = "no original size"
-
-
-# ----------------------------------------------------------------------------------------------
-# loading
-
-
-def split_of_name(name: str) -> str | None:
-    """``TBX11K_val_only_tb.json`` → ``"val"``; ``None`` for trainval or unofficial names."""
-    m = _JSON_NAME.match(name) or _LIST_NAME.match(name)
-    if not m or m.group(2) not in SPLITS:
-        return None
-    return m.group(2)
-
-
-def _read_list(path: Path, split: str | None) -> list[Record]:
-    records = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
-        name = line.strip()
-        if not name:
-            continue
-        try:
-            label, source = label_from_path(name)
-        except TbxError:
-            label, source = "unknown", "tbx11k"
-        records.append(Record(image_id=i, file_name=name, width=0, height=0, label=label,
-                              tb_type="unknown" if label == "tb" else "none", source=source,
-                              split=split))
-    return records
-
-
-def _union(groups: list[list[Record]]) -> list[Record]:
-    seen: set[str] = set()
-    out = []
-    for recs in groups:
-        for r in recs:
-            if r.file_name not in seen:
-                seen.add(r.file_name)
-                out.append(r)
-    return out
-
-
-def _renumber(records: list[Record]) -> list[Record]:
-    return [r.replace(image_id=i + 1) for i, r in enumerate(records)]
-
-
-def load_dataset(path: str | Path) -> list[Record]:
-    """Records of a layout root, an annotation folder or one COCO JSON (see the module docstring)."""
-    path = Path(path)
-    if path.is_file():
-        split = split_of_name(path.name)
-        return _renumber([r.replace(split=split) for r in read_coco(path, strict_labels=False)])
-    if not path.is_dir():
-        raise TbxError("dataset not found", path,
-                       "give a TBX11K layout root, an annotation folder or a COCO JSON file")
-    json_dir = path / ANN_JSON if (path / ANN_JSON).is_dir() else path
-    list_dir = path / LISTS if (path / LISTS).is_dir() else path
-    groups: list[list[Record]] = []
-
-    def read(name: str, split: str | None) -> list[Record]:
-        return [r.replace(split=split) for r in read_coco(json_dir / name, strict_labels=False)]
-
-    found_any = False
-    for split in SPLITS:
-        full = [n for n in (f"TBX11K_{split}.json", f"all_{split}.json") if (json_dir / n).is_file()]
-        lists = [n for n in (f"TBX11K_{split}.txt", f"all_{split}.txt") if (list_dir / n).is_file()]
-        only_tb = f"TBX11K_{split}_only_tb.json"
-        if full:
-            groups += [read(n, split) for n in full]
-        elif lists:
-            groups += [_read_list(list_dir / n, split) for n in lists]
-        elif (json_dir / only_tb).is_file():
-            groups.append(read(only_tb, split))
-        else:
-            continue
-        found_any = True
-    if not found_any:
-        for name in ("TBX11K_trainval.json", "all_trainval.json", "TBX11K_trainval_only_tb.json"):
-            if (json_dir / name).is_file():
-                groups.append(read(name, None))
-                found_any = True
-                break
-    if not found_any:
-        raise TbxError("no TBX11K annotation files found", path,
-                       "give a layout root (annotations/json/TBX11K_<split>.json), an annotation "
-                       "folder or one COCO JSON file")
-    return _renumber(_union(groups))
 
 
 def original_sizes(path: str | Path, records: list[Record]) -> dict[str, tuple[int, int]]:
@@ -183,7 +83,7 @@ def class_row(r: Record) -> str:
     if r.label in ("healthy", "sick"):
         return r.label
     if r.label == "tb":
-        return _ROW_OF_TB_TYPE[tb_type_from_categories(b.category for b in r.boxes)]
+        return TB_TYPE_ROWS[tb_type_from_categories(b.category for b in r.boxes)]
     return "unlabelled"
 
 
@@ -275,5 +175,5 @@ def stats_of(path: str | Path) -> dict[str, Any]:
     return out
 
 
-__all__ = ["load_dataset", "dataset_stats", "original_sizes", "stats_of", "class_row", "split_of_name",
-           "CLASS_ROWS", "COCO_BINS", "PAPER_BINS"]
+__all__ = ["dataset_stats", "original_sizes", "stats_of", "class_row", "CLASS_ROWS", "COCO_BINS",
+           "PAPER_BINS"]

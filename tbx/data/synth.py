@@ -103,13 +103,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tbx.data.layout import ANN_XML, FOLDER_OF_LABEL, IMGS
+from tbx.data.layout import ANN_XML, FOLDER_OF_LABEL, IMGS, MANIFEST_COLUMNS
 from tbx.data.records import ACTIVE, LATENT, UNCERTAIN, Box, Record
 from tbx.data.voc import write_voc
 from tbx.errors import TbxError
 from tbx.io import atomic_dir, atomic_write_text
 
-MANIFEST_COLUMNS = ("file", "patient_id", "label", "tb_type", "source")
 SICK_PATTERNS = ("diffuse", "lower", "cardiomegaly", "effusion")
 _STEM_PREFIX = {"healthy": "h", "sick": "s", "tb": "tb"}
 

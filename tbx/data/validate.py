@@ -327,8 +327,7 @@ def _check_splits(split_of: dict[str, dict[str, set[str]]], patient_split: dict[
 def _check_xml(root: Path, boxes_by_file: dict[str, list], declared: dict[str, tuple[int, int]],
                col: _Collector) -> int:
     """Compare JSON boxes with the XMLs; returns the number of XML files compared."""
-    from tbx.data.build import convert_voc_box
-    from tbx.data.voc import category_of, read_voc
+    from tbx.data.voc import category_of, convert_voc_box, read_voc
 
     xdir = _xml_dir(root)
     if xdir is None or not boxes_by_file:

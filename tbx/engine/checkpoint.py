@@ -32,7 +32,7 @@ VERSION = 1
 
 
 def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     state = {
         "python": list(_py_state_to_list(random.getstate())),
         "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
@@ -65,10 +65,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside DDP / torch.compile wrappers."""
     while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+        inner = getattr(model, "module", None)
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # type: ignore[assignment]
         else:
             return model
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -90,15 +91,6 @@ def all_reduce_mean(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return t
 
 
-def broadcast_flag(flag: bool, ctx: DistContext, device: torch.device) -> bool:
-    """Rank 0's boolean, on every rank."""
-    if not ctx.distributed:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.broadcast(t, 0)
-    return bool(t.item())
-
-
 def torchrun_command(nproc: int, args: list[str], standalone: bool = True) -> list[str]:
     """``python -m torch.distributed.run --nproc_per_node N -m tbx ARGS``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
@@ -114,3 +106,28 @@ def launch(nproc: int, args: list[str]) -> int:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.call(torchrun_command(nproc, args), env=env)
+
+
+def command_line(*positional: str, options: dict[str, object | None],
+                 repeated: dict[str, list[str]] | None = None,
+                 flags: dict[str, bool] | None = None) -> list[str]:
+    """``tbx`` arguments: the positionals, then ``--opt value`` for every option that is not None
+    (in order), every value of a repeatable option, and the flags that are set."""
+    args = list(positional)
+    for opt, value in options.items():
+        if value is not None:
+            args += [opt, str(value)]
+    for opt, values in (repeated or {}).items():
+        for value in values:
+            args += [opt, value]
+    return args + [opt for opt, on in (flags or {}).items() if on]
+
+
+def relaunch(nproc: int, args: list[str], echo: Callable[[str], object] = print) -> None:
+    """Run ``tbx ARGS`` as ``nproc`` torchrun processes on this machine (``--gpus N``); a failed
+    rank is a :class:`TbxError`."""
+    echo(f"launching {nproc} processes: {' '.join(torchrun_command(nproc, args))}")
+    code = launch(nproc, args)
+    if code:
+        raise TbxError(f"distributed training failed (exit code {code})",
+                       fix="see the messages of the ranks above")

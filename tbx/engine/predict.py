@@ -18,24 +18,24 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tbx.bench.results_io import BBOX_RESULT, CLS_RESULT, write_bbox_result, write_cls_result
 from tbx.config import from_dict
 from tbx.data.dataset import TBXDataset, collate, normalize_batch
 from tbx.engine.checkpoint import file_sha256, find_checkpoint, load_checkpoint, load_model_weights, unwrap
+from tbx.engine.runtime import ProgressBar, autocast, resolve_amp, resolve_device, use_progress_bar
 from tbx.engine.schedule import TrainConfig
 from tbx.errors import TbxError
 from tbx.io import atomic_write_json
 from tbx.models.inference import prepare_for_inference
+from tbx.models.registry import build
 from tbx.provenance import versions, write_provenance
-
-CLS_RESULT = "cls_result.txt"
-BBOX_RESULT = "bbox_result.json"
 
 
 @torch.no_grad()
@@ -45,9 +45,7 @@ def predict_dataset(model: nn.Module, dataset: TBXDataset, batch_size: int, devi
                     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Run ``model.predict`` over ``dataset`` in order.  Returns the (N, 3) probabilities and the
     COCO detections (image ids of the annotation file, xywh in the annotation frame)."""
-    from tbx.engine.trainer import autocast
-
-    net = unwrap(model)
+    net: Any = unwrap(model)  # a Detector (duck-typed: test doubles too)
     was_training = net.training
     net.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
@@ -97,7 +95,6 @@ def detections_to_coco(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.
 
 def write_predictions(out_dir: str | Path, probs: np.ndarray, dets: list[dict[str, Any]]) -> None:
     """``cls_result.txt`` + ``bbox_result.json`` with the bench library's writers (atomic)."""
-    from tbx.bench.results_io import write_bbox_result, write_cls_result
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,17 +131,15 @@ def image_list_hash(dataset: TBXDataset) -> str:
 def model_from_checkpoint(state: dict[str, Any], where: Path,
                           model_builder: Callable[[TrainConfig], nn.Module] | None = None,
                           ) -> tuple[nn.Module, TrainConfig]:
-    from tbx.engine.trainer import build_model
-
     try:
         cfg = from_dict(TrainConfig, state.get("config") or {})
     except TbxError as e:
         raise TbxError(f"checkpoint config is invalid: {e.what}", where,
                        "use a checkpoint written by this version of tbx") from None
-    model = (model_builder or build_model)(cfg)
+    model = model_builder(cfg) if model_builder else build(cfg.model_name, cfg.model)
     load_model_weights(model, state["model"], where)
     if hasattr(model, "set_stage"):
-        model.set_stage(int(state.get("stage", 1)))
+        cast(Any, model).set_stage(int(state.get("stage", 1)))
     return model, cfg
 
 
@@ -155,8 +150,6 @@ def predict(checkpoint: str | Path, data_root: str | Path, ann: str | Path, out_
             progress: bool | None = None) -> Path:
     """Predict every image of ``ann`` with a run's final checkpoint (or a checkpoint file) and
     write the official files into ``out_dir`` (see the module docstring).  Returns ``out_dir``."""
-    from tbx.engine.trainer import _use_progress_bar, resolve_amp, resolve_device
-
     ckpt = find_checkpoint(checkpoint)
     state = load_checkpoint(ckpt, "cpu")
     model, cfg = model_from_checkpoint(state, ckpt, model_builder)
@@ -169,22 +162,17 @@ def predict(checkpoint: str | Path, data_root: str | Path, ann: str | Path, out_
     prepare_for_inference(model, cfg.channels_last)  # BN folded into the convolutions, NHWC
     size = int(input_size or cfg.model.input_size)
     ds = TBXDataset(data_root, ann, size, train=False)
-    bar = None
-    cb = None
-    if _use_progress_bar(progress):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-        bar = Progress("predict", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        bar.start()
-        task = bar.add_task("predict", total=len(ds))
+    bar = ProgressBar("predict", total=len(ds), enabled=use_progress_bar(progress))
+    done = [0]
 
-        def cb(n: int) -> None:
-            bar.update(task, advance=n)
+    def advance(n: int) -> None:
+        done[0] += n
+        bar.update(completed=done[0])
     try:
         probs, dets = predict_dataset(model, ds, batch_size, dev, amp_dtype, workers=workers,
-                                      channels_last=cfg.channels_last, progress=cb)
+                                      channels_last=cfg.channels_last, progress=advance)
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.close()
     out = Path(out_dir)
     write_predictions(out, probs, dets)
     manifest = {

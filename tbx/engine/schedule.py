@@ -13,7 +13,6 @@ or any YAML path is loaded with :func:`load_train_config` plus ``--set key=value
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +22,7 @@ from torch import nn
 
 from tbx.config import deep_merge, load_config, read_yaml
 from tbx.errors import TbxError
-from tbx.models.registry import ModelConfig
+from tbx.models.config import ModelConfig, check_sections
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -98,7 +97,7 @@ def _stage2_default() -> StageConfig:
 @dataclass
 class TrainConfig:
     model_name: str = "symformer_retinanet"
-    # backbone, pretrained, input_size (the data pipeline resizes to fit it, SPEC §2.7), ablations…
+    # backbone, pretrained, input_size (the data pipeline resizes to fit it, SPEC §2.7), family sections
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
@@ -107,10 +106,6 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
     channels_last: bool = True  # NHWC activations (faster convs on cuDNN and CPU oneDNN)
     seed: int = 0
-    # From-scratch backbones (model.pretrained = none): before stage 1, estimate the frozen BN
-    # running statistics on this many training batches (data-dependent init; SPEC §2.1 keeps
-    # backbone BN in eval mode, which without ImageNet statistics would mean no normalisation).
-    bn_calibration_batches: int = 0
     ckpt_every_iters: int = 0  # also checkpoint every N iterations (0: once per epoch + end)
     log_every: int = 20
     val_ann: str | None = None  # validate every val_every epochs on this annotation file
@@ -160,6 +155,7 @@ def load_train_config(model: str | None = None, config: str | Path | None = None
         cfg.model_name = name
     cfg.model_name = canonical_model_name(cfg.model_name)
     validate(cfg)
+    cfg.model = check_sections(cfg.model_name, cfg.model)  # a section the model ignores: an error
     return cfg
 
 
@@ -199,7 +195,8 @@ def param_groups(model: nn.Module, sc: StageConfig) -> list[dict[str, Any]]:
     sampling-offset and reference-point Linears, as the official recipe does).
     """
     low_keys = tuple(getattr(model, "low_lr_keys", ()))
-    backbone, other = [], []
+    backbone: list[nn.Parameter] = []
+    other: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -217,12 +214,12 @@ def param_groups(model: nn.Module, sc: StageConfig) -> list[dict[str, Any]]:
 
 def build_optimizer(model: nn.Module, sc: StageConfig) -> torch.optim.Optimizer:
     """SGD or AdamW over :func:`param_groups`, with fused kernels (one pass over all parameters;
-    on CPU AdamW's step for a ResNet-18 takes 10 ms instead of the for-each version's 51 ms)."""
+    several times faster than the for-each version on CPU, see benchmarks/RESULTS.md)."""
     groups = param_groups(model, sc)
     if sc.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=sc.lr, momentum=sc.momentum, weight_decay=sc.weight_decay,
                                fused=True)
-    return torch.optim.AdamW(groups, lr=sc.lr, betas=tuple(sc.betas), weight_decay=sc.weight_decay,
+    return torch.optim.AdamW(groups, lr=sc.lr, betas=(sc.betas[0], sc.betas[1]), weight_decay=sc.weight_decay,
                              fused=True)
 
 
@@ -242,7 +239,3 @@ def build_scheduler(optimizer: torch.optim.Optimizer, iters_per_epoch: int,
     """Per-iteration scheduler (step it after every optimiser step)."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(it, iters_per_epoch, sc))
-
-
-def total_iters(n_images: int, sc: StageConfig) -> int:
-    return sc.epochs * max(1, math.ceil(n_images / sc.batch_size))

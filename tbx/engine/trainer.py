@@ -29,19 +29,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
-import resource
 import shutil
-import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -51,72 +45,28 @@ from tbx.config import dump_yaml, to_dict
 from tbx.data.dataset import EpochBatchSampler, TBXDataset, collate, normalize_batch
 from tbx.engine import distributed as D
 from tbx.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint, set_rng_state
-from tbx.engine.schedule import TrainConfig, build_optimizer, build_scheduler
+from tbx.engine.runtime import (
+    ProgressBar,
+    autocast,
+    peak_memory_mb,
+    resolve_amp,
+    resolve_device,
+    seed_everything,
+    use_progress_bar,
+)
+from tbx.engine.schedule import StageConfig, TrainConfig, build_optimizer, build_scheduler
 from tbx.errors import TbxError
 from tbx.io import atomic_write_text
+from tbx.models.registry import build
 from tbx.provenance import write_provenance
 
 ModelBuilder = Callable[[TrainConfig], nn.Module]
+Callback = Callable[[dict[str, Any]], None]
 
 
-# --------------------------------------------------------------------------------------------
-# Model construction, device and precision
-
-
-def build_model(cfg: TrainConfig) -> nn.Module:
-    """The Detector named by ``cfg.model_name`` with ``cfg.model`` (tbx.models.registry)."""
-    from tbx.models import registry
-
-    return registry.build(cfg.model_name, cfg.model)
-
-
-def resolve_device(kind: str, ctx: D.DistContext | None = None) -> torch.device:
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise TbxError("--device cuda requested but CUDA is not available",
-                           fix="use --device cpu (or auto), or install a CUDA build of torch")
-        return torch.device("cuda", ctx.local_rank if ctx else torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype (None: full precision).  auto → bf16 on CUDA when supported, else off."""
-    if amp == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return None
-    if amp == "off":
-        return None
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise TbxError("--amp fp16 needs CUDA", fix="use --amp bf16 or off on CPU")
-        return torch.float16
-    if amp == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise TbxError("this GPU does not support bf16", fix="use --amp fp16")
-        return torch.bfloat16
-    raise TbxError(f"unknown --amp '{amp}'", fix="use bf16, fp16, off or auto")
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return rss / 1024
+def build_from_config(cfg: TrainConfig) -> nn.Module:
+    """The default model builder: ``cfg.model_name`` with ``cfg.model`` (:mod:`tbx.models.registry`)."""
+    return build(cfg.model_name, cfg.model)
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,10 +78,11 @@ class MetricsLog:
 
     def __init__(self, path: Path, enabled: bool, tensorboard: bool = True):
         self.path, self.enabled = path, enabled
-        self.tb = None
+        self.tb: Any = None
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # optional dependency
+
                 self.tb = SummaryWriter(str(path.parent / "tb"))
             except Exception:  # noqa: BLE001 — tensorboard not installed / broken: skip it
                 self.tb = None
@@ -170,10 +121,27 @@ class MetricsLog:
             self.tb = None
 
 
-def _use_progress_bar(progress: bool | None) -> bool:
-    if progress is not None:
-        return progress
-    return sys.stdout.isatty() and not os.environ.get("CI")
+class _Window:
+    """Averages over the iterations since the last log line: losses, images/s, data-wait share."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0, self.wait, self.images, self.n = time.perf_counter(), 0.0, 0, 0
+        self.losses: dict[str, float] = {}
+
+    def add(self, losses: dict[str, float], images: int) -> None:
+        self.images += images
+        self.n += 1
+        for k, v in losses.items():
+            self.losses[k] = self.losses.get(k, 0.0) + v
+
+    def record(self) -> dict[str, float]:
+        dt = time.perf_counter() - self.t0
+        return {**{k: v / self.n for k, v in self.losses.items()},
+                "img_s": self.images / dt if dt > 0 else 0.0,
+                "data_wait": self.wait / dt if dt > 0 else 0.0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,6 +161,62 @@ class TrainResult:
         return self.final[max(self.final)] if self.final else None
 
 
+@dataclass
+class _Run:
+    """What every stage of one :func:`train` call shares."""
+
+    cfg: TrainConfig
+    out: Path
+    resume: bool
+    builder: ModelBuilder
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    ctx: D.DistContext
+    log: MetricsLog
+    callback: Callback | None
+    show_progress: bool
+
+
+@dataclass
+class _Stage:
+    """One stage's training objects and position — what its checkpoints hold."""
+
+    s: int
+    sdir: Path
+    model: nn.Module
+    dataset: TBXDataset
+    sampler: EpochBatchSampler
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    ema: AveragedModel | None
+    epoch: int = 0  # where the loop (re)starts: epoch and batch within it
+    batch: int = 0
+    iteration: int = 0
+    best_metric: float = -math.inf
+
+    @property
+    def last(self) -> Path:
+        return self.sdir / "last.pt"
+
+    @property
+    def final(self) -> Path:
+        return self.sdir / "final.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.sdir / "best.pt"
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and handed on (final/best checkpoints, the next stage)."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def iters_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
+
 def parse_stages(stage: str | int) -> list[int]:
     s = str(stage).lower()
     if s in ("both", "all", "1,2"):
@@ -203,12 +227,12 @@ def parse_stages(stage: str | int) -> list[int]:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, stage: str | int = "both", resume: bool = False, *,
-          model_builder: ModelBuilder | None = None, callback: Callable[[dict], None] | None = None,
+          model_builder: ModelBuilder | None = None, callback: Callback | None = None,
           progress: bool | None = None) -> TrainResult:
     """Train ``cfg`` into ``out_dir`` (see the module docstring for the layout).
 
     ``resume``: continue every stage from its ``last.pt`` (finished stages are skipped).
-    ``model_builder``: build the model from the config (default: :func:`build_model`).
+    ``model_builder``: build the model from the config (default: :func:`build_from_config`).
     ``callback``: called on rank 0 after every iteration (after any checkpoint) with a dict
     ``{"stage", "epoch", "iteration", "losses", "lr"}`` — e.g. to stop a run from a notebook.
     """
@@ -235,11 +259,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, stage: str | int = "both", resu
         D.barrier(ctx)
         log = MetricsLog(out / "metrics.jsonl", enabled=ctx.is_main)
         result = TrainResult(out, metrics=out / "metrics.jsonl")
-        builder = model_builder or build_model
+        run = _Run(cfg, out, resume, model_builder or build_from_config, device, amp_dtype, ctx, log,
+                   callback, use_progress_bar(progress) and ctx.is_main)
         try:
             for s in stages:
-                final, best = _train_stage(cfg, s, out, resume, builder, device, amp_dtype, ctx, log,
-                                           callback, _use_progress_bar(progress) and ctx.is_main)
+                final, best = _train_stage(run, s)
                 if final is not None:
                     result.final[s] = final
                 if best is not None:
@@ -254,6 +278,45 @@ def train(cfg: TrainConfig, out_dir: str | Path, stage: str | int = "both", resu
         return result
     finally:
         D.shutdown(ctx)
+
+
+def _train_stage(run: _Run, s: int) -> tuple[Path | None, Path | None]:
+    """One stage: build (or restore) it, loop over its epochs, write ``final.pt``."""
+    cfg, ctx, sc = run.cfg, run.ctx, run.cfg.stage(s)
+    sdir = run.out / f"stage{s}"
+    final_p, best_p = sdir / "final.pt", sdir / "best.pt"
+    if sc.epochs == 0:
+        return None, None
+    if run.resume and final_p.is_file():
+        return final_p, best_p if best_p.is_file() else None
+    if ctx.is_main:
+        sdir.mkdir(parents=True, exist_ok=True)
+
+    seed_everything(cfg.seed + 1000 * s)
+    model, state = _stage_model(run, s, sdir)
+    st = _stage_objects(run, s, sdir, model)
+    if state is not None:
+        _restore(run, st, state)
+        del state
+    ddp_model = _wrap_ddp(run, st)
+    loader = _loader(run, st)
+    bar = ProgressBar(f"stage {s}", total=sc.epochs * st.iters_per_epoch, completed=st.iteration,
+                      enabled=run.show_progress)
+    window = _Window()
+    try:
+        for epoch in range(st.epoch, sc.epochs):
+            st.sampler.set_epoch(epoch, st.batch if epoch == st.epoch else 0)
+            train_one_epoch(run, st, ddp_model, loader, epoch, window, bar)
+            _end_epoch(run, st, epoch)
+        if ctx.is_main:
+            _checkpoint(run, st, st.final, sc.epochs, 0, st.eval_model)
+            run.log.write({"kind": "stage_end", "stage": s, "iteration": st.iteration,
+                           "epoch": sc.epochs, "checkpoint": str(st.final)})
+        D.barrier(ctx)
+    finally:
+        bar.close()
+        del loader
+    return final_p, (best_p if best_p.is_file() else None)
 
 
 def _stage_init_weights(cfg: TrainConfig, s: int, out: Path) -> Path | None:
@@ -271,271 +334,220 @@ def _stage_init_weights(cfg: TrainConfig, s: int, out: Path) -> Path | None:
     return None
 
 
-def _train_stage(cfg: TrainConfig, s: int, out: Path, resume: bool, builder: ModelBuilder,
-                 device: torch.device, amp_dtype: torch.dtype | None, ctx: D.DistContext,
-                 log: MetricsLog, callback, show_progress: bool) -> tuple[Path | None, Path | None]:
-    sc = cfg.stage(s)
-    sdir = out / f"stage{s}"
-    last_p, final_p, best_p = sdir / "last.pt", sdir / "final.pt", sdir / "best.pt"
-    if sc.epochs == 0:
-        return None, None
-    if resume and final_p.is_file():
-        return final_p, best_p if best_p.is_file() else None
-    if ctx.is_main:
-        sdir.mkdir(parents=True, exist_ok=True)
-
-    seed_everything(cfg.seed + 1000 * s)
-    model = builder(cfg)
-    model_name = cfg.model_name
-    cfg_dict = to_dict(cfg)
-
+def _stage_model(run: _Run, s: int, sdir: Path) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The stage's model on its device, in train mode, its trainable parts set: from ``last.pt`` on
+    resume (returned with the rest of that state), else from the stage's initial weights."""
+    cfg, sc = run.cfg, run.cfg.stage(s)
+    model = run.builder(cfg)
     state = None
-    if resume and last_p.is_file():
-        state = load_checkpoint(last_p, "cpu", expect_model=model_name)
+    last_p = sdir / "last.pt"
+    if run.resume and last_p.is_file():
+        state = load_checkpoint(last_p, "cpu", expect_model=cfg.model_name)
         load_model_weights(model, state["model"], last_p)
     else:
-        init = _stage_init_weights(cfg, s, out)
+        init = _stage_init_weights(cfg, s, run.out)
         if init is not None:
-            init_state = load_checkpoint(init, "cpu", expect_model=model_name)
+            init_state = load_checkpoint(init, "cpu", expect_model=cfg.model_name)
             load_model_weights(model, init_state["model"], init)
             del init_state
         if hasattr(model, "start_stage"):
-            model.start_stage(s)
+            cast(Any, model).start_stage(s)
     if hasattr(model, "set_stage"):
-        weights = sc.loss_weights(s)
-        knobs = f"stage{s}.detection_weight / stage{s}.image_cls_weight"
-        if min(weights) < 0 or max(weights) <= 0:
-            raise TbxError(f"stage{s} loss weights must be ≥ 0 and not both 0 (got {weights})",
-                           where=str(out), fix=f"set {knobs}")
-        try:
-            model.set_stage(s, sc.trainable, weights)
-        except ValueError as e:  # joint losses on a model without them
-            raise TbxError(f"{model_name}: {e}", where=str(out),
-                           fix=f"drop {knobs} (joint losses exist for the RetinaNet models)") from None
-    model.to(device)
-    if device.type == "cuda":
+        _set_stage(model, s, sc, cfg.model_name, run.out)
+    model.to(run.device)
+    if run.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if cfg.channels_last:  # faster convolutions with cuDNN and with oneDNN on CPU
         model.to(memory_format=torch.channels_last)
     model.train()
+    return model, state
 
+
+def _set_stage(model: nn.Module, s: int, sc: StageConfig, model_name: str, out: Path) -> None:
+    """``model.set_stage`` with the stage's trainable modules and loss weights, errors as TbxError."""
+    weights = sc.loss_weights(s)
+    knobs = f"stage{s}.detection_weight / stage{s}.image_cls_weight"
+    if min(weights) < 0 or max(weights) <= 0:
+        raise TbxError(f"stage{s} loss weights must be ≥ 0 and not both 0 (got {weights})",
+                       where=str(out), fix=f"set {knobs}")
+    try:
+        cast(Any, model).set_stage(s, sc.trainable, weights)
+    except ValueError as e:  # joint losses on a model without them
+        raise TbxError(f"{model_name}: {e}", where=str(out),
+                       fix=f"drop {knobs} (joint losses exist for the RetinaNet models)") from None
+
+
+def _stage_objects(run: _Run, s: int, sdir: Path, model: nn.Module) -> _Stage:
+    """Dataset, sampler, optimiser, LR schedule, AMP scaler and weight average of a fresh stage."""
+    cfg, sc, ctx = run.cfg, run.cfg.stage(s), run.ctx
     ann = cfg.data.stage1_ann if s == 1 else cfg.data.stage2_ann
     dataset = TBXDataset(cfg.data.root, ann, cfg.model.input_size, train=True)
     sampler = EpochBatchSampler(len(dataset), sc.batch_size, seed=cfg.seed + 1000 * s,
                                 rank=ctx.rank, world_size=ctx.world_size,
                                 flip_prob=cfg.data.flip_prob)
-    ipe = sampler.batches_per_epoch
     optimizer = build_optimizer(model, sc)
-    scheduler = build_scheduler(optimizer, ipe, sc)
-    scaler = torch.amp.GradScaler(device.type, enabled=(amp_dtype == torch.float16))
-
+    scheduler = build_scheduler(optimizer, sampler.batches_per_epoch, sc)
+    scaler = torch.amp.GradScaler(run.device.type, enabled=(run.amp_dtype == torch.float16))
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(sc.ema_decay), use_buffers=True)
            if sc.ema_decay > 0 else None)
+    return _Stage(s, sdir, model, dataset, sampler, optimizer, scheduler, scaler, ema)
 
-    start_epoch, start_batch, iteration = 0, 0, 0
-    best_metric = -math.inf
-    resumed = state is not None
-    if resumed:
-        if ema is not None:
-            if "ema" not in state:
-                raise TbxError(f"stage{s}.ema_decay is set but the checkpoint holds no weight average",
-                               last_p, f"resume with the run's own config (stage{s}.ema_decay=0) "
-                               "or start the stage afresh without --resume")
-            ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler") and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, start_batch, iteration = state["epoch"], state["batch"], state["iteration"]
-        best_metric = state.get("extra", {}).get("best_metric", -math.inf)
-        if ctx.world_size == 1 or state["extra"].get("world_size", 1) == ctx.world_size:
-            set_rng_state(state["rng"])
-        log.truncate_after(s, iteration)
-        del state
 
-    if not resumed and s == 1 and cfg.bn_calibration_batches > 0 and _stage_init_weights(cfg, s, out) is None:
-        calibrate_bn(model, dataset, sampler, cfg.bn_calibration_batches, device, cfg.seed)
+def _restore(run: _Run, st: _Stage, state: dict[str, Any]) -> None:
+    """Continue from ``last.pt``: weight average, optimiser, schedule, scaler, position, RNGs."""
+    s, ctx = st.s, run.ctx
+    if st.ema is not None:
+        if "ema" not in state:
+            raise TbxError(f"stage{s}.ema_decay is set but the checkpoint holds no weight average",
+                           st.last, f"resume with the run's own config (stage{s}.ema_decay=0) "
+                           "or start the stage afresh without --resume")
+        st.ema.load_state_dict(state["ema"])
+    st.optimizer.load_state_dict(state["optimizer"])
+    st.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler") and st.scaler.is_enabled():
+        st.scaler.load_state_dict(state["scaler"])
+    st.epoch, st.batch, st.iteration = state["epoch"], state["batch"], state["iteration"]
+    st.best_metric = state.get("extra", {}).get("best_metric", -math.inf)
+    if ctx.world_size == 1 or state["extra"].get("world_size", 1) == ctx.world_size:
+        set_rng_state(state["rng"])
+    run.log.truncate_after(s, st.iteration)
 
-    ddp_model = model
-    if ctx.distributed:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            # stage 1: the classification head gets no loss (contract in tbx.models.base)
-            find_unused_parameters=(s == 1))
 
-    workers = max(0, cfg.data.workers)
-    loader = DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+def _wrap_ddp(run: _Run, st: _Stage) -> nn.Module:
+    """The model under DDP when distributed, else the model itself."""
+    if not run.ctx.distributed:
+        return st.model
+    return nn.parallel.DistributedDataParallel(
+        st.model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
+        # stage 1: the classification head gets no loss (contract in tbx.models.base)
+        find_unused_parameters=(st.s == 1))
+
+
+def _loader(run: _Run, st: _Stage) -> DataLoader[Any]:
+    cfg, workers = run.cfg, max(0, run.cfg.data.workers)
+    return DataLoader(
+        st.dataset, batch_sampler=st.sampler, collate_fn=collate, num_workers=workers,
+        pin_memory=run.device.type == "cuda", persistent_workers=workers > 0,
         prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
     )
 
-    total = sc.epochs * ipe
-    progress = None
-    if show_progress:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-        progress = Progress(TextColumn(f"stage {s}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                            TextColumn("{task.fields[info]}"))
-        progress.start()
-        task = progress.add_task("train", total=total, completed=iteration, info="")
 
-    # the weights that are evaluated and handed on (final/best checkpoints, the next stage)
-    eval_model = ema.module if ema is not None else model
-
-    def checkpoint(path: Path, epoch: int, batch: int, weights: nn.Module = model) -> None:
-        if ctx.is_main:
-            save_checkpoint(path, model=weights, model_name=model_name, config=cfg_dict, stage=s,
-                            epoch=epoch, batch=batch, iteration=iteration, optimizer=optimizer,
-                            scheduler=scheduler, scaler=scaler,
-                            sampler={"seed": sampler.seed, "epoch": epoch, "batch": batch},
-                            extra={"best_metric": best_metric, "world_size": ctx.world_size,
-                                   "iters_per_epoch": ipe}, ema=ema)
-
-    win_t0, win_wait, win_imgs, win_losses, win_n = time.perf_counter(), 0.0, 0, {}, 0
-    try:
-        for epoch in range(start_epoch, sc.epochs):
-            sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
-            batch_idx = sampler.start_batch
-            t_wait = time.perf_counter()
-            for batch in loader:
-                win_wait += time.perf_counter() - t_wait
-                images = batch.images.to(device, non_blocking=True)
-                images = normalize_batch(images, batch.image_sizes)
-                if cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                targets = batch.targets_to(device)
-                with autocast(device, amp_dtype):
-                    losses = ddp_model(images, targets, batch.image_sizes)
-                loss = sum(losses.values())
-                # Every rank sees the same (mean) values → consistent NaN stop and logging.
-                vals = D.all_reduce_mean(torch.stack([loss.detach().float()] +
-                                                     [v.detach().float() for v in losses.values()]), ctx)
-                vals = vals.tolist()
-                if not all(math.isfinite(v) for v in vals):
-                    bad = {k: v for k, v in zip(["loss", *losses], vals) if not math.isfinite(v)}
-                    raise TbxError(
-                        f"non-finite loss at stage {s}, epoch {epoch + 1}, iteration {iteration + 1} "
-                        f"({', '.join(f'{k}={v}' for k, v in bad.items())}); training stopped",
-                        last_p if last_p.is_file() else sdir,
-                        "the last good checkpoint is kept; lower the learning rate, use --amp off or "
-                        "bf16, or set a grad_clip, then --resume")
-                lr = optimizer.param_groups[0]["lr"]  # the lr of this iteration
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if sc.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for g in optimizer.param_groups for p in g["params"]], sc.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                iteration += 1
-                batch_idx += 1
-                win_imgs += len(batch) * ctx.world_size
-                win_n += 1
-                for k, v in zip(["loss", *losses], vals):
-                    win_losses[k] = win_losses.get(k, 0.0) + v
-                if iteration % max(1, cfg.log_every) == 0 or batch_idx == ipe:
-                    dt = time.perf_counter() - win_t0
-                    rec = {"kind": "train", "stage": s, "epoch": epoch + 1, "iteration": iteration,
-                           "lr": lr, **{k: v / win_n for k, v in win_losses.items()},
-                           "img_s": win_imgs / dt if dt > 0 else 0.0,
-                           "data_wait": win_wait / dt if dt > 0 else 0.0,
-                           "peak_mem_mb": peak_memory_mb(device)}
-                    log.write(rec)
-                    if progress is not None:
-                        progress.update(task, info=f"loss {rec['loss']:.4f} lr {lr:.2e} "
-                                                   f"{rec['img_s']:.1f} img/s")
-                    win_t0, win_wait, win_imgs, win_losses, win_n = time.perf_counter(), 0.0, 0, {}, 0
-                if progress is not None:
-                    progress.update(task, completed=iteration)
-                if cfg.ckpt_every_iters and iteration % cfg.ckpt_every_iters == 0 and batch_idx < ipe:
-                    checkpoint(last_p, epoch, batch_idx)
-                if callback is not None and ctx.is_main:
-                    callback({"stage": s, "epoch": epoch, "iteration": iteration,
-                              "losses": dict(zip(["loss", *losses], vals)), "lr": lr})
-                t_wait = time.perf_counter()
-            # end of epoch
-            if cfg.val_ann and ((epoch + 1) % max(1, cfg.val_every) == 0 or epoch + 1 == sc.epochs):
-                metric = _validate(cfg, s, eval_model, device, amp_dtype, ctx, log, epoch, iteration,
-                                   sdir)
-                if metric is not None and metric > best_metric:
-                    best_metric = metric
-                    checkpoint(best_p, epoch + 1, 0, eval_model)
-            checkpoint(last_p, epoch + 1, 0)
-            D.barrier(ctx)
-        if ctx.is_main:
-            checkpoint(final_p, sc.epochs, 0, eval_model)
-            log.write({"kind": "stage_end", "stage": s, "iteration": iteration,
-                       "epoch": sc.epochs, "checkpoint": str(final_p)})
-        D.barrier(ctx)
-    finally:
-        if progress is not None:
-            progress.stop()
-        del loader
-    return final_p, (best_p if best_p.is_file() else None)
+def _checkpoint(run: _Run, st: _Stage, path: Path, epoch: int, batch: int,
+                weights: nn.Module | None = None) -> None:
+    """Rank 0 writes the stage's state at (``epoch``, ``batch``) with ``weights`` as its model."""
+    if run.ctx.is_main:
+        save_checkpoint(path, model=weights if weights is not None else st.model,
+                        model_name=run.cfg.model_name, config=to_dict(run.cfg), stage=st.s,
+                        epoch=epoch, batch=batch, iteration=st.iteration, optimizer=st.optimizer,
+                        scheduler=st.scheduler, scaler=st.scaler,
+                        sampler={"seed": st.sampler.seed, "epoch": epoch, "batch": batch},
+                        extra={"best_metric": st.best_metric, "world_size": run.ctx.world_size,
+                               "iters_per_epoch": st.iters_per_epoch}, ema=st.ema)
 
 
-@torch.no_grad()
-def calibrate_bn(model: nn.Module, dataset: TBXDataset, sampler: EpochBatchSampler, n_batches: int,
-                 device: torch.device, seed: int) -> None:
-    """Estimate the running statistics of the backbone's (frozen) BatchNorm layers on
-    ``n_batches`` training batches (cumulative average), without touching any weight.  Used for
-    from-scratch backbones, whose default statistics (mean 0, var 1) would not normalise at all.
-    Deterministic: the batches are those of a dedicated sampler epoch (-1)."""
-    backbone = getattr(model, "backbone", None)
-    if backbone is None:
-        return
-    bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    saved = {id(m): m.momentum for m in bns}
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average
-        m.train()
-    cal = EpochBatchSampler(len(dataset), sampler.per_rank, seed=seed + 7919, flip_prob=0.5)
-    cal.set_epoch(0)
-    for i, keys in enumerate(cal):
-        if i >= n_batches:
-            break
-        b = collate([dataset[k] for k in keys])
-        backbone(normalize_batch(b.images.to(device), b.image_sizes))
-    for m in bns:
-        m.momentum = saved[id(m)]
-    model.train(model.training)  # back to the contract's modes (backbone BN in eval)
-    if D.env_world_size() > 1 and torch.distributed.is_initialized():
-        for m in bns:  # identical statistics on every rank
-            torch.distributed.broadcast(m.running_mean, 0)
-            torch.distributed.broadcast(m.running_var, 0)
+def train_one_epoch(run: _Run, st: _Stage, ddp_model: nn.Module, loader: DataLoader[Any], epoch: int,
+                    window: _Window, bar: ProgressBar) -> None:
+    """One pass over the loader (from the sampler's start batch): a step per batch, a log line
+    every ``log_every`` iterations, mid-epoch checkpoints, the callback."""
+    cfg, ctx = run.cfg, run.ctx
+    batch_idx = st.sampler.start_batch
+    ipe = st.iters_per_epoch
+    t_wait = time.perf_counter()
+    for batch in loader:
+        window.wait += time.perf_counter() - t_wait
+        images = batch.images.to(run.device, non_blocking=True)
+        images = normalize_batch(images, batch.image_sizes)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        losses, lr = _step(run, st, ddp_model, images, batch.targets_to(run.device), batch.image_sizes,
+                           epoch)
+        st.iteration += 1
+        batch_idx += 1
+        window.add(losses, len(batch) * ctx.world_size)
+        if st.iteration % max(1, cfg.log_every) == 0 or batch_idx == ipe:
+            rec = {"kind": "train", "stage": st.s, "epoch": epoch + 1, "iteration": st.iteration,
+                   "lr": lr, **window.record(), "peak_mem_mb": peak_memory_mb(run.device)}
+            run.log.write(rec)
+            bar.update(info=f"loss {rec['loss']:.4f} lr {lr:.2e} {rec['img_s']:.1f} img/s")
+            window.reset()
+        bar.update(completed=st.iteration)
+        if cfg.ckpt_every_iters and st.iteration % cfg.ckpt_every_iters == 0 and batch_idx < ipe:
+            _checkpoint(run, st, st.last, epoch, batch_idx)
+        if run.callback is not None and ctx.is_main:
+            run.callback({"stage": st.s, "epoch": epoch, "iteration": st.iteration,
+                          "losses": losses, "lr": lr})
+        t_wait = time.perf_counter()
 
 
-def _validate(cfg: TrainConfig, s: int, model: nn.Module, device: torch.device,
-              amp_dtype: torch.dtype | None, ctx: D.DistContext, log: MetricsLog, epoch: int,
-              iteration: int, sdir: Path) -> float | None:
-    """Predict ``cfg.val_ann`` on rank 0 and score it with the bench library: AP50 (tb-only,
+def _step(run: _Run, st: _Stage, ddp_model: nn.Module, images: torch.Tensor,
+          targets: list[dict[str, torch.Tensor]], image_sizes: Any,
+          epoch: int) -> tuple[dict[str, float], float]:
+    """Forward, loss check, backward, clip, optimiser / scheduler / EMA step.  Returns the losses
+    (mean over ranks, ``loss`` = their sum first) and the lr of this iteration."""
+    sc = run.cfg.stage(st.s)
+    with autocast(run.device, run.amp_dtype):
+        losses = ddp_model(images, targets, image_sizes)
+    loss = sum(losses.values())
+    # Every rank sees the same (mean) values → consistent NaN stop and logging.
+    vals = D.all_reduce_mean(torch.stack([loss.detach().float()] +
+                                         [v.detach().float() for v in losses.values()]), run.ctx).tolist()
+    named = dict(zip(["loss", *losses], vals))
+    if not all(math.isfinite(v) for v in vals):
+        bad = {k: v for k, v in named.items() if not math.isfinite(v)}
+        raise TbxError(
+            f"non-finite loss at stage {st.s}, epoch {epoch + 1}, iteration {st.iteration + 1} "
+            f"({', '.join(f'{k}={v}' for k, v in bad.items())}); training stopped",
+            st.last if st.last.is_file() else st.sdir,
+            "the last good checkpoint is kept; lower the learning rate, use --amp off or "
+            "bf16, or set a grad_clip, then --resume")
+    lr = st.optimizer.param_groups[0]["lr"]  # the lr of this iteration
+    st.optimizer.zero_grad(set_to_none=True)
+    st.scaler.scale(loss).backward()
+    if sc.grad_clip:
+        st.scaler.unscale_(st.optimizer)
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in st.optimizer.param_groups for p in g["params"]], sc.grad_clip)
+    st.scaler.step(st.optimizer)
+    st.scaler.update()
+    st.scheduler.step()
+    if st.ema is not None:
+        st.ema.update_parameters(st.model)
+    return named, lr
+
+
+def _end_epoch(run: _Run, st: _Stage, epoch: int) -> None:
+    """Validate when due (``best.pt`` on a new best), then ``last.pt`` at the epoch boundary."""
+    cfg, sc = run.cfg, run.cfg.stage(st.s)
+    if cfg.val_ann and ((epoch + 1) % max(1, cfg.val_every) == 0 or epoch + 1 == sc.epochs):
+        metric = _validate(run, st, epoch, cfg.val_ann)
+        if metric is not None and metric > st.best_metric:
+            st.best_metric = metric
+            _checkpoint(run, st, st.best, epoch + 1, 0, st.eval_model)
+    _checkpoint(run, st, st.last, epoch + 1, 0)
+    D.barrier(run.ctx)
+
+
+def _validate(run: _Run, st: _Stage, epoch: int, ann: str) -> float | None:
+    """Predict ``ann`` (``cfg.val_ann``) on rank 0 and score it with the bench library: AP50 (tb-only,
     category-agnostic) in stage I, accuracy in stage II.  Returns the metric on every rank."""
     from tbx.engine.predict import evaluate_predictions, predict_dataset, write_predictions
 
-    metric_t = torch.zeros(1, device=device)
+    cfg, ctx, model = run.cfg, run.ctx, st.eval_model
+    metric_t = torch.zeros(1, device=run.device)
     if ctx.is_main:
         was_training = model.training
-        ds = TBXDataset(cfg.data.root, cfg.val_ann, cfg.model.input_size, train=False)
-        probs, dets = predict_dataset(model, ds, cfg.val_batch_size, device, amp_dtype,
+        ds = TBXDataset(cfg.data.root, ann, cfg.model.input_size, train=False)
+        probs, dets = predict_dataset(model, ds, cfg.val_batch_size, run.device, run.amp_dtype,
                                       workers=min(2, cfg.data.workers))
         model.train(was_training)
-        pdir = sdir / "val" / f"epoch_{epoch + 1:03d}"
+        pdir = st.sdir / "val" / f"epoch_{epoch + 1:03d}"
         write_predictions(pdir, probs, dets)
         scores = evaluate_predictions(ds.ann_path, pdir)
-        key = "cat_agnostic_ap50" if s == 1 else "accuracy"
+        key = "cat_agnostic_ap50" if st.s == 1 else "accuracy"
         metric = scores.get(key)
-        log.write({"kind": "val", "stage": s, "epoch": epoch + 1, "iteration": iteration,
-                   "metric": key, **{k: v for k, v in scores.items() if isinstance(v, (int, float))}})
+        run.log.write({"kind": "val", "stage": st.s, "epoch": epoch + 1, "iteration": st.iteration,
+                       "metric": key, **{k: v for k, v in scores.items() if isinstance(v, (int, float))}})
         metric_t[0] = float("nan") if metric is None else float(metric)
     if ctx.distributed:
         torch.distributed.broadcast(metric_t, 0)

@@ -76,7 +76,8 @@ class FPN(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         """``feats`` = [C3, C4, C5] → [P3, P4, P5, P6, P7]."""
@@ -107,19 +108,25 @@ def _download(url: str, dst: Path) -> None:
     torch.hub.download_url_to_file(url, str(dst), progress=False)
 
 
+def fetch_weights(name: str, url: str, path: Path) -> None:
+    """Download ``url`` into the cache file ``path`` unless it is there; a failure is one
+    TbxError saying where to put the file by hand."""
+    if path.is_file():
+        return
+    try:
+        _download(url, path)
+    except Exception as e:  # offline, proxy, disk… — all the same to the user
+        raise TbxError(
+            f"ImageNet weights for {name} are not cached and could not be downloaded "
+            f"({type(e).__name__}: {e})", where=path,
+            fix=f"download {url} and place it at {path} (directory: $TORCH_HOME/hub/"
+                f"checkpoints, TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch')}), "
+                "or use pretrained: none / a path to a state_dict") from e
+
+
 def _imagenet_state_dict(depth: str) -> dict[str, Tensor]:
-    weights = RESNETS[depth][1]
     path = imagenet_weights_file(depth)
-    if not path.is_file():
-        try:
-            _download(weights.url, path)
-        except Exception as e:  # offline, proxy, disk… — all the same to the user
-            raise TbxError(
-                f"ImageNet weights for {depth} are not cached and could not be downloaded "
-                f"({type(e).__name__}: {e})", where=path,
-                fix=f"download {weights.url} and place it at {path} (directory: $TORCH_HOME/hub/"
-                    f"checkpoints, TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch')}), "
-                    "or use pretrained: none / a path to a state_dict") from e
+    fetch_weights(depth, RESNETS[depth][1].url, path)
     return _safe_load(path)
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from tbx.models.cls_head import ClsHead
+
 # SPEC §2.6: cross-entropy class weights for healthy, sick, TB.
 CLS_LOSS_WEIGHTS = (1.0, 1.0, 4.0)
 
@@ -45,6 +47,7 @@ class Detector(nn.Module):
     compute only what the classification head needs (backbone + head).
     """
 
+    cls_head: ClsHead  # set by every subclass (SPEC §2.6)
     stage: int = 1
     #: Backbone BatchNorm in eval mode with frozen running statistics (SPEC §2.1, right for
     #: ImageNet-initialised backbones).  CPU presets training from scratch set it False

@@ -14,11 +14,9 @@ through the stack — for heads trained from scratch on a small budget (the CPU 
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import Tensor, nn
 
-HeadInit = Literal["paper", "kaiming"]
+from tbx.models.config import HeadInit
 
 
 class ClsHead(nn.Module):
@@ -49,7 +47,8 @@ class ClsHead(nn.Module):
                     m.reset_parameters()
                 else:
                     nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                    nn.init.zeros_(m.bias)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
 
     def forward(self, c5: Tensor) -> Tensor:
         return self.classifier(self.pool(self.features(c5))).flatten(1)

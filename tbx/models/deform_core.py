@@ -64,6 +64,7 @@ def _grid_sample_core(value: Tensor, shapes: list[tuple[int, int]], sampling_loc
         wl = attention_weights[:, :, :, lvl].transpose(1, 2).reshape(n * m, 1, q, n_points)
         o = (sampled * wl.to(sampled.dtype)).sum(-1)  # (N·M, D, Q): no stack of all levels
         out = o if out is None else out + o
+    assert out is not None  # at least one level
     return out.view(n, m * d, q).transpose(1, 2).contiguous()
 
 

@@ -64,16 +64,17 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import sigmoid_focal_loss
+from torchvision.ops import box_convert, sigmoid_focal_loss
 
 from tbx.models.backbone import ResNetBackbone, load_backbone_weights
 from tbx.models.base import Detector, Prediction
 from tbx.models.cls_head import ClsHead
-from tbx.models.matcher import (HungarianMatcher, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh,
-                                paired_generalized_box_iou)
+from tbx.models.config import DetrConfig, ModelConfig, SymFormerConfig
+from tbx.models.matcher import HungarianMatcher, paired_generalized_box_iou
 from tbx.models.sas import ATTENTIONS, POS_ENCODINGS
 from tbx.models.spe import SymmetricPositionalEncoding
 from tbx.models.sym_attention import SymAttention, SymEncoderLayer
+
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     """``logit(x)`` with ``x`` clamped to ``[eps, 1 − eps]`` (official Deformable DETR)."""
@@ -93,7 +94,7 @@ def padding_mask(images: Tensor, image_sizes: Sequence[tuple[int, int]]) -> Tens
 def normalise_image_sizes(images: Tensor, image_sizes) -> list[tuple[int, int]]:
     """``image_sizes`` as a list of ``(h, w)`` ints (``None`` → the full padded size)."""
     if image_sizes is None:
-        return [tuple(images.shape[-2:])] * images.shape[0]
+        return [(int(images.shape[-2]), int(images.shape[-1]))] * images.shape[0]
     if isinstance(image_sizes, Tensor):
         image_sizes = image_sizes.tolist()
     sizes = [(int(h), int(w)) for h, w in image_sizes]
@@ -154,7 +155,7 @@ class DeformableDecoderLayer(nn.Module):
         ``(N, S, C)``, ``memory_padding_mask`` ``(N, S)`` True = padding."""
         q = k = tgt + query_pos
         tgt = self.norm2(tgt + self.dropout2(self.self_attn(q, k, tgt, need_weights=False)[0]))
-        attn = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, None,
+        attn = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes,
                                memory_padding_mask)
         tgt = self.norm1(tgt + self.dropout1(attn))
         ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt))))
@@ -273,7 +274,7 @@ class DeformableDETR(Detector):
                  sym: bool = False, pos_encoding: str | None = None, attention: str | None = None,
                  cls_weight: float = 2.0, bbox_weight: float = 5.0, giou_weight: float = 2.0,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, aux_loss: bool = True,
-                 detections_per_img: int = 100):
+                 detections_per_img: int = 100, cls_channels: int = 512):
         super().__init__()
         self.backbone = backbone
         self.num_classes, self.num_queries = num_classes, num_queries
@@ -298,9 +299,11 @@ class DeformableDETR(Detector):
             projs.append(nn.Sequential(nn.Conv2d(in_chs[-1] if i == 0 else d_model, d_model, 3, stride=2,
                                                  padding=1), nn.GroupNorm(32, d_model)))
         self.input_proj = nn.ModuleList(projs)
-        for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.zeros_(proj[0].bias)
+        for proj in projs:
+            conv = proj[0]
+            assert isinstance(conv, nn.Conv2d) and conv.bias is not None
+            nn.init.xavier_uniform_(conv.weight, gain=1)
+            nn.init.zeros_(conv.bias)
         # SPEC §2.3 SPE (one STN shared by all levels) or the plain normalised sine encoding
         self.pos_encoding = SymmetricPositionalEncoding(d_model // 2, **POS_ENCODINGS[pos_encoding])
         self.transformer = DeformableTransformer(d_model, n_heads, enc_layers, dec_layers, d_ffn, dropout,
@@ -310,10 +313,12 @@ class DeformableDETR(Detector):
         self.bbox_embed = MLP(d_model, d_model, 4, 3)
         with torch.no_grad():
             nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01
-            nn.init.zeros_(self.bbox_embed.layers[-1].weight)
-            nn.init.zeros_(self.bbox_embed.layers[-1].bias)
-            self.bbox_embed.layers[-1].bias[2:] = -2.0
-        self.cls_head = ClsHead(in_channels=backbone.out_channels[-1])
+            box_out = self.bbox_embed.layers[-1]
+            assert isinstance(box_out, nn.Linear)
+            nn.init.zeros_(box_out.weight)
+            nn.init.zeros_(box_out.bias)
+            box_out.bias[2:] = -2.0
+        self.cls_head = ClsHead(backbone.out_channels[-1], cls_channels)
         self.matcher = HungarianMatcher(cls_weight, bbox_weight, giou_weight, focal_alpha, focal_gamma)
         self.weights = {"cls": cls_weight, "bbox": bbox_weight, "giou": giou_weight}
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
@@ -374,7 +379,7 @@ class DeformableDETR(Detector):
     # -- training ----------------------------------------------------------------------------
 
     def forward(self, images: Tensor, targets: list[dict[str, Tensor]] | None = None,
-                image_sizes=None) -> dict[str, Tensor]:
+                image_sizes=None) -> dict[str, Tensor] | list[Prediction]:
         """Training losses (Detector contract).  Stage 1: ``loss_cls``, ``loss_bbox``,
         ``loss_giou`` of the last decoder layer and ``loss_{cls,bbox,giou}_{d}`` of decoder layers
         ``d = 0..D−2`` (already weighted: the total is their sum).  Stage 2: ``loss_img_cls`` only
@@ -408,7 +413,7 @@ class DeformableDETR(Detector):
             boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
             scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
             labels = torch.as_tensor(t["labels"], dtype=torch.int64, device=device).reshape(-1) - 1
-            out.append({"boxes": box_xyxy_to_cxcywh(boxes / scale), "labels": labels})
+            out.append({"boxes": box_convert(boxes / scale, "xyxy", "cxcywh"), "labels": labels})
         return out
 
     @staticmethod
@@ -436,7 +441,8 @@ class DeformableDETR(Detector):
         src_boxes = boxes[batch_idx, src_idx]
         tgt_boxes = torch.cat([t["boxes"][j.to(logits.device)] for t, (_, j) in zip(tgts, indices)])
         loss_bbox = F.l1_loss(src_boxes, tgt_boxes, reduction="sum") / num_boxes
-        giou = paired_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(tgt_boxes))
+        giou = paired_generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"),
+                                          box_convert(tgt_boxes, "cxcywh", "xyxy"))
         loss_giou = (1 - giou).sum() / num_boxes
         return {"loss_cls": self.weights["cls"] * loss_cls, "loss_bbox": self.weights["bbox"] * loss_bbox,
                 "loss_giou": self.weights["giou"] * loss_giou}
@@ -467,7 +473,7 @@ class DeformableDETR(Detector):
         scores, idx = scores_all.topk(topk, dim=1)
         query_idx = torch.div(idx, k, rounding_mode="floor")
         labels = idx % k + 1  # class index → category 1 active / 2 latent
-        xyxy = box_cxcywh_to_xyxy(boxes.float())
+        xyxy = box_convert(boxes.float(), "cxcywh", "xyxy")
         out = []
         for i, (h, w) in enumerate(sizes):
             b = xyxy[i, query_idx[i]] * torch.tensor([w, h, w, h], dtype=xyxy.dtype, device=xyxy.device)
@@ -482,28 +488,31 @@ class DeformableDETR(Detector):
 # builders (names imported by tbx.models.registry)
 
 
-def _build(cfg, sym: bool) -> DeformableDETR:
+def _build(cfg: ModelConfig, sym: bool) -> DeformableDETR:
+    dc = cfg.detr or DetrConfig()
+    # the ablation switches (SPEC §2.3) apply to the SymFormer variant only
+    sc = (cfg.symformer or SymFormerConfig()) if sym else None
     backbone = ResNetBackbone(cfg.backbone)
     load_backbone_weights(backbone, cfg.pretrained)
     return DeformableDETR(
         backbone,
         num_classes=cfg.num_classes,
-        num_queries=cfg.num_queries,
-        enc_layers=cfg.num_encoder_layers,
-        dec_layers=cfg.num_decoder_layers,
-        n_levels=cfg.num_feature_levels,
+        num_queries=dc.num_queries,
+        enc_layers=dc.num_encoder_layers,
+        dec_layers=dc.num_decoder_layers,
+        n_levels=dc.num_feature_levels,
         sym=sym,
-        # ablation switches (SPEC §2.3) apply to the SymFormer variant only
-        pos_encoding=cfg.pos_encoding if sym else None,
-        attention=cfg.attention if sym else None,
+        pos_encoding=sc.pos_encoding if sc else None,
+        attention=sc.attention if sc else None,
+        cls_channels=cfg.cls_channels,
     )
 
 
-def build_deformable_detr(cfg) -> DeformableDETR:
+def build_deformable_detr(cfg: ModelConfig) -> DeformableDETR:
     """Deformable DETR R50 (single-stage, no box refinement) + classification head (SPEC §3)."""
     return _build(cfg, sym=False)
 
 
-def build_symformer_deformable_detr(cfg) -> DeformableDETR:
+def build_symformer_deformable_detr(cfg: ModelConfig) -> DeformableDETR:
     """SymFormer w/ Deformable DETR: SymAttention encoder + SPE with STN + cls head (SPEC §3)."""
     return _build(cfg, sym=True)

@@ -10,6 +10,8 @@ convolution disappears.  Only for models that will not train again.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -46,7 +48,7 @@ def fold_batchnorm(model: nn.Module) -> int:
             for a, b in zip(names, names[1:]):
                 conv, bn = module._modules[a], module._modules[b]
                 if _foldable(conv, bn):
-                    module._modules[a] = fuse_conv_bn_eval(conv, bn)
+                    module._modules[a] = fuse_conv_bn_eval(conv, bn)  # type: ignore[arg-type,type-var]
                     module._modules[b] = nn.Identity()
                     folded += 1
             continue
@@ -54,9 +56,9 @@ def fold_batchnorm(model: nn.Module) -> int:
             if not name.startswith("conv"):
                 continue
             bn_name = "bn" + name[len("conv"):]
-            bn = getattr(module, bn_name, None)
-            if bn is not None and _foldable(child, bn):
-                setattr(module, name, fuse_conv_bn_eval(child, bn))
+            norm: Any = getattr(module, bn_name, None)
+            if norm is not None and _foldable(child, norm):
+                setattr(module, name, fuse_conv_bn_eval(child, norm))  # type: ignore[type-var]
                 setattr(module, bn_name, nn.Identity())
                 folded += 1
     return folded

@@ -31,14 +31,16 @@ import statistics
 import time
 from collections import defaultdict
 from dataclasses import replace
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from tbx.models.config import ModelConfig
 from tbx.models.inference import prepare_for_inference
-from tbx.models.registry import ModelConfig, build
+from tbx.models.registry import build
 
 _ACT = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid)
 _POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -133,7 +135,7 @@ class _FunctionalCounter(TorchFunctionMode):
 def model_components(model: nn.Module) -> dict[str, nn.Module]:
     """The model's paper components (``model.components()`` when defined, else its children)."""
     if hasattr(model, "components"):
-        return dict(model.components())
+        return dict(cast(Any, model).components())
     return dict(model.named_children())
 
 
@@ -167,14 +169,14 @@ def count_macs(model: nn.Module, images: Tensor) -> tuple[dict[str, int], int]:
 
 def _run_for_macs(model: nn.Module, images: Tensor):
     if hasattr(model, "macs_forward"):
-        return model.macs_forward(images)
+        return cast(Any, model).macs_forward(images)
     return _run(model, images)
 
 
 def _run(model: nn.Module, images: Tensor):
     sizes = [(images.shape[-2], images.shape[-1])] * images.shape[0]
     if hasattr(model, "predict"):
-        return model.predict(images, sizes)
+        return cast(Any, model).predict(images, sizes)
     return model(images)
 
 
@@ -213,7 +215,7 @@ def model_info(name: str, cfg: ModelConfig | None = None, input_size: int | None
             model = meta_model
     if model is None:
         model = build(name, cfg)
-    model.set_stage(1)
+    cast(Any, model).set_stage(1)
     model.eval()
     device = next(model.parameters()).device
     images = torch.randn(1, 3, size, size, device=device)

@@ -20,19 +20,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
-from torchvision.ops import generalized_box_iou
-
-
-def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """``(..., 4)`` centre/size → corners."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
-
-
-def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
-    """``(..., 4)`` corners → centre/size."""
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1)
+from torchvision.ops import box_convert, generalized_box_iou
 
 
 def paired_generalized_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
@@ -109,7 +97,8 @@ class HungarianMatcher(nn.Module):
         tgt_boxes = tgt_boxes.float()
         c_class = focal_class_cost(logits, tgt_labels, self.alpha, self.gamma)
         c_bbox = torch.cdist(boxes, tgt_boxes, p=1)
-        c_giou = -generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(tgt_boxes))
+        c_giou = -generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"),
+                                      box_convert(tgt_boxes, "cxcywh", "xyxy"))
         return self.cost_bbox * c_bbox + self.cost_class * c_class + self.cost_giou * c_giou
 
     @torch.no_grad()

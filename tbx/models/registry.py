@@ -1,134 +1,46 @@
-"""The model registry: a plain dict ``name → builder(cfg: ModelConfig) -> Detector``.
+"""The model registry: a plain table ``name → builder(cfg: ModelConfig) -> Detector``.
 
-    from tbx.models.registry import ModelConfig, build
+    from tbx.models.config import ModelConfig
+    from tbx.models.registry import build
     model = build("symformer_retinanet", ModelConfig(backbone="resnet50", pretrained="imagenet"))
 
-To add a model, write its builder in its own module and add one entry to :data:`MODELS`.
+To add a model, write its builder in its own module, import it here, add one entry to
+:data:`MODELS` and one to :data:`tbx.models.config.SECTIONS` (the config sections it reads).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 from tbx.errors import TbxError
 from tbx.models.base import Detector
-
-
-@dataclass
-class ModelConfig:
-    """What a builder needs (fields a model does not use are ignored by its builder).
-
-    Attributes:
-        backbone: ``resnet18 | resnet34 | resnet50 | resnet101`` (``vgg16`` for SSD).
-        pretrained: ``"imagenet"`` (torchvision weights, cached in ``$TORCH_HOME``), ``"none"``
-            (from scratch) or a path to a backbone ``state_dict`` / tbx checkpoint.
-        num_classes: box classes (2: active TB, latent TB).
-        input_size: the network input side in pixels (SPEC §2.1: 512).
-        pos_encoding: SymFormer positional-encoding ablation (SPEC §2.3).
-        attention: ``symmetric`` (SymAttention) or ``deformable`` (no mirroring), SPEC §2.3.
-        num_queries / num_encoder_layers / num_decoder_layers / num_feature_levels: Deformable DETR
-            (SPEC §3: 300, 6, 6, 4).
-        width: RetinaNet family — FPN / head / SAS channels (SPEC §2.1: 256). Narrower widths are
-            for the CPU ``tiny`` preset only; the paper's models keep 256.
-        cls_channels: classification-head width (SPEC §2.6: 512).
-        anchor_scale: RetinaNet anchor octave base scale (SPEC §2.4: 4); smaller for presets that
-            shrink the input and hence the lesions.
-        nms_class_agnostic: RetinaNet family — NMS across active/latent boxes (paper: class-wise).
-        box_loss: RetinaNet family — ``"l1"`` on the encoded deltas (the paper, SPEC §2.4) or
-            ``"giou"`` on the decoded boxes (mmdetection's ``reg_decoded_bbox`` + ``GIoULoss``).
-        box_loss_weight: weight of the box loss (paper: 1 with L1).
-        cls_backbone: RetinaNet family — the classification head on its own ResNet, forked from the
-            detector's when stage II starts (paper: False, one shared backbone).  For from-scratch
-            presets whose stage II must train backbone features without moving the detector.
-        cls_head_init: classification-head initialisation, ``"paper"`` (torch's default, as the
-            paper's code) or ``"kaiming"`` (He normal; see :mod:`tbx.models.cls_head`).
-        head_init: RetinaNet family — the box head's conv towers, ``"paper"`` (N(0, 0.01), SPEC §2.4)
-            or ``"kaiming"`` (He normal; the output convs keep N(0, 0.01) and the prior bias).
-        cls_input_size: with ``cls_backbone``, the classification ResNet sees the input downscaled
-            to this side when ``input_size`` is larger (0: never).  A cheaper stage II for CPU
-            presets whose detector needs more pixels than the image label does.
-        norm_eval: keep backbone BatchNorm in eval mode (SPEC §2.1); False only for from-scratch
-            CPU presets (see :attr:`tbx.models.base.Detector.norm_eval`).
-    """
-
-    backbone: str = "resnet50"
-    pretrained: str = "imagenet"
-    num_classes: int = 2
-    input_size: int = 512
-    pos_encoding: Literal["none", "sine", "relative", "spe_no_stn", "spe", "spe_left_to_right"] = "spe"
-    attention: Literal["symmetric", "deformable"] = "symmetric"
-    num_queries: int = 300
-    num_encoder_layers: int = 6
-    num_decoder_layers: int = 6
-    num_feature_levels: int = 4
-    width: int = 256
-    cls_channels: int = 512
-    anchor_scale: float = 4.0
-    nms_class_agnostic: bool = False
-    box_loss: Literal["l1", "giou"] = "l1"
-    box_loss_weight: float = 1.0
-    cls_backbone: bool = False
-    cls_input_size: int = 0
-    cls_head_init: Literal["paper", "kaiming"] = "paper"
-    head_init: Literal["paper", "kaiming"] = "paper"
-    norm_eval: bool = True
-
+from tbx.models.config import SECTIONS, ModelConfig, check_sections
+from tbx.models.deformable_detr import build_deformable_detr, build_symformer_deformable_detr
+from tbx.models.retinanet import build_retinanet, build_symformer_retinanet
+from tbx.models.tv_detectors import build_faster_rcnn, build_fcos, build_ssd
 
 Builder = Callable[[ModelConfig], Detector]
 
-
-# Models whose module failed to import: name → the ImportError (shown by `tbx models list`;
-# `build` re-raises it).  A broken optional module must not take the whole registry down.
-UNAVAILABLE: dict[str, ImportError] = {}
-
-# module → {registry name: builder function name}; add a model by adding an entry here.
-_OPTIONAL = {
+MODELS: dict[str, Builder] = {
+    "symformer_retinanet": build_symformer_retinanet,  # the paper's model (SPEC §2)
+    "retinanet": build_retinanet,
     # Deformable DETR and SymFormer w/ Deformable DETR (SPEC §3)
-    "tbx.models.deformable_detr": {"deformable_detr": "build_deformable_detr",
-                                   "symformer_deformable_detr": "build_symformer_deformable_detr"},
+    "deformable_detr": build_deformable_detr,
+    "symformer_deformable_detr": build_symformer_deformable_detr,
     # torchvision-based baselines with the classification head (SPEC §3)
-    "tbx.models.tv_detectors": {"faster_rcnn": "build_faster_rcnn", "fcos": "build_fcos",
-                                "ssd": "build_ssd"},
+    "faster_rcnn": build_faster_rcnn,
+    "fcos": build_fcos,
+    "ssd": build_ssd,
 }
-
-
-def _registry() -> dict[str, Builder]:
-    import importlib
-
-    from tbx.models.retinanet import build_retinanet, build_symformer_retinanet
-
-    models: dict[str, Builder] = {
-        "symformer_retinanet": build_symformer_retinanet,
-        "retinanet": build_retinanet,
-    }
-    for module_name, entries in _OPTIONAL.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            if getattr(e, "name", None) == module_name:  # module not written (yet)
-                continue
-            for name in entries:
-                UNAVAILABLE[name] = e
-            continue
-        for name, fn in entries.items():
-            if hasattr(module, fn):
-                models[name] = getattr(module, fn)
-    return models
-
-
-MODELS: dict[str, Builder] = _registry()
 DEFAULT_MODEL = "symformer_retinanet"
+assert set(MODELS) == set(SECTIONS), "every model names the config sections it reads"
 
 
 def build(name: str, cfg: ModelConfig | None = None) -> Detector:
     """Build model ``name`` from ``cfg`` (defaults: :class:`ModelConfig`)."""
-    if name in UNAVAILABLE:
-        raise UNAVAILABLE[name]
     if name not in MODELS:
         raise TbxError(f"unknown model {name!r}", fix=f"use one of {sorted(MODELS)} (see `tbx models list`)")
-    cfg = cfg or ModelConfig()
+    cfg = check_sections(name, cfg or ModelConfig())
     model = MODELS[name](cfg)
     model.norm_eval = cfg.norm_eval
     if cfg.cls_head_init != "paper":

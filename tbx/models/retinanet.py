@@ -36,7 +36,7 @@ mmdetection 2.16 code:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +47,9 @@ from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, sigm
 from tbx.errors import TbxError
 from tbx.models.backbone import FPN, ResNetBackbone, load_backbone_weights
 from tbx.models.base import Detector, Prediction
-from tbx.models.cls_head import ClsHead, HeadInit
+from tbx.models.cls_head import ClsHead
+from tbx.models.config import HeadInit, ModelConfig, RetinaNetConfig, SymFormerConfig
 from tbx.models.sas import SASBlock
-
-if TYPE_CHECKING:
-    from tbx.models.registry import ModelConfig
 
 STRIDES = (8, 16, 32, 64, 128)  # P3..P7 (SPEC §2.1)
 
@@ -139,7 +137,9 @@ class RetinaHead(nn.Module):
                     nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 else:
                     nn.init.normal_(m.weight, std=0.01)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        assert self.retina_cls.bias is not None
         nn.init.constant_(self.retina_cls.bias, -math.log((1 - prior_prob) / prior_prob))  # SPEC §2.4
 
     def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
@@ -259,12 +259,14 @@ class RetinaNet(Detector):
         feats = self.fpn([c3, c4, c5])
         if self.sas is not None:
             feats = self.sas(feats, self._level_masks(images, sizes, feats))
+        head_in: Tensor | None = c5
         if self.cls_backbone is not None:
-            c5 = self._cls_c5(images) if cls else None
-        return c5, feats
+            head_in = self._cls_c5(images) if cls else None
+        return head_in, feats
 
     def _cls_c5(self, images: Tensor) -> Tensor:
         """C5 of the separate classification ResNet, on the input resized by ``cls_scale``."""
+        assert self.cls_backbone is not None
         if self.cls_scale != 1.0:
             images = F.interpolate(images, scale_factor=self.cls_scale, mode="bilinear",
                                    align_corners=False, antialias=True)
@@ -299,21 +301,24 @@ class RetinaNet(Detector):
                     c5 = self.backbone(images)[-1]
             return {k: w_cls * v for k, v in self.image_cls_loss(c5, targets).items()}
         sizes = self._sizes(images, image_sizes)
-        c5, feats = self._features(images, sizes, cls=bool(w_cls))
+        head_in, feats = self._features(images, sizes, cls=bool(w_cls))
         cls_out, reg_out = self.head(feats)
         anchors = torch.cat(self.anchor_generator([f.shape[-2:] for f in feats], images.device), 0)
         losses = self.detection_loss(torch.cat(cls_out, 1), torch.cat(reg_out, 1), anchors, targets)
         if w_det != 1.0:
             losses = {k: w_det * v for k, v in losses.items()}
         if w_cls:  # joint detection + image classification (StageConfig loss weights)
-            losses["loss_img_cls"] = w_cls * self.image_cls_loss(c5, targets)["loss_img_cls"]
+            assert head_in is not None
+            losses["loss_img_cls"] = w_cls * self.image_cls_loss(head_in, targets)["loss_img_cls"]
         return losses
 
     def detection_loss(self, logits: Tensor, deltas: Tensor, anchors: Tensor,
                        targets: list[dict]) -> dict[str, Tensor]:
         """Focal + L1 (or GIoU) over the batch, normalised by the number of positive anchors
         (SPEC §2.4)."""
-        cls_t, box_t, assigned_all = [], [], []
+        cls_t: list[Tensor] = []
+        box_t: list[Tensor] = []
+        assigned_all: list[Tensor] = []
         with torch.no_grad():
             for t in targets:
                 gt = t["boxes"].to(anchors)
@@ -333,18 +338,18 @@ class RetinaNet(Detector):
                 box_t.append(enc)
                 assigned_all.append(assigned)
         assigned = torch.stack(assigned_all)
-        cls_t, box_t = torch.stack(cls_t), torch.stack(box_t)
+        cls_target, box_target = torch.stack(cls_t), torch.stack(box_t)
         valid, pos = assigned >= 0, assigned > 0
         num_pos = max(float(pos.sum()), 1.0)
         # losses in fp32 (also under autocast)
-        loss_cls = sigmoid_focal_loss(logits[valid].float(), cls_t[valid], alpha=0.25, gamma=2.0,
+        loss_cls = sigmoid_focal_loss(logits[valid].float(), cls_target[valid], alpha=0.25, gamma=2.0,
                                       reduction="sum") / num_pos
         if self.box_loss == "giou":
             pos_anchors = anchors.expand(len(targets), -1, -1)[pos]
             boxes = self.box_coder.decode_single(deltas[pos].float(), pos_anchors)
-            loss_box = generalized_box_iou_loss(boxes, box_t[pos], reduction="sum") / num_pos
+            loss_box = generalized_box_iou_loss(boxes, box_target[pos], reduction="sum") / num_pos
         else:
-            loss_box = (deltas[pos].float() - box_t[pos]).abs().sum() / num_pos
+            loss_box = (deltas[pos].float() - box_target[pos]).abs().sum() / num_pos
         if self.box_loss_weight != 1.0:
             loss_box = self.box_loss_weight * loss_box
         return {"loss_cls": loss_cls, "loss_box": loss_box}
@@ -390,26 +395,27 @@ class RetinaNet(Detector):
         return boxes[keep], scores[keep], labels[keep] + 1
 
 
-def _cls_scale(cfg: ModelConfig) -> float:
+def _cls_scale(cfg: ModelConfig, rc: RetinaNetConfig) -> float:
     """``cls_input_size / input_size`` when the input is larger than ``cls_input_size``, else 1."""
-    if not cfg.cls_input_size or cfg.cls_input_size >= cfg.input_size:
+    if not rc.cls_input_size or rc.cls_input_size >= cfg.input_size:
         return 1.0
-    if not cfg.cls_backbone:
-        raise TbxError(f"model.cls_input_size {cfg.cls_input_size} is below input_size {cfg.input_size} "
-                       "but the classification head shares the detector's backbone",
-                       fix="set model.cls_backbone=true, or drop model.cls_input_size")
-    if cfg.cls_input_size < 32:
-        raise TbxError(f"model.cls_input_size must be ≥ 32, got {cfg.cls_input_size}")
-    return cfg.cls_input_size / cfg.input_size
+    if not rc.cls_backbone:
+        raise TbxError(f"model.retinanet.cls_input_size {rc.cls_input_size} is below input_size "
+                       f"{cfg.input_size} but the classification head shares the detector's backbone",
+                       fix="set model.retinanet.cls_backbone=true, or drop model.retinanet.cls_input_size")
+    if rc.cls_input_size < 32:
+        raise TbxError(f"model.retinanet.cls_input_size must be ≥ 32, got {rc.cls_input_size}")
+    return rc.cls_input_size / cfg.input_size
 
 
-def _retinanet_kwargs(cfg: ModelConfig) -> dict:
+def _retinanet_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     """RetinaNet arguments shared by both builders."""
+    rc = cfg.retinanet or RetinaNetConfig()
     return dict(backbone=cfg.backbone, pretrained=cfg.pretrained, num_classes=cfg.num_classes,
-                width=cfg.width, cls_channels=cfg.cls_channels, anchor_scale=cfg.anchor_scale,
-                class_agnostic_nms=cfg.nms_class_agnostic, cls_backbone=cfg.cls_backbone,
-                box_loss=cfg.box_loss, box_loss_weight=cfg.box_loss_weight, cls_scale=_cls_scale(cfg),
-                head_init=cfg.head_init)
+                width=rc.width, cls_channels=cfg.cls_channels, anchor_scale=rc.anchor_scale,
+                class_agnostic_nms=rc.nms_class_agnostic, cls_backbone=rc.cls_backbone,
+                box_loss=rc.box_loss, box_loss_weight=rc.box_loss_weight, cls_scale=_cls_scale(cfg, rc),
+                head_init=rc.head_init)
 
 
 def build_retinanet(cfg: ModelConfig) -> RetinaNet:
@@ -419,5 +425,6 @@ def build_retinanet(cfg: ModelConfig) -> RetinaNet:
 
 def build_symformer_retinanet(cfg: ModelConfig) -> RetinaNet:
     """SymFormer w/ RetinaNet (the paper's default model, SPEC §2)."""
-    return RetinaNet(sas=True, pos_encoding=cfg.pos_encoding, attention=cfg.attention,
+    sc = cfg.symformer or SymFormerConfig()
+    return RetinaNet(sas=True, pos_encoding=sc.pos_encoding, attention=sc.attention,
                      **_retinanet_kwargs(cfg))

@@ -15,13 +15,15 @@ through ``value_padding_mask``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from tbx.models.spe import SymmetricPositionalEncoding
 from tbx.models.sym_attention import SymEncoderLayer, reference_points_for
 
 # ModelConfig.pos_encoding → SymmetricPositionalEncoding arguments (SPEC §2.3 ablations)
-POS_ENCODINGS = {
+POS_ENCODINGS: dict[str, dict[str, Any]] = {
     "none": dict(mode="none"),
     "sine": dict(mode="sine"),
     "relative": dict(mode="relative"),

@@ -55,10 +55,12 @@ class STN(nn.Module):
             nn.Conv2d(8, 10, kernel_size=2),
             nn.ReLU(inplace=True),
         )
-        self.fc_loc = nn.Sequential(nn.Linear(10 * 2 * 2, 32), nn.ReLU(inplace=True), nn.Linear(32, 6))
+        hidden = nn.Linear(10 * 2 * 2, 32)
+        theta = nn.Linear(32, 6)
+        self.fc_loc = nn.Sequential(hidden, nn.ReLU(inplace=True), theta)
         with torch.no_grad():  # start at the identity transform (SPEC §2.3)
-            nn.init.zeros_(self.fc_loc[2].weight)
-            self.fc_loc[2].bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+            nn.init.zeros_(theta.weight)
+            theta.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
 
     def forward(self, feat: Tensor) -> Tensor:
         x = self.localization(feat).flatten(1)
@@ -150,7 +152,7 @@ class SymmetricPositionalEncoding(nn.Module):
         n, _, h, w = feat.shape
         if self.mode == "none":
             return feat.new_zeros(n, 2 * self.num_feats, h, w)
-        if self.mode == "relative":
+        if self.cpe is not None:  # mode "relative"
             return self.cpe(feat)
         pe = sine_encoding(n, h, w, self.num_feats, self.temperature, mask, feat.device, feat.dtype)
         if self.mode == "sine" or w < 2:

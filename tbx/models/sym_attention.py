@@ -49,18 +49,17 @@ class SymAttention(nn.Module):
         n_levels: feature levels ``L`` the value holds (1 in the SAS block, 4 in Deformable DETR).
         n_points: sampling points ``K`` per head and level (4).
         mirror: mirror the sampling locations (``x ↦ 1 − x``) — SymAttention; False → vanilla.
-        dropout: unused inside the module (kept for signature compatibility with callers that
-            construct it uniformly); the caller applies dropout + residual + norm.
+
+    The caller applies dropout + residual + norm.
     """
 
     def __init__(self, d_model: int = 256, n_heads: int = 8, n_levels: int = 1, n_points: int = 4,
-                 mirror: bool = True, dropout: float = 0.0):
+                 mirror: bool = True):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} must be divisible by n_heads {n_heads}")
         self.d_model, self.n_heads, self.n_levels, self.n_points = d_model, n_heads, n_levels, n_points
         self.mirror = mirror
-        self.dropout = dropout
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
@@ -86,7 +85,6 @@ class SymAttention(nn.Module):
 
     def forward(self, query: Tensor, reference_points: Tensor, value: Tensor,
                 spatial_shapes: Sequence[tuple[int, int]] | Tensor,
-                level_start_index: Tensor | None = None,
                 value_padding_mask: Tensor | None = None) -> Tensor:
         """Attend from each query to ``n_levels × n_points`` (mirrored) samples per head.
 
@@ -96,8 +94,6 @@ class SymAttention(nn.Module):
                 (``(N, Q, 2)`` is accepted and broadcast to every level).
             value: ``(N, S, C)`` — all levels flattened row-major and concatenated.
             spatial_shapes: ``L`` pairs ``(H_l, W_l)`` (list or ``LongTensor (L, 2)``).
-            level_start_index: unused (levels are split from ``spatial_shapes``); accepted for
-                API compatibility with Deformable-DETR code.
             value_padding_mask: ``(N, S)`` bool, True = padding (its values are zeroed).
 
         Returns:
@@ -174,7 +170,7 @@ class SymEncoderLayer(nn.Module):
             reference_points = reference_points[None, :, None, :].expand(
                 src.shape[0], -1, self.self_attn.n_levels, 2)
         query = src if pos is None else src + pos
-        attn = self.self_attn(query, reference_points, src, spatial_shapes, None, padding_mask)
+        attn = self.self_attn(query, reference_points, src, spatial_shapes, padding_mask)
         src = self.norm1(src + self.dropout1(attn))
         ffn = self.linear2(self.dropout2(self.activation(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))

@@ -53,19 +53,20 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 from torch import Tensor, nn
-from torchvision.models.detection.faster_rcnn import FasterRCNN
-from torchvision.models.detection.fcos import FCOS
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FasterRCNN
+from torchvision.models.detection.fcos import FCOS
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.ssd import SSD, SSDFeatureExtractorVGG, SSDHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from tbx.errors import TbxError
 from tbx.models import backbone as backbone_module
-from tbx.models.backbone import ResNetBackbone, load_backbone_weights
+from tbx.models.backbone import ResNetBackbone, fetch_weights, load_backbone_weights
 from tbx.models.base import Detector, Prediction
 from tbx.models.cls_head import ClsHead
+from tbx.models.config import ModelConfig
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers
@@ -162,11 +163,12 @@ class FasterRCNNDetector(_FPNDetectorMixin, Detector, FasterRCNN):
     """torchvision Faster R-CNN (FPN, RPN, RoI heads, defaults of ``fasterrcnn_resnet50_fpn``)
     + the SPEC §2.6 classification head on C5."""
 
-    def __init__(self, backbone: BackboneWithFPN, num_classes: int = 3, input_size: int = 512, **kwargs):
+    def __init__(self, backbone: BackboneWithFPN, num_classes: int = 3, input_size: int = 512,
+                 cls_channels: int = 512, **kwargs):
         # transform parameters are irrelevant (the transform is bypassed) but set to identity
         super().__init__(backbone, num_classes=num_classes, min_size=input_size, max_size=input_size,
                          image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0], **kwargs)
-        self.cls_head = ClsHead(backbone.c5_channels)
+        self.cls_head = ClsHead(backbone.c5_channels, cls_channels)
         self.set_stage(1)
 
     def components(self) -> dict[str, nn.Module]:
@@ -204,13 +206,13 @@ class FCOSDetector(_FPNDetectorMixin, Detector, FCOS):
     of ``fcos_resnet50_fpn``) + the SPEC §2.6 classification head on C5.  2 sigmoid classes."""
 
     def __init__(self, backbone: BackboneWithFPN, num_classes: int = 2, input_size: int = 512,
-                 score_thresh: float = 0.05, nms_thresh: float = 0.5, **kwargs):
+                 score_thresh: float = 0.05, nms_thresh: float = 0.5, cls_channels: int = 512, **kwargs):
         # score 0.05 / NMS 0.5 / 100 boxes: mmdetection's FCOS test settings, as for every other
         # model here (torchvision's 0.2 threshold would cut the low-score tail that AP counts)
         super().__init__(backbone, num_classes=num_classes, min_size=input_size, max_size=input_size,
                          image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0], score_thresh=score_thresh,
                          nms_thresh=nms_thresh, **kwargs)
-        self.cls_head = ClsHead(backbone.c5_channels)
+        self.cls_head = ClsHead(backbone.c5_channels, cls_channels)
         self.set_stage(1)
 
     def components(self) -> dict[str, nn.Module]:
@@ -312,17 +314,7 @@ def load_vgg16_weights(features: nn.Sequential, pretrained: str | Path) -> None:
         return
     if spec.lower() == "imagenet":
         where = vgg16_imagenet_file()
-        if not where.is_file():
-            url = torchvision.models.VGG16_Weights.IMAGENET1K_V1.url
-            try:
-                backbone_module._download(url, where)
-            except Exception as e:  # offline, proxy, disk… — all the same to the user
-                raise TbxError(
-                    f"ImageNet weights for vgg16 are not cached and could not be downloaded "
-                    f"({type(e).__name__}: {e})", where=where,
-                    fix=f"download {url} and place it at {where} (directory: $TORCH_HOME/hub/checkpoints, "
-                        f"TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch')}), "
-                        "or use pretrained: none / a path to a state_dict") from e
+        fetch_weights("vgg16", torchvision.models.VGG16_Weights.IMAGENET1K_V1.url, where)
     else:
         where = Path(spec).expanduser()
         if not where.is_file():
@@ -352,7 +344,7 @@ class SSDDetector(Detector, SSD):
 
     def __init__(self, backbone: SSD512FeatureExtractor, num_classes: int = 3, input_size: int = 512,
                  score_thresh: float = 0.02, nms_thresh: float = 0.45, detections_per_img: int = 100,
-                 **kwargs):
+                 cls_channels: int = 512, **kwargs):
         scales = [s / 512 for s in SSD512_SIZES]  # relative to the input side
         # steps=None: centres at ((j + 0.5)/W_k, (i + 0.5)/H_k) — identical to SSD512's steps 8…512
         # at 512 px (every map divides the input), and still aligned at other input sizes
@@ -363,7 +355,7 @@ class SSDDetector(Detector, SSD):
                          image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0], head=head,
                          score_thresh=score_thresh, nms_thresh=nms_thresh,
                          detections_per_img=detections_per_img, **kwargs)
-        self.cls_head = ClsHead(1024)
+        self.cls_head = ClsHead(1024, cls_channels)
         self.set_stage(1)
 
     def components(self) -> dict[str, nn.Module]:
@@ -423,27 +415,29 @@ class SSDDetector(Detector, SSD):
 # builders (names imported by tbx.models.registry)
 
 
-def _check_resnet(cfg) -> None:
+def _check_resnet(cfg: ModelConfig) -> None:
     if not str(cfg.backbone).startswith("resnet"):
         raise TbxError(f"this model needs a ResNet backbone, got {cfg.backbone!r}",
                        fix="set backbone to resnet18 | resnet34 | resnet50 | resnet101")
 
 
-def build_faster_rcnn(cfg) -> FasterRCNNDetector:
+def build_faster_rcnn(cfg: ModelConfig) -> FasterRCNNDetector:
     """Faster R-CNN R50-FPN (torchvision) + classification head (SPEC §3)."""
     _check_resnet(cfg)
     bb = resnet_fpn_backbone(cfg.backbone, cfg.pretrained, [1, 2, 3, 4], LastLevelMaxPool())
-    return FasterRCNNDetector(bb, num_classes=cfg.num_classes + 1, input_size=cfg.input_size)
+    return FasterRCNNDetector(bb, num_classes=cfg.num_classes + 1, input_size=cfg.input_size,
+                              cls_channels=cfg.cls_channels)
 
 
-def build_fcos(cfg) -> FCOSDetector:
+def build_fcos(cfg: ModelConfig) -> FCOSDetector:
     """FCOS R50-FPN (torchvision) + classification head (SPEC §3)."""
     _check_resnet(cfg)
     bb = resnet_fpn_backbone(cfg.backbone, cfg.pretrained, [2, 3, 4], LastLevelP6P7(256, 256))
-    return FCOSDetector(bb, num_classes=cfg.num_classes, input_size=cfg.input_size)
+    return FCOSDetector(bb, num_classes=cfg.num_classes, input_size=cfg.input_size,
+                        cls_channels=cfg.cls_channels)
 
 
-def build_ssd(cfg) -> SSDDetector:
+def build_ssd(cfg: ModelConfig) -> SSDDetector:
     """SSD512 VGG-16 (torchvision SSD, original SSD512 extras) + classification head (SPEC §3).
 
     SSD's backbone is always VGG-16: ``backbone: vgg16``; a ResNet name (the ModelConfig default)
@@ -458,4 +452,4 @@ def build_ssd(cfg) -> SSDDetector:
     features = vgg16_features()
     load_vgg16_weights(features, cfg.pretrained)
     return SSDDetector(SSD512FeatureExtractor(features), num_classes=cfg.num_classes + 1,
-                       input_size=cfg.input_size)
+                       input_size=cfg.input_size, cls_channels=cfg.cls_channels)
