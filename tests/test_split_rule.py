@@ -50,8 +50,14 @@ def test_published_reproduces_every_total(tmp_path, cli):
     write_coco(src, make_records(PUBLISHED_COUNTS))
     code, out, err = cli("dataset", "split", src, "--out", tmp_path / "root", "--published")
     assert code == 0, err
-    assert "3:1:2 per class" in out
-    table = json.loads((tmp_path / "root" / "split_report.json").read_text())["table"]
+    assert "active TB" in out
+    report = json.loads((tmp_path / "root" / "split_report.json").read_text())
+    assert (report["ratios"]["tb"], report["ratios"]["tb_quota"], report["ratios"]["non_tb"]) == (
+        "3:1:2",
+        "class",
+        "15:4:6",
+    )
+    table = report["table"]
     rows = {
         "healthy": "healthy",
         "sick": "sick",

@@ -53,7 +53,8 @@ def split(
     res = run_split(root, cfg, out=out, force=force)
     con = Console()
     r = res.plan.ratios
-    table = Table(title=f"split of {root} (TB {r['tb']} per {r['tb_quota']}, non-TB {r['non_tb']}, "
+    quota = {"type": "per TB type", "class": "over the TB class"}.get(r["tb_quota"], r["tb_quota"])
+    table = Table(title=f"split of {root} (TB {r['tb']} {quota}, non-TB {r['non_tb']}, "
                   f"extra {r['extra']}, seed {seed})")
     table.add_column("class")
     for s in (*SPLITS, "total"):
