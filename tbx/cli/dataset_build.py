@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tbx.data.build import BuildConfig, build_dataset
+from tbx.data.duplicates import MIN_CORRELATION
 from tbx.data.validate import ValidateConfig, validate_dataset
 from tbx.io import atomic_write_json
 
@@ -101,7 +102,7 @@ def validate(
     no_images: bool = typer.Option(False, "--no-images", help="Same as --images no."),
     threshold: int = typer.Option(4, "--dup-threshold", help="pHash Hamming distance (of 64) "
                                   "for near-duplicate candidates."),
-    min_corr: float = typer.Option(0.98, "--dup-correlation", help="Pixel correlation (256×256) "
+    min_corr: float = typer.Option(MIN_CORRELATION, "--dup-correlation", help="Pixel correlation (256×256) "
                                    "at which a candidate is confirmed and reported."),
     max_rows: int = typer.Option(50, "--max-rows", help="Rows shown in the table (all in --json)."),
     workers: int = typer.Option(1, "--workers", help="Processes decoding images."),

@@ -1,9 +1,9 @@
-"""Pixel-level confirmation of near-duplicate candidates (docs/dataset.md §1.3, `tbx dataset validate`).
+"""Pixel-level confirmation of near-duplicate candidates (``tbx dataset validate``).
 
-A perceptual hash only *proposes* pairs: on the real release, 4 of the 6 pairs within pHash
-distance 4 across splits are different patients (pixel correlation 0.91–0.92), 2 are the same
-image (DA ``train/n28.png`` = ``val/n1.png``, ``train/n6.png`` = ``val/n32.png``).  Every candidate
-is therefore compared pixel by pixel before it is reported:
+A perceptual hash only *proposes* pairs: on the real release (as measured for issue #21), 4 of the
+6 pairs within pHash distance 4 across splits are different patients (pixel correlation
+0.91–0.92), 2 are the same image (DA ``train/n28.png`` = ``val/n1.png``, ``train/n6.png`` =
+``val/n32.png``).  Every candidate is therefore compared pixel by pixel before it is reported:
 
 * **identical** — both decode (8-bit grayscale) to the same size and exactly the same pixels;
 * otherwise the **Pearson correlation** of the two images box-resampled to a common
@@ -11,8 +11,8 @@ is therefore compared pixel by pixel before it is reported:
   (window-level) changes, so a re-encoded, re-windowed or rescaled copy stays near 1 (minimum over
   the 48 real CXRs of ``shared/data/cxr-samples``: 0.9993 for JPEG q70 + brightness +15, 0.9955
   for gamma 0.8, 0.9977 for a 512 → 400 px resize), while different patients stay below (at most
-  0.883 over all 1,128 pairs of those CXRs, 0.91–0.92 for the release's hash-similar pairs).  :data:`MIN_CORRELATION` = 0.98
-  sits between the two.
+  0.883 over all 1,128 pairs of those CXRs, 0.91–0.92 for the release's hash-similar pairs).
+  :data:`MIN_CORRELATION` = 0.98 sits between the two.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from tbx.data.duplicates import MIN_CORRELATION, match_files
 from tbx.data.layout import ANN_JSON, ANN_XML, IMGS, LISTS, label_from_path
 from tbx.data.records import CATEGORIES
 from tbx.errors import TbxError
@@ -55,7 +56,7 @@ class ValidateConfig:
     images: str = "auto"  # auto | yes | no
     strict: bool = False  # warnings fail too
     dhash_threshold: int = 4  # Hamming distance (of 64 bits) for near-duplicate candidates
-    near_duplicate_min_corr: float = 0.98  # pixel correlation confirming a candidate (duplicates.py)
+    near_duplicate_min_corr: float = MIN_CORRELATION  # pixel correlation confirming a candidate
     near_duplicates: bool = True
     max_findings_per_check: int = 200  # per check and file; the rest is summarised
     workers: int = 1  # processes decoding images
@@ -419,8 +420,6 @@ def _report_near_duplicates(root: Path, candidates: list[tuple[str, str, int]],
                             group: Callable[[str], tuple[str, str]], min_corr: float,
                             col: _Collector) -> None:
     """Confirm each pHash candidate pair at the pixel level, then report it (module docstring)."""
-    from tbx.data.duplicates import match_files
-
     stats = {"candidates": len(candidates), "identical": 0, "confirmed": 0, "rejected": 0,
              "max_rejected_correlation": None, "min_correlation": min_corr}
     for a, b, d in candidates:
