@@ -52,8 +52,8 @@ How counts are decided (exact up to rounding):
    goes to test as a whole.
 
 Folds (``SplitConfig.folds = K``; :attr:`SplitPlan.folds`, :func:`fold_records`): the train+val
-images are divided into K folds with the same machinery (equal weights, TB class apportioned as a
-whole, patients grouped); fold k's val is fold k, its train the other K−1 folds (the paper's 4-fold
+images are divided into K folds with the same machinery (equal weights, the split's TB quota,
+patients grouped); fold k's val is fold k, its train the other K−1 folds (the paper's 4-fold
 robustness study).  Written as ``lists/fold{k}_{train,val}.txt`` and
 ``annotations/json/fold{k}_{train,val}[_only_tb].json`` (+ ``fold{k}_all_{train,val}`` when extra
 datasets are present).
