@@ -146,9 +146,9 @@ def test_release_root_with_images_links_them(tmp_path, shared_data):
     (root / "lists").mkdir(parents=True)
     (root / "lists" / "TBX11K_train.txt").write_text("tb/tb0005.png\nhealth/h0001.png\n")
     (root / "lists" / "TBX11K_val.txt").write_text("sick/s0002.png\n")
-    for f in ("tb/tb0005.png", "health/h0001.png", "sick/s0002.png"):
+    for k, f in enumerate(("tb/tb0005.png", "health/h0001.png", "sick/s0002.png")):
         (root / "imgs" / f).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_image(1, 512, 512)).save(root / "imgs" / f)
+        Image.fromarray(_image(k, 512, 512)).save(root / "imgs" / f)  # distinct: no leak between splits
     (root / "annotations" / "xml").mkdir(parents=True)
     shutil.copy(shared_data / "tbx11k-meta" / "xml" / "tb0005.xml", root / "annotations" / "xml")
     build_dataset(root, tmp_path / "out")

@@ -177,17 +177,17 @@ def test_views_names_membership_and_positional_ids(tmp_path):
     views = annotation_views(recs)
     ids = {k: [r.image_id for r in v] for k, v in views.items()}
     assert ids["TBX11K_train"] == [1, 2]
-    assert ids["TBX11K_trainval"] == [1, 2, 3]
+    assert ids["TBX11K_trainval"] == [1, 3, 2]  # by class folder (tb, health), not train then val
     assert ids["TBX11K_trainval_only_tb"] == [1]  # record 3 is TB without box
-    assert ids["all_trainval"] == [1, 2, 3, 6]
-    assert ids["all_test"] == [4, 5, 7]
+    assert ids["all_trainval"] == [1, 3, 2, 6]
+    assert ids["all_test"] == [5, 4, 7]
     assert "TBX11K_val_only_tb" not in views  # empty views are omitted
     write_views(tmp_path, recs)
     lst = (tmp_path / "lists" / "all_test.txt").read_text().split()
-    assert lst == ["sick/4.png", "tb/5.png", "extra/da+db/test/p7.png"]
+    assert lst == ["tb/5.png", "sick/4.png", "extra/da+db/test/p7.png"]
     coco = json.loads((tmp_path / "annotations/json/all_test.json").read_text())
     assert [i["id"] for i in coco["images"]] == [1, 2, 3]
-    assert [a["image_id"] for a in coco["annotations"]] == [2]
+    assert [a["image_id"] for a in coco["annotations"]] == [1]
     assert coco_from_records([])["images"] == []
 
 

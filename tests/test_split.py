@@ -93,13 +93,14 @@ def test_parse_ratio_errors():
 
 
 def test_published_table_with_ratio_312():
-    """``--ratio 3:1:2`` + default 15:4:6 on the published class counts (SPEC §1.1) reproduces
-    every row and column total of SPEC §1.2 exactly.  The per-type TB cells of the published table
+    """``--published`` (3:1:2 over the TB class, 15:4:6) on the published class counts (SPEC §1.1)
+    reproduces every row and column total of SPEC §1.2 exactly.  The per-type TB cells of the published table
     are not proportional (active 473/924 = 51.2 % train, both 23/54 = 42.6 %), so no stratified rule
     yields them; ours are the controlled rounding of the proportional shares (hand-computed in
     test_controlled_rounding_published_tb)."""
     recs = make_records(PUBLISHED_COUNTS)
-    plan = plan_split(recs, SplitConfig(ratio="3:1:2"))
+    plan = plan_split(recs, SplitConfig.published())
+    assert plan.ratios["tb"] == "3:1:2" and plan.ratios["tb_quota"] == "class"
     t = split_table(plan.records)
     assert t["healthy"] == (3000, 800, 1200)
     assert t["sick"] == (3000, 800, 1200)
@@ -130,10 +131,12 @@ def test_tb_quota_type_on_published_counts():
         plan_split(make_records(PUBLISHED_COUNTS), SplitConfig(tb_quota="x"))
 
 
-def test_default_ratio_321_on_published_counts():
-    # TB 1200 by 3:2:1 → 600/400/200; 10 uncertain take test → 1190 into 600/400/190.
+def test_class_quota_321_on_published_counts():
+    # TB 1200 by 3:2:1 → 600/400/200; 10 uncertain take test → 1190 into 600/400/190; active
+    # 924·(600, 400, 190)/1190 = 465.9/310.6/147.5 → 466/311/147 (the old default the user rejected)
     recs = make_records(PUBLISHED_COUNTS)
-    t = split_table(split_records(recs, SplitConfig()))
+    t = split_table(split_records(recs, SplitConfig(tb_quota="class")))
+    assert t["active"] == (466, 311, 147)
     tb = [sum(t[k][i] for k in ("active", "latent", "active+latent", "uncertain")) for i in range(3)]
     assert tb == [600, 400, 200]
     assert t["uncertain"] == (0, 0, 10)
@@ -166,7 +169,8 @@ def real_train(shared_data):
                         "active+latent": (7, 8, 8), "healthy": (1800, 600, 600)}),
 ])
 def test_exact_counts_on_real_train_metadata(real_train, ratio, non_tb, expected):
-    t = split_table(split_records(real_train, SplitConfig(ratio=ratio, non_tb_ratio=non_tb)))
+    cfg = SplitConfig(ratio=ratio, non_tb_ratio=non_tb, tb_quota="class")
+    t = split_table(split_records(real_train, cfg))
     for k, v in expected.items():
         assert t[k] == v, k
     assert t["sick"] == t["healthy"]

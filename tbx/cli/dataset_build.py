@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tbx.data.build import BuildConfig, build_dataset
+from tbx.data.duplicates import MIN_CORRELATION
 from tbx.data.validate import ValidateConfig, validate_dataset
 from tbx.io import atomic_write_json
 
@@ -100,17 +101,20 @@ def validate(
                                "yes | no."),
     no_images: bool = typer.Option(False, "--no-images", help="Same as --images no."),
     threshold: int = typer.Option(4, "--dup-threshold", help="pHash Hamming distance (of 64) "
-                                  "for near-duplicates."),
+                                  "for near-duplicate candidates."),
+    min_corr: float = typer.Option(MIN_CORRELATION, "--dup-correlation", help="Pixel correlation (256×256) "
+                                   "at which a candidate is confirmed and reported."),
     max_rows: int = typer.Option(50, "--max-rows", help="Rows shown in the table (all in --json)."),
     workers: int = typer.Option(1, "--workers", help="Processes decoding images."),
 ) -> None:
     """Check a TBX11K-layout dataset: images exist, decode and have the declared size; boxes inside
     and non-degenerate; valid categories; TB images boxed, non-TB images not; unique ids and names;
     lists agree with JSONs; disjoint splits; JSON boxes = XML boxes (official rule); near-duplicate
-    images across splits/sources (perceptual hash). Exit 1 on errors (warnings too with --strict).
+    images across splits/sources (perceptual hash, confirmed pixel by pixel: identical across splits =
+    error). Exit 1 on errors (warnings too with --strict).
     """
     cfg = ValidateConfig(images="no" if no_images else images, strict=strict,
-                         dhash_threshold=threshold, workers=workers)
+                         dhash_threshold=threshold, near_duplicate_min_corr=min_corr, workers=workers)
     con = Console()
     bar, update = _progress(con, "checking images")
     with bar:

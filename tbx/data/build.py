@@ -547,11 +547,11 @@ def build_dataset(src: str | Path, out: str | Path, cfg: BuildConfig | None = No
 
 
 def _write_common(partial: Path, records: list[Record], report: BuildReport, cfg: BuildConfig,
-                  extra: dict[str, Any]) -> None:
+                  extra: dict[str, Any], list_order: dict[str, list[str]] | None = None) -> None:
     from tbx.data.views import write_views
     from tbx.provenance import provenance
 
-    write_views(partial, records)
+    write_views(partial, records, list_order)
     report.n_images = len(records)
     report.counts = {
         "by_label": dict(Counter(r.label for r in records)),
@@ -754,15 +754,18 @@ def _build_release(src: Path, out: Path, cfg: BuildConfig, progress: Progress | 
     report = BuildReport(kind="release", out=str(out), images="none" if no_images else "linked")
     if no_images and not cfg.no_images:
         report.warnings.append("imgs/ is absent: metadata-only build (no images copied)")
-    # records: per split, the TBX11K list then the all_ list's extra entries (the release's order)
+    # records: per split, the TBX11K list then the all_ list's extra entries; every view is written
+    # in the order of its list (trainval included: the release orders it by class folder)
     order: list[tuple[str, str]] = []
     seen: dict[str, str] = {}
+    list_order: dict[str, list[str]] = {}
     for split in SPLITS:
         for prefix in ("TBX11K", "all"):
             lp = src / LISTS / list_name(split, prefix)
             if not lp.is_file():
                 continue
-            for fn in _read_list(lp):
+            list_order[lp.stem] = _read_list(lp)
+            for fn in list_order[lp.stem]:
                 if fn in seen:
                     if seen[fn] != split:
                         raise TbxError(f"'{fn}' is listed in both {seen[fn]} and {split}", lp,
@@ -773,6 +776,7 @@ def _build_release(src: Path, out: Path, cfg: BuildConfig, progress: Progress | 
     if not order:
         raise TbxError("no list files (lists/TBX11K_{train,val}.txt, all_{train,val,test}.txt)",
                        src / LISTS, "give the official release root")
+    list_order.update(_trainval_lists(src, seen))
     partial = _partial_dir(out)
     if partial.exists():
         shutil.rmtree(partial)
@@ -835,6 +839,30 @@ def _build_release(src: Path, out: Path, cfg: BuildConfig, progress: Progress | 
             progress(i + 1, total)
     if not records:
         raise TbxError("no usable images in the release root", src, "check lists/ and imgs/")
-    _write_common(partial, records, report, cfg, {})
+    _write_common(partial, records, report, cfg, {}, list_order)
     _swap_into_place(partial, out, cfg.overwrite)
     return report
+
+
+def _trainval_lists(src: Path, split_of: dict[str, str]) -> dict[str, list[str]]:
+    """The release's ``lists/{TBX11K,all}_trainval.txt`` (their order is the file order of the
+    trainval JSONs); each must list exactly the train + val images of its prefix."""
+    out: dict[str, list[str]] = {}
+    for prefix in ("TBX11K", "all"):
+        lp = src / LISTS / list_name("trainval", prefix)
+        if not lp.is_file():
+            continue
+        listed = _read_list(lp)
+        want = {fn for fn, sp in split_of.items() if sp in ("train", "val")
+                and (prefix == "all" or not fn.startswith("extra/"))}
+        got = set(listed)
+        if got != want or len(listed) != len(got):
+            if len(listed) != len(got):
+                what = "lists an image twice"
+            else:
+                diff = sorted(got - want) or sorted(want - got)
+                what = (f"differs from {prefix}_train.txt + {prefix}_val.txt ({len(got - want)} extra, "
+                        f"{len(want - got)} missing, e.g. '{diff[0]}')")
+            raise TbxError(f"{lp.name} {what}", lp, "restore the release's list files")
+        out[lp.stem] = listed
+    return out

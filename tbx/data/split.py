@@ -5,7 +5,8 @@ Strata (the *allocation stratum* of a record, see :func:`allocation_stratum`):
 * ``healthy``, ``sick`` (TBX11K) — split by ``non_tb_ratio`` (default 15:4:6 = the published
   3000/800/1200, SPEC §1.2).
 * ``tb:active``, ``tb:latent``, ``tb:active+latent`` (TBX11K TB with known type) — split by
-  ``ratio`` (default 3:2:1 as the user asked; ``3:1:2`` gives the published proportions).
+  ``ratio`` (default 3:2:1 as the user asked, each TB type on its own; :meth:`SplitConfig.published`
+  gives the published table's totals).
 * ``tb:uncertain`` — always test (its type cannot be learned, SPEC §1.2).
 * TB images without any box (type ``unknown``; the release has one, ``tb/tb1199.png``) are
   allocated with the latent stratum by default (``unknown_tb_as="latent"``): the published table
@@ -22,23 +23,27 @@ How counts are decided (exact up to rounding):
    apportionment: ``floor(n·w_s/Σw)`` per split, then the leftover images one each to the splits
    with the largest fractional parts; ties go to the earlier split (train < val < test).
    Arithmetic is exact (fractions), so the rule is reproducible by hand.
-2. The TB class is apportioned *as a whole* (all TBX11K TB images, uncertain included) by ``ratio``
-   — this is how the published table is built: TB = 600/200/400 = 3:1:2 exactly, with the 10
-   uncertain images inside the 400 test images.  The uncertain images take their share of the test
-   quota first; the remaining quota (train, val, test − #uncertain) is then spread over the TB types
+2. TB quota (``tb_quota``).  Default ``"type"`` — the user's rule (docs/dataset.md §1.2): every TB
+   type is split on its own by ``ratio`` with the largest remainder, so every cell is within ±1 of
+   n·share (3:2:1 on the release's counts: active 924 → 462/308/154), and the uncertain images are
+   added to test on top of the quota.  ``"class"`` apportions the TB class *as a whole* (all TBX11K
+   TB images, uncertain included) by ``ratio`` — this is how the published table is built: TB =
+   600/200/400 = 3:1:2 exactly, with the 10 uncertain images inside the 400 test images
+   (:meth:`SplitConfig.published` = ``ratio 3:1:2``, ``non_tb_ratio 15:4:6``, class quota).  With
+   the class quota the uncertain images take their share of the test quota first; the remaining
+   quota (train, val, test − #uncertain) is then spread over the TB types
    proportionally by *controlled rounding*: every cell gets the floor of its proportional share and
    the leftover units are placed (at most one per cell) so that every TB type keeps its size and
    every split keeps its TB total, maximising the summed fractional parts; ties are broken by the
    preference order (fractional part desc, stratum size desc, split order).
-   Hence with ``ratio=3:1:2`` and ``non_tb_ratio=15:4:6`` on a dataset with the published class
-   counts every row total (healthy, sick, TB, uncertain TB) and every column total
-   (6600/1800/2800) of SPEC §1.2 is reproduced exactly.  The individual active/latent/both cells of
+   Hence with :meth:`SplitConfig.published` on a dataset with the published class counts every row
+   total (healthy, sick, TB, uncertain TB) and every column total (6600/1800/2800) of SPEC §1.2 is
+   reproduced exactly.  The individual active/latent/both cells of
    the published table (473/157/294, 104/36/72, 23/7/24) are *not* proportional to any ratio
    (active 51.2 % train vs both 42.6 %), i.e. the authors' split was not exactly stratified per type;
    no deterministic stratified rule reproduces them — ours gives 466/155/303, 107/36/69, 27/9/18.
-   ``tb_quota="type"`` instead splits every TB type on its own by ``ratio`` (each cell within ±1 of
-   n·share; uncertain TB added to test on top), at the price of TB column totals that differ
-   from the ratio (3:1:2 on the published counts: 595/198/407 instead of 600/200/400).
+   The type quota's TB column totals are the sums of the per-type cells (3:1:2 on the published
+   counts: 595/198/407 instead of 600/200/400).
 3. Images are assigned in *groups* (one group per ``patient_id``, else one per image): groups are
    shuffled with the seed, ordered largest first, and each goes to the split with the best fit to
    the remaining per-stratum deficits (a split never separates a patient).  With singleton groups
@@ -47,8 +52,8 @@ How counts are decided (exact up to rounding):
    goes to test as a whole.
 
 Folds (``SplitConfig.folds = K``; :attr:`SplitPlan.folds`, :func:`fold_records`): the train+val
-images are divided into K folds with the same machinery (equal weights, TB class apportioned as a
-whole, patients grouped); fold k's val is fold k, its train the other K−1 folds (the paper's 4-fold
+images are divided into K folds with the same machinery (equal weights, the split's TB quota,
+patients grouped); fold k's val is fold k, its train the other K−1 folds (the paper's 4-fold
 robustness study).  Written as ``lists/fold{k}_{train,val}.txt`` and
 ``annotations/json/fold{k}_{train,val}[_only_tb].json`` (+ ``fold{k}_all_{train,val}`` when extra
 datasets are present).
@@ -94,7 +99,32 @@ class SplitConfig:
     seed: int = 0
     folds: int = 0  # K > 1: stratified K-fold of train+val
     unknown_tb_as: str = "latent"  # TB without box: latent | own | test
-    tb_quota: str = "class"  # class: ratio on the TB class as a whole | type: on each TB type
+    tb_quota: str = "type"  # type: ratio on each TB type (the user's rule) | class: on the TB class
+
+    @classmethod
+    def published(cls, **options: Any) -> SplitConfig:
+        """The published table's rule (docs/dataset.md §1.2): TB 3:1:2 with the class quota,
+        healthy/sick 15:4:6; ``options`` set the other fields (seed, folds, extra ratio, …)."""
+        return cls(**{**options, **PUBLISHED})
+
+    @classmethod
+    def from_options(cls, published: bool = False, **options: Any) -> SplitConfig:
+        """The config of the command line: ``None`` options keep their defaults; with ``published``
+        an option that :data:`PUBLISHED` fixes to another value is an error."""
+        given = {k: v for k, v in options.items() if v is not None}
+        if not published:
+            return cls(**given)
+        clash = [k for k in PUBLISHED if k in given and str(given[k]) != PUBLISHED[k]]
+        if clash:
+            opts = ", ".join(f"--{k.replace('_', '-')} {given[k]}" for k in clash)
+            fixed = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in PUBLISHED.items())
+            raise TbxError(f"--published fixes {fixed}; it cannot be combined with {opts}",
+                           fix="drop --published to choose your own ratios")
+        return cls.published(**given)
+
+
+# the published split (SPEC §1.2 Table 2): every row and column total reproduced exactly
+PUBLISHED = {"ratio": "3:1:2", "non_tb_ratio": "15:4:6", "tb_quota": "class"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,7 +362,7 @@ def _targets(counts: dict[str, int], ratios: dict[str, tuple[Fraction, ...]],
                                f"ratio {format_ratio(tb_w)} has no test share",
                                fix="give --ratio a non-zero test share, e.g. 3:2:1")
             targets["tb:uncertain"] = [0, 0, n_unc]
-            if class_q[2] < n_unc:
+            if tb_quota == "class" and class_q[2] < n_unc:
                 warnings.append(f"the {n_unc} uncertain-type TB images exceed the TB test quota "
                                 f"({class_q[2]}); all of them go to test, so test holds more TB "
                                 "than the ratio asks")

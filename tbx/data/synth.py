@@ -877,7 +877,7 @@ def synthesize(out: str | Path, cfg: SynthConfig, *, overwrite: bool = False,
             from tbx.data.split import SplitConfig, split_records
             from tbx.data.views import write_views
 
-            records.sort(key=lambda r: r.image_id)  # healthy, sick, TB (official order)
+            records.sort(key=lambda r: r.image_id)  # deterministic split input; views sort officially
             records = split_records(records, SplitConfig(seed=cfg.seed))
             write_views(tmp, records)
         write_provenance(tmp, cfg, cfg.seed, n_images=total,

@@ -18,9 +18,12 @@ message):
 - ``patients``: one image per patient (SPEC §1.1), when the JSONs record pseudonymous patient ids
   (``tbx dataset build`` writes them);
 - ``xml``: boxes of the JSONs equal the VOC XMLs converted with the official rule (≤ 1e-3 px);
-- ``near-duplicates``: 64-bit perceptual hashes (DCT pHash, 32×32) of all images; pairs within
-  ``dhash_threshold`` bits lying in different splits or sources are reported as possible leakage
-  (bucketed search, :func:`tbx.data.imageio.near_duplicate_pairs`).
+- ``near-duplicates``: 64-bit perceptual hashes (DCT pHash, 32×32) of all images propose pairs
+  within ``dhash_threshold`` bits lying in different splits or sources (bucketed search,
+  :func:`tbx.data.imageio.near_duplicate_pairs`); each is confirmed at the pixel level
+  (:mod:`tbx.data.duplicates`) before it is reported: pixel-identical images in different splits
+  are *errors* (leakage), other confirmed pairs (pixel correlation ≥ ``near_duplicate_min_corr``)
+  *warnings* with the figure; rejected candidates are only counted (``stats["near_duplicates"]``).
 
 The JSON folder is ``ROOT/annotations/json`` or, when absent, ROOT itself (the metadata-only
 distribution puts the JSONs at the top); XMLs likewise ``annotations/xml`` or ``xml``.
@@ -37,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from tbx.data.duplicates import MIN_CORRELATION, match_files
 from tbx.data.layout import ANN_JSON, ANN_XML, IMGS, LISTS, label_from_path
 from tbx.data.records import CATEGORIES
 from tbx.errors import TbxError
@@ -51,7 +55,8 @@ BOX_TOL = 1.0  # px, SPEC §1.3: 1-based VOC boxes become x ≥ −1 after the �
 class ValidateConfig:
     images: str = "auto"  # auto | yes | no
     strict: bool = False  # warnings fail too
-    dhash_threshold: int = 4  # Hamming distance (of 64 bits) for near-duplicates
+    dhash_threshold: int = 4  # Hamming distance (of 64 bits) for near-duplicate candidates
+    near_duplicate_min_corr: float = MIN_CORRELATION  # pixel correlation confirming a candidate
     near_duplicates: bool = True
     max_findings_per_check: int = 200  # per check and file; the rest is summarised
     workers: int = 1  # processes decoding images
@@ -405,9 +410,40 @@ def _check_images(root: Path, declared: dict[str, tuple[int, int]],
             source = "tbx11k"
         return splits, source
 
-    for i, j, d in near_duplicate_pairs(arr, cfg.dhash_threshold):
-        (si, oi), (sj, oj) = group(hashed[i]), group(hashed[j])
-        if si != sj or oi != oj:
-            col.add("warning", "near-duplicates", hashed[i],
-                    f"near-duplicate of {hashed[j]} (pHash distance {d}/64; split {si} vs {sj}, "
-                    f"source {oi} vs {oj}) — possible leakage", "pairs")
+    candidates = [(hashed[i], hashed[j], d) for i, j, d in near_duplicate_pairs(arr, cfg.dhash_threshold)
+                  if group(hashed[i]) != group(hashed[j])]
+    _report_near_duplicates(root, candidates, group, cfg.near_duplicate_min_corr, col)
+
+
+def _report_near_duplicates(root: Path, candidates: list[tuple[str, str, int]],
+                            group: Callable[[str], tuple[str, str]], min_corr: float,
+                            col: _Collector) -> None:
+    """Confirm each pHash candidate pair at the pixel level, then report it (module docstring)."""
+    stats = {"candidates": len(candidates), "identical": 0, "confirmed": 0, "rejected": 0,
+             "max_rejected_correlation": None, "min_correlation": min_corr}
+    for a, b, d in candidates:
+        (sa, oa), (sb, ob) = group(a), group(b)
+        where_ = "; ".join(f"{k} {x} vs {y}" for k, x, y in (("split", sa, sb), ("source", oa, ob)) if x != y)
+        try:
+            m = match_files(root / IMGS / a, root / IMGS / b)
+        except TbxError as e:  # decodable when hashed; a file changed since is reported, not fatal
+            col.add("warning", "near-duplicates", a, f"cannot compare with {b}: {e.what}", "pairs")
+            continue
+        if m.identical:
+            stats["identical"] += 1
+            sev, what = ("error", "leakage between splits") if sa != sb else ("warning", "same image twice")
+            col.add(sev, "near-duplicates", a, f"pixel-identical to {b} ({where_}) — {what}", "identical")
+        elif m.confirmed(min_corr):
+            stats["confirmed"] += 1
+            col.add("warning", "near-duplicates", a,
+                    f"near-duplicate of {b} (pixel correlation {m.correlation:.4f} ≥ {min_corr:g}, "
+                    f"pHash distance {d}/64; {where_}) — possible leakage", "pairs")
+        else:
+            stats["rejected"] += 1
+            best = stats["max_rejected_correlation"]
+            stats["max_rejected_correlation"] = round(max(m.correlation, best or -1.0), 4)
+    col.report.stats["near_duplicates"] = stats
+    if stats["rejected"]:
+        col.add("info", "near-duplicates", "-", f"{stats['rejected']} pHash candidate pair(s) are "
+                f"different images at the pixel level (correlation ≤ {stats['max_rejected_correlation']}"
+                f" < {min_corr:g}); not reported")
