@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -107,7 +108,7 @@ def _download(url: str, dst: Path) -> None:
     torch.hub.download_url_to_file(url, str(dst), progress=False)
 
 
-def _imagenet_state_dict(depth: str) -> dict[str, Tensor]:
+def _imagenet_state_dict(depth: str) -> object:
     weights = RESNETS[depth][1]
     path = imagenet_weights_file(depth)
     if not path.is_file():
@@ -123,52 +124,84 @@ def _imagenet_state_dict(depth: str) -> dict[str, Tensor]:
     return _safe_load(path)
 
 
-def _safe_load(path: Path) -> dict[str, Tensor]:
+def _safe_load(path: Path, fix: str = "pass a torchvision ResNet state_dict or a tbx checkpoint") -> object:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise TbxError(f"cannot read backbone weights ({type(e).__name__}: {e})", where=path,
-                       fix="pass a torchvision ResNet state_dict or a tbx checkpoint") from e
+        raise TbxError(f"cannot read backbone weights ({type(e).__name__}: {e})", where=path, fix=fix) from e
     return obj
 
 
-def _extract_backbone(obj, path: Path) -> dict[str, Tensor]:
-    """A torchvision ResNet state_dict, or a checkpoint (``{"model": …}``/``{"state_dict": …}``)
-    whose ``backbone.*`` (or torchvision-detection ``backbone.body.*``) entries form one."""
+@dataclass(frozen=True)
+class WeightsReport:
+    """What a backbone weights file gave: tensors loaded, backbone tensors missing (always 0 once
+    loaded: a missing one is an error) and file tensors the backbone has no use for (an ImageNet
+    classifier, …)."""
+
+    source: str
+    loaded: int
+    missing: int
+    unexpected: int
+
+    def to_dict(self) -> dict[str, int | str]:
+        return {"source": self.source, "loaded": self.loaded, "missing": self.missing,
+                "unexpected": self.unexpected}
+
+
+def _extract_backbone(obj: object, path: Path, probe: str = "conv1.weight",
+                      fix: str = "pass a torchvision ResNet state_dict or a tbx checkpoint") -> dict[str, Tensor]:
+    """A backbone state_dict — bare, or wrapped (``{"model": …}``/``{"state_dict": …}``) — or a
+    checkpoint whose ``backbone.*`` (or torchvision-detection ``backbone.body.*``) entries form one
+    (recognised by the ``probe`` key)."""
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "model_state"):
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise TbxError("not a state_dict of tensors", where=path,
-                       fix="pass a torchvision ResNet state_dict or a tbx checkpoint")
+        raise TbxError("not a state_dict of tensors", where=path, fix=fix)
     for prefix in ("backbone.body.", "backbone."):
         sub = {k[len(prefix):]: v for k, v in obj.items() if k.startswith(prefix)}
-        if sub and "conv1.weight" in sub:
+        if sub and probe in sub:
             return sub
-    return {k: v for k, v in obj.items() if not k.startswith("fc.")}
+    return dict(obj)
 
 
-def load_backbone_weights(backbone: ResNetBackbone, pretrained: str | Path) -> None:
-    """Load ``pretrained`` (``"imagenet"``, ``"none"`` or a file path) into ``backbone``."""
-    spec = str(pretrained)
-    if spec.lower() == "none":
-        return
-    if spec.lower() == "imagenet":
-        state = _extract_backbone(_imagenet_state_dict(backbone.depth), imagenet_weights_file(backbone.depth))
-        where = imagenet_weights_file(backbone.depth)
-    else:
-        where = Path(spec).expanduser()
-        if not where.is_file():
-            raise TbxError("backbone weights file not found", where=where,
-                           fix="pretrained must be 'imagenet', 'none' or an existing file")
-        state = _extract_backbone(_safe_load(where), where)
-    own = backbone.state_dict()
+def read_backbone_state(path: Path, probe: str, fix: str) -> dict[str, Tensor]:
+    """The backbone state_dict in the file ``path`` (see :func:`_extract_backbone`)."""
+    if not path.is_file():
+        raise TbxError("backbone weights file not found", where=path,
+                       fix="pretrained must be 'imagenet', 'none' or an existing file")
+    return _extract_backbone(_safe_load(path, fix), path, probe, fix)
+
+
+def load_state_checked(module: nn.Module, state: dict[str, Tensor], where: Path, arch: str,
+                       fix: str) -> WeightsReport:
+    """Load ``state`` into ``module``: every tensor of ``module`` must be there with its shape (else
+    one-line :class:`TbxError`); extra tensors are counted as unexpected and ignored."""
+    own = module.state_dict()
     missing = sorted(set(own) - set(state))
     wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
     if missing or wrong:
-        detail = f"missing {missing[:3]}" if missing else f"shape mismatch at {wrong[:3]}"
-        raise TbxError(f"backbone weights do not fit {backbone.depth} ({detail})", where=where,
-                       fix=f"use weights of a torchvision {backbone.depth}")
-    backbone.load_state_dict({k: state[k] for k in own}, strict=True)
+        detail = (f"{len(missing)} missing, e.g. {missing[:3]}" if missing
+                  else f"shape mismatch at {wrong[:3]}: {tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}")
+        raise TbxError(f"backbone weights do not fit {arch} ({detail})", where=where, fix=fix)
+    module.load_state_dict({k: state[k] for k in own}, strict=True)
+    return WeightsReport(str(where), loaded=len(own), missing=0, unexpected=len(set(state) - set(own)))
+
+
+def load_backbone_weights(backbone: ResNetBackbone, pretrained: str | Path) -> WeightsReport | None:
+    """Load ``pretrained`` (``"imagenet"``, ``"none"`` or a file path) into ``backbone``; returns
+    the loaded / missing / unexpected report (None for ``"none"``; the ImageNet ``fc.*`` is unexpected)."""
+    spec = str(pretrained)
+    if spec.lower() == "none":
+        return None
+    if spec.lower() == "imagenet":
+        where = imagenet_weights_file(backbone.depth)
+        state = _extract_backbone(_imagenet_state_dict(backbone.depth), where)
+    else:
+        where = Path(spec).expanduser()
+        state = read_backbone_state(where, probe="conv1.weight",
+                                    fix="pass a torchvision ResNet state_dict or a tbx checkpoint")
+    return load_state_checked(backbone, state, where, arch=backbone.depth,
+                              fix=f"use weights of a torchvision {backbone.depth}")
