@@ -124,7 +124,10 @@ def _imagenet_state_dict(depth: str) -> object:
     return _safe_load(path)
 
 
-def _safe_load(path: Path, fix: str = "pass a torchvision ResNet state_dict or a tbx checkpoint") -> object:
+_RESNET_FIX = "pass a torchvision ResNet state_dict or a tbx checkpoint"
+
+
+def _safe_load(path: Path, fix: str = _RESNET_FIX) -> object:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -149,7 +152,7 @@ class WeightsReport:
 
 
 def _extract_backbone(obj: object, path: Path, probe: str = "conv1.weight",
-                      fix: str = "pass a torchvision ResNet state_dict or a tbx checkpoint") -> dict[str, Tensor]:
+                      fix: str = _RESNET_FIX) -> dict[str, Tensor]:
     """A backbone state_dict — bare, or wrapped (``{"model": …}``/``{"state_dict": …}``) — or a
     checkpoint whose ``backbone.*`` (or torchvision-detection ``backbone.body.*``) entries form one
     (recognised by the ``probe`` key)."""
@@ -183,8 +186,11 @@ def load_state_checked(module: nn.Module, state: dict[str, Tensor], where: Path,
     missing = sorted(set(own) - set(state))
     wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
     if missing or wrong:
-        detail = (f"{len(missing)} missing, e.g. {missing[:3]}" if missing
-                  else f"shape mismatch at {wrong[:3]}: {tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}")
+        if missing:
+            detail = f"{len(missing)} missing, e.g. {missing[:3]}"
+        else:
+            detail = (f"shape mismatch at {wrong[:3]}: file {tuple(state[wrong[0]].shape)}, "
+                      f"model {tuple(own[wrong[0]].shape)}")
         raise TbxError(f"backbone weights do not fit {arch} ({detail})", where=where, fix=fix)
     module.load_state_dict({k: state[k] for k in own}, strict=True)
     return WeightsReport(str(where), loaded=len(own), missing=0, unexpected=len(set(state) - set(own)))
@@ -201,7 +207,6 @@ def load_backbone_weights(backbone: ResNetBackbone, pretrained: str | Path) -> W
         state = _extract_backbone(_imagenet_state_dict(backbone.depth), where)
     else:
         where = Path(spec).expanduser()
-        state = read_backbone_state(where, probe="conv1.weight",
-                                    fix="pass a torchvision ResNet state_dict or a tbx checkpoint")
+        state = read_backbone_state(where, probe="conv1.weight", fix=_RESNET_FIX)
     return load_state_checked(backbone, state, where, arch=backbone.depth,
                               fix=f"use weights of a torchvision {backbone.depth}")

@@ -62,10 +62,14 @@ class P2TSpec:
     drop_path: float
 
 
-P2T_SMALL = P2TSpec(dims=(64, 128, 320, 512), depths=(2, 2, 9, 3), heads=(1, 2, 5, 8),
-                    mlp_ratios=(8, 8, 4, 4),
-                    pool_ratios=((12, 16, 20, 24), (6, 8, 10, 12), (3, 4, 5, 6), (1, 2, 3, 4)),
-                    drop_path=0.1)
+P2T_SMALL = P2TSpec(
+    dims=(64, 128, 320, 512),
+    depths=(2, 2, 9, 3),
+    heads=(1, 2, 5, 8),
+    mlp_ratios=(8, 8, 4, 4),
+    pool_ratios=((12, 16, 20, 24), (6, 8, 10, 12), (3, 4, 5, 6), (1, 2, 3, 4)),
+    drop_path=0.1,
+)
 P2T_VARIANTS = {"p2t_small": P2T_SMALL}
 
 
@@ -126,7 +130,7 @@ class PoolingAttention(nn.Module):
         """The pooled sequence ``(B, M, C)``, M = Σ_r round(H/r)·round(W/r)."""
         fmap = _to_map(x, h, w)
         pools = []
-        for r, conv in zip(self.pool_ratios, d_convs):
+        for r, conv in zip(self.pool_ratios, d_convs, strict=True):
             p = F.adaptive_avg_pool2d(fmap, (max(1, round(h / r)), max(1, round(w / r))))
             pools.append(_to_tokens(p + conv(p)))
         return self.norm(torch.cat(pools, 1))
@@ -170,16 +174,23 @@ class P2T(nn.Module):
         spec = P2T_VARIANTS[variant]
         self.depth = variant  # the architecture's name, as ResNetBackbone.depth
         self.out_channels = list(spec.dims)
-        rates = torch.linspace(0, spec.drop_path, sum(spec.depths)).tolist()
+        n_blocks = sum(
+            spec.depths
+        )  # drop-path rates: linspace(0, drop_path, n_blocks), in Python (meta-safe)
+        rates = [spec.drop_path * k / max(1, n_blocks - 1) for k in range(n_blocks)]
         in_ch, start = 3, 0
         for i, (dim, depth, heads, ratio, pools) in enumerate(
-                zip(spec.dims, spec.depths, spec.heads, spec.mlp_ratios, spec.pool_ratios), 1):
+            zip(spec.dims, spec.depths, spec.heads, spec.mlp_ratios, spec.pool_ratios, strict=True), 1
+        ):
             kernel, stride = (7, 4) if i == 1 else (3, 2)
             self.add_module(f"patch_embed{i}", PatchEmbed(in_ch, dim, kernel, stride))
-            self.add_module(f"d_convs{i}", nn.ModuleList(
-                nn.Conv2d(dim, dim, 3, padding=1, groups=dim) for _ in pools))
-            self.add_module(f"block{i}", nn.ModuleList(
-                P2TBlock(dim, heads, ratio, pools, rates[start + j]) for j in range(depth)))
+            self.add_module(
+                f"d_convs{i}", nn.ModuleList(nn.Conv2d(dim, dim, 3, padding=1, groups=dim) for _ in pools)
+            )
+            self.add_module(
+                f"block{i}",
+                nn.ModuleList(P2TBlock(dim, heads, ratio, pools, rates[start + j]) for j in range(depth)),
+            )
             in_ch, start = dim, start + depth
         self.apply(self._init_weights)
 
@@ -194,8 +205,10 @@ class P2T(nn.Module):
             nn.init.zeros_(m.bias)
 
     def stages(self) -> list[tuple[PatchEmbed, nn.ModuleList, nn.ModuleList]]:
-        return [(getattr(self, f"patch_embed{i}"), getattr(self, f"d_convs{i}"), getattr(self, f"block{i}"))
-                for i in range(1, len(self.out_channels) + 1)]
+        return [
+            (getattr(self, f"patch_embed{i}"), getattr(self, f"d_convs{i}"), getattr(self, f"block{i}"))
+            for i in range(1, len(self.out_channels) + 1)
+        ]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         outs = []
@@ -228,9 +241,11 @@ def load_p2t_weights(backbone: P2T, pretrained: str | Path) -> WeightsReport | N
     if spec.lower() == "imagenet":
         where = p2t_weights_file()
         if not where.is_file():
-            raise TbxError(f"ImageNet weights for {backbone.depth} are not cached (tbx cannot download them)",
-                           where=where, fix=f"place {P2T_SOURCE} at {where}, or set model.pretrained to "
-                                            "its path (or none)")
+            raise TbxError(
+                f"ImageNet weights for {backbone.depth} are not cached (tbx cannot download them)",
+                where=where,
+                fix=f"place {P2T_SOURCE} at {where}, or set model.pretrained to its path (or none)",
+            )
     else:
         where = Path(spec).expanduser()
     state = read_backbone_state(where, probe="patch_embed1.proj.weight", fix=fix)
