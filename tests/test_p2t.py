@@ -392,3 +392,22 @@ def test_cli_models_info_table_and_json(cli, official_ckpt):
     code, out, _ = cli("models", "info", "retinanet_p2t", "--runs", "0", "--json", "--input", "128")
     assert code == 0 and json.loads(out)["pretrained"] is None
     assert json.loads(out)["params_live"] == 44_965_073 - 682_848 - 20_280
+
+
+def test_checkpoint_of_a_p2t_run_rebuilds_without_the_imagenet_file(tmp_path, monkeypatch):
+    """`tbx predict` on a trained P2T run needs no ImageNet file: the checkpoint holds every weight."""
+    from tbx.config import to_dict
+    from tbx.engine.predict import model_from_checkpoint
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached here
+    cfg = load_train_config("symformer_p2t", None, ["model.input_size=128"])
+    with torch.device("meta"):
+        shapes = build(cfg.model_name, ModelConfig(backbone="p2t_small", pretrained="none")).state_dict()
+    state = {
+        "config": to_dict(cfg),
+        "model": {k: torch.full(v.shape, 0.5) for k, v in shapes.items()},
+        "stage": 2,
+    }
+    model, got = model_from_checkpoint(state, tmp_path / "final.pt")
+    assert got.model.pretrained == "imagenet" and model.pretrained_report is None
+    assert torch.equal(model.backbone.block3[0].attn.q[0].weight, torch.full((320, 320), 0.5))
