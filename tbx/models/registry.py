@@ -21,7 +21,8 @@ class ModelConfig:
     """What a builder needs (fields a model does not use are ignored by its builder).
 
     Attributes:
-        backbone: ``resnet18 | resnet34 | resnet50 | resnet101`` (``vgg16`` for SSD).
+        backbone: ``resnet18 | resnet34 | resnet50 | resnet101`` (``vgg16`` for SSD); RetinaNet
+            family also ``p2t_small`` (:mod:`tbx.models.p2t`, docs/models.md §2.5).
         pretrained: ``"imagenet"`` (torchvision weights, cached in ``$TORCH_HOME``), ``"none"``
             (from scratch) or a path to a backbone ``state_dict`` / tbx checkpoint.
         num_classes: box classes (2: active TB, latent TB).
