@@ -1,5 +1,5 @@
-"""P2T-Small backbone and the P2T SymFormer / RetinaNet models (docs/models.md §2.5): parameter and
-MAC counts against hand counts from the architecture, the official checkpoint key layout (built
+"""P2T-Small backbone and the P2T SymFormer / RetinaNet models (docs/models.md §3.1, §2.5): parameter
+and MAC counts against hand counts from the architecture, the official checkpoint key layout (built
 here from the architecture, not from the model), the pooling attention against its explicit
 formula, shapes, one training step of each stage, presets and `tbx models info`."""
 
@@ -17,7 +17,7 @@ from tbx.models.info import count_params, model_info
 from tbx.models.p2t import P2T, PoolingAttention, p2t_small
 from tbx.models.registry import ModelConfig, build
 
-# the architecture (docs/models.md §2.5)
+# the architecture (docs/models.md §3.1)
 DIMS, DEPTHS, RATIOS = (64, 128, 320, 512), (2, 2, 9, 3), (8, 8, 4, 4)
 POOLS = ((12, 16, 20, 24), (6, 8, 10, 12), (3, 4, 5, 6), (1, 2, 3, 4))
 # docs/models.md §2.5 component counts of SymFormer w/ RetinaNet on P2T-Small

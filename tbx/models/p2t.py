@@ -1,5 +1,5 @@
 """P2T-Small (Pyramid Pooling Transformer, Wu et al., TPAMI 2023): the backbone of the paper's best
-SymFormer row (docs/models.md §2.5), with the official ImageNet checkpoint's key layout.
+SymFormer row (docs/models.md §3.1; its budget: §2.5), with the official ImageNet checkpoint's keys.
 
 Architecture (the facts of the official code, written anew here):
 

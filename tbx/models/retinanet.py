@@ -58,7 +58,7 @@ STRIDES = (8, 16, 32, 64, 128)  # P3..P7 (SPEC §2.1)
 
 
 def make_backbone(name: str, pretrained: str) -> tuple[ResNetBackbone | P2T, WeightsReport | None]:
-    """A ResNet (``resnet18 … resnet101``) or P2T (``p2t_small``, docs/models.md §2.5) trunk with
+    """A ResNet (``resnet18 … resnet101``) or P2T (``p2t_small``, docs/models.md §3.1) trunk with
     its weights loaded; both return 4 maps at strides 4–32 and list their ``out_channels``."""
     if name in P2T_VARIANTS:
         p2t = P2T(name)
