@@ -45,7 +45,7 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from tbx.errors import TbxError
-from tbx.models.backbone import FPN, ResNetBackbone, WeightsReport, load_backbone_weights
+from tbx.models.backbone import FPN, RESNETS, ResNetBackbone, WeightsReport, load_backbone_weights
 from tbx.models.base import Detector, Prediction
 from tbx.models.cls_head import ClsHead, HeadInit
 from tbx.models.p2t import P2T, P2T_VARIANTS, load_p2t_weights
@@ -63,6 +63,8 @@ def make_backbone(name: str, pretrained: str) -> tuple[ResNetBackbone | P2T, Wei
     if name in P2T_VARIANTS:
         p2t = P2T(name)
         return p2t, load_p2t_weights(p2t, pretrained)
+    if name not in RESNETS:
+        raise TbxError(f"unknown backbone {name!r}", fix=f"use one of {sorted(RESNETS) + sorted(P2T_VARIANTS)}")
     resnet = ResNetBackbone(name)
     return resnet, load_backbone_weights(resnet, pretrained)
 
