@@ -13,6 +13,7 @@ import torch
 
 from tbx.engine.schedule import load_train_config
 from tbx.errors import TbxError
+from tbx.models.backbone import load_state_checked
 from tbx.models.info import count_params, model_info
 from tbx.models.p2t import P2T, PoolingAttention, p2t_small
 from tbx.models.registry import ModelConfig, build
@@ -193,15 +194,15 @@ def test_missing_or_misshaped_tensor_fails_in_one_line(official_ckpt, tmp_path):
         p2t_small(pretrained=tmp_path / "missing.pth")
     msg = str(err.value)
     assert "\n" not in msg and "do not fit p2t_small" in msg and "block3.4.attn.q.0.weight" in msg
-    # the pre-.0 layout of q (`attn.q.weight`) is not silently skipped as the official strict=False was
+    # the same check in memory (no file round trip): the pre-`.0` layout of q (`attn.q.weight`) is not
+    # silently skipped as the official strict=False loader did, nor is a mis-shaped tensor
+    model = P2T("p2t_small")
     renamed = {k.replace("attn.q.0.", "attn.q."): v for k, v in sd.items()}
-    torch.save(renamed, tmp_path / "renamed.pth")
-    with pytest.raises(TbxError, match="missing"):
-        p2t_small(pretrained=tmp_path / "renamed.pth")
+    with pytest.raises(TbxError, match="32 missing"):  # q weight + bias of 16 blocks
+        load_state_checked(model, renamed, tmp_path / "renamed.pth", "p2t_small", "use the official file")
     wrong = dict(sd, **{"d_convs2.1.weight": torch.zeros(128, 1, 5, 5)})
-    torch.save(wrong, tmp_path / "wrong.pth")
-    with pytest.raises(TbxError, match=r"shape mismatch at \['d_convs2.1.weight'\]"):
-        p2t_small(pretrained=tmp_path / "wrong.pth")
+    with pytest.raises(TbxError, match=r"shape mismatch at \['d_convs2.1.weight'\]: file \(128, 1, 5, 5\)"):
+        load_state_checked(model, wrong, tmp_path / "wrong.pth", "p2t_small", "use the official file")
     with pytest.raises(TbxError, match="not found"):
         p2t_small(pretrained=tmp_path / "nope.pth")
 
@@ -382,13 +383,25 @@ def test_cli_models_info_table_and_json(cli, official_ckpt):
     )
     assert code == 0
     res = json.loads(out)
-    assert {k: res["pretrained"][k] for k in ("loaded", "missing", "unexpected")} == {
+    assert res["pretrained"] == {
         "loaded": len(official_shapes()),
         "missing": 0,
         "unexpected": 2,
     }
     assert res["params_live"] == 44_965_073 and res["params_paper"] == 45_095_485
     assert res["backbone"] == "p2t_small" and res["input"] == 128
+    code, out, _ = cli(
+        "models",
+        "info",
+        "symformer_p2t",
+        "--set",
+        f"model.pretrained={d / 'p2t_small_wrapped.pth'}",
+        "--runs",
+        "0",
+        "--input",
+        "64",
+    )
+    assert code == 0 and "336 tensors loaded, 0 missing, 2 unexpected" in " ".join(out.split())
     code, out, _ = cli("models", "info", "retinanet_p2t", "--runs", "0", "--json", "--input", "128")
     assert code == 0 and json.loads(out)["pretrained"] is None
     assert json.loads(out)["params_live"] == 44_965_073 - 682_848 - 20_280

@@ -81,7 +81,7 @@ def info(
               f"full count: {res['gmacs_full']:.2f}")
     if res["pretrained"] is not None:
         p = res["pretrained"]
-        con.print(f"backbone weights {p['source']}: {p['loaded']} tensors loaded, {p['missing']} missing, "
-                  f"{p['unexpected']} unexpected (ignored)")
+        con.print(f"backbone weights {tcfg.model.pretrained}: {p['loaded']} tensors loaded, "
+                  f"{p['missing']} missing, {p['unexpected']} unexpected (ignored)")
     if res["latency_ms"] is not None:
         con.print(f"CPU latency (median of {runs}, batch 1): {res['latency_ms']:.0f} ms")

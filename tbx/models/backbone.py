@@ -146,9 +146,9 @@ class WeightsReport:
     missing: int
     unexpected: int
 
-    def to_dict(self) -> dict[str, int | str]:
-        return {"source": self.source, "loaded": self.loaded, "missing": self.missing,
-                "unexpected": self.unexpected}
+    def to_dict(self) -> dict[str, int]:
+        """``{"loaded", "missing", "unexpected"}`` (the JSON of ``tbx models info``)."""
+        return {"loaded": self.loaded, "missing": self.missing, "unexpected": self.unexpected}
 
 
 def _extract_backbone(obj: object, path: Path, probe: str = "conv1.weight",

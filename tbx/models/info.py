@@ -241,8 +241,8 @@ def model_info(name: str, cfg: ModelConfig | None = None, input_size: int | None
     Returns a JSON-serialisable dict: ``model``, ``backbone``, ``input``, ``params_live``,
     ``params_trainable``, ``dead_params``, ``params_paper``, ``gmacs`` (mmcv-style),
     ``gmacs_functional``, ``gmacs_activations``, ``gmacs_full`` (see the module docstring),
-    ``latency_ms`` (None when ``latency_runs`` is 0), ``pretrained`` (``{"source", "loaded",
-    "missing", "unexpected"}`` of the backbone weights, None without weights) and ``components``
+    ``latency_ms`` (None when ``latency_runs`` is 0), ``pretrained`` (``{"loaded", "missing",
+    "unexpected"}`` tensors of the backbone weights file, None without weights) and ``components``
     (per component: ``params``, ``params_trainable``, ``gmacs``).
     """
     cfg = cfg or ModelConfig()
