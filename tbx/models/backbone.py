@@ -9,7 +9,9 @@
   before P7, hence our own module).  Xavier-uniform init, zero bias (mmdetection's FPN init).
 * :func:`load_backbone_weights` — ``"imagenet"`` (torchvision's weights API, cached file in
   ``$TORCH_HOME/hub/checkpoints``), ``"none"`` or a path to a torchvision ResNet ``state_dict`` or a
-  tbx checkpoint (its ``backbone.*`` entries).
+  tbx checkpoint (its ``backbone.*`` entries).  The file reading (:func:`read_backbone_state`) and
+  the checked load with its loaded / missing / unexpected :class:`WeightsReport`
+  (:func:`load_state_checked`) are shared with :mod:`tbx.models.p2t`.
 """
 
 from __future__ import annotations
