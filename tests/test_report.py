@@ -229,7 +229,7 @@ def test_classification_csv_and_published_rows(built):
         assert float(ours[k]) == pytest.approx(100 * full[k], abs=1e-3)
         assert float(ours[f"{k}_ci_lo"]) == pytest.approx(100 * (full[k] - 0.02), abs=1e-3)
     published = [r for r in rows if r["kind"] == "published"]
-    assert len(published) == 7  # SPEC §4.4: three TPAMI rows + four CVPR baselines
+    assert len(published) == 8  # SPEC §4.4: three TPAMI rows + P2T-Small (§2.5) + four CVPR baselines
     sym = next(r for r in published if r["method"].startswith("SymFormer w/ RetinaNet"))
     assert "(published)" in sym["method"]
     assert [float(sym[k]) for k in ("accuracy", "auc", "sensitivity", "specificity", "ap", "ar")] == \

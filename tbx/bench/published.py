@@ -58,7 +58,8 @@ def _det(all_cxr: tuple[Pair, ...], tb_only: tuple[Pair, ...] | None = None) -> 
 _SYM_COUNTS = {"tp": 589, "tn": 2569, "fp": 86, "fn": 58}
 _SYM_SHARES = {k: round(100.0 * v / 3302, 1) for k, v in _SYM_COUNTS.items()}
 
-# SPEC §4.4 (TPAMI) and the CVPR 2020 baselines; params / GMACs from SPEC §2.5.
+# SPEC §4.4 (TPAMI; P2T-Small: docs/models.md §2.5) and the CVPR 2020 baselines; params / GMACs
+# from SPEC §2.5.
 PUBLISHED_ROWS: tuple[PublishedRow, ...] = (
     PublishedRow("SymFormer w/ RetinaNet R50", CITATION,
                  _cls((94.5, 98.9, 91.0, 96.8, 93.3, 94.0)),
@@ -66,6 +67,12 @@ PUBLISHED_ROWS: tuple[PublishedRow, ...] = (
                       ((73.4, 31.5), (67.1, 29.2), (14.7, 4.8))),
                  fps=24.3, fps_note="one TITAN XP", params_paper_m=50.03, gmacs=59.14, f1=89.0,
                  shares=_SYM_SHARES),
+    # the paper's best row, the official README's example backbone (docs/models.md §2.5)
+    PublishedRow("SymFormer w/ RetinaNet P2T-Small", CITATION,
+                 _cls((94.6, 99.1, 92.1, 96.7, 93.4, 94.2)),
+                 _det(((70.4, 30.0), (63.6, 26.9), (11.4, 4.3)),
+                      ((75.7, 32.1), (68.9, 28.9), (13.0, 4.7))),
+                 fps=17.9, fps_note="one TITAN XP", params_paper_m=45.10, gmacs=55.46),
     PublishedRow("Deformable DETR R50", CITATION,
                  _cls((91.3, 97.6, 89.2, 95.3, 89.8, 91.0)),
                  _det(((51.7, 22.0), (48.9, 21.2), (7.1, 1.9))),

@@ -13,7 +13,8 @@ from tbx.errors import TbxError
 
 def train(
     model: str = typer.Argument("symformer", help="Model: symformer (= symformer_retinanet), "
-                                "retinanet, faster_rcnn, fcos, ssd, deformable_detr, "
+                                "symformer_p2t (its P2T-Small preset), retinanet, faster_rcnn, "
+                                "fcos, ssd, deformable_detr, "
                                 "symformer_deformable_detr."),
     data: Path = typer.Option(..., "--data", help="TBX11K-layout dataset root."),
     out: Path = typer.Option(..., "--out", help="Run directory (config, metrics, checkpoints)."),

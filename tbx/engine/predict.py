@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -136,7 +137,9 @@ def model_from_checkpoint(state: dict[str, Any], where: Path,
     except TbxError as e:
         raise TbxError(f"checkpoint config is invalid: {e.what}", where,
                        "use a checkpoint written by this version of tbx") from None
-    model = model_builder(cfg) if model_builder else build(cfg.model_name, cfg.model)
+    # the checkpoint holds every weight: no backbone file needed (P2T's ImageNet file is not downloadable)
+    bare = replace(cfg, model=replace(cfg.model, pretrained="none"))
+    model = model_builder(bare) if model_builder else build(bare.model_name, bare.model)
     load_model_weights(model, state["model"], where)
     if hasattr(model, "set_stage"):
         cast(Any, model).set_stage(int(state.get("stage", 1)))

@@ -28,7 +28,9 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 # `tbx train symformer` → the default model (SPEC §2).
 MODEL_ALIASES = {"symformer": "symformer_retinanet", "symformer_detr": "symformer_deformable_detr",
-                 "detr": "deformable_detr"}
+                 "detr": "deformable_detr", "symformer_p2t": "symformer_retinanet"}
+# Aliases that also pick a preset other than the model's default (`tbx train symformer_p2t`).
+ALIAS_PRESETS = {"symformer_p2t": "symformer_retinanet_p2t"}
 # The paper preset of each model (SPEC §2.7, §3).
 DEFAULT_PRESETS = {
     "symformer_retinanet": "symformer_retinanet_r50",
@@ -145,7 +147,7 @@ def load_train_config(model: str | None = None, config: str | Path | None = None
     allowed) picks the paper preset when no config is given and always names the model."""
     name = canonical_model_name(model) if model else None
     if config is None:
-        config = DEFAULT_PRESETS.get(name or "symformer_retinanet")
+        config = ALIAS_PRESETS.get(model or "") or DEFAULT_PRESETS.get(name or "symformer_retinanet")
         if config is None:
             raise TbxError(f"unknown model '{model}'",
                            fix="use one of: " + ", ".join(sorted(set(DEFAULT_PRESETS) | set(MODEL_ALIASES))))

@@ -9,12 +9,15 @@
   before P7, hence our own module).  Xavier-uniform init, zero bias (mmdetection's FPN init).
 * :func:`load_backbone_weights` — ``"imagenet"`` (torchvision's weights API, cached file in
   ``$TORCH_HOME/hub/checkpoints``), ``"none"`` or a path to a torchvision ResNet ``state_dict`` or a
-  tbx checkpoint (its ``backbone.*`` entries).
+  tbx checkpoint (its ``backbone.*`` entries).  The file reading (:func:`read_backbone_state`) and
+  the checked load with its loaded / missing / unexpected :class:`WeightsReport`
+  (:func:`load_state_checked`) are shared with :mod:`tbx.models.p2t`.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -124,58 +127,95 @@ def fetch_weights(name: str, url: str, path: Path) -> None:
                 "or use pretrained: none / a path to a state_dict") from e
 
 
-def _imagenet_state_dict(depth: str) -> dict[str, Tensor]:
+def _imagenet_state_dict(depth: str) -> object:
     path = imagenet_weights_file(depth)
     fetch_weights(depth, RESNETS[depth][1].url, path)
     return _safe_load(path)
 
 
-def _safe_load(path: Path) -> dict[str, Tensor]:
+_RESNET_FIX = "pass a torchvision ResNet state_dict or a tbx checkpoint"
+
+
+def _safe_load(path: Path, fix: str = _RESNET_FIX) -> object:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise TbxError(f"cannot read backbone weights ({type(e).__name__}: {e})", where=path,
-                       fix="pass a torchvision ResNet state_dict or a tbx checkpoint") from e
+        raise TbxError(f"cannot read backbone weights ({type(e).__name__}: {e})", where=path, fix=fix) from e
     return obj
 
 
-def _extract_backbone(obj, path: Path) -> dict[str, Tensor]:
-    """A torchvision ResNet state_dict, or a checkpoint (``{"model": …}``/``{"state_dict": …}``)
-    whose ``backbone.*`` (or torchvision-detection ``backbone.body.*``) entries form one."""
+@dataclass(frozen=True)
+class WeightsReport:
+    """What a backbone weights file gave: tensors loaded, backbone tensors missing (always 0 once
+    loaded: a missing one is an error) and file tensors the backbone has no use for (an ImageNet
+    classifier, …)."""
+
+    source: str
+    loaded: int
+    missing: int
+    unexpected: int
+
+    def to_dict(self) -> dict[str, int]:
+        """``{"loaded", "missing", "unexpected"}`` (the JSON of ``tbx models info``)."""
+        return {"loaded": self.loaded, "missing": self.missing, "unexpected": self.unexpected}
+
+
+def _extract_backbone(obj: object, path: Path, probe: str = "conv1.weight",
+                      fix: str = _RESNET_FIX) -> dict[str, Tensor]:
+    """A backbone state_dict — bare, or wrapped (``{"model": …}``/``{"state_dict": …}``) — or a
+    checkpoint whose ``backbone.*`` (or torchvision-detection ``backbone.body.*``) entries form one
+    (recognised by the ``probe`` key)."""
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "model_state"):
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise TbxError("not a state_dict of tensors", where=path,
-                       fix="pass a torchvision ResNet state_dict or a tbx checkpoint")
+        raise TbxError("not a state_dict of tensors", where=path, fix=fix)
     for prefix in ("backbone.body.", "backbone."):
         sub = {k[len(prefix):]: v for k, v in obj.items() if k.startswith(prefix)}
-        if sub and "conv1.weight" in sub:
+        if sub and probe in sub:
             return sub
-    return {k: v for k, v in obj.items() if not k.startswith("fc.")}
+    return dict(obj)
 
 
-def load_backbone_weights(backbone: ResNetBackbone, pretrained: str | Path) -> None:
-    """Load ``pretrained`` (``"imagenet"``, ``"none"`` or a file path) into ``backbone``."""
-    spec = str(pretrained)
-    if spec.lower() == "none":
-        return
-    if spec.lower() == "imagenet":
-        state = _extract_backbone(_imagenet_state_dict(backbone.depth), imagenet_weights_file(backbone.depth))
-        where = imagenet_weights_file(backbone.depth)
-    else:
-        where = Path(spec).expanduser()
-        if not where.is_file():
-            raise TbxError("backbone weights file not found", where=where,
-                           fix="pretrained must be 'imagenet', 'none' or an existing file")
-        state = _extract_backbone(_safe_load(where), where)
-    own = backbone.state_dict()
+def read_backbone_state(path: Path, probe: str, fix: str) -> dict[str, Tensor]:
+    """The backbone state_dict in the file ``path`` (see :func:`_extract_backbone`)."""
+    if not path.is_file():
+        raise TbxError("backbone weights file not found", where=path,
+                       fix="pretrained must be 'imagenet', 'none' or an existing file")
+    return _extract_backbone(_safe_load(path, fix), path, probe, fix)
+
+
+def load_state_checked(module: nn.Module, state: dict[str, Tensor], where: Path, arch: str,
+                       fix: str) -> WeightsReport:
+    """Load ``state`` into ``module``: every tensor of ``module`` must be there with its shape (else
+    one-line :class:`TbxError`); extra tensors are counted as unexpected and ignored."""
+    own = module.state_dict()
     missing = sorted(set(own) - set(state))
     wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
     if missing or wrong:
-        detail = f"missing {missing[:3]}" if missing else f"shape mismatch at {wrong[:3]}"
-        raise TbxError(f"backbone weights do not fit {backbone.depth} ({detail})", where=where,
-                       fix=f"use weights of a torchvision {backbone.depth}")
-    backbone.load_state_dict({k: state[k] for k in own}, strict=True)
+        if missing:
+            detail = f"{len(missing)} missing, e.g. {missing[:3]}"
+        else:
+            detail = (f"shape mismatch at {wrong[:3]}: file {tuple(state[wrong[0]].shape)}, "
+                      f"model {tuple(own[wrong[0]].shape)}")
+        raise TbxError(f"backbone weights do not fit {arch} ({detail})", where=where, fix=fix)
+    module.load_state_dict({k: state[k] for k in own}, strict=True)
+    return WeightsReport(str(where), loaded=len(own), missing=0, unexpected=len(set(state) - set(own)))
+
+
+def load_backbone_weights(backbone: ResNetBackbone, pretrained: str | Path) -> WeightsReport | None:
+    """Load ``pretrained`` (``"imagenet"``, ``"none"`` or a file path) into ``backbone``; returns
+    the loaded / missing / unexpected report (None for ``"none"``; the ImageNet ``fc.*`` is unexpected)."""
+    spec = str(pretrained)
+    if spec.lower() == "none":
+        return None
+    if spec.lower() == "imagenet":
+        where = imagenet_weights_file(backbone.depth)
+        state = _extract_backbone(_imagenet_state_dict(backbone.depth), where)
+    else:
+        where = Path(spec).expanduser()
+        state = read_backbone_state(where, probe="conv1.weight", fix=_RESNET_FIX)
+    return load_state_checked(backbone, state, where, arch=backbone.depth,
+                              fix=f"use weights of a torchvision {backbone.depth}")

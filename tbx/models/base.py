@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from tbx.models.cls_head import ClsHead
+from tbx.models.backbone import WeightsReport
 
 # SPEC §2.6: cross-entropy class weights for healthy, sick, TB.
 CLS_LOSS_WEIGHTS = (1.0, 1.0, 4.0)
@@ -49,6 +50,8 @@ class Detector(nn.Module):
 
     cls_head: ClsHead  # set by every subclass (SPEC §2.6)
     stage: int = 1
+    #: what the backbone weights file gave (loaded / missing / unexpected); None: random init
+    pretrained_report: WeightsReport | None = None
     #: Backbone BatchNorm in eval mode with frozen running statistics (SPEC §2.1, right for
     #: ImageNet-initialised backbones).  CPU presets training from scratch set it False
     #: (``model.norm_eval: false``): frozen statistics of a random network do not normalise.

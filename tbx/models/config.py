@@ -79,7 +79,8 @@ class ModelConfig:
     """The ``model:`` section.
 
     Attributes:
-        backbone: ``resnet18 | resnet34 | resnet50 | resnet101`` (``vgg16`` for SSD).
+        backbone: ``resnet18 | resnet34 | resnet50 | resnet101`` (``vgg16`` for SSD); the RetinaNet
+            family also ``p2t_small`` (:mod:`tbx.models.p2t`, docs/models.md §3.1).
         pretrained: ``"imagenet"`` (torchvision weights, cached in ``$TORCH_HOME``), ``"none"``
             (from scratch) or a path to a backbone ``state_dict`` / tbx checkpoint.
         num_classes: box classes (2: active TB, latent TB).

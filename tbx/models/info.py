@@ -11,14 +11,17 @@ Counting is generic (nothing per model is hard-coded):
   ``macs_forward`` — every layer but post-processing — when it has one, else ``predict``),
   counted like mmcv's ``get_flops`` (the paper's tool, SPEC §2.5) with forward hooks on modules:
   Conv (k·k·C_in/groups per output element + 1 for the bias), Linear (input elements × out
-  features), BatchNorm/GroupNorm/LayerNorm/InstanceNorm (elements, ×2 when affine), ReLU-family
-  activations (output elements), pooling (input elements), Upsample (output elements).
+  features), BatchNorm/GroupNorm/LayerNorm/InstanceNorm (elements, ×2 when affine), the
+  activations mmcv hooks (ReLU, ReLU6, PReLU, ELU, LeakyReLU: output elements), pooling modules
+  (input elements), Upsample (output elements).
   Not in ``gmacs`` (mmcv does not see them either): functional calls — deformable/bilinear
   sampling (``grid_sample``), attention matrix products (``matmul``/``bmm``/``einsum``/
-  ``scaled_dot_product_attention``), ``F.interpolate``, ``F.linear`` inside
-  ``nn.MultiheadAttention`` — and detection post-processing (decoding, NMS).  The first two are
-  counted separately as ``gmacs_functional`` (grid_sample: 4 taps per sampled element; products:
-  the usual m·n·k).
+  ``scaled_dot_product_attention``), functional adaptive average pooling (P2T's pyramid pooling),
+  ``F.interpolate``, ``F.linear`` inside ``nn.MultiheadAttention`` —, activation modules mmcv has
+  no hook for (Hardswish, GELU, SiLU, Sigmoid …) and detection post-processing (decoding, NMS).
+  The first three are counted separately as ``gmacs_functional`` (grid_sample: 4 taps per sampled
+  element; products: the usual m·n·k; pooling: input elements), the activations as
+  ``gmacs_activations`` (output elements), and ``gmacs_full`` = ``gmacs`` + both.
 * ``latency_ms`` — median wall time of ``predict`` on CPU (batch 1, ``torch.inference_mode``)
   after warm-up runs, on a copy prepared as ``tbx predict`` prepares it (BatchNorm folded,
   channels_last: :func:`tbx.models.inference.prepare_for_inference`).
@@ -30,7 +33,8 @@ import copy
 import statistics
 import time
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, cast
 
 import torch
@@ -42,7 +46,8 @@ from tbx.models.config import ModelConfig
 from tbx.models.inference import prepare_for_inference
 from tbx.models.registry import build
 
-_ACT = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid)
+_ACT = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU)  # the activations mmcv's counter hooks
+_ACT_UNHOOKED = (nn.Hardswish, nn.Hardsigmoid, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Mish)
 _POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
          nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.AdaptiveAvgPool1d,
          nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
@@ -90,16 +95,20 @@ def module_macs(module: nn.Module, inputs: tuple, output) -> int:
 
 
 class _FunctionalCounter(TorchFunctionMode):
-    """Counts MACs of functional calls mmcv does not see (grid_sample, matrix products)."""
+    """Counts MACs of functional calls mmcv does not see (grid_sample, matrix products, adaptive
+    average pooling outside a pooling module)."""
 
     def __init__(self):
         super().__init__()
         self.macs = 0
+        self.in_pool_module = 0  # > 0 while a pooling module (counted by its hook) runs
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         try:
-            if func is F.grid_sample:
+            if func is F.adaptive_avg_pool2d and not self.in_pool_module:
+                self.macs += args[0].numel()
+            elif func is F.grid_sample:
                 out = func(*args, **kwargs)
                 self.macs += out.numel() * 4  # bilinear: 4 taps per output element
                 return out
@@ -143,28 +152,62 @@ def count_params(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-def count_macs(model: nn.Module, images: Tensor) -> tuple[dict[str, int], int]:
-    """mmcv-style MACs per component of one ``predict`` (or forward) pass, and functional MACs."""
+@dataclass
+class MacCount:
+    """MACs of one pass: mmcv-style per component, and what mmcv does not see (module docstring)."""
+
+    per_component: dict[str, int]
+    functional: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_component.values())
+
+
+def count_macs_detail(model: nn.Module, images: Tensor) -> MacCount:
+    """mmcv-style MACs per component of one ``predict`` (or forward) pass, plus the functional
+    MACs and the MACs of activation modules mmcv has no hook for."""
     comps = model_components(model)
     owner: dict[nn.Module, str] = {}
     for cname, cmod in comps.items():
         for m in cmod.modules():
             owner.setdefault(m, cname)
     per: dict[str, int] = defaultdict(int)
+    unhooked = [0]
+    counter = _FunctionalCounter()
+
+    def hook(mod: nn.Module, inputs: tuple, output: object, name: str) -> None:
+        per[name] += module_macs(mod, inputs, output)
+        if isinstance(mod, _ACT_UNHOOKED):
+            out = _first_tensor(output)
+            unhooked[0] += out.numel() if out is not None else 0
+        if isinstance(mod, _POOL):
+            counter.in_pool_module -= 1
+
+    def pre_hook(mod: nn.Module, inputs: tuple) -> None:
+        counter.in_pool_module += 1
+
     handles = []
     for m in model.modules():
         if len(list(m.children())) == 0:
-            name = owner.get(m, "other")
-            handles.append(m.register_forward_hook(
-                lambda mod, i, o, _n=name: per.__setitem__(_n, per[_n] + module_macs(mod, i, o))))
-    counter = _FunctionalCounter()
+            handles.append(m.register_forward_hook(partial(hook, name=owner.get(m, "other"))))
+            if isinstance(m, _POOL):
+                handles.append(m.register_forward_pre_hook(pre_hook))
     try:
         with torch.inference_mode(), counter:
             _run_for_macs(model, images)
     finally:
         for h in handles:
             h.remove()
-    return {c: per.get(c, 0) for c in list(comps) + (["other"] if per.get("other") else [])}, counter.macs
+    per_component = {c: per.get(c, 0) for c in list(comps) + (["other"] if per.get("other") else [])}
+    return MacCount(per_component, counter.macs, unhooked[0])
+
+
+def count_macs(model: nn.Module, images: Tensor) -> tuple[dict[str, int], int]:
+    """mmcv-style MACs per component of one ``predict`` (or forward) pass, and functional MACs."""
+    res = count_macs_detail(model, images)
+    return res.per_component, res.functional
 
 
 def _run_for_macs(model: nn.Module, images: Tensor):
@@ -193,17 +236,22 @@ def measure_latency(model: nn.Module, images: Tensor, runs: int = 5, warmup: int
 
 
 def model_info(name: str, cfg: ModelConfig | None = None, input_size: int | None = None,
-               latency_runs: int = 3, model: nn.Module | None = None) -> dict:
-    """Parameters, MACs and CPU latency of model ``name`` (weights random: ``pretrained="none"``).
+               latency_runs: int = 3, model: nn.Module | None = None, load_weights: bool = False) -> dict:
+    """Parameters, MACs and CPU latency of model ``name`` (weights random: ``pretrained="none"``,
+    unless ``load_weights``: then ``cfg.pretrained`` is loaded and its report returned).
 
     Returns a JSON-serialisable dict: ``model``, ``backbone``, ``input``, ``params_live``,
-    ``params_trainable``, ``dead_params``, ``params_paper``, ``gmacs``, ``gmacs_functional``,
-    ``latency_ms`` (None when ``latency_runs`` is 0) and ``components`` (per component:
-    ``params``, ``params_trainable``, ``gmacs``).
+    ``params_trainable``, ``dead_params``, ``params_paper``, ``gmacs`` (mmcv-style),
+    ``gmacs_functional``, ``gmacs_activations``, ``gmacs_full`` (see the module docstring),
+    ``latency_ms`` (None when ``latency_runs`` is 0), ``pretrained`` (``{"loaded", "missing",
+    "unexpected"}`` tensors of the backbone weights file, None without weights) and ``components``
+    (per component: ``params``, ``params_trainable``, ``gmacs``).
     """
-    cfg = replace(cfg or ModelConfig(), pretrained="none")
+    cfg = cfg or ModelConfig()
+    if not load_weights:
+        cfg = replace(cfg, pretrained="none")
     size = int(input_size or cfg.input_size)
-    if model is None and latency_runs <= 0:
+    if model is None and latency_runs <= 0 and not load_weights:
         # nothing to time: count on the meta device (no weights, no compute) when the model offers a
         # post-processing-free `macs_forward`
         try:
@@ -219,12 +267,14 @@ def model_info(name: str, cfg: ModelConfig | None = None, input_size: int | None
     model.eval()
     device = next(model.parameters()).device
     images = torch.randn(1, 3, size, size, device=device)
-    macs, functional = count_macs(model, images)
+    count = count_macs_detail(model, images)
+    macs = count.per_component
     comps = model_components(model)
     components = {c: {"params": count_params(m), "params_trainable": count_params(m, True),
                       "gmacs": macs.get(c, 0) / 1e9} for c, m in comps.items()}
     if "other" in macs:
         components["other"] = {"params": 0, "params_trainable": 0, "gmacs": macs["other"] / 1e9}
+    report = getattr(model, "pretrained_report", None)
     dead = int(getattr(model, "dead_params", 0))
     trainable = count_params(model, True)
     latency = None
@@ -236,6 +286,9 @@ def model_info(name: str, cfg: ModelConfig | None = None, input_size: int | None
         "model": name, "backbone": cfg.backbone, "input": size,
         "params_live": count_params(model), "params_trainable": trainable,
         "dead_params": dead, "params_paper": trainable + dead,
-        "gmacs": sum(macs.values()) / 1e9, "gmacs_functional": functional / 1e9,
-        "latency_ms": latency, "components": components,
+        "gmacs": count.total / 1e9, "gmacs_functional": count.functional / 1e9,
+        "gmacs_activations": count.activations / 1e9,
+        "gmacs_full": (count.total + count.functional + count.activations) / 1e9,
+        "latency_ms": latency, "pretrained": report.to_dict() if report is not None else None,
+        "components": components,
     }

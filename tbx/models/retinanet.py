@@ -45,13 +45,27 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from tbx.errors import TbxError
-from tbx.models.backbone import FPN, ResNetBackbone, load_backbone_weights
+from tbx.models.backbone import FPN, RESNETS, ResNetBackbone, WeightsReport, load_backbone_weights
 from tbx.models.base import Detector, Prediction
 from tbx.models.cls_head import ClsHead
 from tbx.models.config import HeadInit, ModelConfig, RetinaNetConfig, SymFormerConfig
+from tbx.models.p2t import P2T, P2T_VARIANTS, load_p2t_weights
 from tbx.models.sas import SASBlock
 
 STRIDES = (8, 16, 32, 64, 128)  # P3..P7 (SPEC §2.1)
+
+
+def make_backbone(name: str, pretrained: str) -> tuple[ResNetBackbone | P2T, WeightsReport | None]:
+    """A ResNet (``resnet18 … resnet101``) or P2T (``p2t_small``, docs/models.md §3.1) trunk with
+    its weights loaded; both return 4 maps at strides 4–32 and list their ``out_channels``."""
+    if name in P2T_VARIANTS:
+        p2t = P2T(name)
+        return p2t, load_p2t_weights(p2t, pretrained)
+    if name not in RESNETS:
+        known = sorted(RESNETS) + sorted(P2T_VARIANTS)
+        raise TbxError(f"unknown backbone {name!r}", fix=f"use one of {known}")
+    resnet = ResNetBackbone(name)
+    return resnet, load_backbone_weights(resnet, pretrained)
 
 
 class AnchorGenerator(nn.Module):
@@ -158,8 +172,9 @@ class RetinaNet(Detector):
     """RetinaNet-FPN with the SPEC §2.6 classification head; ``sas=True`` → SymFormer-RetinaNet.
 
     Args:
-        backbone: ``resnet18 | resnet34 | resnet50 | resnet101``.
-        pretrained: ``"imagenet" | "none" | PATH`` (see :func:`load_backbone_weights`).
+        backbone: ``resnet18 | resnet34 | resnet50 | resnet101 | p2t_small`` (:func:`make_backbone`).
+        pretrained: ``"imagenet" | "none" | PATH`` (see :func:`load_backbone_weights`,
+            :func:`tbx.models.p2t.load_p2t_weights`); what was loaded: ``pretrained_report``.
         num_classes: box classes (2: active, latent).
         sas: insert the SAS block (SPE + SymAttention encoder layer) after the FPN.
         pos_encoding / attention: SAS ablation switches (SPEC §2.3), ignored without ``sas``.
@@ -200,12 +215,11 @@ class RetinaNet(Detector):
         if not 0.0 < cls_scale <= 1.0:
             raise ValueError(f"cls_scale must be in (0, 1], got {cls_scale}")
         self.cls_scale = cls_scale
-        self.backbone = ResNetBackbone(backbone)
-        load_backbone_weights(self.backbone, pretrained)
+        self.backbone, self.pretrained_report = make_backbone(backbone, pretrained)
         self.fpn = FPN(self.backbone.out_channels[1:], width)
         self.sas = SASBlock(width, pos_encoding, attention, d_ffn=4 * width) if sas else None
         self.head = RetinaHead(num_classes, in_channels=width, init=head_init)
-        self.cls_backbone = ResNetBackbone(backbone) if cls_backbone else None
+        self.cls_backbone = make_backbone(backbone, "none")[0] if cls_backbone else None
         self.cls_head = ClsHead(self.backbone.out_channels[-1], cls_channels, 3)
         self.anchor_generator = AnchorGenerator(octave_base_scale=anchor_scale)
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))  # SPEC §2.4: means 0, stds 1
