@@ -19,7 +19,8 @@ Each step writes its provenance: ``provenance.json`` (sample), ``provenance_shee
 
 Reader answers (``label`` column, case-insensitive): ``healthy``, ``sick`` (sick but non-TB),
 ``active``, ``latent``, ``active+latent`` (both TB types seen); ``tb`` (TB, type not given) is also
-accepted.  Scoring (SPEC §1.5):
+accepted.  An optional ``seconds`` column (the form's reading time per case; blank = not timed)
+gives each reader's median and total reading time.  Scoring (SPEC §1.5):
 
 * **accuracy with TB types** — a case is right when the reader's class is right and, for TB, the
   reader's set of TB types equals the gold set ({active}, {latent}, {active, latent}); for gold
@@ -376,6 +377,7 @@ class Reads:
     path: Path
     answers: list[str]  # normalised answer per case (reading order)
     comments: list[str]
+    seconds: list[float | None] | None = None  # reading time per case; None: no ``seconds`` column
 
 
 def normalise_answer(text: str) -> str | None:
@@ -390,6 +392,8 @@ def read_reads(path: str | Path, cases: list[Case], name: str | None = None) -> 
     index = {c.case_id: i for i, c in enumerate(cases)}
     answers: list[str | None] = [None] * len(cases)
     comments = [""] * len(cases)
+    timed = bool(rows) and "seconds" in rows[0][1]
+    seconds: list[float | None] = [None] * len(cases)
     seen: dict[str, int] = {}
     problems = []
     for line, row in rows:
@@ -409,6 +413,16 @@ def read_reads(path: str | Path, cases: list[Case], name: str | None = None) -> 
             continue
         answers[index[cid]] = ans
         comments[index[cid]] = row.get("comment", "")
+        if timed and row["seconds"]:  # blank: not timed
+            try:
+                t = float(row["seconds"])
+            except ValueError:
+                t = -1.0
+            if not (math.isfinite(t) and t >= 0):
+                problems.append(f"{loc}: invalid seconds '{row['seconds']}' for '{cid}' "
+                                "(a reading time ≥ 0 in seconds, or blank)")
+                continue
+            seconds[index[cid]] = t
     missing = [cases[i].case_id for i, a in enumerate(answers) if a is None
                and cases[i].case_id not in seen]
     if missing:
@@ -420,7 +434,17 @@ def read_reads(path: str | Path, cases: list[Case], name: str | None = None) -> 
                        "one row per case of cases.csv with a valid label")
     stem = path.stem
     return Reads(name or (stem[len("reads_"):] if stem.startswith("reads_") and len(stem) > 6
-                          else stem), path, [a for a in answers if a is not None], comments)
+                          else stem), path, [a for a in answers if a is not None], comments,
+                 seconds if timed else None)
+
+
+def reading_time(seconds: list[float | None] | None) -> dict[str, Any] | None:
+    """Median and total reading time (s) over the timed cases; None without any timed case."""
+    times = [t for t in (seconds or []) if t is not None]
+    if not times:
+        return None
+    return {"median_s": float(np.median(times)), "total_s": float(sum(times)), "n_timed": len(times),
+            "n_cases": len(seconds or [])}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -625,6 +649,7 @@ def compare(study_dir: str | Path, reads: list[str | Path], pred: str | Path | N
         m["confusion_types"] = {g: {a: types[g][a] for a in ANSWERS} for g in GOLD_ROWS}
         m["operating_point"] = {"fpr": _f(1 - m["specificity"]) if m["specificity"] is not None
                                 else None, "tpr": m["sensitivity"]}
+        m["reading_time"] = reading_time(r.seconds)
         readers.append({"name": r.name, "file": str(Path(r.path).resolve()), **m})
     keys = ("accuracy_types", "accuracy_3class", "sensitivity", "specificity", "kappa_vs_gold")
     average = {k: _f(float(np.mean([x[k] for x in readers if x[k] is not None])))
