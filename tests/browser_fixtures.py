@@ -58,7 +58,9 @@ def watch(context: Any, page: Any) -> Watch:
     """Record ``page``'s console errors / page errors / requests; any request that is not to a local
     file (file:, data:, blob:) is aborted at the context's router and recorded."""
     w = Watch()
-    page.on("console", lambda m: w.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+    page.on(
+        "console", lambda m: w.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None
+    )
     page.on("pageerror", lambda e: w.errors.append(f"pageerror: {e}"))
     page.on("request", lambda r: w.requests.append(r.url))
 

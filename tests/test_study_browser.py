@@ -130,13 +130,19 @@ def test_keyboard_reading_reload_export_and_compare(page, form, tmp_path, cli):
     gold = {r["case_id"]: r for r in csv.DictReader(open(form.parent / "key.csv"))}
     to3 = {"healthy": "healthy", "sick": "sick"}
     right3 = sum(to3.get(KEY_LABEL[k], "tb") == gold[c]["label"] for c, k in zip(cases, keys))
-    code, out, err = cli("study", "compare", form.parent, path, "--n-boot", "20", "--json", tmp_path / "c.json")
+    code, out, err = cli(
+        "study", "compare", form.parent, path, "--n-boot", "20", "--json", tmp_path / "c.json"
+    )
     assert code == 0, err
     (r,) = json.loads((tmp_path / "c.json").read_text())["readers"]
     assert r["name"] == "Dr_Test" and r["accuracy_3class"] == pytest.approx(right3 / n)
     secs = [t / 1000 for t in ms]
-    assert r["reading_time"] == {"median_s": pytest.approx(statistics.median(secs)),
-                                 "total_s": pytest.approx(sum(secs)), "n_timed": n, "n_cases": n}
+    assert r["reading_time"] == {
+        "median_s": pytest.approx(statistics.median(secs)),
+        "total_s": pytest.approx(sum(secs)),
+        "n_timed": n,
+        "n_cases": n,
+    }
     assert "Dr_Test" in out and f"{statistics.median(secs):.1f}" in out
     assert pg.w.errors == [] and pg.w.external == []
 
@@ -207,15 +213,26 @@ def test_labels_focus_and_readers_kept_apart(page):
     # every control has an accessible name in Chromium's own accessibility tree
     cdp = pg.context.new_cdp_session(pg)
     nodes = cdp.send("Accessibility.getFullAXTree")["nodes"]
-    controls = [(nd["role"]["value"], (nd.get("name") or {}).get("value", "")) for nd in nodes
-                if not nd.get("ignored") and nd.get("role", {}).get("value") in
-                ("button", "textbox", "radio", "checkbox", "slider", "spinbutton", "combobox")]
+    controls = [
+        (nd["role"]["value"], (nd.get("name") or {}).get("value", ""))
+        for nd in nodes
+        if not nd.get("ignored")
+        and nd.get("role", {}).get("value")
+        in ("button", "textbox", "radio", "checkbox", "slider", "spinbutton", "combobox")
+    ]
     assert len(controls) >= 12
     assert all(name.strip() for _, name in controls), controls
     names = {name for _, name in controls}
-    assert {"Reader", "Comment (optional)", "Export reads", "healthy", "sick, non-TB", "active TB",
-            "latent TB", "active + latent TB"} <= {nm.split(" ", 1)[-1] if nm[:1].isdigit() else nm
-                                                   for nm in names}
+    assert {
+        "Reader",
+        "Comment (optional)",
+        "Export reads",
+        "healthy",
+        "sick, non-TB",
+        "active TB",
+        "latent TB",
+        "active + latent TB",
+    } <= {nm.split(" ", 1)[-1] if nm[:1].isdigit() else nm for nm in names}
     # Tab visits every control and each shows a visible focus ring (outline ≥ 2 px)
     seen = {}
     pg.evaluate("document.activeElement.blur()")
@@ -225,8 +242,17 @@ def test_labels_focus_and_readers_kept_apart(page):
             return [e.id || e.name || e.tagName, s.outlineStyle, parseFloat(s.outlineWidth)]; }""")
         if info[0] != "BODY":  # past the last control focus leaves the page once
             seen[info[0]] = info[1:]
-    for wanted in ("reader", "export", "viewport", "answer", "comment", "prev", "next", "zoom-in",
-                   "reset-view"):
+    for wanted in (
+        "reader",
+        "export",
+        "viewport",
+        "answer",
+        "comment",
+        "prev",
+        "next",
+        "zoom-in",
+        "reset-view",
+    ):
         assert wanted in seen, (wanted, sorted(seen))
     assert all(style != "none" and width >= 2 for style, width in seen.values()), sorted(seen.items())
     # another reader in the same browser starts blank; the first one's reads come back
@@ -236,11 +262,21 @@ def test_labels_focus_and_readers_kept_apart(page):
     pg.fill("#reader", "A")
     pg.keyboard.press("Enter")
     assert text(pg, "#done-count") == "2 answered" and text(pg, "#position") == "3 / 10"
+    # a new name for a reader with answers: accepting the question renames (typo fixed)
+    pg.once("dialog", lambda d: d.accept())
+    pg.fill("#reader", "Anna")
+    pg.keyboard.press("Enter")
+    assert text(pg, "#done-count") == "2 answered" and "Renamed A to Anna" in text(pg, "#message")
+    pg.keyboard.press("1")  # key held down: one answer only
+    pg.keyboard.down("2")
+    pg.keyboard.down("2")
+    pg.keyboard.up("2")
+    assert text(pg, "#done-count") == "4 answered"
     # a partial export still downloads, with a warning
     with pg.expect_download() as dl:
         pg.get_by_role("button", name="Export reads").click()
-    assert dl.value.suggested_filename == "reads_A.csv"
-    assert "8 case(s) unanswered" in text(pg, "#message")
+    assert dl.value.suggested_filename == "reads_Anna.csv"
+    assert "6 case(s) unanswered" in text(pg, "#message")
     assert pg.w.errors == [] and pg.w.external == []
 
 

@@ -149,7 +149,7 @@
     save();
   }
   function answer(k) {
-    if (!needReader()) return;
+    if (!needReader()) { render(); return; } // undo a radio the browser already checked
     const label = LABELS[k - 1];
     const id = CASES[index].id;
     const wasComplete = answered() === N;
@@ -183,8 +183,20 @@
     const previous = reader;
     flushTime();
     save();
+    const known = storageGet(readsKey(name)) !== null;
+    const carried = answered();
     reader = name;
-    reads = loadReads(name);
+    let note;
+    if (previous && carried && !known && window.confirm("Rename the reader '" + previous + "' to '" +
+        name + "' and keep the " + carried + " answer(s)?\n(Cancel: start a new reading as '" +
+        name + "'; the reads of '" + previous + "' stay saved under that name.)")) {
+      try { window.localStorage.removeItem(readsKey(previous)); } catch (e) { storageOk = false; }
+      save();
+      note = "Renamed " + previous + " to " + name + ".";
+    } else {
+      reads = loadReads(name);
+      note = previous ? "The reads of " + previous + " stay saved under that name." : "";
+    }
     storageSet(PREFIX + "reader", name);
     ui.done.hidden = true;
     const open = firstOpen();
@@ -194,8 +206,8 @@
     render();
     syncTimer();
     const n = answered();
-    say((n ? "Resumed: " + n + " of " + N + " answered. " : "Reading as " + name + ". ") +
-      (previous ? "The reads of " + previous + " stay saved under that name." : ""));
+    say((n ? "Reading as " + name + ": " + n + " of " + N + " answered. " : "Reading as " + name + ". ") +
+      note);
     if (open === -1) showDone(); else ui.viewport.focus();
   }
   function exportReads() {
@@ -262,7 +274,9 @@
     let handled = true;
     const step = 40;
     switch (e.key) {
-      case "1": case "2": case "3": case "4": case "5": answer(Number(e.key)); break;
+      case "1": case "2": case "3": case "4": case "5": // a held key answers one case only
+        if (!e.repeat) answer(Number(e.key));
+        break;
       case "ArrowLeft": if (e.shiftKey) pan(step, 0); else { hideDone(); go(index - 1); } break;
       case "ArrowRight": if (e.shiftKey) pan(-step, 0); else { hideDone(); go(index + 1); } break;
       case "ArrowUp": if (e.shiftKey) pan(0, step); else windowBy(0, -0.04); break;
@@ -330,7 +344,7 @@
   radios.forEach((r, k) => r.addEventListener("click", () => answer(k + 1)));
   ui.reader.addEventListener("change", () => setReader(ui.reader.value));
   ui.comment.addEventListener("input", () => {
-    if (!needReader()) return;
+    if (!needReader()) { render(); return; }
     const id = CASES[index].id;
     if (ui.comment.value) reads.comments[id] = ui.comment.value;
     else delete reads.comments[id];

@@ -45,8 +45,9 @@ def sample(
 
 @app.command("sheet")
 def sheet(study_dir: Path = typer.Argument(..., help="Study folder (from tbx study sample).")) -> None:
-    """Write the offline reading form reading_form.html (images embedded; export button downloads
-    reads.csv) and a blank reads_template.csv (case_id,label,comment) for spreadsheet users."""
+    """Write the offline reading form reading_form.html (one case at a time, keys 1-5, window/level,
+    zoom, reading time; images embedded; "Export reads" downloads reads_<reader>.csv) and a blank
+    reads_template.csv (case_id,label,comment,seconds) for spreadsheet users."""
     html_path, template = write_sheet(study_dir)
     Console().print(f"reading form: {html_path}\nspreadsheet template: {template}\n"
                     "labels: healthy, sick, active, latent, active+latent")
