@@ -122,22 +122,35 @@ def test_sample_errors(mini_root, tmp_path):
 
 
 def test_sheet_html_and_template(study_dir):
+    import base64
+    import re
+
     html, template = st.write_sheet(study_dir)
     text = html.read_text()
     cases = read_rows(study_dir / "cases.csv")
-    for c in cases:
-        assert f'data-case="{c["case_id"]}"' in text
-    assert text.count("data:image/png;base64,") == 400
-    assert "new Blob(" in text and '"reads.csv"' in text and "exportReads" in text
-    assert "http://" not in text and "https://" not in text  # offline
-    for value in ("healthy", "sick", "active", "latent", "active+latent"):
-        assert f'value="{value}"' in text
-    # reading order kept
-    positions = [text.index(f'data-case="{c["case_id"]}"') for c in cases]
-    assert positions == sorted(positions)
+    data = json.loads(re.search(r'<script type="application/json" id="study-data">(.*?)</script>',
+                                text, re.S).group(1))
+    # every case in reading order, its image inlined byte for byte
+    assert [c["id"] for c in data["cases"]] == [c["case_id"] for c in cases]
+    for c, row in zip(data["cases"], cases):
+        head, b64 = c["src"].split(",", 1)
+        assert head == "data:image/png;base64"
+        assert base64.b64decode(b64) == (study_dir / row["image"]).read_bytes()
+    assert data["columns"] == ["case_id", "label", "comment", "seconds"]
+    assert [v for v, _ in data["choices"]] == ["healthy", "sick", "active", "latent", "active+latent"]
+    for k, value in enumerate(("healthy", "sick", "active", "latent", "active+latent"), start=1):
+        assert f'value="{value}"><kbd>{k}</kbd>' in text  # keys 1–5 in the issue's order
+    # one file: the assets' CSS and JS inlined, no placeholder left, nothing fetched
+    assert "{{" not in text and "<link" not in text and "<script src" not in text
+    assert "http://" not in text and "https://" not in text
+    assert "tbx study sheet: the reading form" in text and 'id="reader"' in text
+    assert '<label for="reader">Reader</label>' in text and ">Export reads</button>" in text
+    # localStorage is keyed by a token of the images (16 hex digits)
+    assert re.fullmatch(r"[0-9a-f]{16}", data["token"])
     rows = read_rows(template)
     assert [r["case_id"] for r in rows] == [c["case_id"] for c in cases]
-    assert all(r["label"] == "" for r in rows) and list(rows[0]) == ["case_id", "label", "comment"]
+    assert all(r["label"] == "" for r in rows)
+    assert list(rows[0]) == ["case_id", "label", "comment", "seconds"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,53 +406,42 @@ def test_cli_study_flow(mini_root, tmp_path, cli):
     assert code == 2 and "reads_r2.csv:2: invalid label" in err
 
 
-_DOM_STUB = r"""
-let exported = null;
-function mkSection(id, checked, comment) {
-  return { dataset: {case: id},
-    querySelector(sel) {
-      if (sel === "input[type=radio]:checked") return checked ? {value: checked} : null;
-      if (sel === "textarea") return {value: comment};
-      return null; } };
-}
-const sections = [mkSection("case_001", "healthy", ""),
-                  mkSection("case_002", "active+latent", 'say "hi", ok')];
-global.document = {
-  querySelectorAll() { return sections; }, querySelector() { return null; },
-  getElementById(id) { return id === "reader" ? {value: READER} : {textContent: ""}; },
-  addEventListener() {}, body: { appendChild() {} },
-  createElement() { return { click() { exported = this; }, remove() {} }; },
-};
-global.window = { addEventListener() {} };
-global.localStorage = { setItem() {}, getItem() { return null; } };
-global.confirm = () => true;
-global.Blob = class { constructor(parts, opts) { this.text = parts.join(""); } };
-global.URL = { createObjectURL(b) { global.lastBlob = b; return "blob:x"; }, revokeObjectURL() {} };
-global.setTimeout = () => {};
-"""
-
-
-def test_sheet_export_js_runs(study_dir, tmp_path):
-    """Run the form's export code in node with a minimal DOM stub: it must build the reads CSV
-    (quoted like RFC 4180) and name the download reads.csv / reads_<reader>.csv."""
-    import re
-    import shutil
-    import subprocess
-
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
-    html, _ = st.write_sheet(study_dir)
-    js = re.search(r"<script>(.*)</script>", html.read_text(), re.S).group(1)
-    for reader, fname in (("", "reads.csv"), ("Dr Who", "reads_Dr_Who.csv")):
-        script = tmp_path / "t.js"
-        script.write_text(f"const READER = {json.dumps(reader)};\n" + _DOM_STUB + js
-                          + "\nexportReads(); process.stdout.write(exported.download + '\\n' "
-                            "+ lastBlob.text);\n")
-        out = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=30)
-        assert out.returncode == 0, out.stderr
-        name, text = out.stdout.split("\n", 1)
-        assert name == fname
-        assert list(csv.reader(io.StringIO(text))) == [
-            ["case_id", "label", "comment"], ["case_001", "healthy", ""],
-            ["case_002", "active+latent", 'say "hi", ok']]
+def test_compare_reading_time(study_dir, tmp_path, cli):
+    """The ``seconds`` column: median and total per reader over the timed cases (blank = not timed);
+    a reads file without the column still scores; bad times are listed with file:line."""
+    rows, expected = _known_reads(study_dir)
+    # 4 cases not timed; of the 396 timed: 197 × 10 s, one 12.4 s, 198 × 20 s
+    # → median = mean of the 198th and 199th smallest = (12.4 + 20) / 2 = 16.2 s,
+    #   total = 1970 + 12.4 + 3960 = 5942.4 s (1:39:02)
+    secs = [""] * 4 + ["10"] * 197 + ["12.4"] + ["20.0"] * 198
+    timed = tmp_path / "reads_timed.csv"
+    with open(timed, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "label", "comment", "seconds"])
+        w.writerows([cid, lab, "", t] for (cid, lab), t in zip(rows, secs))
+    plain = write_reads(tmp_path / "reads_plain.csv", rows)
+    res = st.compare(study_dir, [timed, plain], cfg=st.CompareConfig(n_boot=20))
+    a, b = res["readers"]
+    assert a["reading_time"] == {"median_s": pytest.approx(16.2), "total_s": pytest.approx(5942.4),
+                                 "n_timed": 396, "n_cases": 400}
+    assert b["reading_time"] is None
+    assert a["accuracy_3class"] == b["accuracy_3class"] == pytest.approx(expected["accuracy_3class"])
+    code, out, err = cli("study", "compare", study_dir, timed, plain, "--n-boot", "20", "--json",
+                         tmp_path / "c.json")
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if "timed" in x and "16.2" in x)
+    assert "1:39:02" in line
+    assert "over the 396 of 400 cases with a time" in out
+    # invalid times: negative, not a number, not finite
+    with open(timed, newline="") as f:
+        lines = list(csv.reader(f))
+    for line_no, bad in ((6, "-3"), (7, "abc"), (8, "nan"), (9, "inf")):
+        lines[line_no - 1][3] = bad
+    badfile = tmp_path / "reads_badtime.csv"
+    with open(badfile, "w", newline="") as f:
+        csv.writer(f).writerows(lines)
+    with pytest.raises(TbxError) as e:
+        st.compare(study_dir, [badfile])
+    msg = e.value.one_line()
+    for line_no, bad in ((6, "-3"), (7, "abc"), (8, "nan"), (9, "inf")):
+        assert f"{badfile}:{line_no}: invalid seconds '{bad}'" in msg

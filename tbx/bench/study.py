@@ -8,9 +8,10 @@ A study directory (``STUDY_DIR``) holds:
   comes from (never give it to a reader); ``study.json`` — the dataset root, the annotation JSON the
   cases were drawn from (its image ids match the lines of a ``cls_result.txt`` predicted for that
   file, SPEC §4.1), the seed and the composition;
-* after :func:`write_sheet`: ``reading_form.html`` (self-contained, images embedded as base64, one
-  choice per case, an export button that downloads ``reads.csv`` through a JS Blob — no network)
-  and ``reads_template.csv`` (``case_id,label,comment``, labels left blank);
+* after :func:`write_sheet`: ``reading_form.html`` (self-contained, images embedded as data URIs, no
+  network; one case at a time, keys 1–5, window/level, zoom, reading time per case, answers kept in
+  the browser; "Export reads" downloads ``reads_<reader>.csv`` = ``case_id,label,comment,seconds``)
+  and ``reads_template.csv`` (the same columns, left blank, for spreadsheet users);
 * after :func:`compare`: ``study_compare.json``.
 
 Each step writes its provenance: ``provenance.json`` (sample), ``provenance_sheet.json``,
@@ -18,7 +19,8 @@ Each step writes its provenance: ``provenance.json`` (sample), ``provenance_shee
 
 Reader answers (``label`` column, case-insensitive): ``healthy``, ``sick`` (sick but non-TB),
 ``active``, ``latent``, ``active+latent`` (both TB types seen); ``tb`` (TB, type not given) is also
-accepted.  Scoring (SPEC §1.5):
+accepted.  An optional ``seconds`` column (the form's reading time per case; blank = not timed)
+gives each reader's median and total reading time.  Scoring (SPEC §1.5):
 
 * **accuracy with TB types** — a case is right when the reader's class is right and, for TB, the
   reader's set of TB types equals the gold set ({active}, {latent}, {active, latent}); for gold
@@ -43,11 +45,13 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import html
 import io
 import json
 import math
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,109 +274,59 @@ def load_study(study_dir: str | Path) -> tuple[list[Case], dict[str, Any]]:
 # reading form
 
 
-_FORM_JS = r"""
-const STUDY = %(study)s;
-const CHOICES = %(choices)s;
-const STORE = "tbx-study:" + STUDY;
-function csvCell(v) { v = String(v == null ? "" : v);
-  return /[",\n\r]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v; }
-function collect() {
-  const rows = [];
-  document.querySelectorAll("section.case").forEach(sec => {
-    const id = sec.dataset.case;
-    const sel = sec.querySelector("input[type=radio]:checked");
-    const com = sec.querySelector("textarea").value;
-    rows.push([id, sel ? sel.value : "", com]);
-  });
-  return rows;
-}
-function save() {
-  try { localStorage.setItem(STORE, JSON.stringify(collect())); } catch (e) {}
-  const rows = collect();
-  const done = rows.filter(r => r[1]).length;
-  document.getElementById("progress").textContent = done + " / " + rows.length + " cases answered";
-}
-function restore() {
-  let rows = null;
-  try { rows = JSON.parse(localStorage.getItem(STORE) || "null"); } catch (e) {}
-  if (!rows) return;
-  rows.forEach(([id, label, com]) => {
-    const sec = document.querySelector('section.case[data-case="' + id + '"]');
-    if (!sec) return;
-    if (label) { const r = sec.querySelector('input[value="' + label + '"]'); if (r) r.checked = true; }
-    sec.querySelector("textarea").value = com || "";
-  });
-}
-function exportReads() {
-  const rows = collect();
-  const missing = rows.filter(r => !r[1]).map(r => r[0]);
-  if (missing.length && !confirm(missing.length + " case(s) have no answer (" +
-      missing.slice(0, 5).join(", ") + (missing.length > 5 ? ", ..." : "") +
-      "). Export anyway? tbx study compare will reject unanswered cases.")) return;
-  const name = document.getElementById("reader").value.trim().replace(/[^A-Za-z0-9_-]+/g, "_");
-  const text = "case_id,label,comment\n" + rows.map(r => r.map(csvCell).join(",")).join("\n") + "\n";
-  const blob = new Blob([text], {type: "text/csv"});
-  const a = document.createElement("a");
-  a.href = URL.createObjectURL(blob);
-  a.download = name ? "reads_" + name + ".csv" : "reads.csv";
-  document.body.appendChild(a); a.click(); a.remove();
-  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
-}
-document.addEventListener("change", save);
-document.addEventListener("input", save);
-window.addEventListener("load", () => { restore(); save(); });
-"""
-
-_FORM_CSS = """
-body { font-family: sans-serif; margin: 0 auto; max-width: 900px; background: #111; color: #eee; }
-header { position: sticky; top: 0; background: #222; padding: 8px 12px; z-index: 1; }
-section.case { border-bottom: 1px solid #444; padding: 12px; }
-section.case img { width: 100%; max-width: 860px; image-rendering: auto; background: #000; }
-label.choice { display: inline-block; margin: 4px 12px 4px 0; font-size: 1.05em; }
-textarea { width: 100%; height: 2.5em; background: #222; color: #eee; }
-button { font-size: 1.1em; padding: 4px 14px; }
-"""
+READS_COLUMNS = ("case_id", "label", "comment", "seconds")  # what the form exports
+_FORM_ASSETS = ("reading_form.html", "reading_form.css", "reading_form.js")
+_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 
-def write_sheet(study_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``reading_form.html`` (self-contained) and ``reads_template.csv`` into the study."""
-    d = Path(study_dir)
-    cases, meta = load_study(d)
-    parts = []
-    for i, c in enumerate(cases, start=1):
+def _asset(name: str) -> str:
+    from importlib.resources import files
+
+    return files("tbx").joinpath("assets", name).read_text(encoding="utf-8")
+
+
+def _render_sheet(d: Path, cases: list[Case]) -> str:
+    """The reading form of a study as one self-contained HTML page (``tbx/assets/reading_form.*``
+    with the CSS, the JS and every image inlined as a data URI: it makes no network request).
+
+    One case at a time; keys 1–5 answer :data:`FORM_CHOICES` in order and move on; window/level,
+    zoom, a comment and the reading time per case; answers are kept in the browser's localStorage
+    under a token of the study's images (so two studies never share answers) and the reader's name;
+    "Export reads" downloads ``reads_<reader>.csv`` with :data:`READS_COLUMNS`."""
+    digest = hashlib.sha256()
+    data_cases = []
+    for c in cases:
         img = d / c.image
         if not img.is_file():
             raise TbxError(f"image of {c.case_id} not found", img, "re-create the study")
-        mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(
-            img.suffix.lower(), "application/octet-stream")
-        b64 = base64.b64encode(img.read_bytes()).decode("ascii")
-        radios = "".join(
-            f'<label class="choice"><input type="radio" name="{html.escape(c.case_id)}" '
-            f'value="{v}"> {html.escape(t)}</label>' for v, t in FORM_CHOICES)
-        parts.append(
-            f'<section class="case" id="{html.escape(c.case_id)}" data-case="{html.escape(c.case_id)}">'
-            f'<h2>{i}. {html.escape(c.case_id)}</h2>'
-            f'<img alt="{html.escape(c.case_id)}" src="data:{mime};base64,{b64}">'
-            f'<div>{radios}</div><textarea placeholder="comment (optional)"></textarea></section>')
-    study_name = html.escape(d.resolve().name)
-    js = _FORM_JS % {"study": json.dumps(d.resolve().name), "choices": json.dumps(FORM_CHOICES)}
-    page = (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>TB reading study — {study_name}</title><style>{_FORM_CSS}</style></head><body>"
-        "<header><b>TB reading study</b> — for each chest X-ray choose one answer: healthy, sick "
-        "but not TB, active TB, latent TB, or active + latent TB (both types seen). "
-        "Reader name <input id=\"reader\" size=\"12\"> "
-        "<button type=\"button\" onclick=\"exportReads()\">export reads.csv</button> "
-        "<span id=\"progress\"></span><br><small>Works offline; answers are kept in this browser "
-        "until exported. Send the exported CSV to the study coordinator.</small></header>"
-        + "".join(parts) + f"<script>{js}</script></body></html>\n")
+        raw = img.read_bytes()
+        digest.update(c.case_id.encode() + b"\0" + hashlib.sha256(raw).digest())
+        mime = _MIME.get(img.suffix.lower(), "application/octet-stream")
+        data_cases.append({"id": c.case_id, "src": f"data:{mime};base64,{base64.b64encode(raw).decode()}"})
+    data = {"token": digest.hexdigest()[:16], "cases": data_cases, "choices": FORM_CHOICES,
+            "columns": READS_COLUMNS}
+    choices = "\n".join(
+        f'<label class="choice"><input type="radio" name="answer" value="{html.escape(v)}">'
+        f"<kbd>{k}</kbd> {html.escape(text)}</label>" for k, (v, text) in enumerate(FORM_CHOICES, start=1))
+    page, css, js = (_asset(n) for n in _FORM_ASSETS)
+    values = {"TITLE": html.escape(d.resolve().name), "N": str(len(cases)), "CHOICES": choices,
+              "CSS": css, "JS": js,
+              # inside <script>: no "</" may close the element early
+              "DATA": json.dumps(data, separators=(",", ":")).replace("</", "<\\/")}
+    return re.sub(r"\{\{([A-Z]+)\}\}", lambda m: values[m.group(1)], page)
+
+
+def write_sheet(study_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``reading_form.html`` (:func:`_render_sheet`) and ``reads_template.csv`` into the study."""
+    from tbx.provenance import write_provenance
+
+    d = Path(study_dir)
+    cases, _ = load_study(d)
+    page = _render_sheet(d, cases)
     sheet = d / SHEET
     atomic_write_text(sheet, page)
     template = d / TEMPLATE
-    atomic_write_text(template, _csv([["case_id", "label", "comment"]]
-                                     + [[c.case_id, "", ""] for c in cases]))
-    from tbx.provenance import write_provenance
-
+    atomic_write_text(template, _csv([list(READS_COLUMNS)] + [[c.case_id, "", "", ""] for c in cases]))
     write_provenance(d, None, None, name="provenance_sheet.json", n_cases=len(cases),
                      outputs=[SHEET, TEMPLATE])
     return sheet, template
@@ -388,6 +342,7 @@ class Reads:
     path: Path
     answers: list[str]  # normalised answer per case (reading order)
     comments: list[str]
+    seconds: list[float | None] | None = None  # reading time per case; None: no ``seconds`` column
 
 
 def normalise_answer(text: str) -> str | None:
@@ -402,6 +357,8 @@ def read_reads(path: str | Path, cases: list[Case], name: str | None = None) -> 
     index = {c.case_id: i for i, c in enumerate(cases)}
     answers: list[str | None] = [None] * len(cases)
     comments = [""] * len(cases)
+    timed = bool(rows) and "seconds" in rows[0][1]
+    seconds: list[float | None] = [None] * len(cases)
     seen: dict[str, int] = {}
     problems = []
     for line, row in rows:
@@ -421,6 +378,16 @@ def read_reads(path: str | Path, cases: list[Case], name: str | None = None) -> 
             continue
         answers[index[cid]] = ans
         comments[index[cid]] = row.get("comment", "")
+        if timed and row["seconds"]:  # blank: not timed
+            try:
+                t = float(row["seconds"])
+            except ValueError:
+                t = -1.0
+            if not (math.isfinite(t) and t >= 0):
+                problems.append(f"{loc}: invalid seconds '{row['seconds']}' for '{cid}' "
+                                "(a reading time ≥ 0 in seconds, or blank)")
+                continue
+            seconds[index[cid]] = t
     missing = [cases[i].case_id for i, a in enumerate(answers) if a is None
                and cases[i].case_id not in seen]
     if missing:
@@ -432,7 +399,17 @@ def read_reads(path: str | Path, cases: list[Case], name: str | None = None) -> 
                        "one row per case of cases.csv with a valid label")
     stem = path.stem
     return Reads(name or (stem[len("reads_"):] if stem.startswith("reads_") and len(stem) > 6
-                          else stem), path, [a for a in answers if a is not None], comments)
+                          else stem), path, [a for a in answers if a is not None], comments,
+                 seconds if timed else None)
+
+
+def reading_time(seconds: list[float | None] | None) -> dict[str, Any] | None:
+    """Median and total reading time (s) over the timed cases; None without any timed case."""
+    times = [t for t in (seconds or []) if t is not None]
+    if not times:
+        return None
+    return {"median_s": float(np.median(times)), "total_s": float(sum(times)), "n_timed": len(times),
+            "n_cases": len(seconds or [])}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -637,6 +614,7 @@ def compare(study_dir: str | Path, reads: list[str | Path], pred: str | Path | N
         m["confusion_types"] = {g: {a: types[g][a] for a in ANSWERS} for g in GOLD_ROWS}
         m["operating_point"] = {"fpr": _f(1 - m["specificity"]) if m["specificity"] is not None
                                 else None, "tpr": m["sensitivity"]}
+        m["reading_time"] = reading_time(r.seconds)
         readers.append({"name": r.name, "file": str(Path(r.path).resolve()), **m})
     keys = ("accuracy_types", "accuracy_3class", "sensitivity", "specificity", "kappa_vs_gold")
     average = {k: _f(float(np.mean([x[k] for x in readers if x[k] is not None])))
