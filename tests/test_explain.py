@@ -1,0 +1,248 @@
+"""`tbx explain`: heatmaps of a network whose answer is known, scores recomputed independently from
+the saved .npy files, the source frame for non-square images, the CLI on a real tbx model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from engine_fixtures import make_layout
+from PIL import Image
+from torch import nn
+
+from tbx.config import to_dict
+from tbx.data.coco import write_coco
+from tbx.data.records import Box, Record
+from tbx.engine.checkpoint import save_checkpoint
+from tbx.engine.schedule import TrainConfig, load_train_config
+from tbx.engine.trainer import build_model
+from tbx.errors import TbxError
+from tbx.explain import explain, heatmaps, render_overlay
+from tbx.models.base import Detector, Prediction
+from tbx.models.registry import ModelConfig
+
+pytest.importorskip("pytorch_grad_cam")
+
+INPUT = 128  # network input side; sources of 150 × 300 become 64 × 128 (scale 0.4267), no padding
+STRIDE = 4
+REGION = (4, 10, 8, 20)  # feature cells rows 4..9, cols 8..19 → input px rows 16–40, cols 32–80
+SRC_H, SRC_W = 150, 300
+SCALE = 128 / 300
+BOX = [32 / SCALE, 16 / SCALE, 48 / SCALE, 24 / SCALE]  # REGION in the source frame: [75, 37.5, 112.5, 56.25]
+
+
+class RegionHead(nn.Module):
+    """logits: healthy = mean of channel 1 over the map, sick = 0, TB = mean of channel 0 over REGION
+    (channel 0 is zero outside it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(()))  # a parameter, so the CAM library finds a device
+        r0, r1, c0, c1 = REGION
+        self.n_region = (r1 - r0) * (c1 - c0)
+
+    def forward(self, a):
+        tb = a[:, 0].sum(dim=(1, 2)) / self.n_region
+        healthy = a[:, 1].mean(dim=(1, 2))
+        return self.gain * torch.stack([healthy, torch.zeros_like(tb), tb], 1)
+
+
+class RegionNet(Detector):
+    """A hand-built detector whose TB logit is the mean of one image region: the "backbone" is the
+    image's first channel average-pooled by 4 (+3, so every activation is positive), split into
+    channel 0 = inside REGION, channel 1 = outside; no boxes."""
+
+    def __init__(self):
+        super().__init__()
+        self.cls_head = RegionHead()
+
+    def features(self, images):
+        f = F.avg_pool2d(images[:, :1], STRIDE) + 3.0
+        mask = torch.zeros_like(f)
+        r0, r1, c0, c1 = REGION
+        mask[..., r0:r1, c0:c1] = 1.0
+        return torch.cat([f * mask, f * (1 - mask)], 1)
+
+    @torch.no_grad()
+    def predict(self, images, image_sizes=None):
+        probs = self.cls_head(self.features(images)).softmax(-1)
+        empty = torch.zeros((0, 4))
+        return [Prediction(p, empty, torch.zeros(0), torch.zeros(0, dtype=torch.int64)) for p in probs]
+
+
+def region_builder(cfg):
+    return RegionNet()
+
+
+def coverage_mask(shape, boxes):
+    """Independent box rule: pixel (r, c) is covered when its unit square [c, c+1) × [r, r+1)
+    overlaps the open box (x, x+w) × (y, y+h)."""
+    rows, cols = np.indices(shape)
+    m = np.zeros(shape, bool)
+    for x, y, w, h in boxes:
+        m |= (cols + 1 > x) & (cols < x + w) & (rows + 1 > y) & (rows < y + h)
+    return m
+
+
+@pytest.fixture(scope="module")
+def region_run(tmp_path_factory):
+    """A checkpoint of RegionNet and a dataset: a TB image with the REGION box, a healthy one."""
+    tmp = tmp_path_factory.mktemp("region")
+    root = tmp / "data"
+    rng = np.random.default_rng(0)
+    recs = []
+    for k, (folder, label) in enumerate((("tb", "tb"), ("health", "healthy"))):
+        (root / "imgs" / folder).mkdir(parents=True)
+        arr = rng.integers(60, 200, (SRC_H, SRC_W)).astype(np.uint8)
+        Image.fromarray(arr, "L").save(root / "imgs" / folder / f"x{k}.png")
+        boxes = [Box(*BOX, 1)] if label == "tb" else []
+        recs.append(Record(k + 1, f"{folder}/x{k}.png", SRC_W, SRC_H, label, boxes=boxes))
+    write_coco(root / "ann.json", recs)
+    cfg = TrainConfig(model_name="region", model=ModelConfig(input_size=INPUT))
+    ckpt = save_checkpoint(tmp / "region.pt", model=RegionNet(), model_name="region", config=to_dict(cfg),
+                           stage=2, epoch=1, batch=0, iteration=1)
+    return ckpt, root
+
+
+def _explain_region(region_run, tmp_path, method, target):
+    ckpt, root = region_run
+    return explain(ckpt, tmp_path / f"{method}-{target}", data_root=root, ann="ann.json", method=method,
+                   target=target, workers=0, model_builder=region_builder, progress=False)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "layercam"])
+def test_known_region_energy_and_pointing(region_run, tmp_path, method):
+    out = _explain_region(region_run, tmp_path, method, "tb")
+    doc = json.loads((out / "explain.json").read_text())
+    assert doc["method"] == method and doc["target"] == "tb" and doc["n_scored"] == 1
+    tb, healthy = doc["images"]
+    hm = np.load(out / tb["heatmap"])
+    assert hm.dtype == np.float32 and hm.shape == (SRC_H, SRC_W)  # the source frame, not 64 × 128
+    assert hm.min() >= 0 and hm.max() == pytest.approx(1.0)
+    # scores recomputed here from the saved heatmap and the box, with an independent box rule
+    inside = coverage_mask(hm.shape, [BOX])
+    energy = float(hm[inside].sum() / hm.sum())
+    r, c = np.unravel_index(np.argmax(hm), hm.shape)
+    assert energy >= 0.9
+    assert tb["energy_in_boxes"] == pytest.approx(energy, abs=1e-6)
+    assert tb["pointing_hit"] == int(inside[r, c]) == 1
+    assert doc["mean_energy_in_boxes"] == pytest.approx(energy, abs=1e-6) and doc["pointing_game"] == 1.0
+    # the healthy image has no boxes: no scores, but its heatmap and overlay exist
+    assert healthy["energy_in_boxes"] is None and healthy["pointing_hit"] is None
+    assert np.load(out / healthy["heatmap"]).shape == (SRC_H, SRC_W)
+    with Image.open(out / tb["overlay"]) as im:
+        assert im.mode == "RGB" and im.width >= SRC_W
+    assert (out / ".tbx-output.json").is_file() and (out / "provenance.json").is_file()
+
+
+def test_other_class_looks_elsewhere(region_run, tmp_path):
+    """The healthy logit reads everything but REGION: its Grad-CAM map avoids the box."""
+    out = _explain_region(region_run, tmp_path, "gradcam", "healthy")
+    tb = json.loads((out / "explain.json").read_text())["images"][0]
+    hm = np.load(out / tb["heatmap"])
+    assert float(hm[coverage_mask(hm.shape, [BOX])].sum() / hm.sum()) < 0.1
+    assert tb["energy_in_boxes"] < 0.1 and tb["pointing_hit"] == 0
+
+
+def test_scores_module_matches_independent_rule():
+    from tbx.explain.scores import box_mask, energy_in_boxes, pointing_hit
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        hm = rng.random((23, 31)).astype(np.float32)
+        boxes = [list(rng.uniform(-3, 25, 2)) + list(rng.uniform(0.2, 12, 2)) for _ in range(rng.integers(1, 4))]
+        m = coverage_mask(hm.shape, boxes)
+        np.testing.assert_array_equal(box_mask(hm.shape, boxes), m)
+        assert energy_in_boxes(hm, boxes) == pytest.approx(hm[m].sum() / hm.sum())
+        r, c = np.unravel_index(np.argmax(hm), hm.shape)
+        assert pointing_hit(hm, boxes) == int(m[r, c])
+    assert energy_in_boxes(np.zeros((4, 4)), [[0, 0, 2, 2]]) == 0.0
+    assert pointing_hit(np.zeros((4, 4)), [[0, 0, 2, 2]]) == 0
+
+
+def test_heatmaps_api_source_frame():
+    """Library API (tbx screen --heatmaps): one map per image, each in its own non-square frame."""
+    model = RegionNet().eval()
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 255, (SRC_H, SRC_W), dtype=np.uint8), rng.integers(0, 255, (97, 41, 3), dtype=np.uint8),
+            torch.from_numpy(rng.integers(0, 255, (64, 64), dtype=np.uint8))]
+    maps = heatmaps(model, imgs, "gradcam", "tb", input_size=INPUT, batch_size=2)
+    assert [m.shape for m in maps] == [(SRC_H, SRC_W), (97, 41), (64, 64)]
+    assert all(m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1 for m in maps)
+    inside = coverage_mask(maps[0].shape, [BOX])
+    assert maps[0][inside].sum() / maps[0].sum() >= 0.9
+    rgb = render_overlay(imgs[0], maps[0], gt=[BOX], pred=[[10, 10, 40, 30, 0.8]], lines=["x"])
+    assert rgb.dtype == np.uint8 and rgb.shape[1] == SRC_W and rgb.shape[2] == 3
+    with pytest.raises(TbxError, match="uint8"):
+        heatmaps(model, [np.zeros((8, 8), np.float32)], input_size=INPUT)
+
+
+def test_errors(region_run, tmp_path):
+    ckpt, root = region_run
+    with pytest.raises(TbxError, match="unknown explain method"):
+        explain(ckpt, tmp_path / "o", data_root=root, ann="ann.json", method="scorecam", model_builder=region_builder)
+    with pytest.raises(TbxError, match="only SymFormer models"):
+        explain(ckpt, tmp_path / "o", data_root=root, ann="ann.json", method="features", workers=0,
+                model_builder=region_builder)
+    with pytest.raises(TbxError, match="--out is needed"):
+        explain(ckpt, None, data_root=root, ann="ann.json", model_builder=region_builder)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(TbxError, match="not an earlier 'tbx explain' output"):
+        explain(ckpt, foreign, data_root=root, ann="ann.json", model_builder=region_builder)
+    assert (foreign / "keep.txt").read_text() == "mine"
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """An untrained model of the `tiny` preset (symformer_retinanet) saved as a run directory."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    cfg = load_train_config(config="tiny", overrides=["model.input_size=96", "model.cls_input_size=64"])
+    torch.manual_seed(0)
+    run = tmp / "run"
+    save_checkpoint(run / "stage2" / "final.pt", model=build_model(cfg), model_name=cfg.model_name,
+                    config=to_dict(cfg), stage=2, epoch=1, batch=0, iteration=1)
+    root = make_layout(tmp / "data", n_tb=2, n_healthy=1, n_sick=0, size=64)
+    return run, root
+
+
+def test_cli_on_tiny_model(cli, tiny_run, tmp_path):
+    run, root = tiny_run
+    code, out, err = cli("explain", run, "--data", root, "--ann", "annotations/json/all_trainval.json",
+                         "--method", "gradcam", "--target", "tb", "--workers", "0")
+    assert code == 0, err
+    folder = run / "explain" / "gradcam"  # the default output, where `tbx report` looks
+    doc = json.loads((folder / "explain.json").read_text())
+    assert doc["model"] == "symformer_retinanet" and len(doc["images"]) == 3 and doc["n_scored"] == 2
+    for im in doc["images"]:
+        assert np.load(folder / im["heatmap"]).shape == (64, 64)
+        assert (folder / im["overlay"]).is_file()
+    assert "pointing game" in out
+    # SymFormer: the pyramid before/after SAS, scored both ways; image files (non-square) as input
+    src = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (50, 120), dtype=np.uint8), "L").save(src)
+    code, out, err = cli("explain", run, src, "--method", "features", "--out", tmp_path / "feat")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "feat" / "explain.json").read_text())
+    (im,) = doc["images"]
+    assert doc["maps"]["after"] == "after the SAS block" and im["energy_in_boxes"] is None
+    assert np.load(tmp_path / "feat" / im["heatmap"]).shape == (50, 120)
+    assert np.load(tmp_path / "feat" / im["heatmap_before"]).shape == (50, 120)
+    # a rerun replaces its own earlier output
+    code, _, err = cli("explain", run, src, "--method", "eigencam", "--out", tmp_path / "feat")
+    assert code == 0, err
+    assert json.loads((tmp_path / "feat" / "explain.json").read_text())["method"] == "eigencam"
+
+
+def test_cli_unsupported_method_one_line(cli, tiny_run):
+    run, root = tiny_run
+    code, out, err = cli("explain", run, "--data", root, "--ann", "annotations/json/all_trainval.json",
+                         "--method", "fullgrad")
+    assert code == 2
+    assert err.count("\n") == 1 and "unknown explain method 'fullgrad'" in err and "gradcam++" in err
+    assert not (run / "explain" / "fullgrad").exists()
