@@ -1325,6 +1325,8 @@ def render_html(tables: list[Table], figs: list[tuple[str, list[Path]]], runs: l
         b64 = base64.b64encode(png.read_bytes()).decode("ascii")
         out.append(f'<figure><img alt="{h(caption)}" src="data:image/png;base64,{b64}">'
                    f"<figcaption>{h(caption)}</figcaption></figure>")
+    from tbx.bench.report_explain import explain_section  # RUN/explain/<method>/explain.json (tbx explain)
+    out.append(explain_section([(r.name, r.path) for r in runs]))
     if notes:
         out.append('<h2>Notes</h2><ul class="notes">' + "".join(f"<li>{h(n)}</li>" for n in notes) + "</ul>")
     out.append("<h2>Provenance</h2>")

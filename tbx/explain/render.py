@@ -2,8 +2,8 @@
 (thick white, black rim) and predicted boxes (thin cyan, with their score), under a caption strip.
 
 :func:`render_overlay` returns an RGB array (one panel, or two side by side — the ``features``
-method's *before* | *after*); :func:`save_png` writes it atomically.  Panels larger than
-``max_side`` pixels are drawn downscaled (boxes scaled with them); heatmaps stay full-size on disk.
+method's *before* | *after*); :func:`save_png` writes it atomically.  Panels are drawn at a fixed
+size (longer side ``side`` pixels, boxes scaled with them); heatmaps stay full-size on disk.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tbx.io import atomic_write_bytes
 GT_COLOUR = (255, 255, 255)
 PRED_COLOUR = (0, 230, 255)
 MAX_ALPHA = 0.65
+LEGEND = "white: ground truth · cyan: predicted (score)"
 _LUT: np.ndarray | None = None
 
 
@@ -49,11 +50,11 @@ def blend(gray: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
 
 
 def _panel(gray: np.ndarray, heatmap: np.ndarray, gt: Sequence[Sequence[float]],
-           pred: Sequence[Sequence[float]], caption: str, max_side: int) -> Image.Image:
+           pred: Sequence[Sequence[float]], caption: str, side: int) -> Image.Image:
     h, w = gray.shape
-    s = min(1.0, max_side / max(h, w))
+    s = side / max(h, w)
     im = Image.fromarray(blend(gray, heatmap))
-    if s < 1.0:
+    if s != 1.0:
         im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
     d = ImageDraw.Draw(im)
     lw = max(2, round(max(im.size) / 200))
@@ -73,30 +74,42 @@ def _panel(gray: np.ndarray, heatmap: np.ndarray, gt: Sequence[Sequence[float]],
     return im
 
 
+def _wrap(line: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> list[str]:
+    """Break ``line`` at its `` · `` separators so that each piece fits ``width`` pixels."""
+    out: list[str] = []
+    for part in line.split(" · "):
+        if out and font.getlength(out[-1] + " · " + part) <= width:
+            out[-1] += " · " + part
+        else:
+            out.append(part)
+    return out
+
+
 def render_overlay(gray: np.ndarray, heatmap: np.ndarray, *, gt: Sequence[Sequence[float]] = (),
                    pred: Sequence[Sequence[float]] = (), lines: Sequence[str] = (),
                    before: np.ndarray | None = None, captions: tuple[str, str] = ("", ""),
-                   max_side: int = 768) -> np.ndarray:
+                   side: int = 640) -> np.ndarray:
     """One overlay image (RGB uint8).
 
     ``gray``: the source image ``H × W`` uint8; ``heatmap``: ``H × W`` in [0, 1]; ``gt``: boxes
     ``[x, y, w, h]`` and ``pred``: ``[x, y, w, h, score]`` in the source frame; ``lines``: caption
     text above the image(s); ``before``: a second heatmap drawn in a left panel (``captions``:
-    ``(left, right)`` panel titles)."""
-    panels = [_panel(gray, heatmap, gt, pred, captions[1] if before is not None else captions[0], max_side)]
+    ``(left, right)`` panel titles); each panel is drawn with its longer side ``side`` pixels."""
+    panels = [_panel(gray, heatmap, gt, pred, captions[1] if before is not None else captions[0], side)]
     if before is not None:
-        panels.insert(0, _panel(gray, before, gt, pred, captions[0], max_side))
+        panels.insert(0, _panel(gray, before, gt, pred, captions[0], side))
     gap = 6 if len(panels) > 1 else 0
     pw, ph = panels[0].size
     font = _font(max(11, min(18, round(pw * len(panels) / 70))))
     line_h = int(font.size * 1.35) if hasattr(font, "size") else 14
-    legend = "white: ground truth · cyan: predicted (score)"
-    text = [*lines, legend]
+    width = pw * len(panels) + gap * (len(panels) - 1)
+    text = [(t, (235, 235, 235)) for line in lines for t in _wrap(line, font, width - 12)]
+    text.append((LEGEND, (150, 150, 150)))
     top = 6 + line_h * len(text)
-    canvas = Image.new("RGB", (pw * len(panels) + gap * (len(panels) - 1), ph + top), (24, 24, 24))
+    canvas = Image.new("RGB", (width, ph + top), (24, 24, 24))
     d = ImageDraw.Draw(canvas)
-    for i, t in enumerate(text):
-        d.text((6, 4 + i * line_h), t, fill=(150, 150, 150) if t is legend else (235, 235, 235), font=font)
+    for i, (t, colour) in enumerate(text):
+        d.text((6, 4 + i * line_h), t, fill=colour, font=font)
     for k, p in enumerate(panels):
         canvas.paste(p, (k * (pw + gap), top))
     return np.asarray(canvas)
