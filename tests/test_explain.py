@@ -175,7 +175,11 @@ def test_heatmaps_api_source_frame():
     inside = coverage_mask(maps[0].shape, [BOX])
     assert maps[0][inside].sum() / maps[0].sum() >= 0.9
     rgb = render_overlay(imgs[0], maps[0], gt=[BOX], pred=[[10, 10, 40, 30, 0.8]], lines=["x"])
-    assert rgb.dtype == np.uint8 and rgb.shape[1] == SRC_W and rgb.shape[2] == 3
+    s = 640 / SRC_W  # panels are drawn with their longer side 640 px, under a caption strip
+    top = rgb.shape[0] - round(SRC_H * s)
+    assert rgb.dtype == np.uint8 and rgb.shape[1:] == (640, 3) and top > 0
+    x, y, w, h = (v * s for v in BOX)  # the ground-truth box: a white outline at the scaled place
+    assert (rgb[top + round(y), round(x + w / 2)] == 255).all() and (rgb[top + round(y + h / 2), round(x)] == 255).all()
     with pytest.raises(TbxError, match="uint8"):
         heatmaps(model, [np.zeros((8, 8), np.float32)], input_size=INPUT)
 
@@ -246,3 +250,63 @@ def test_cli_unsupported_method_one_line(cli, tiny_run):
     assert code == 2
     assert err.count("\n") == 1 and "unknown explain method 'fullgrad'" in err and "gradcam++" in err
     assert not (run / "explain" / "fullgrad").exists()
+
+
+def test_missing_grad_cam_one_line(region_run, tmp_path, monkeypatch):
+    import sys
+
+    ckpt, root = region_run
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # import fails as if not installed
+    with pytest.raises(TbxError, match=r"needs the grad-cam package.*tbx\[explain\]"):
+        explain(ckpt, tmp_path / "o", data_root=root, ann="ann.json", model_builder=region_builder)
+    # the features method does not need it
+    with pytest.raises(TbxError, match="only SymFormer models"):
+        explain(ckpt, tmp_path / "o", data_root=root, ann="ann.json", method="features", workers=0,
+                model_builder=region_builder)
+
+
+def test_report_section(region_run, tmp_path):
+    """`tbx report` reads RUN/explain/<method>/explain.json: score table + best/worst gallery."""
+    from tbx.bench.report_explain import best_and_worst, explain_section
+
+    ckpt, root = region_run
+    run = tmp_path / "run"
+    explain(ckpt, run / "explain" / "gradcam", data_root=root, ann="ann.json", target="tb", workers=0,
+            model_builder=region_builder, progress=False)
+    (run / "explain" / "broken").mkdir()
+    (run / "explain" / "broken" / "explain.json").write_text("{not json")
+    frag = explain_section([("myrun", run)])
+    assert "Where the models look" in frag and "<td>myrun</td><td>gradcam</td><td>tb</td>" in frag
+    assert ">0.943<" in frag or ">0.94" in frag  # the TB image's energy (mean over 1 scored image)
+    assert frag.count("data:image/png;base64,") == 1  # one TB image with boxes → one best, no worst
+    assert "best: tb/x0.png" in frag and "cannot read" in frag
+    assert explain_section([("other", tmp_path / "nothing")]) == ""
+    imgs = [{"label": "tb", "energy_in_boxes": e, "file_name": f"f{k}"} for k, e in enumerate([0.2, 0.9, 0.5, 0.1, 0.7])]
+    best, worst = best_and_worst(imgs + [{"label": "healthy", "energy_in_boxes": None}], 2)
+    assert [b["file_name"] for b in best] == ["f1", "f4"] and [w["file_name"] for w in worst] == ["f3", "f0"]
+    best, worst = best_and_worst(imgs[:3], 2)
+    assert [b["file_name"] for b in best] == ["f1", "f2"] and [w["file_name"] for w in worst] == ["f0"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["symformer_retinanet", "retinanet", "deformable_detr", "symformer_deformable_detr",
+                                  "faster_rcnn", "fcos", "ssd"])
+def test_every_model(name):
+    """Every model of `tbx models list`: a Grad-CAM map in the source frame; `features` for the
+    SymFormer models only, one clear error for the others."""
+    from tbx.models.registry import MODELS, build
+
+    assert name in MODELS
+    size = 512 if name == "ssd" else 64
+    cfg = ModelConfig(backbone="vgg16" if name == "ssd" else "resnet18", pretrained="none", input_size=size,
+                      num_encoder_layers=1, num_decoder_layers=1, num_queries=20)
+    model = build(name, cfg).eval()
+    img = np.random.default_rng(0).integers(0, 255, (80, 80) if name == "ssd" else (70, 90), dtype=np.uint8)
+    (m,) = heatmaps(model, [img], "gradcam++", "tb", input_size=size)
+    assert m.shape == img.shape and m.dtype == np.float32
+    if name.startswith("symformer"):
+        (f,) = heatmaps(model, [img], "features", input_size=size)
+        assert f.shape == img.shape and f.max() == pytest.approx(1.0)
+    else:
+        with pytest.raises(TbxError, match="only SymFormer models"):
+            heatmaps(model, [img], "features", input_size=size)
