@@ -50,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = prepare_for_inference(build("symformer_retinanet", ModelConfig(backbone="resnet50", pretrained="none",
-                                                                           input_size=args.size)))
+    model = prepare_for_inference(
+        build(
+            "symformer_retinanet", ModelConfig(backbone="resnet50", pretrained="none", input_size=args.size)
+        )
+    )
     img, name = test_image(args.size)
 
     def predict() -> None:
@@ -64,10 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     for m in METHODS:
         fns[m] = lambda m=m: explain_images(model, [img], m, "tb", input_size=args.size)
     t = median_times(fns, args.runs, warmup=1, clock=args.clock)
-    lines = [f"SymFormer-RetinaNet R50 (random weights, BN folded, channels_last), one {args.size}² CXR "
-             f"({name}), CPU, {args.threads} thread(s), {args.clock} clock, median of {args.runs} interleaved runs.",
-             "", "| method | s / image | ratio to one predict |", "|---|---|---|",
-             f"| predict (reference) | {t['predict']:.2f} | 1.00 |"]
+    lines = [
+        f"SymFormer-RetinaNet R50 (random weights, BN folded, channels_last), one {args.size}² CXR "
+        f"({name}), CPU, {args.threads} thread(s), {args.clock} clock, median of {args.runs} "
+        "interleaved runs.",
+        "",
+        "| method | s / image | ratio to one predict |",
+        "|---|---|---|",
+        f"| predict (reference) | {t['predict']:.2f} | 1.00 |",
+    ]
     lines += [f"| {m} | {t[m]:.2f} | {t[m] / t['predict']:.2f} |" for m in METHODS]
     print("\n".join(lines))
     update_results("bench_explain", lines)

@@ -102,15 +102,32 @@ def region_run(tmp_path_factory):
         recs.append(Record(k + 1, f"{folder}/x{k}.png", SRC_W, SRC_H, label, boxes=boxes))
     write_coco(root / "ann.json", recs)
     cfg = TrainConfig(model_name="region", model=ModelConfig(input_size=INPUT))
-    ckpt = save_checkpoint(tmp / "region.pt", model=RegionNet(), model_name="region", config=to_dict(cfg),
-                           stage=2, epoch=1, batch=0, iteration=1)
+    ckpt = save_checkpoint(
+        tmp / "region.pt",
+        model=RegionNet(),
+        model_name="region",
+        config=to_dict(cfg),
+        stage=2,
+        epoch=1,
+        batch=0,
+        iteration=1,
+    )
     return ckpt, root
 
 
 def _explain_region(region_run, tmp_path, method, target):
     ckpt, root = region_run
-    return explain(ckpt, tmp_path / f"{method}-{target}", data_root=root, ann="ann.json", method=method,
-                   target=target, workers=0, model_builder=region_builder, progress=False)
+    return explain(
+        ckpt,
+        tmp_path / f"{method}-{target}",
+        data_root=root,
+        ann="ann.json",
+        method=method,
+        target=target,
+        workers=0,
+        model_builder=region_builder,
+        progress=False,
+    )
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "layercam"])
@@ -153,7 +170,9 @@ def test_scores_module_matches_independent_rule():
     rng = np.random.default_rng(3)
     for _ in range(50):
         hm = rng.random((23, 31)).astype(np.float32)
-        boxes = [list(rng.uniform(-3, 25, 2)) + list(rng.uniform(0.2, 12, 2)) for _ in range(rng.integers(1, 4))]
+        boxes = [
+            list(rng.uniform(-3, 25, 2)) + list(rng.uniform(0.2, 12, 2)) for _ in range(rng.integers(1, 4))
+        ]
         m = coverage_mask(hm.shape, boxes)
         np.testing.assert_array_equal(box_mask(hm.shape, boxes), m)
         assert energy_in_boxes(hm, boxes) == pytest.approx(hm[m].sum() / hm.sum())
@@ -167,8 +186,11 @@ def test_heatmaps_api_source_frame():
     """Library API (tbx screen --heatmaps): one map per image, each in its own non-square frame."""
     model = RegionNet().eval()
     rng = np.random.default_rng(1)
-    imgs = [rng.integers(0, 255, (SRC_H, SRC_W), dtype=np.uint8), rng.integers(0, 255, (97, 41, 3), dtype=np.uint8),
-            torch.from_numpy(rng.integers(0, 255, (64, 64), dtype=np.uint8))]
+    imgs = [
+        rng.integers(0, 255, (SRC_H, SRC_W), dtype=np.uint8),
+        rng.integers(0, 255, (97, 41, 3), dtype=np.uint8),
+        torch.from_numpy(rng.integers(0, 255, (64, 64), dtype=np.uint8)),
+    ]
     maps = heatmaps(model, imgs, "gradcam", "tb", input_size=INPUT, batch_size=2)
     assert [m.shape for m in maps] == [(SRC_H, SRC_W), (97, 41), (64, 64)]
     assert all(m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1 for m in maps)
@@ -179,7 +201,9 @@ def test_heatmaps_api_source_frame():
     top = rgb.shape[0] - round(SRC_H * s)
     assert rgb.dtype == np.uint8 and rgb.shape[1:] == (640, 3) and top > 0
     x, y, w, h = (v * s for v in BOX)  # the ground-truth box: a white outline at the scaled place
-    assert (rgb[top + round(y), round(x + w / 2)] == 255).all() and (rgb[top + round(y + h / 2), round(x)] == 255).all()
+    assert (rgb[top + round(y), round(x + w / 2)] == 255).all() and (
+        rgb[top + round(y + h / 2), round(x)] == 255
+    ).all()
     with pytest.raises(TbxError, match="uint8"):
         heatmaps(model, [np.zeros((8, 8), np.float32)], input_size=INPUT)
 
@@ -187,10 +211,24 @@ def test_heatmaps_api_source_frame():
 def test_errors(region_run, tmp_path):
     ckpt, root = region_run
     with pytest.raises(TbxError, match="unknown explain method"):
-        explain(ckpt, tmp_path / "o", data_root=root, ann="ann.json", method="scorecam", model_builder=region_builder)
+        explain(
+            ckpt,
+            tmp_path / "o",
+            data_root=root,
+            ann="ann.json",
+            method="scorecam",
+            model_builder=region_builder,
+        )
     with pytest.raises(TbxError, match="only SymFormer models"):
-        explain(ckpt, tmp_path / "o", data_root=root, ann="ann.json", method="features", workers=0,
-                model_builder=region_builder)
+        explain(
+            ckpt,
+            tmp_path / "o",
+            data_root=root,
+            ann="ann.json",
+            method="features",
+            workers=0,
+            model_builder=region_builder,
+        )
     with pytest.raises(TbxError, match="--out is needed"):
         explain(ckpt, None, data_root=root, ann="ann.json", model_builder=region_builder)
     foreign = tmp_path / "foreign"
@@ -209,16 +247,36 @@ def tiny_run(tmp_path_factory):
     cfg = load_train_config(config="tiny", overrides=["model.input_size=96", "model.cls_input_size=64"])
     torch.manual_seed(0)
     run = tmp / "run"
-    save_checkpoint(run / "stage2" / "final.pt", model=build_model(cfg), model_name=cfg.model_name,
-                    config=to_dict(cfg), stage=2, epoch=1, batch=0, iteration=1)
+    save_checkpoint(
+        run / "stage2" / "final.pt",
+        model=build_model(cfg),
+        model_name=cfg.model_name,
+        config=to_dict(cfg),
+        stage=2,
+        epoch=1,
+        batch=0,
+        iteration=1,
+    )
     root = make_layout(tmp / "data", n_tb=2, n_healthy=1, n_sick=0, size=64)
     return run, root
 
 
 def test_cli_on_tiny_model(cli, tiny_run, tmp_path):
     run, root = tiny_run
-    code, out, err = cli("explain", run, "--data", root, "--ann", "annotations/json/all_trainval.json",
-                         "--method", "gradcam", "--target", "tb", "--workers", "0")
+    code, out, err = cli(
+        "explain",
+        run,
+        "--data",
+        root,
+        "--ann",
+        "annotations/json/all_trainval.json",
+        "--method",
+        "gradcam",
+        "--target",
+        "tb",
+        "--workers",
+        "0",
+    )
     assert code == 0, err
     folder = run / "explain" / "gradcam"  # the default output, where `tbx report` looks
     doc = json.loads((folder / "explain.json").read_text())
@@ -245,8 +303,9 @@ def test_cli_on_tiny_model(cli, tiny_run, tmp_path):
 
 def test_cli_unsupported_method_one_line(cli, tiny_run):
     run, root = tiny_run
-    code, out, err = cli("explain", run, "--data", root, "--ann", "annotations/json/all_trainval.json",
-                         "--method", "fullgrad")
+    code, out, err = cli(
+        "explain", run, "--data", root, "--ann", "annotations/json/all_trainval.json", "--method", "fullgrad"
+    )
     assert code == 2
     assert err.count("\n") == 1 and "unknown explain method 'fullgrad'" in err and "gradcam++" in err
     assert not (run / "explain" / "fullgrad").exists()
@@ -261,8 +320,15 @@ def test_missing_grad_cam_one_line(region_run, tmp_path, monkeypatch):
         explain(ckpt, tmp_path / "o", data_root=root, ann="ann.json", model_builder=region_builder)
     # the features method does not need it
     with pytest.raises(TbxError, match="only SymFormer models"):
-        explain(ckpt, tmp_path / "o", data_root=root, ann="ann.json", method="features", workers=0,
-                model_builder=region_builder)
+        explain(
+            ckpt,
+            tmp_path / "o",
+            data_root=root,
+            ann="ann.json",
+            method="features",
+            workers=0,
+            model_builder=region_builder,
+        )
 
 
 def test_report_section(region_run, tmp_path):
@@ -271,8 +337,16 @@ def test_report_section(region_run, tmp_path):
 
     ckpt, root = region_run
     run = tmp_path / "run"
-    explain(ckpt, run / "explain" / "gradcam", data_root=root, ann="ann.json", target="tb", workers=0,
-            model_builder=region_builder, progress=False)
+    explain(
+        ckpt,
+        run / "explain" / "gradcam",
+        data_root=root,
+        ann="ann.json",
+        target="tb",
+        workers=0,
+        model_builder=region_builder,
+        progress=False,
+    )
     (run / "explain" / "broken").mkdir()
     (run / "explain" / "broken" / "explain.json").write_text("{not json")
     frag = explain_section([("myrun", run)])
@@ -281,7 +355,10 @@ def test_report_section(region_run, tmp_path):
     assert frag.count("data:image/png;base64,") == 1  # one TB image with boxes → one best, no worst
     assert "best: tb/x0.png" in frag and "cannot read" in frag
     assert explain_section([("other", tmp_path / "nothing")]) == ""
-    imgs = [{"label": "tb", "energy_in_boxes": e, "file_name": f"f{k}"} for k, e in enumerate([0.2, 0.9, 0.5, 0.1, 0.7])]
+    imgs = [
+        {"label": "tb", "energy_in_boxes": e, "file_name": f"f{k}"}
+        for k, e in enumerate([0.2, 0.9, 0.5, 0.1, 0.7])
+    ]
     best, worst = best_and_worst(imgs + [{"label": "healthy", "energy_in_boxes": None}], 2)
     assert [b["file_name"] for b in best] == ["f1", "f4"] and [w["file_name"] for w in worst] == ["f3", "f0"]
     best, worst = best_and_worst(imgs[:3], 2)
@@ -289,8 +366,18 @@ def test_report_section(region_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["symformer_retinanet", "retinanet", "deformable_detr", "symformer_deformable_detr",
-                                  "faster_rcnn", "fcos", "ssd"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "symformer_retinanet",
+        "retinanet",
+        "deformable_detr",
+        "symformer_deformable_detr",
+        "faster_rcnn",
+        "fcos",
+        "ssd",
+    ],
+)
 def test_every_model(name):
     """Every model of `tbx models list`: a Grad-CAM map in the source frame; `features` for the
     SymFormer models only, one clear error for the others."""
@@ -298,8 +385,14 @@ def test_every_model(name):
 
     assert name in MODELS
     size = 512 if name == "ssd" else 64
-    cfg = ModelConfig(backbone="vgg16" if name == "ssd" else "resnet18", pretrained="none", input_size=size,
-                      num_encoder_layers=1, num_decoder_layers=1, num_queries=20)
+    cfg = ModelConfig(
+        backbone="vgg16" if name == "ssd" else "resnet18",
+        pretrained="none",
+        input_size=size,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        num_queries=20,
+    )
     model = build(name, cfg).eval()
     img = np.random.default_rng(0).integers(0, 255, (80, 80) if name == "ssd" else (70, 90), dtype=np.uint8)
     (m,) = heatmaps(model, [img], "gradcam++", "tb", input_size=size)

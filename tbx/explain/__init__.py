@@ -15,5 +15,14 @@ from tbx.explain.render import render_overlay, save_png
 from tbx.explain.run import METHODS, Explained, explain, explain_images, heatmaps
 from tbx.explain.scores import energy_in_boxes, pointing_hit
 
-__all__ = ["METHODS", "Explained", "energy_in_boxes", "explain", "explain_images", "heatmaps",
-           "pointing_hit", "render_overlay", "save_png"]
+__all__ = [
+    "METHODS",
+    "Explained",
+    "energy_in_boxes",
+    "explain",
+    "explain_images",
+    "heatmaps",
+    "pointing_hit",
+    "render_overlay",
+    "save_png",
+]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -56,8 +56,9 @@ def cam_class(method: str) -> Any:
     try:
         lib = importlib.import_module("pytorch_grad_cam")
     except ImportError:
-        raise TbxError(f"--method {method} needs the grad-cam package, which is not installed",
-                       fix=INSTALL_HINT) from None
+        raise TbxError(
+            f"--method {method} needs the grad-cam package, which is not installed", fix=INSTALL_HINT
+        ) from None
     return getattr(lib, CAM_METHODS[method])
 
 
@@ -82,8 +83,10 @@ def tapped_head(model: nn.Module) -> Iterator[_TappedHead]:
     """Temporarily replace ``model.cls_head`` by a :class:`_TappedHead` (restored on exit)."""
     head = getattr(model, "cls_head", None)
     if not isinstance(head, nn.Module):
-        raise TbxError(f"{type(model).__name__} has no image-classification head (cls_head)",
-                       fix="explain a tbx detector (see `tbx models list`)")
+        raise TbxError(
+            f"{type(model).__name__} has no image-classification head (cls_head)",
+            fix="explain a tbx detector (see `tbx models list`)",
+        )
     tapped = _TappedHead(head)
     model.cls_head = tapped
     try:
@@ -103,14 +106,15 @@ class _ClassifierView(nn.Module):
         self.preds: list[Prediction] = []
 
     def forward(self, images: Tensor) -> Tensor:
-        self.preds = self.model.predict(images, self.image_sizes)
+        self.preds = cast(Any, self.model).predict(images, self.image_sizes)
         if self.tapped.logits is None:
             raise RuntimeError(f"{type(self.model).__name__}.predict did not call cls_head")
         return self.tapped.logits
 
 
-def cam_maps(model: nn.Module, images: Tensor, image_sizes: Sequence[tuple[int, int]], method: str,
-             target: str) -> tuple[np.ndarray, list[Prediction], list[int]]:
+def cam_maps(
+    model: nn.Module, images: Tensor, image_sizes: Sequence[tuple[int, int]], method: str, target: str
+) -> tuple[np.ndarray, list[Prediction], list[int]]:
     """One batch: ``(maps (N, H, W) float32 in the padded input frame, predictions, target class of
     each image)``.  ``images``: normalised ``(N, 3, H, W)`` (the Detector contract)."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ def _unflatten(flat: Tensor, shapes: Sequence[tuple[int, int]]) -> list[Tensor]:
     """``(N, S, C)`` tokens of the concatenated levels → per level ``(N, C, H_l, W_l)``."""
     out, start = [], 0
     for h, w in shapes:
-        out.append(flat[:, start:start + h * w].transpose(1, 2).reshape(flat.shape[0], -1, h, w))
+        out.append(flat[:, start : start + h * w].transpose(1, 2).reshape(flat.shape[0], -1, h, w))
         start += h * w
     return out
 
@@ -64,22 +65,25 @@ def pyramid_hooks(model: nn.Module, model_name: str | None = None) -> Iterator[d
 
         handles.append(sas.register_forward_hook(on_sas))
     elif getattr(model, "sym", False) and isinstance(encoder, nn.ModuleList) and len(encoder):
+        shapes: list[tuple[int, int]] = []
 
         def on_enc_in(_m: nn.Module, args: tuple) -> None:
-            store["shapes"] = list(args[3])
-            store["before"] = _unflatten(args[0].detach(), args[3])
+            shapes[:] = [(int(h), int(w)) for h, w in args[3]]
+            store["before"] = _unflatten(args[0].detach(), shapes)
 
         def on_enc_out(_m: nn.Module, _args: tuple, out: Tensor) -> None:
-            store["after"] = _unflatten(out.detach(), store["shapes"])
+            store["after"] = _unflatten(out.detach(), shapes)
 
         handles.append(encoder[0].register_forward_pre_hook(on_enc_in))
         handles.append(encoder[-1].register_forward_hook(on_enc_out))
     else:
         name = model_name or type(model).__name__
-        raise TbxError(f"--method features shows the feature pyramid before/after the symmetric block, "
-                       f"which only SymFormer models have (this model: {name})",
-                       fix="use symformer_retinanet / symformer_deformable_detr, or a Grad-CAM method "
-                       "(--method gradcam) for this model")
+        raise TbxError(
+            f"--method features shows the feature pyramid before/after the symmetric block, "
+            f"which only SymFormer models have (this model: {name})",
+            fix="use symformer_retinanet / symformer_deformable_detr, or a Grad-CAM method "
+            "(--method gradcam) for this model",
+        )
     try:
         yield store
     finally:
@@ -100,8 +104,9 @@ def pool_level(feat: Tensor, valid: Sequence[tuple[int, int]]) -> Tensor:
     return out
 
 
-def fuse_levels(levels: Sequence[Tensor], input_hw: tuple[int, int],
-                image_sizes: Sequence[tuple[int, int]]) -> np.ndarray:
+def fuse_levels(
+    levels: Sequence[Tensor], input_hw: tuple[int, int], image_sizes: Sequence[tuple[int, int]]
+) -> np.ndarray:
     """Per level :func:`pool_level`, upsampled to the padded input frame, averaged → ``(N, H, W)``."""
     H, W = input_hw
     acc = torch.zeros((levels[0].shape[0], H, W), dtype=torch.float32, device=levels[0].device)
@@ -114,11 +119,12 @@ def fuse_levels(levels: Sequence[Tensor], input_hw: tuple[int, int],
 
 
 @torch.no_grad()
-def feature_maps(model: nn.Module, images: Tensor, image_sizes: Sequence[tuple[int, int]],
-                 model_name: str | None = None) -> tuple[np.ndarray, np.ndarray, list[Prediction]]:
+def feature_maps(
+    model: nn.Module, images: Tensor, image_sizes: Sequence[tuple[int, int]], model_name: str | None = None
+) -> tuple[np.ndarray, np.ndarray, list[Prediction]]:
     """One batch: ``(before (N, H, W), after (N, H, W), predictions)`` in the padded input frame."""
     with pyramid_hooks(model, model_name) as store:
-        preds = model.predict(images, list(image_sizes))
+        preds = cast(Any, model).predict(images, list(image_sizes))
     if "after" not in store:
         raise RuntimeError(f"{type(model).__name__}.predict did not run its symmetric block")
     hw = (int(images.shape[-2]), int(images.shape[-1]))

@@ -27,8 +27,10 @@ def as_gray8(image: np.ndarray | Tensor) -> np.ndarray:
     drawing (RGB → luminance, ITU-R 601 as Pillow)."""
     arr = image.detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
-        raise TbxError(f"an image must be an H×W or H×W×3 uint8 array, got {arr.dtype} {arr.shape}",
-                       fix="decode the file with tbx.data.imageio.read_gray8 (PNG/JPEG/DICOM)")
+        raise TbxError(
+            f"an image must be an H×W or H×W×3 uint8 array, got {arr.dtype} {arr.shape}",
+            fix="decode the file with tbx.data.imageio.read_gray8 (PNG/JPEG/DICOM)",
+        )
     if arr.ndim == 3:
         return np.asarray(Image.fromarray(arr, "RGB").convert("L"))
     return arr
@@ -48,9 +50,18 @@ def batch_from_images(images: Sequence[np.ndarray | Tensor], input_size: int) ->
         rgb = _rgb(im)
         x = input_image(rgb, input_size)
         h, w = int(x.shape[1]), int(x.shape[2])
-        samples.append(Sample(image=x, boxes=torch.zeros((0, 4)), labels=torch.zeros((0,), dtype=torch.int64),
-                              cls_label=-1, index=k, image_id=k, scale=(w / rgb.width, h / rgb.height),
-                              flipped=False))
+        samples.append(
+            Sample(
+                image=x,
+                boxes=torch.zeros((0, 4)),
+                labels=torch.zeros((0,), dtype=torch.int64),
+                cls_label=-1,
+                index=k,
+                image_id=k,
+                scale=(w / rgb.width, h / rgb.height),
+                flipped=False,
+            )
+        )
     return collate(samples)
 
 
@@ -59,8 +70,9 @@ def to_source_frame(m: np.ndarray | Tensor, valid: tuple[int, int], source: tupl
     t = torch.as_tensor(np.asarray(m, dtype=np.float32) if not isinstance(m, Tensor) else m).float()
     h, w = valid
     crop = t[: int(h), : int(w)].clamp_min(0)[None, None]
-    out = F.interpolate(crop, size=(int(source[0]), int(source[1])), mode="bilinear", align_corners=False)[0, 0]
+    out = F.interpolate(crop, size=(int(source[0]), int(source[1])), mode="bilinear", align_corners=False)[
+        0, 0
+    ]
     lo, hi = float(out.min()), float(out.max())
     out = (out - lo) / (hi - lo) if hi > lo else torch.zeros_like(out)
     return out.clamp_(0, 1).numpy().astype(np.float32)
-

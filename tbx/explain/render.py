@@ -49,13 +49,19 @@ def blend(gray: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     return ((1 - a) * base + a * colour).round().clip(0, 255).astype(np.uint8)
 
 
-def _panel(gray: np.ndarray, heatmap: np.ndarray, gt: Sequence[Sequence[float]],
-           pred: Sequence[Sequence[float]], caption: str, side: int) -> Image.Image:
+def _panel(
+    gray: np.ndarray,
+    heatmap: np.ndarray,
+    gt: Sequence[Sequence[float]],
+    pred: Sequence[Sequence[float]],
+    caption: str,
+    side: int,
+) -> Image.Image:
     h, w = gray.shape
     s = side / max(h, w)
     im = Image.fromarray(blend(gray, heatmap))
     if s != 1.0:
-        im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+        im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BILINEAR)
     d = ImageDraw.Draw(im)
     lw = max(2, round(max(im.size) / 200))
     font = _font(max(10, round(max(im.size) / 45)))
@@ -67,8 +73,14 @@ def _panel(gray: np.ndarray, heatmap: np.ndarray, gt: Sequence[Sequence[float]],
         x, y, bw, bh = (float(v) * s for v in b[:4])
         d.rectangle([x, y, x + bw, y + bh], outline=PRED_COLOUR, width=max(1, lw // 2))
         if len(b) > 4:
-            d.text((x + 2, y + 1), f"{float(b[4]):.2f}", fill=PRED_COLOUR, font=font,
-                   stroke_width=1, stroke_fill=(0, 0, 0))
+            d.text(
+                (x + 2, y + 1),
+                f"{float(b[4]):.2f}",
+                fill=PRED_COLOUR,
+                font=font,
+                stroke_width=1,
+                stroke_fill=(0, 0, 0),
+            )
     if caption:
         d.text((4, 3), caption, fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
     return im
@@ -85,10 +97,17 @@ def _wrap(line: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: 
     return out
 
 
-def render_overlay(gray: np.ndarray, heatmap: np.ndarray, *, gt: Sequence[Sequence[float]] = (),
-                   pred: Sequence[Sequence[float]] = (), lines: Sequence[str] = (),
-                   before: np.ndarray | None = None, captions: tuple[str, str] = ("", ""),
-                   side: int = 640) -> np.ndarray:
+def render_overlay(
+    gray: np.ndarray,
+    heatmap: np.ndarray,
+    *,
+    gt: Sequence[Sequence[float]] = (),
+    pred: Sequence[Sequence[float]] = (),
+    lines: Sequence[str] = (),
+    before: np.ndarray | None = None,
+    captions: tuple[str, str] = ("", ""),
+    side: int = 640,
+) -> np.ndarray:
     """One overlay image (RGB uint8).
 
     ``gray``: the source image ``H × W`` uint8; ``heatmap``: ``H × W`` in [0, 1]; ``gt``: boxes

@@ -78,8 +78,16 @@ def check_method(method: str, target: str) -> None:
         cam_class(method)
 
 
-def explain_batch(model: nn.Module, batch: Batch, sources: Sequence[tuple[int, int]], method: str,
-                  target: str, *, channels_last: bool = False, model_name: str | None = None) -> list[Explained]:
+def explain_batch(
+    model: nn.Module,
+    batch: Batch,
+    sources: Sequence[tuple[int, int]],
+    method: str,
+    target: str,
+    *,
+    channels_last: bool = False,
+    model_name: str | None = None,
+) -> list[Explained]:
     """Explain one padded uint8 :class:`Batch` (``tbx predict``'s pre-processing) whose images
     come from sources of ``(H, W)`` ``sources``; ``model`` in eval mode on its device."""
     device = next(model.parameters()).device
@@ -96,17 +104,28 @@ def explain_batch(model: nn.Module, batch: Batch, sources: Sequence[tuple[int, i
     for k, p in enumerate(preds):
         (h, w), (H, W) = batch.image_sizes[k], sources[k]
         probs = p.probs.detach().float().cpu().double().numpy()
-        out.append(Explained(
-            heatmap=to_source_frame(after[k], (h, w), (H, W)),
-            before=None if before is None else to_source_frame(before[k], (h, w), (H, W)),
-            probs=probs / probs.sum(), target_class=classes[k],
-            detections=detections_to_coco(p.boxes, p.scores, p.labels, (w / W, h / H), W, H, 0)))
+        out.append(
+            Explained(
+                heatmap=to_source_frame(after[k], (h, w), (H, W)),
+                before=None if before is None else to_source_frame(before[k], (h, w), (H, W)),
+                probs=probs / probs.sum(),
+                target_class=classes[k],
+                detections=detections_to_coco(p.boxes, p.scores, p.labels, (w / W, h / H), W, H, 0),
+            )
+        )
     return out
 
 
-def explain_images(model: nn.Module, images: Sequence[np.ndarray | Tensor], method: str = "gradcam",
-                   target: str = "pred", *, input_size: int = 512, batch_size: int = 4,
-                   model_name: str | None = None) -> list[Explained]:
+def explain_images(
+    model: nn.Module,
+    images: Sequence[np.ndarray | Tensor],
+    method: str = "gradcam",
+    target: str = "pred",
+    *,
+    input_size: int = 512,
+    batch_size: int = 4,
+    model_name: str | None = None,
+) -> list[Explained]:
     """Explain decoded images (``H × W`` grayscale or ``H × W × 3`` RGB, uint8) with a loaded tbx
     model (any device; put in eval mode for the call).  One :class:`Explained` per image."""
     check_method(method, target)
@@ -115,20 +134,30 @@ def explain_images(model: nn.Module, images: Sequence[np.ndarray | Tensor], meth
     out: list[Explained] = []
     try:
         for i in range(0, len(images), max(1, batch_size)):
-            chunk = images[i:i + max(1, batch_size)]
+            chunk = images[i : i + max(1, batch_size)]
             sources = [as_gray8(im).shape for im in chunk]
-            out += explain_batch(model, batch_from_images(chunk, input_size), sources, method, target,
-                                 model_name=model_name)
+            out += explain_batch(
+                model, batch_from_images(chunk, input_size), sources, method, target, model_name=model_name
+            )
     finally:
         model.train(was_training)
     return out
 
 
-def heatmaps(model: nn.Module, images: Sequence[np.ndarray | Tensor], method: str = "gradcam",
-             target: str = "pred", *, input_size: int = 512, batch_size: int = 4) -> list[np.ndarray]:
+def heatmaps(
+    model: nn.Module,
+    images: Sequence[np.ndarray | Tensor],
+    method: str = "gradcam",
+    target: str = "pred",
+    *,
+    input_size: int = 512,
+    batch_size: int = 4,
+) -> list[np.ndarray]:
     """Heatmaps (float32 ``H × W`` of each source image, in [0, 1]) — see :func:`explain_images`."""
-    return [e.heatmap for e in explain_images(model, images, method, target, input_size=input_size,
-                                              batch_size=batch_size)]
+    return [
+        e.heatmap
+        for e in explain_images(model, images, method, target, input_size=input_size, batch_size=batch_size)
+    ]
 
 
 # --------------------------------------------------------------------------------- the command
@@ -156,8 +185,9 @@ def unique_stems(names: Sequence[str]) -> list[str]:
     return out
 
 
-def _batches(items: list[_Item], ds: TBXDataset | None, size: int, batch_size: int,
-             workers: int) -> Iterator[tuple[list[int], Batch]]:
+def _batches(
+    items: list[_Item], ds: TBXDataset | None, size: int, batch_size: int, workers: int
+) -> Iterator[tuple[list[int], Batch]]:
     """``(item indices, uint8 batch)``: through ``tbx predict``'s dataset/loader for a dataset,
     through :func:`batch_from_images` for image files."""
     if ds is not None:
@@ -174,22 +204,31 @@ def _batches(items: list[_Item], ds: TBXDataset | None, size: int, batch_size: i
 
 def _default_out(model: Path, method: str) -> Path:
     if not model.is_dir():
-        raise TbxError("--out is needed when MODEL is a checkpoint file", model,
-                       "give --out DIR (the default RUN/explain/<method> needs a run directory)")
+        raise TbxError(
+            "--out is needed when MODEL is a checkpoint file",
+            model,
+            "give --out DIR (the default RUN/explain/<method> needs a run directory)",
+        )
     return model / "explain" / method
 
 
 def _check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and output_kind(out) != OUTPUT_KIND)):
-        raise TbxError("output folder exists and is not an earlier 'tbx explain' output", out,
-                       "choose a new --out folder (an earlier explain output is replaced)")
+        raise TbxError(
+            "output folder exists and is not an earlier 'tbx explain' output",
+            out,
+            "choose a new --out folder (an earlier explain output is replaced)",
+        )
 
 
-def _items(data_root: Path | None, ann: Path | None, inputs: Sequence[Path], size: int,
-           limit: int | None) -> tuple[list[_Item], TBXDataset | None]:
+def _items(
+    data_root: Path | None, ann: Path | None, inputs: Sequence[Path], size: int, limit: int | None
+) -> tuple[list[_Item], TBXDataset | None]:
     if inputs and (data_root is not None or ann is not None):
-        raise TbxError("give either --data/--ann or image files, not both",
-                       fix="tbx explain MODEL --data ROOT --ann ANN.json, or tbx explain MODEL IMG...")
+        raise TbxError(
+            "give either --data/--ann or image files, not both",
+            fix="tbx explain MODEL --data ROOT --ann ANN.json, or tbx explain MODEL IMG...",
+        )
     if limit is not None and limit < 1:
         raise TbxError(f"--limit must be ≥ 1, got {limit}")
     if inputs:
@@ -229,12 +268,24 @@ def _score_text(e: dict[str, Any], prefix: str = "") -> str:
     return f"energy in boxes {e['energy_in_boxes' + prefix]:.2f} · pointing {hit}"
 
 
-def explain(model: str | Path, out: str | Path | None = None, *, data_root: str | Path | None = None,
-            ann: str | Path | None = None, inputs: Sequence[str | Path] = (), method: str = "gradcam",
-            target: str = "pred", batch_size: int = 4, device: str = "auto", workers: int = 2,
-            input_size: int | None = None, limit: int | None = None, box_thresh: float = 0.3,
-            model_builder: Callable[[TrainConfig], nn.Module] | None = None,
-            progress: bool | None = None) -> Path:
+def explain(
+    model: str | Path,
+    out: str | Path | None = None,
+    *,
+    data_root: str | Path | None = None,
+    ann: str | Path | None = None,
+    inputs: Sequence[str | Path] = (),
+    method: str = "gradcam",
+    target: str = "pred",
+    batch_size: int = 4,
+    device: str = "auto",
+    workers: int = 2,
+    input_size: int | None = None,
+    limit: int | None = None,
+    box_thresh: float = 0.3,
+    model_builder: Callable[[TrainConfig], nn.Module] | None = None,
+    progress: bool | None = None,
+) -> Path:
     """Explain every image of ``ann`` (under ``data_root``) or the image files ``inputs`` with the
     model of a run directory / checkpoint and write the output folder (module docstring).
     Returns the folder."""
@@ -251,8 +302,13 @@ def explain(model: str | Path, out: str | Path | None = None, *, data_root: str 
     net, cfg = model_from_checkpoint(state, ckpt, model_builder)
     del state
     size = int(input_size or cfg.model.input_size)
-    items, ds = _items(Path(data_root) if data_root is not None else None,
-                       Path(ann) if ann is not None else None, [Path(p) for p in inputs], size, limit)
+    items, ds = _items(
+        Path(data_root) if data_root is not None else None,
+        Path(ann) if ann is not None else None,
+        [Path(p) for p in inputs],
+        size,
+        limit,
+    )
     if method == "features":
         with pyramid_hooks(net, cfg.model_name):  # fails early for models without a symmetric block
             pass
@@ -274,29 +330,61 @@ def explain(model: str | Path, out: str | Path | None = None, *, data_root: str 
         with atomic_dir(out_dir, overwrite=True) as tmp:
             for idx, batch in _batches(items, ds, size, batch_size, workers):
                 grays = [read_gray8(items[j].path) for j in idx]
-                res = explain_batch(net, batch, [g.shape for g in grays], method, target,
-                                    channels_last=cfg.channels_last, model_name=cfg.model_name)
-                for j, gray, e in zip(idx, grays, res):
+                res = explain_batch(
+                    net,
+                    batch,
+                    [g.shape for g in grays],
+                    method,
+                    target,
+                    channels_last=cfg.channels_last,
+                    model_name=cfg.model_name,
+                )
+                for j, gray, e in zip(idx, grays, res, strict=True):
                     rows[j] = _write_item(tmp, items[j], stems[j], gray, e, method, target, box_thresh, names)
                 if bar is not None:
                     bar.update(task, advance=len(idx))
             doc: dict[str, Any] = {
-                "method": method, "target": target,
+                "method": method,
+                "target": target,
                 "class_specific": method not in CLASS_AGNOSTIC and method != "features",
-                "model": cfg.model_name, "checkpoint": str(ckpt.resolve()),
-                "checkpoint_sha256": file_sha256(ckpt), "input_size": size,
+                "model": cfg.model_name,
+                "checkpoint": str(ckpt.resolve()),
+                "checkpoint_sha256": file_sha256(ckpt),
+                "input_size": size,
                 "annotations": str(ds.ann_path.resolve()) if ds is not None else None,
                 "data_root": str(Path(data_root).resolve()) if data_root is not None else None,
-                "box_score_threshold": box_thresh, "images": rows, **summarise(rows)}
+                "box_score_threshold": box_thresh,
+                "images": rows,
+                **summarise(rows),
+            }
             if method == "features":
-                before = summarise([{"energy_in_boxes": r["energy_in_boxes_before"],
-                                     "pointing_hit": r["pointing_hit_before"]} for r in rows])
-                doc.update({"mean_energy_in_boxes_before": before["mean_energy_in_boxes"],
-                            "pointing_game_before": before["pointing_game"],
-                            "maps": {"before": names[0], "after": names[1]}})
+                before = summarise(
+                    [
+                        {
+                            "energy_in_boxes": r["energy_in_boxes_before"],
+                            "pointing_hit": r["pointing_hit_before"],
+                        }
+                        for r in rows
+                    ]
+                )
+                doc.update(
+                    {
+                        "mean_energy_in_boxes_before": before["mean_energy_in_boxes"],
+                        "pointing_game_before": before["pointing_game"],
+                        "maps": {"before": names[0], "after": names[1]},
+                    }
+                )
             atomic_write_json(tmp / EXPLAIN_JSON, doc)
-            write_provenance(tmp, cfg, cfg.seed, kind="tbx-explain", checkpoint=str(ckpt), method=method,
-                             target=target, n_images=len(items))
+            write_provenance(
+                tmp,
+                cfg,
+                cfg.seed,
+                kind="tbx-explain",
+                checkpoint=str(ckpt),
+                method=method,
+                target=target,
+                n_images=len(items),
+            )
             mark_output(tmp, OUTPUT_KIND)
     finally:
         if bar is not None:
@@ -306,15 +394,27 @@ def explain(model: str | Path, out: str | Path | None = None, *, data_root: str 
     return out_dir
 
 
-def _write_item(tmp: Path, item: _Item, stem: str, gray: np.ndarray, e: Explained, method: str,
-                target: str, box_thresh: float, names: tuple[str, str]) -> dict[str, Any]:
+def _write_item(
+    tmp: Path,
+    item: _Item,
+    stem: str,
+    gray: np.ndarray,
+    e: Explained,
+    method: str,
+    target: str,
+    box_thresh: float,
+    names: tuple[str, str],
+) -> dict[str, Any]:
     """Write one image's heatmap(s) and overlay; return its ``explain.json`` row."""
     src = (int(gray.shape[0]), int(gray.shape[1]))
     gt = _gt_boxes(item.record, src)
-    row: dict[str, Any] = {"file_name": item.file_name,
-                           "image_id": item.record.image_id if item.record else None,
-                           "label": item.record.label if item.record else None,
-                           "height": src[0], "width": src[1]}
+    row: dict[str, Any] = {
+        "file_name": item.file_name,
+        "image_id": item.record.image_id if item.record else None,
+        "label": item.record.label if item.record else None,
+        "height": src[0],
+        "width": src[1],
+    }
     maps = {"": e.heatmap} if e.before is None else {"": e.heatmap, "_before": e.before}
     for suffix, hm in maps.items():
         row["energy_in_boxes" + suffix] = energy_in_boxes(hm, gt) if gt else None
@@ -323,14 +423,23 @@ def _write_item(tmp: Path, item: _Item, stem: str, gray: np.ndarray, e: Explaine
         with atomic_path(tmp / rel) as p, open(p, "wb") as f:
             np.save(f, hm.astype(np.float32))
         row["heatmap" + suffix] = rel
-    row.update({"target_class": CLASS_NAMES[e.target_class], "pred_class": CLASS_NAMES[int(e.probs.argmax())],
-                "probs": [round(float(v), 5) for v in e.probs]})
+    row.update(
+        {
+            "target_class": CLASS_NAMES[e.target_class],
+            "pred_class": CLASS_NAMES[int(e.probs.argmax())],
+            "probs": [round(float(v), 5) for v in e.probs],
+        }
+    )
     pred = [[*d["bbox"], d["score"]] for d in e.detections if d["score"] >= box_thresh][:10]
-    p = e.probs
-    lines = [f"{item.file_name} · {method} · {_target_text(method, target, e.target_class)}",
-             f"p(healthy) {p[0]:.2f}  p(sick) {p[1]:.2f}  p(TB) {p[2]:.2f}"
-             + (f" · label {row['label']}" if row["label"] else "") + " · " + _score_text(row)
-             + (f" (before: {_score_text(row, '_before')})" if e.before is not None and gt else "")]
+    probs = e.probs
+    lines = [
+        f"{item.file_name} · {method} · {_target_text(method, target, e.target_class)}",
+        f"p(healthy) {probs[0]:.2f}  p(sick) {probs[1]:.2f}  p(TB) {probs[2]:.2f}"
+        + (f" · label {row['label']}" if row["label"] else "")
+        + " · "
+        + _score_text(row)
+        + (f" (before: {_score_text(row, '_before')})" if e.before is not None and gt else ""),
+    ]
     rgb = render_overlay(gray, e.heatmap, gt=gt, pred=pred, lines=lines, before=e.before, captions=names)
     row["overlay"] = f"overlays/{stem}.png"
     save_png(tmp / row["overlay"], rgb)

@@ -56,6 +56,8 @@ def summarise(images: Sequence[dict]) -> dict[str, float | int | None]:
     scored = [im for im in images if im.get("energy_in_boxes") is not None]
     if not scored:
         return {"mean_energy_in_boxes": None, "pointing_game": None, "n_scored": 0}
-    return {"mean_energy_in_boxes": float(np.mean([im["energy_in_boxes"] for im in scored])),
-            "pointing_game": float(np.mean([im["pointing_hit"] for im in scored])),
-            "n_scored": len(scored)}
+    return {
+        "mean_energy_in_boxes": float(np.mean([im["energy_in_boxes"] for im in scored])),
+        "pointing_game": float(np.mean([im["pointing_hit"] for im in scored])),
+        "n_scored": len(scored),
+    }
