@@ -115,24 +115,15 @@ def region_run(tmp_path_factory):
     return ckpt, root
 
 
-def _explain_region(region_run, tmp_path, method, target):
+def _explain_region(region_run, out, **kw):
     ckpt, root = region_run
-    return explain(
-        ckpt,
-        tmp_path / f"{method}-{target}",
-        data_root=root,
-        ann="ann.json",
-        method=method,
-        target=target,
-        workers=0,
-        model_builder=region_builder,
-        progress=False,
-    )
+    kw = {"workers": 0, "progress": False, **kw}
+    return explain(ckpt, out, data_root=root, ann="ann.json", model_builder=region_builder, **kw)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "layercam"])
 def test_known_region_energy_and_pointing(region_run, tmp_path, method):
-    out = _explain_region(region_run, tmp_path, method, "tb")
+    out = _explain_region(region_run, tmp_path / "out", method=method, target="tb")
     doc = json.loads((out / "explain.json").read_text())
     assert doc["method"] == method and doc["target"] == "tb" and doc["n_scored"] == 1
     tb, healthy = doc["images"]
@@ -157,7 +148,7 @@ def test_known_region_energy_and_pointing(region_run, tmp_path, method):
 
 def test_other_class_looks_elsewhere(region_run, tmp_path):
     """The healthy logit reads everything but REGION: its Grad-CAM map avoids the box."""
-    out = _explain_region(region_run, tmp_path, "gradcam", "healthy")
+    out = _explain_region(region_run, tmp_path / "out", target="healthy")
     tb = json.loads((out / "explain.json").read_text())["images"][0]
     hm = np.load(out / tb["heatmap"])
     assert float(hm[coverage_mask(hm.shape, [BOX])].sum() / hm.sum()) < 0.1
@@ -209,33 +200,17 @@ def test_heatmaps_api_source_frame():
 
 
 def test_errors(region_run, tmp_path):
-    ckpt, root = region_run
     with pytest.raises(TbxError, match="unknown explain method"):
-        explain(
-            ckpt,
-            tmp_path / "o",
-            data_root=root,
-            ann="ann.json",
-            method="scorecam",
-            model_builder=region_builder,
-        )
-    with pytest.raises(TbxError, match="only SymFormer models"):
-        explain(
-            ckpt,
-            tmp_path / "o",
-            data_root=root,
-            ann="ann.json",
-            method="features",
-            workers=0,
-            model_builder=region_builder,
-        )
+        _explain_region(region_run, tmp_path / "o", method="scorecam")
+    with pytest.raises(TbxError, match="unknown explain target"):
+        _explain_region(region_run, tmp_path / "o", target="lung")
     with pytest.raises(TbxError, match="--out is needed"):
-        explain(ckpt, None, data_root=root, ann="ann.json", model_builder=region_builder)
+        _explain_region(region_run, None)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
     with pytest.raises(TbxError, match="not an earlier 'tbx explain' output"):
-        explain(ckpt, foreign, data_root=root, ann="ann.json", model_builder=region_builder)
+        _explain_region(region_run, foreign)
     assert (foreign / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "o").exists()
 
@@ -314,39 +289,20 @@ def test_cli_unsupported_method_one_line(cli, tiny_run):
 def test_missing_grad_cam_one_line(region_run, tmp_path, monkeypatch):
     import sys
 
-    ckpt, root = region_run
     monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # import fails as if not installed
     with pytest.raises(TbxError, match=r"needs the grad-cam package.*tbx\[explain\]"):
-        explain(ckpt, tmp_path / "o", data_root=root, ann="ann.json", model_builder=region_builder)
-    # the features method does not need it
+        _explain_region(region_run, tmp_path / "o")
+    # the features method does not need it (and RegionNet has no symmetric block)
     with pytest.raises(TbxError, match="only SymFormer models"):
-        explain(
-            ckpt,
-            tmp_path / "o",
-            data_root=root,
-            ann="ann.json",
-            method="features",
-            workers=0,
-            model_builder=region_builder,
-        )
+        _explain_region(region_run, tmp_path / "o", method="features")
 
 
 def test_report_section(region_run, tmp_path):
     """`tbx report` reads RUN/explain/<method>/explain.json: score table + best/worst gallery."""
     from tbx.bench.report_explain import best_and_worst, explain_section
 
-    ckpt, root = region_run
     run = tmp_path / "run"
-    explain(
-        ckpt,
-        run / "explain" / "gradcam",
-        data_root=root,
-        ann="ann.json",
-        target="tb",
-        workers=0,
-        model_builder=region_builder,
-        progress=False,
-    )
+    _explain_region(region_run, run / "explain" / "gradcam", target="tb")
     (run / "explain" / "broken").mkdir()
     (run / "explain" / "broken" / "explain.json").write_text("{not json")
     frag = explain_section([("myrun", run)])

@@ -45,7 +45,7 @@ from tbx.engine.schedule import TrainConfig
 from tbx.errors import TbxError
 from tbx.explain.cam import CAM_METHODS, CLASS_AGNOSTIC, CLASS_NAMES, TARGETS, cam_class, cam_maps
 from tbx.explain.features import feature_maps, pyramid_hooks, pyramid_names
-from tbx.explain.maps import as_gray8, batch_from_images, to_source_frame
+from tbx.explain.maps import batch_from_images, to_source_frame
 from tbx.explain.render import render_overlay, save_png
 from tbx.explain.scores import energy_in_boxes, pointing_hit, summarise
 from tbx.io import atomic_dir, atomic_path, atomic_write_json, mark_output, output_kind
@@ -135,7 +135,7 @@ def explain_images(
     try:
         for i in range(0, len(images), max(1, batch_size)):
             chunk = images[i : i + max(1, batch_size)]
-            sources = [as_gray8(im).shape for im in chunk]
+            sources = [(int(im.shape[0]), int(im.shape[1])) for im in chunk]
             out += explain_batch(
                 model, batch_from_images(chunk, input_size), sources, method, target, model_name=model_name
             )
