@@ -146,6 +146,30 @@ def test_known_region_energy_and_pointing(region_run, tmp_path, method):
     assert (out / ".tbx-output.json").is_file() and (out / "provenance.json").is_file()
 
 
+def test_boxes_in_another_annotation_frame(region_run, tmp_path):
+    """The annotation frame is 2× the PNG (boxes at scanner resolution): the heatmap stays in the
+    PNG's frame and the boxes are scaled into it, so the score is the one of the 1× annotation."""
+    ckpt, root = region_run
+    recs = [Record(1, "tb/x0.png", 2 * SRC_W, 2 * SRC_H, "tb", boxes=[Box(*(2 * v for v in BOX), 1)])]
+    write_coco(tmp_path / "ann2.json", recs)
+    out = explain(
+        ckpt,
+        tmp_path / "o",
+        data_root=root,
+        ann=tmp_path / "ann2.json",
+        workers=0,
+        target="tb",
+        model_builder=region_builder,
+        progress=False,
+    )
+    (im,) = json.loads((out / "explain.json").read_text())["images"]
+    hm = np.load(out / im["heatmap"])
+    assert hm.shape == (SRC_H, SRC_W)
+    assert im["energy_in_boxes"] == pytest.approx(
+        hm[coverage_mask(hm.shape, [BOX])].sum() / hm.sum(), abs=1e-6
+    )
+
+
 def test_other_class_looks_elsewhere(region_run, tmp_path):
     """The healthy logit reads everything but REGION: its Grad-CAM map avoids the box."""
     out = _explain_region(region_run, tmp_path / "out", target="healthy")
