@@ -206,7 +206,8 @@ def test_heatmaps_api_source_frame():
         rng.integers(0, 255, (97, 41, 3), dtype=np.uint8),
         torch.from_numpy(rng.integers(0, 255, (64, 64), dtype=np.uint8)),
     ]
-    maps = heatmaps(model, imgs, "gradcam", "tb", input_size=INPUT, batch_size=2)
+    with torch.inference_mode():  # a caller such as `tbx screen` may run in inference mode
+        maps = heatmaps(model, imgs, "gradcam", "tb", input_size=INPUT, batch_size=2)
     assert [m.shape for m in maps] == [(SRC_H, SRC_W), (97, 41), (64, 64)]
     assert all(m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1 for m in maps)
     inside = coverage_mask(maps[0].shape, [BOX])

@@ -91,15 +91,18 @@ def explain_batch(
     """Explain one padded uint8 :class:`Batch` (``tbx predict``'s pre-processing) whose images
     come from sources of ``(H, W)`` ``sources``; ``model`` in eval mode on its device."""
     device = next(model.parameters()).device
-    images = normalize_batch(batch.images.to(device), batch.image_sizes)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    before = None
-    if method == "features":
-        before, after, preds = feature_maps(model, images, batch.image_sizes, model_name)
-        classes = [int(p.probs.argmax()) for p in preds]
-    else:
-        after, preds, classes = cam_maps(model, images, batch.image_sizes, method, target)
+    with torch.inference_mode(
+        False
+    ):  # the CAM's backward pass needs autograd, even for a caller in inference mode
+        images = normalize_batch(batch.images.to(device), batch.image_sizes)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        before = None
+        if method == "features":
+            before, after, preds = feature_maps(model, images, batch.image_sizes, model_name)
+            classes = [int(p.probs.argmax()) for p in preds]
+        else:
+            after, preds, classes = cam_maps(model, images, batch.image_sizes, method, target)
     out = []
     for k, p in enumerate(preds):
         (h, w), (H, W) = batch.image_sizes[k], sources[k]
