@@ -18,7 +18,8 @@ from tbx.errors import TbxError
 from tbx.models.backbone import load_state_checked
 from tbx.models.info import count_params, model_info
 from tbx.models.p2t import P2T, PoolingAttention, p2t_small
-from tbx.models.registry import ModelConfig, build
+from tbx.models.config import ModelConfig
+from tbx.models.registry import build
 
 # the architecture (docs/models.md §3.1)
 DIMS, DEPTHS, RATIOS = (64, 128, 320, 512), (2, 2, 9, 3), (8, 8, 4, 4)

@@ -46,6 +46,16 @@ def resized_shape(h: int, w: int, input_size: int) -> tuple[int, int]:
     return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
 
 
+def input_image(im: Image.Image, input_size: int) -> Tensor:
+    """An RGB image → the network's ``(3, h, w)`` uint8 image: resized (bilinear) to fit
+    ``input_size`` × ``input_size`` keeping the aspect (SPEC §2.7).  Padding and normalisation
+    follow in :func:`collate` and :func:`normalize_batch`."""
+    h, w = resized_shape(im.height, im.width, input_size)
+    if (h, w) != (im.height, im.width):
+        im = im.resize((w, h), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
 @dataclass
 class Sample:
     image: Tensor  # (3, h, w) uint8, resized (and flipped)
@@ -104,12 +114,8 @@ class TBXDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, bool]) -> Sample:
         i, flip = (key, False) if isinstance(key, (int, np.integer)) else (int(key[0]), bool(key[1]))
         rec = self.records[i]
-        im = self._load(i)
-        h, w = resized_shape(im.height, im.width, self.input_size)
-        if (h, w) != (im.height, im.width):
-            im = im.resize((w, h), Image.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
-        image = torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+        image = input_image(self._load(i), self.input_size)
+        h, w = image.shape[1:]
         # Annotation frame → input frame (the annotation's width/height, which may differ from the
         # decoded file's size, e.g. boxes given at the original scanner resolution).
         sx, sy = w / rec.width, h / rec.height

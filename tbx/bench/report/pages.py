@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from tbx.bench.report.explain import explain_section
 from tbx.bench.report.render import render_html_table, render_markdown
 from tbx.bench.report.runs import Run
 from tbx.bench.report.tables import Table
@@ -56,6 +57,7 @@ def render_html(tables: list[Table], figs: list[tuple[str, list[Path]]], runs: l
         b64 = base64.b64encode(png.read_bytes()).decode("ascii")
         out.append(f'<figure><img alt="{h(caption)}" src="data:image/png;base64,{b64}">'
                    f"<figcaption>{h(caption)}</figcaption></figure>")
+    out.append(explain_section([(r.name, r.path) for r in runs]))  # RUN/explain/<method>/explain.json
     if notes:
         out.append('<h2>Notes</h2><ul class="notes">' + "".join(f"<li>{h(n)}</li>" for n in notes) + "</ul>")
     out.append("<h2>Provenance</h2>")
