@@ -106,7 +106,7 @@ def decode_for_network(
     h, w = resized_shape(height, width, input_size)
     small = resize_gray8(gray, (w, h))
     image = torch.zeros((3, input_size, input_size), dtype=torch.uint8)
-    image[:, :h, :w] = torch.from_numpy(np.ascontiguousarray(small))[None]
+    image[:, :h, :w] = torch.from_numpy(np.array(small))[None]
     th, tw = resized_shape(height, width, min(THUMB_SIDE, max(height, width)))
     thumb = resize_gray8(gray, (tw, th))
     return image, (h, w), width, height, thumb
