@@ -312,3 +312,34 @@ def test_named_operating_points_match_brute_force():
     am = p.argmax(1) == 2
     assert pts["argmax"]["sensitivity"] == pytest.approx(am[tb].mean())
     assert pts["argmax"]["specificity"] == pytest.approx((~am[~tb]).mean())
+
+
+def test_bench_and_train_hooks_write_operating_points(run_dir, tmp_path, cli):
+    from engine_fixtures import make_layout
+
+    from tbx.bench.results_io import write_cls_result
+    from tbx.data.coco import read_coco
+    from tbx.data.records import CLASS_INDEX
+    from tbx.deploy.operating_points import fit_operating_points
+
+    root = make_layout(tmp_path / "data", n_tb=6, n_healthy=5, n_sick=5, size=64)
+    ann = root / "annotations" / "json" / "all_trainval.json"
+    y = np.array([CLASS_INDEX[r.label] for r in read_coco(ann)])
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet([1, 1, 1], len(y))
+    (tmp_path / "pred").mkdir()
+    write_cls_result(tmp_path / "pred" / "cls_result.txt", probs)
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "operating_points.json").unlink()
+    code, out, err = cli("bench", "--gt", ann, "--pred", tmp_path / "pred", "--save-operating-points", run)
+    assert code == 0, err
+    got = load_operating_points(run)
+    want = screening_thresholds(np.round(probs, 6), y)  # cls_result.txt keeps 8 significant digits
+    for name in ("sens90", "spec70"):
+        assert got[name]["threshold"] == pytest.approx(want[name]["threshold"], abs=1e-6)
+    # tbx train --val: the run's final checkpoint on the validation file
+    path = fit_operating_points(run, root, ann, device="cpu", workers=0)
+    data = json.loads(path.read_text())
+    assert data["source"]["n_images"] == len(y) and data["source"]["written_by"] == "tbx train --val"
+    assert set(data["points"]) == {"sens90", "spec70", "argmax"}
