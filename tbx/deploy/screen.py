@@ -300,7 +300,9 @@ def render_overlay(
         draw.text(
             (x + lw, max(0, y - side // 28)), f"{b['category']} {b['score']:.2f}", fill=color, font=font
         )
-    thr = "arg-max" if threshold.value is None else f"t = {threshold.value:.3f} ({threshold.name})"
+    thr = "arg-max" if threshold.value is None else f"t = {threshold.value:.3f}"
+    if threshold.name in ("sens90", "spec70"):
+        thr += f" ({threshold.name})"
     text = f"p(TB) {p_tb:.3f}  {decision}  [{thr}]"
     box = draw.textbbox((0, 0), text, font=font)
     draw.rectangle([0, 0, box[2] + 2 * lw + 4, box[3] + 2 * lw + 4], fill=(0, 0, 0))
