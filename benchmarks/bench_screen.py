@@ -47,12 +47,22 @@ def main() -> None:
     torch.manual_seed(0)
     files = sorted(str(p) for p in SAMPLES.glob("*") if p.suffix in (".png", ".jpg"))
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_train_config("symformer_retinanet", "symformer_retinanet_r50",
-                                ["model.pretrained=none", f"model.input_size={args.size}"])
+        cfg = load_train_config(
+            "symformer_retinanet",
+            "symformer_retinanet_r50",
+            ["model.pretrained=none", f"model.input_size={args.size}"],
+        )
         model = build_model(cfg)
-        ckpt = save_checkpoint(Path(tmp) / "run" / "stage2" / "final.pt", model=model,
-                               model_name=cfg.model_name, config=to_dict(cfg), stage=2, epoch=1, batch=0,
-                               iteration=1)
+        ckpt = save_checkpoint(
+            Path(tmp) / "run" / "stage2" / "final.pt",
+            model=model,
+            model_name=cfg.model_name,
+            config=to_dict(cfg),
+            stage=2,
+            epoch=1,
+            batch=0,
+            iteration=1,
+        )
         del model
         t0 = time.perf_counter()
         onnx_path = export_onnx(ckpt, Path(tmp) / "sym.onnx")

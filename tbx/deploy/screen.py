@@ -393,13 +393,15 @@ def screen(
 
     cfg = cfg or ScreenConfig()
     out = Path(out)
-    if backend is None:
-        backend = load_backend(
-            model, device=cfg.device, amp=cfg.amp, input_size=cfg.input_size, threads=cfg.threads
-        )
-    thr = resolve_threshold(cfg.threshold, backend.operating_points)
-    ctx = D.init_distributed(backend.device.type)
+    onnx_model = Path(model).suffix.lower() == ".onnx"
+    cuda = not onnx_model and cfg.device != "cpu" and torch.cuda.is_available()
+    ctx = D.init_distributed("cuda" if cuda else "cpu")  # first: it selects this rank's GPU
     try:
+        if backend is None:
+            backend = load_backend(
+                model, device=cfg.device, amp=cfg.amp, input_size=cfg.input_size, threads=cfg.threads
+            )
+        thr = resolve_threshold(cfg.threshold, backend.operating_points)
         sources = expand_inputs(inputs)
         public = [public_source(s, cfg) for s in sources]
         order = {p: i for i, p in enumerate(public)}
