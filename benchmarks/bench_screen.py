@@ -14,6 +14,7 @@ Figures go to ``benchmarks/RESULTS.md`` (section ``bench_screen``).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -85,12 +86,14 @@ def main() -> None:
                 for _ in range(n_batches):
                     b.run(images, sizes)
                 times[name].append(n_batches * args.batch / (time.perf_counter() - t0))
+    load = os.getloadavg()[0]
     ips = {k: statistics.median(v) for k, v in times.items()}
     ratio = ips["onnxruntime"] / ips["torch"]
     lines = [
         f"SymFormer-RetinaNet R50 (random init), {args.size} px, CPU {args.threads} threads, batch "
         f"{args.batch}; median of {args.rounds} interleaved rounds of {n_batches} batches (one process). "
-        f"Export took {export_s:.0f} s.",
+        f"Export took {export_s:.0f} s. Load average {load:.1f} on {os.cpu_count()} cores during the run "
+        "(a shared machine: absolute rates are low, the ratios are what the interleaving protects).",
         "",
         "| pipeline stage | images / s |",
         "|---|---|",

@@ -395,3 +395,33 @@ def test_bench_and_train_hooks_write_operating_points(run_dir, tmp_path, cli):
     data = json.loads(path.read_text())
     assert data["source"]["n_images"] == len(y) and data["source"]["written_by"] == "tbx train --val"
     assert set(data["points"]) == {"sens90", "spec70", "argmax"}
+
+
+def test_exportable_rewrites_equal_the_eager_ops():
+    """What the ONNX graph runs instead of the eager ops gives the same values."""
+    import torch.nn.functional as F
+
+    from tbx.models.retinanet import RetinaNet
+    from tbx.models.spe import adaptive_max_pool_gather, affine_grid_matmul
+
+    g = torch.Generator().manual_seed(0)
+    for h, w in [(4, 4), (12, 7), (16, 16), (3, 9), (64, 40)]:
+        x = torch.randn(2, 5, h, w, generator=g)
+        assert torch.equal(adaptive_max_pool_gather(x, 8), F.adaptive_max_pool2d(x, 8))
+        theta = torch.randn(2, 2, 3, generator=g)
+        ref = F.affine_grid(theta, [2, 5, h, w], align_corners=False)
+        torch.testing.assert_close(affine_grid_matmul(theta, h, w), ref, atol=1e-6, rtol=0)
+    # padding masks from a size tensor = from a size list; P3..P7 sizes by formula = the real ones
+    feats = [torch.zeros(3, 1, s, s2) for s, s2 in RetinaNet.feature_sizes(96, 160)]
+    images = torch.zeros(3, 3, 96, 160)
+    sizes = [(96, 160), (50, 160), (96, 33)]
+    a = RetinaNet._level_masks(images, sizes, feats)
+    b = RetinaNet._level_masks(images, torch.tensor(sizes), feats)
+    for m1, m2, (fh, _) in zip(a, b, RetinaNet.feature_sizes(96, 160), strict=True):
+        assert torch.equal(m1, m2) and not m1[0].any()
+        assert m1[1, : -(-50 * fh // 96)].logical_not().all() and m1[1, -(-50 * fh // 96):].all()
+    cfg = load_train_config("symformer_retinanet", "tiny", ["model.input_size=96"])
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        _, real = model._features(torch.zeros(1, 3, 96, 160), [(96, 160)], cls=False)
+    assert [tuple(f.shape[-2:]) for f in real] == RetinaNet.feature_sizes(96, 160)
