@@ -27,7 +27,7 @@ def screen(
     all_boxes: bool = typer.Option(
         False, "--all-boxes", help="Report boxes on every image, not only on those decided TB."
     ),
-    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlays/<id>.png."),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlays/ID.png (image, boxes, p(TB), decision)."),
     anonymize: bool = typer.Option(
         False, "--anonymize", help="Replace each source path by a salted hash in every output."
     ),

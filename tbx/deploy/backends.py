@@ -65,7 +65,7 @@ class Backend:
 
     name: str  # "torch" | "onnxruntime"
     cfg: TrainConfig
-    model: nn.Module  # torch: the network; onnxruntime: the same class, for post-processing only
+    model: Any  # the nn.Module (torch: the network; onnxruntime: the same class, for its decode)
     input_size: int
     device: torch.device
     source: Path  # the checkpoint or .onnx file

@@ -35,7 +35,7 @@ class _Network(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
-        probs, logits, deltas = self.model.network(images, image_sizes)
+        probs, logits, deltas = self.model.network(images, image_sizes)  # type: ignore[operator]
         return (probs, *logits, *deltas)
 
 
