@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,8 +131,9 @@ class ScreenInputs(torch.utils.data.Dataset):
             return InputError(index, f"cannot read the file ({e.strerror or type(e).__name__})")
         try:
             image, size, width, height, thumb = decode_for_network(data, source, self.input_size)
-        except TbxError as e:
-            return InputError(index, e.what + (f" — {e.fix}" if e.fix else ""))
+        except TbxError as e:  # Pillow names the in-memory buffer by its address: noise, not a reason
+            what = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", e.what)
+            return InputError(index, what + (f" — {e.fix}" if e.fix else ""))
         except Exception as e:  # noqa: BLE001 — a decoder bug must not stop 100,000 images
             return InputError(index, f"cannot decode the image ({type(e).__name__})")
         return Decoded(index, image, size, width, height, thumb)
