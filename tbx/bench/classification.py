@@ -209,3 +209,36 @@ class ClassificationEval:
         ops = {"sensitivity_at_specificity": {"sensitivity": s_ss},
                "specificity_at_sensitivity": {"specificity": sp_sp}}
         return cls, ops
+
+
+#: Named decision rules of ``tbx screen`` (``RUN/operating_points.json``): ``sens90`` = the best
+#: specificity at sensitivity ≥ 90 %, ``spec70`` = the best sensitivity at specificity ≥ 70 %
+#: (the WHO triage TPP's two constraints), ``argmax`` = the paper's arg-max rule (no threshold).
+OPERATING_POINTS = ("sens90", "spec70", "argmax")
+
+
+def named_operating_points(classification: dict, operating_points: dict) -> dict[str, dict]:
+    """``sens90`` / ``spec70`` / ``argmax`` from :meth:`ClassificationEval.point`'s two dicts (or
+    the ``classification`` / ``operating_points`` of a ``tbx bench`` result): each point's
+    ``threshold`` on p(TB) (rule: TB if p(TB) ≥ t; None for ``argmax``, or when no threshold
+    meets the target), and its ``sensitivity`` / ``specificity`` on the evaluated set."""
+    a = operating_points["specificity_at_sensitivity"]
+    b = operating_points["sensitivity_at_specificity"]
+    return {
+        "sens90": {"rule": f"p_tb >= threshold, sensitivity >= {a['target_sensitivity']:.2f}",
+                   "threshold": a["threshold"], "sensitivity": a["sensitivity"],
+                   "specificity": a["specificity"]},
+        "spec70": {"rule": f"p_tb >= threshold, specificity >= {b['target_specificity']:.2f}",
+                   "threshold": b["threshold"], "sensitivity": b["sensitivity"],
+                   "specificity": b["specificity"]},
+        "argmax": {"rule": "arg-max of (p_healthy, p_sick, p_tb) is TB (the paper)", "threshold": None,
+                   "sensitivity": classification["sensitivity"],
+                   "specificity": classification["specificity"]},
+    }
+
+
+def screening_thresholds(probs: np.ndarray, y_true: np.ndarray) -> dict[str, dict]:
+    """The named operating points (:func:`named_operating_points`) of validation probabilities
+    ``probs`` (N, 3) with labels ``y_true`` (N,) (0 healthy, 1 sick, 2 TB)."""
+    cls, ops = ClassificationEval(probs, y_true).point(max_roc_points=2)
+    return named_operating_points(cls, ops)

@@ -157,6 +157,10 @@ def bench(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     keep_uncertain: bool = typer.Option(False, "--keep-uncertain", help="Keep uncertain-type TB images "
                                         "in the active/latent rows (the authors' script did)."),
+    save_operating_points: Path = typer.Option(None, "--save-operating-points", help="Write the "
+                                               "sens90 / spec70 / argmax thresholds to "
+                                               "RUN/operating_points.json (for tbx screen); bench a "
+                                               "validation set."),
 ) -> None:
     """Score predictions against ANN.json with the paper's protocol (SPEC §4)."""
     if ctx.invoked_subcommand is not None:
@@ -171,6 +175,10 @@ def bench(
     if json_out is not None:
         write_result(res, json_out, cfg)
         console.print(f"wrote {json_out} (+ provenance.json)")
+    if save_operating_points is not None:
+        from tbx.deploy.operating_points import save_from_bench_result
+
+        console.print(f"wrote {save_from_bench_result(save_operating_points, res, gt)}")
 
 
 @app.command("compare")

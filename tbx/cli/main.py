@@ -27,8 +27,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
 
 def _register() -> None:
     # Imported here so that `tbx --help` stays importable even while a group is broken.
-    from tbx.cli import (bench, dataset, dataset_build, demo, explain, models, predict, report, split,
-                         study, train)
+    from tbx.cli import (bench, dataset, dataset_build, demo, explain, export, models, predict, report,
+                         screen, split, study, train)
 
     for group in (dataset.app, models.app, bench.app, study.app):
         group.rich_markup_mode = "markdown"  # docstring paragraphs re-wrap instead of keeping breaks
@@ -41,6 +41,8 @@ def _register() -> None:
     app.add_typer(study.app, name="study")
     app.command("train", help=train.train.__doc__)(train.train)
     app.command("predict", help=predict.predict.__doc__)(predict.predict)
+    app.command("screen", help=screen.screen.__doc__)(screen.screen)
+    app.command("export", help=export.export.__doc__)(export.export)
     app.command("report", help=report.report.__doc__)(report.report)
     app.command("explain", help=explain.explain.__doc__)(explain.explain)
     app.command("demo", help=demo.demo.__doc__)(demo.demo)

@@ -90,3 +90,7 @@ def train(
                 line += f" (best: {result.best[s]})"
             console.print(line)
         console.print(f"metrics: {result.metrics}")
+        if val is not None and 2 in result.final:  # the thresholds of `tbx screen`, on --val
+            from tbx.deploy.operating_points import fit_operating_points
+
+            console.print(f"operating points: {fit_operating_points(out, data, val, device=cfg.device)}")

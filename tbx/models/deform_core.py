@@ -41,7 +41,7 @@ def ms_deform_sample(value: Tensor, spatial_shapes: Sequence[tuple[int, int]] | 
     """
     shapes = [(int(h), int(w)) for h, w in (spatial_shapes.tolist() if isinstance(spatial_shapes, Tensor)
                                             else spatial_shapes)]
-    if value.is_cuda:
+    if value.is_cuda or torch.onnx.is_in_onnx_export():  # ONNX GridSample (opset ≥ 16)
         return _grid_sample_core(value, shapes, sampling_locations, attention_weights)
     return _bag_sum_core(value, shapes, sampling_locations, attention_weights)
 

@@ -251,21 +251,26 @@ class RetinaNet(Detector):
                                               else image_sizes)]
 
     @staticmethod
-    def _level_masks(images: Tensor, sizes: list[tuple[int, int]], feats: list[Tensor]):
-        """Padding masks per level (True = padding), or None when nothing is padded."""
+    def _level_masks(images: Tensor, sizes: list[tuple[int, int]] | Tensor,
+                     feats: list[Tensor]) -> list[Tensor] | None:
+        """Padding masks per level (True = padding), or None when nothing is padded (``sizes`` a
+        list).  Level cell ``j`` is valid iff ``j < ⌈h·f/H⌉``, i.e. ``j·H < h·f`` — integer
+        arithmetic on tensors, so an ``(N, 2)`` tensor of sizes traces into an exported graph."""
         H, W = images.shape[-2:]
-        if all(h >= H and w >= W for h, w in sizes):
-            return None
+        if not isinstance(sizes, Tensor):
+            if all(h >= H and w >= W for h, w in sizes):
+                return None
+            sizes = torch.tensor(sizes, dtype=torch.int64, device=images.device)
+        sizes = sizes.to(device=images.device, dtype=torch.int64)
         masks = []
         for f in feats:
             fh, fw = f.shape[-2:]
-            m = torch.ones((len(sizes), fh, fw), dtype=torch.bool, device=f.device)
-            for i, (h, w) in enumerate(sizes):
-                m[i, : math.ceil(h * fh / H), : math.ceil(w * fw / W)] = False
-            masks.append(m)
+            rows = torch.arange(fh, device=f.device)[None, :] * H >= sizes[:, :1] * fh  # (N, fh)
+            cols = torch.arange(fw, device=f.device)[None, :] * W >= sizes[:, 1:] * fw  # (N, fw)
+            masks.append(rows[:, :, None] | cols[:, None, :])
         return masks
 
-    def _features(self, images: Tensor, sizes: list[tuple[int, int]],
+    def _features(self, images: Tensor, sizes: list[tuple[int, int]] | Tensor,
                   cls: bool = True) -> tuple[Tensor | None, list[Tensor]]:
         """``(classification-head input, detection features)``; ``cls=False`` skips a separate
         classification backbone (the first item is then None for such a model)."""
@@ -373,13 +378,38 @@ class RetinaNet(Detector):
     def predict(self, images: Tensor, image_sizes=None) -> list[Prediction]:
         """Per image: softmax class probabilities and ≤ 100 boxes (xyxy, input pixels, clipped)."""
         sizes = self._sizes(images, image_sizes)
-        c5, feats = self._features(images, sizes)
+        probs, cls_out, reg_out = self.network(images, sizes)
+        return self.decode(probs, cls_out, reg_out, (int(images.shape[-2]), int(images.shape[-1])), sizes)
+
+    def network(self, images: Tensor, image_sizes: list[tuple[int, int]] | Tensor,
+                ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Everything before post-processing — what ``tbx export`` puts in an ONNX graph:
+        ``(probs (N, 3), per-level logits (N, H_l·W_l·A, C), per-level deltas (N, H_l·W_l·A, 4))``.
+        ``image_sizes``: valid ``(h, w)`` per image, a list or an ``(N, 2)`` int64 tensor."""
+        c5, feats = self._features(images, image_sizes)
         probs = self.cls_head(c5).float().softmax(-1)
         cls_out, reg_out = self.head(feats)
-        anchors = self.anchor_generator([f.shape[-2:] for f in feats], images.device)
+        return probs, cls_out, reg_out
+
+    @staticmethod
+    def feature_sizes(h: int, w: int) -> list[tuple[int, int]]:
+        """P3..P7 sizes for an ``h`` × ``w`` input: every stride-2 layer (ResNet stem, pool,
+        stages, P6, P7: 3×3 kernels, padding 1) maps ``x`` to ``⌈x/2⌉``."""
+        out = []
+        for level in range(7):
+            h, w = -(-h // 2), -(-w // 2)
+            if level >= 2:
+                out.append((h, w))
+        return out
+
+    def decode(self, probs: Tensor, logits: list[Tensor], deltas: list[Tensor], input_hw: tuple[int, int],
+               sizes: list[tuple[int, int]]) -> list[Prediction]:
+        """:meth:`network` outputs (torch or onnxruntime, as tensors) → one :class:`Prediction` per
+        image (:meth:`postprocess`); ``input_hw`` is the padded input size."""
+        anchors = self.anchor_generator(self.feature_sizes(*input_hw), probs.device)
         preds = []
         for i, (h, w) in enumerate(sizes):
-            boxes, scores, labels = self.postprocess([c[i] for c in cls_out], [r[i] for r in reg_out],
+            boxes, scores, labels = self.postprocess([c[i] for c in logits], [r[i] for r in deltas],
                                                      anchors, (h, w))
             preds.append(Prediction(probs=probs[i], boxes=boxes, scores=scores, labels=labels))
         return preds

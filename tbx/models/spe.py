@@ -63,8 +63,30 @@ class STN(nn.Module):
             theta.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
 
     def forward(self, feat: Tensor) -> Tensor:
-        x = self.localization(feat).flatten(1)
+        if torch.onnx.is_in_onnx_export():  # ONNX has no adaptive pooling to 8 from e.g. 4 or 12
+            x = self.localization[1:](adaptive_max_pool_gather(feat, 8)).flatten(1)
+        else:
+            x = self.localization(feat).flatten(1)
         return self.fc_loc(x).view(-1, 2, 3)
+
+
+def adaptive_max_pool_gather(x: Tensor, size: int) -> Tensor:
+    """``F.adaptive_max_pool2d(x, size)`` as gathers and a max (exportable for static H, W).
+
+    Adaptive bin ``i`` of an axis of length ``L`` covers ``[⌊i·L/s⌋, ⌈(i+1)·L/s⌉)``; each bin's
+    indices are padded to the longest bin with its last index (a repeat leaves the max unchanged),
+    and max over a rectangle is separable into the two axes.
+    """
+    for axis in (-2, -1):
+        length = int(x.shape[axis])
+        bins = [list(range(i * length // size, -(-(i + 1) * length // size))) for i in range(size)]
+        k = max(len(b) for b in bins)
+        idx = torch.tensor([b + [b[-1]] * (k - len(b)) for b in bins], device=x.device)  # (s, k)
+        g = x.index_select(axis, idx.flatten())
+        shape = list(g.shape)
+        shape[axis:] = [size, k] + ([shape[-1]] if axis == -2 else [])
+        x = g.reshape(shape).amax(dim=axis if axis == -1 else -2)
+    return x
 
 
 _SINE_CACHE: dict[tuple, Tensor] = {}
@@ -119,8 +141,21 @@ def _sine(n: int, h: int, w: int, num_feats: int, temperature: float, mask: Tens
 def warp_half(half: Tensor, theta: Tensor) -> Tensor:
     """Warp ``half`` ``(N, C, H, W')`` by the affine ``theta`` ``(N, 2, 3)`` (bilinear, zeros
     outside, ``align_corners=False``: the identity reproduces the input exactly)."""
-    grid = F.affine_grid(theta.to(half.dtype), list(half.shape), align_corners=False)
+    if torch.onnx.is_in_onnx_export():  # ONNX AffineGrid needs opset 20; GridSample has 16
+        grid = affine_grid_matmul(theta.to(half.dtype), int(half.shape[-2]), int(half.shape[-1]))
+    else:
+        grid = F.affine_grid(theta.to(half.dtype), list(half.shape), align_corners=False)
     return F.grid_sample(half, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def affine_grid_matmul(theta: Tensor, h: int, w: int) -> Tensor:
+    """``F.affine_grid(theta, (N, C, h, w), align_corners=False)`` as one matmul: pixel centres
+    ``(2j + 1)/w − 1`` (x) and ``(2i + 1)/h − 1`` (y), homogeneous ``(x, y, 1) · θᵀ``."""
+    xs = (2 * torch.arange(w, dtype=theta.dtype, device=theta.device) + 1) / w - 1
+    ys = (2 * torch.arange(h, dtype=theta.dtype, device=theta.device) + 1) / h - 1
+    x, y = xs[None, :].expand(h, w), ys[:, None].expand(h, w)
+    base = torch.stack([x, y, torch.ones_like(x)], -1).reshape(1, h * w, 3)
+    return (base @ theta.transpose(1, 2)).reshape(-1, h, w, 2)
 
 
 class SymmetricPositionalEncoding(nn.Module):
