@@ -89,7 +89,7 @@ import yaml
 
 from tbx.bench import published as pub
 from tbx.errors import TbxError, where
-from tbx.io import atomic_dir, atomic_write_text
+from tbx.io import atomic_dir, atomic_write_text, check_replaceable
 from tbx.provenance import write_provenance
 
 FORMATS = ("md", "tex", "csv", "html")
@@ -348,7 +348,7 @@ def load_run(path: str | Path) -> Run:
 
     bench: dict[str, Any] = {}
     files = sorted(bench_dir.glob("*.json")) if bench_dir.is_dir() else []
-    files = [f for f in files if f.name != "provenance.json"]  # written beside the result by tbx bench
+    files = [f for f in files if not f.name.endswith("provenance.json")]  # written beside by tbx bench
     n_used = 0
     for f in files:
         data = _read_json(f)
@@ -1162,7 +1162,7 @@ def _overlay_items(r: Run, n: int, notes: list[str]) -> list[Any]:
 
     from tbx.bench.plots import OverlayItem
     from tbx.data.coco import read_coco
-    from tbx.data.layout import IMGS
+    from tbx.data.layout import IMGS, resolve_inside
 
     pred_dir = r.path / "predictions"
     if not pred_dir.is_dir():
@@ -1216,7 +1216,7 @@ def _overlay_items(r: Run, n: int, notes: list[str]) -> list[Any]:
                          f"{ann.name} — uncertainty ranking skipped")
 
     def img_path(rec) -> Path:
-        return root / IMGS / rec.file_name
+        return resolve_inside(root / IMGS, rec.file_name, ann, "imgs/")
 
     reachable = [rec for rec in records if img_path(rec).is_file()]
     if not reachable:
@@ -1408,6 +1408,12 @@ def make_report(run_dirs: list[Path], out: Path, cfg: ReportConfig | None = None
     if not _is_replaceable(out):
         raise TbxError("output directory exists and is not an earlier tbx report", out,
                        "choose a new --out directory (it is replaced as a whole)")
+    seen: set[Path] = set()
+    for p in run_dirs:
+        if Path(p).resolve() in seen:
+            raise TbxError("run directory given twice", p, "name each run once")
+        seen.add(Path(p).resolve())
+    check_replaceable(out, "report", run_dirs)
     runs = [load_run(p) for p in run_dirs]
     names: dict[str, int] = {}
     for r in runs:  # disambiguate equal directory names from different parents
@@ -1432,7 +1438,7 @@ def make_report(run_dirs: list[Path], out: Path, cfg: ReportConfig | None = None
     import matplotlib
     matplotlib.use("Agg", force=False)
 
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, kind="report", inputs=run_dirs) as tmp:
         tdir = tmp / "tables"
         for t in tables:
             paths = []

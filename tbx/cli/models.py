@@ -30,13 +30,14 @@ def list_models() -> None:
 @app.command("info")
 def info(
     name: str = typer.Argument("symformer_retinanet", help="Model name (see `tbx models list`)."),
-    input_size: int = typer.Option(512, "--input", help="Square input side in pixels for MACs/latency."),
+    input_size: int = typer.Option(512, "--input", min=32,
+                                    help="Square input side in pixels for MACs/latency."),
     backbone: str = typer.Option("resnet50", "--backbone",
                                  help="resnet18 | resnet34 | resnet50 | resnet101."),
     pos_encoding: str = typer.Option("spe", "--pos-encoding",
                                      help="none | sine | relative | spe_no_stn | spe | spe_left_to_right."),
     attention: str = typer.Option("symmetric", "--attention", help="symmetric | deformable."),
-    runs: int = typer.Option(3, "--runs", help="Timed CPU runs for the latency median (0: skip)."),
+    runs: int = typer.Option(3, "--runs", min=0, help="Timed CPU runs for the latency median (0: skip)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Parameters (live and paper accounting), MACs at --input and CPU latency of a model."""

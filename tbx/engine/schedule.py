@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from tbx.config import deep_merge, load_config, read_yaml
+from tbx.config import PROBABILITY, bounded, deep_merge, load_config, read_yaml
 from tbx.errors import TbxError
 from tbx.models.registry import ModelConfig
 
@@ -48,30 +48,30 @@ class DataConfig:
     # SPEC §2.7: stage I on TB images with boxes, stage II on all train+val CXRs (extras included).
     stage1_ann: str = "annotations/json/TBX11K_trainval_only_tb.json"
     stage2_ann: str = "annotations/json/all_trainval.json"
-    flip_prob: float = 0.5
-    workers: int = 4  # DataLoader worker processes per training process
-    prefetch_factor: int = 4
+    flip_prob: float = bounded(0.5, **PROBABILITY)
+    workers: int = bounded(4, ge=0)  # DataLoader worker processes per training process
+    prefetch_factor: int = bounded(4, ge=1)
 
 
 @dataclass
 class StageConfig:
-    epochs: int = 24
-    batch_size: int = 8  # total over all processes (each takes batch_size / world_size)
+    epochs: int = bounded(24, ge=0)
+    batch_size: int = bounded(8, ge=1)  # total over all processes (each takes batch_size / world_size)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.001
-    momentum: float = 0.9
+    lr: float = bounded(0.001, gt=0)
+    momentum: float = bounded(0.9, **PROBABILITY)
     betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-4
-    warmup_iters: int = 500
-    warmup_ratio: float = 0.001
+    weight_decay: float = bounded(1e-4, ge=0)
+    warmup_iters: int = bounded(500, ge=0)
+    warmup_ratio: float = bounded(0.001, gt=0, le=1)
     lr_steps: list[int] = field(default_factory=lambda: [16, 22])  # epochs where lr ×= lr_gamma
-    lr_gamma: float = 0.1
+    lr_gamma: float = bounded(0.1, gt=0)
     grad_clip: float | None = None  # max L2 norm of all gradients
-    backbone_lr_mult: float = 1.0
+    backbone_lr_mult: float = bounded(1.0, ge=0)
     # Exponential moving average of the weights (and BN statistics), updated after every step:
     # ema ← decay·ema + (1 − decay)·weights; 0 = off (the paper).  With it, the stage's final/best
     # checkpoints, its validation and the next stage use the average; last.pt keeps both for resume.
-    ema_decay: float = 0.0
+    ema_decay: float = bounded(0.0, ge=0, lt=1)
     init_from: str | None = None  # weights to start from (stage 2: the stage-1 final by default)
     # stage 2: module prefixes that train (SPEC §2.7: the classification head only); from-scratch
     # CPU presets may add "backbone" (it never saw ImageNet, so its frozen features are weak)
@@ -110,12 +110,12 @@ class TrainConfig:
     # From-scratch backbones (model.pretrained = none): before stage 1, estimate the frozen BN
     # running statistics on this many training batches (data-dependent init; SPEC §2.1 keeps
     # backbone BN in eval mode, which without ImageNet statistics would mean no normalisation).
-    bn_calibration_batches: int = 0
-    ckpt_every_iters: int = 0  # also checkpoint every N iterations (0: once per epoch + end)
-    log_every: int = 20
+    bn_calibration_batches: int = bounded(0, ge=0)
+    ckpt_every_iters: int = bounded(0, ge=0)  # also checkpoint every N iterations (0: once per epoch + end)
+    log_every: int = bounded(20, ge=1)
     val_ann: str | None = None  # validate every val_every epochs on this annotation file
-    val_every: int = 1
-    val_batch_size: int = 8
+    val_every: int = bounded(1, ge=1)
+    val_batch_size: int = bounded(8, ge=1)
 
     def stage(self, s: int) -> StageConfig:
         return self.stage1 if s == 1 else self.stage2

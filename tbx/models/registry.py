@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from tbx.config import bounded
 from tbx.errors import TbxError
 from tbx.models.base import Detector
 
@@ -55,22 +56,22 @@ class ModelConfig:
 
     backbone: str = "resnet50"
     pretrained: str = "imagenet"
-    num_classes: int = 2
-    input_size: int = 512
+    num_classes: int = bounded(2, ge=1)
+    input_size: int = bounded(512, ge=32)
     pos_encoding: Literal["none", "sine", "relative", "spe_no_stn", "spe", "spe_left_to_right"] = "spe"
     attention: Literal["symmetric", "deformable"] = "symmetric"
-    num_queries: int = 300
-    num_encoder_layers: int = 6
-    num_decoder_layers: int = 6
-    num_feature_levels: int = 4
-    width: int = 256
-    cls_channels: int = 512
-    anchor_scale: float = 4.0
+    num_queries: int = bounded(300, ge=1)
+    num_encoder_layers: int = bounded(6, ge=0)
+    num_decoder_layers: int = bounded(6, ge=1)
+    num_feature_levels: int = bounded(4, ge=1)
+    width: int = bounded(256, ge=1)
+    cls_channels: int = bounded(512, ge=1)
+    anchor_scale: float = bounded(4.0, gt=0)
     nms_class_agnostic: bool = False
     box_loss: Literal["l1", "giou"] = "l1"
-    box_loss_weight: float = 1.0
+    box_loss_weight: float = bounded(1.0, ge=0)
     cls_backbone: bool = False
-    cls_input_size: int = 0
+    cls_input_size: int = bounded(0, ge=0)
     cls_head_init: Literal["paper", "kaiming"] = "paper"
     head_init: Literal["paper", "kaiming"] = "paper"
     norm_eval: bool = True
