@@ -98,11 +98,17 @@ def as_user_error(exc: BaseException) -> TbxError | None:
     * ``ValueError`` / ``RuntimeError`` raised by a library on the user's data or options (a
       worker's one unwrapped to its original line): the first line of its message.
     """
+    if not isinstance(exc, (TbxError, OSError, ValueError, RuntimeError)):
+        return None
+    orig = _worker_original(exc.what if isinstance(exc, TbxError) else str(exc))
+    if orig is not None:  # re-raised by a DataLoader worker: its original line, not its traceback
+        kind, msg = orig
+        if kind == "TbxError":
+            return TbxError(msg)  # the worker's one_line(): what [where] — fix, already joined
+        return TbxError(f"{kind} in a data-loading worker: {msg}",
+                        fix="check the file named (rerun with --debug for the traceback)")
     if isinstance(exc, TbxError):
-        orig = _worker_original(exc.what)
-        if orig is None:
-            return exc
-        return TbxError(orig[1])  # the worker's one_line(): what [where] — fix, already joined
+        return exc
     if isinstance(exc, OSError):
         reason = exc.strerror or _clean(str(exc)) or type(exc).__name__
         path = exc.filename if exc.filename is not None else None
@@ -114,11 +120,6 @@ def as_user_error(exc: BaseException) -> TbxError | None:
         return TbxError(reason[:1].lower() + reason[1:], path, fix)
     if isinstance(exc, (ValueError, RuntimeError)):
         text = str(exc)
-        orig = _worker_original(text)
-        if orig is not None:
-            kind, msg = orig
-            return TbxError(f"{kind} in a data-loading worker: {msg}",
-                            fix="check the image named (rerun with --debug for the traceback)")
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
         return TbxError(f"{type(exc).__name__}: {first}",
                         fix="check the inputs and options named (rerun with --debug for the traceback)")

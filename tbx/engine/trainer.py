@@ -227,10 +227,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, stage: str | int = "both", resu
         created = not out.exists()  # a failed start removes a run directory it created itself
         builder = model_builder or build_model
         if ctx.is_main:
-            start_run(out, cfg, stages, resume=resume, force=force, builder=builder)
-            write_provenance(out, cfg, cfg.seed, name="provenance_resume.json" if resume else
-                             "provenance.json", stages=stages, resume=resume,
-                             world_size=ctx.world_size, device=str(device))
+            try:
+                start_run(out, cfg, stages, resume=resume, force=force, builder=builder)
+                write_provenance(out, cfg, cfg.seed, name="provenance_resume.json" if resume else
+                                 "provenance.json", stages=stages, resume=resume,
+                                 world_size=ctx.world_size, device=str(device))
+            except BaseException:
+                if created and out.exists():
+                    shutil.rmtree(out, ignore_errors=True)  # e.g. a full disk: no half-made run
+                raise
         D.barrier(ctx)
         log = MetricsLog(out / "metrics.jsonl", enabled=ctx.is_main)
         result = TrainResult(out, metrics=out / "metrics.jsonl")
