@@ -23,9 +23,26 @@ import pytest
 from tbx.cli.main import main
 from tbx.data.coco import load_json
 
-TINY = ["--config", "tiny", "--set", "model.input_size=64", "--set", "stage1.epochs=1", "--set",
-        "stage2.epochs=1", "--set", "stage1.batch_size=8", "--set", "stage2.batch_size=8", "--set",
-        "data.workers=0", "--set", "model.width=16", "--set", "model.cls_channels=16"]
+TINY = [
+    "--config",
+    "tiny",
+    "--set",
+    "model.input_size=64",
+    "--set",
+    "stage1.epochs=1",
+    "--set",
+    "stage2.epochs=1",
+    "--set",
+    "stage1.batch_size=8",
+    "--set",
+    "stage2.batch_size=8",
+    "--set",
+    "data.workers=0",
+    "--set",
+    "model.width=16",
+    "--set",
+    "model.cls_channels=16",
+]
 
 
 def _file_id(p: Path) -> str:
@@ -57,8 +74,11 @@ def tree_hash(root: Path) -> dict[str, str]:
 
 def leftovers(root: Path) -> list[str]:
     """Temporary files/folders and partial builds anywhere under ``root``."""
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                  if p.name.endswith(".tmp") or p.name.endswith(".partial") or p.name.endswith(".old"))
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.name.endswith(".tmp") or p.name.endswith(".partial") or p.name.endswith(".old")
+    )
 
 
 def _run(*args: object) -> tuple[int, str, str]:
@@ -92,12 +112,22 @@ class Fx:
 
 def _write_ann(path: Path, file_names: list[str], size: int = 256) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "images": [{"id": i + 1, "file_name": fn, "width": size, "height": size}
-                   for i, fn in enumerate(file_names)],
-        "annotations": [], "categories": [{"id": 1, "name": "ActiveTuberculosis"},
-                                          {"id": 2, "name": "ObsoletePulmonaryTuberculosis"},
-                                          {"id": 3, "name": "PulmonaryTuberculosis"}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"id": i + 1, "file_name": fn, "width": size, "height": size}
+                    for i, fn in enumerate(file_names)
+                ],
+                "annotations": [],
+                "categories": [
+                    {"id": 1, "name": "ActiveTuberculosis"},
+                    {"id": 2, "name": "ObsoletePulmonaryTuberculosis"},
+                    {"id": 3, "name": "PulmonaryTuberculosis"},
+                ],
+            }
+        )
+    )
     return path
 
 
@@ -106,8 +136,29 @@ def fx(tmp_path_factory, synth_root) -> Fx:
     base = tmp_path_factory.mktemp("catalogue")
     ds = synth_root
     raw = base / "raw"
-    assert _run("dataset", "synth", raw, "--raw", "--size", "64", "--n-healthy", "2", "--n-sick", "2",
-                "--n-active", "2", "--n-latent", "1", "--n-both", "0", "--n-uncertain", "0")[0] == 0
+    assert (
+        _run(
+            "dataset",
+            "synth",
+            raw,
+            "--raw",
+            "--size",
+            "64",
+            "--n-healthy",
+            "2",
+            "--n-sick",
+            "2",
+            "--n-active",
+            "2",
+            "--n-latent",
+            "1",
+            "--n-both",
+            "0",
+            "--n-uncertain",
+            "0",
+        )[0]
+        == 0
+    )
     run = base / "run"
     code, _, err = _run("train", "symformer", "--data", ds, "--out", run, *TINY, "--set", "stage2.epochs=0")
     assert code == 0, err
@@ -116,8 +167,21 @@ def fx(tmp_path_factory, synth_root) -> Fx:
     code, _, err = _run("predict", run, "--data", ds, "--ann", test_ann, "--out", pred, "--workers", "0")
     assert code == 0, err
     study = base / "study"
-    code, _, err = _run("study", "sample", ds, "--out", study, "--n-healthy", "2", "--n-sick", "1",
-                        "--n-tb", "2", "--tb-mix", "1:1:0:0")
+    code, _, err = _run(
+        "study",
+        "sample",
+        ds,
+        "--out",
+        study,
+        "--n-healthy",
+        "2",
+        "--n-sick",
+        "1",
+        "--n-tb",
+        "2",
+        "--tb-mix",
+        "1:1:0:0",
+    )
     assert code == 0, err
     secret = base / "secret.txt"
     secret.write_text("patient: Jane Doe, MRN 12345\n")
@@ -145,8 +209,19 @@ def fx(tmp_path_factory, synth_root) -> Fx:
         shutil.copy(png, corrupt / "imgs" / "health" / f"h{k}.png")
     (corrupt / "imgs" / "health" / "h1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 50)
     _write_ann(corrupt / "ann.json", [f"health/h{k}.png" for k in range(3)])
-    return Fx(base, ds, raw, run, pred, study, secret, user, evil, corrupt,
-              inputs=[ds, raw, run, pred, study, secret, user, evil, evil_link, corrupt])
+    return Fx(
+        base,
+        ds,
+        raw,
+        run,
+        pred,
+        study,
+        secret,
+        user,
+        evil,
+        corrupt,
+        inputs=[ds, raw, run, pred, study, secret, user, evil, evil_link, corrupt],
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,8 +258,9 @@ def _manifest(tmp: Path, fx: Fx, rows: list[str], name: str = "rawbad") -> Path:
 
 
 def _reads(tmp: Path, fx: Fx) -> Path:
-    rows = ["case_id,label"] + [f"{line.split(',')[0]},healthy"
-                                for line in (fx.study / "cases.csv").read_text().splitlines()[1:]]
+    rows = ["case_id,label"] + [
+        f"{line.split(',')[0]},healthy" for line in (fx.study / "cases.csv").read_text().splitlines()[1:]
+    ]
     p = tmp / "reads.csv"
     p.write_text("\n".join(rows) + "\n")
     return p
@@ -220,230 +296,672 @@ def _tr(fx: Fx, out: Path, *extra: object) -> list[object]:
 
 CASES: list[Case] = [
     # 1. paths escape their root -------------------------------------------------------------
-    Case("containment-study-sample-dotdot", lambda fx, t: (
-        ["study", "sample", fx.evil, "--out", t / "s", "--n-healthy", "1", "--n-sick", "0", "--n-tb", "0"],
-        t / "s"), "escapes imgs/"),
-    Case("containment-study-sample-symlink", lambda fx, t: (
-        ["study", "sample", fx.base / "evil_link", "--out", t / "s", "--n-healthy", "1", "--n-sick", "0",
-         "--n-tb", "0"], t / "s"), "pointing outside imgs/"),
-    Case("containment-study-sheet", lambda fx, t: (
-        ["study", "sheet", _evil_study(fx, t)], None), "escapes the study folder"),
-    Case("containment-predict-absolute", lambda fx, t: (
-        ["predict", fx.run, "--data", fx.evil, "--ann", fx.evil / "annotations/json/absolute.json", "--out",
-         t / "p"], t / "p"), "absolute path"),
-    Case("containment-predict-symlink", lambda fx, t: (
-        ["predict", fx.run, "--data", fx.evil, "--ann", fx.evil / "annotations/json/link.json", "--out",
-         t / "p"], t / "p"), "pointing outside imgs/"),
-    Case("containment-train-stage-ann", lambda fx, t: (
-        _tr(fx, t / "r", "--set", f"data.stage2_ann={fx.evil / 'annotations/json/TBX11K_test.json'}"),
-        t / "r"), "escapes imgs/"),
-    Case("containment-stats", lambda fx, t: (
-        ["dataset", "stats", fx.evil / "annotations/json/TBX11K_test.json"], None), "escapes imgs/"),
-    Case("containment-build-manifest-dotdot", lambda fx, t: (
-        ["dataset", "build", _manifest(t, fx, ["../secret.txt,P1,healthy,none,tbx11k"]), t / "o"], t / "o"),
-        "escapes the source folder"),
-    Case("containment-build-manifest-absolute", lambda fx, t: (
-        ["dataset", "build", _manifest(t, fx, [f"{fx.secret},P1,healthy,none,tbx11k"]), t / "o"], t / "o"),
-        "absolute path"),
-    Case("containment-build-release-list", lambda fx, t: (
-        ["dataset", "build", _release(t, ["health/../../secret.txt"]), t / "o", "--no-images"], t / "o"),
-        "escapes imgs/"),
-    Case("containment-split", lambda fx, t: (
-        ["dataset", "split", fx.evil / "annotations/json/TBX11K_test.json", "--out", t / "sp"], t / "sp"),
-        "escapes imgs/"),
+    Case(
+        "containment-study-sample-dotdot",
+        lambda fx, t: (
+            [
+                "study",
+                "sample",
+                fx.evil,
+                "--out",
+                t / "s",
+                "--n-healthy",
+                "1",
+                "--n-sick",
+                "0",
+                "--n-tb",
+                "0",
+            ],
+            t / "s",
+        ),
+        "escapes imgs/",
+    ),
+    Case(
+        "containment-study-sample-symlink",
+        lambda fx, t: (
+            [
+                "study",
+                "sample",
+                fx.base / "evil_link",
+                "--out",
+                t / "s",
+                "--n-healthy",
+                "1",
+                "--n-sick",
+                "0",
+                "--n-tb",
+                "0",
+            ],
+            t / "s",
+        ),
+        "pointing outside imgs/",
+    ),
+    Case(
+        "containment-study-sheet",
+        lambda fx, t: (["study", "sheet", _evil_study(fx, t)], None),
+        "escapes the study folder",
+    ),
+    Case(
+        "containment-predict-absolute",
+        lambda fx, t: (
+            [
+                "predict",
+                fx.run,
+                "--data",
+                fx.evil,
+                "--ann",
+                fx.evil / "annotations/json/absolute.json",
+                "--out",
+                t / "p",
+            ],
+            t / "p",
+        ),
+        "absolute path",
+    ),
+    Case(
+        "containment-predict-symlink",
+        lambda fx, t: (
+            [
+                "predict",
+                fx.run,
+                "--data",
+                fx.evil,
+                "--ann",
+                fx.evil / "annotations/json/link.json",
+                "--out",
+                t / "p",
+            ],
+            t / "p",
+        ),
+        "pointing outside imgs/",
+    ),
+    Case(
+        "containment-train-stage-ann",
+        lambda fx, t: (
+            _tr(fx, t / "r", "--set", f"data.stage2_ann={fx.evil / 'annotations/json/TBX11K_test.json'}"),
+            t / "r",
+        ),
+        "escapes imgs/",
+    ),
+    Case(
+        "containment-stats",
+        lambda fx, t: (["dataset", "stats", fx.evil / "annotations/json/TBX11K_test.json"], None),
+        "escapes imgs/",
+    ),
+    Case(
+        "containment-build-manifest-dotdot",
+        lambda fx, t: (
+            ["dataset", "build", _manifest(t, fx, ["../secret.txt,P1,healthy,none,tbx11k"]), t / "o"],
+            t / "o",
+        ),
+        "escapes the source folder",
+    ),
+    Case(
+        "containment-build-manifest-absolute",
+        lambda fx, t: (
+            ["dataset", "build", _manifest(t, fx, [f"{fx.secret},P1,healthy,none,tbx11k"]), t / "o"],
+            t / "o",
+        ),
+        "absolute path",
+    ),
+    Case(
+        "containment-build-release-list",
+        lambda fx, t: (
+            ["dataset", "build", _release(t, ["health/../../secret.txt"]), t / "o", "--no-images"],
+            t / "o",
+        ),
+        "escapes imgs/",
+    ),
+    Case(
+        "containment-split",
+        lambda fx, t: (
+            ["dataset", "split", fx.evil / "annotations/json/TBX11K_test.json", "--out", t / "sp"],
+            t / "sp",
+        ),
+        "escapes imgs/",
+    ),
     # 2. --force / --overwrite never delete what tbx does not own ----------------------------
-    Case("ownership-study-out-is-source", lambda fx, t: (
-        ["study", "sample", fx.ds, "--out", fx.ds, "--force", "--n-healthy", "1", "--n-sick", "0", "--n-tb",
-         "0"], None), "input"),
-    Case("ownership-study-out-inside-source", lambda fx, t: (
-        ["study", "sample", fx.ds, "--out", fx.ds / "imgs", "--force", "--n-healthy", "1", "--n-sick", "0",
-         "--n-tb", "0"], None), "input"),
-    Case("ownership-study-out-user-folder", lambda fx, t: (
-        ["study", "sample", fx.ds, "--out", fx.user, "--force", "--n-healthy", "1", "--n-sick", "0",
-         "--n-tb", "0"], None), "not created by tbx"),
-    Case("ownership-study-out-is-run", lambda fx, t: (
-        ["study", "sample", fx.ds, "--out", fx.run, "--force", "--n-healthy", "1", "--n-sick", "0",
-         "--n-tb", "0"], None), "holds a tbx run, not a study"),
-    Case("ownership-build-overwrite-user-folder", lambda fx, t: (
-        ["dataset", "build", fx.raw, fx.user, "--overwrite"], None), "not created by tbx"),
-    Case("ownership-build-overwrite-run", lambda fx, t: (
-        ["dataset", "build", fx.raw, fx.run, "--overwrite"], None), "holds a tbx run, not a dataset"),
-    Case("ownership-synth-force-user-folder", lambda fx, t: (
-        ["dataset", "synth", fx.user, "--force", "--size", "64"], None), "not created by tbx"),
-    Case("ownership-synth-force-study", lambda fx, t: (
-        ["dataset", "synth", fx.study, "--force", "--size", "64"], None), "holds a tbx study"),
-    Case("ownership-report-out-user-folder", lambda fx, t: (
-        ["report", fx.run, "--out", fx.user, "--no-figures"], None), "earlier tbx report"),
-    Case("ownership-report-out-is-run", lambda fx, t: (
-        ["report", fx.run, "--out", fx.run, "--no-figures"], None), "report"),
-    Case("ownership-predict-out-user-folder", lambda fx, t: (
-        ["predict", fx.run, "--data", fx.ds, "--ann", ANN_TEST, "--out", fx.user], None), "not created by tbx"),
-    Case("ownership-predict-out-is-dataset", lambda fx, t: (
-        ["predict", fx.run, "--data", fx.ds, "--ann", ANN_TEST, "--out", fx.ds], None), "input"),
-    Case("ownership-train-force-user-folder", lambda fx, t: (
-        _tr(fx, fx.user, "--force"), None), "not created by tbx"),
+    Case(
+        "ownership-study-out-is-source",
+        lambda fx, t: (
+            [
+                "study",
+                "sample",
+                fx.ds,
+                "--out",
+                fx.ds,
+                "--force",
+                "--n-healthy",
+                "1",
+                "--n-sick",
+                "0",
+                "--n-tb",
+                "0",
+            ],
+            None,
+        ),
+        "input",
+    ),
+    Case(
+        "ownership-study-out-inside-source",
+        lambda fx, t: (
+            [
+                "study",
+                "sample",
+                fx.ds,
+                "--out",
+                fx.ds / "imgs",
+                "--force",
+                "--n-healthy",
+                "1",
+                "--n-sick",
+                "0",
+                "--n-tb",
+                "0",
+            ],
+            None,
+        ),
+        "input",
+    ),
+    Case(
+        "ownership-study-out-user-folder",
+        lambda fx, t: (
+            [
+                "study",
+                "sample",
+                fx.ds,
+                "--out",
+                fx.user,
+                "--force",
+                "--n-healthy",
+                "1",
+                "--n-sick",
+                "0",
+                "--n-tb",
+                "0",
+            ],
+            None,
+        ),
+        "not created by tbx",
+    ),
+    Case(
+        "ownership-study-out-is-run",
+        lambda fx, t: (
+            [
+                "study",
+                "sample",
+                fx.ds,
+                "--out",
+                fx.run,
+                "--force",
+                "--n-healthy",
+                "1",
+                "--n-sick",
+                "0",
+                "--n-tb",
+                "0",
+            ],
+            None,
+        ),
+        "holds a tbx run, not a study",
+    ),
+    Case(
+        "ownership-build-overwrite-user-folder",
+        lambda fx, t: (["dataset", "build", fx.raw, fx.user, "--overwrite"], None),
+        "not created by tbx",
+    ),
+    Case(
+        "ownership-build-overwrite-run",
+        lambda fx, t: (["dataset", "build", fx.raw, fx.run, "--overwrite"], None),
+        "holds a tbx run, not a dataset",
+    ),
+    Case(
+        "ownership-synth-force-user-folder",
+        lambda fx, t: (["dataset", "synth", fx.user, "--force", "--size", "64"], None),
+        "not created by tbx",
+    ),
+    Case(
+        "ownership-synth-force-study",
+        lambda fx, t: (["dataset", "synth", fx.study, "--force", "--size", "64"], None),
+        "holds a tbx study",
+    ),
+    Case(
+        "ownership-report-out-user-folder",
+        lambda fx, t: (["report", fx.run, "--out", fx.user, "--no-figures"], None),
+        "earlier tbx report",
+    ),
+    Case(
+        "ownership-report-out-is-run",
+        lambda fx, t: (["report", fx.run, "--out", fx.run, "--no-figures"], None),
+        "report",
+    ),
+    Case(
+        "ownership-predict-out-user-folder",
+        lambda fx, t: (["predict", fx.run, "--data", fx.ds, "--ann", ANN_TEST, "--out", fx.user], None),
+        "not created by tbx",
+    ),
+    Case(
+        "ownership-predict-out-is-dataset",
+        lambda fx, t: (["predict", fx.run, "--data", fx.ds, "--ann", ANN_TEST, "--out", fx.ds], None),
+        "input",
+    ),
+    Case(
+        "ownership-train-force-user-folder",
+        lambda fx, t: (_tr(fx, fx.user, "--force"), None),
+        "not created by tbx",
+    ),
     # 3. a run is never silently replaced ----------------------------------------------------
     Case("run-exists-no-resume", lambda fx, t: (_tr(fx, fx.run), None), "a run already exists"),
     Case("run-into-user-folder", lambda fx, t: (_tr(fx, fx.user), None), "not created by tbx"),
     Case("run-out-is-file", lambda fx, t: (_tr(fx, fx.secret), None), "names a file"),
     # 4. --resume takes RUN/config.yaml as the truth -----------------------------------------
-    Case("resume-other-model", lambda fx, t: (
-        ["train", "retinanet", "--data", fx.ds, "--out", fx.run, "--resume"], None), "the run is of model"),
-    Case("resume-differing-set", lambda fx, t: (
-        ["train", "--data", fx.ds, "--out", fx.run, "--resume", "--set", "stage1.lr=0.5"], None),
-        "'stage1.lr' differs"),
-    Case("resume-differing-seed", lambda fx, t: (
-        ["train", "--data", fx.ds, "--out", fx.run, "--resume", "--seed", "7"], None), "'seed' differs"),
-    Case("resume-with-config", lambda fx, t: (
-        ["train", "--data", fx.ds, "--out", fx.run, "--resume", "--config", "tiny"], None), "--config"),
-    Case("resume-and-force", lambda fx, t: (
-        ["train", "--data", fx.ds, "--out", fx.run, "--resume", "--force"], None), "exclude each other"),
-    Case("resume-no-run", lambda fx, t: (
-        ["train", "--data", fx.ds, "--out", t / "none", "--resume"], t / "none"), "nothing to resume"),
-    Case("resume-user-folder", lambda fx, t: (
-        ["train", "--data", fx.ds, "--out", fx.user, "--resume"], None), "nothing to resume"),
+    Case(
+        "resume-other-model",
+        lambda fx, t: (["train", "retinanet", "--data", fx.ds, "--out", fx.run, "--resume"], None),
+        "the run is of model",
+    ),
+    Case(
+        "resume-differing-set",
+        lambda fx, t: (
+            ["train", "--data", fx.ds, "--out", fx.run, "--resume", "--set", "stage1.lr=0.5"],
+            None,
+        ),
+        "'stage1.lr' differs",
+    ),
+    Case(
+        "resume-differing-seed",
+        lambda fx, t: (["train", "--data", fx.ds, "--out", fx.run, "--resume", "--seed", "7"], None),
+        "'seed' differs",
+    ),
+    Case(
+        "resume-with-config",
+        lambda fx, t: (["train", "--data", fx.ds, "--out", fx.run, "--resume", "--config", "tiny"], None),
+        "--config",
+    ),
+    Case(
+        "resume-and-force",
+        lambda fx, t: (["train", "--data", fx.ds, "--out", fx.run, "--resume", "--force"], None),
+        "exclude each other",
+    ),
+    Case(
+        "resume-no-run",
+        lambda fx, t: (["train", "--data", fx.ds, "--out", t / "none", "--resume"], t / "none"),
+        "nothing to resume",
+    ),
+    Case(
+        "resume-user-folder",
+        lambda fx, t: (["train", "--data", fx.ds, "--out", fx.user, "--resume"], None),
+        "nothing to resume",
+    ),
     # 5. operating-system errors --------------------------------------------------------------
-    Case("os-stats-json-is-folder", lambda fx, t: (
-        ["dataset", "stats", fx.ds, "--json", _dir(t)], None), "folder"),
-    Case("os-stats-json-under-file", lambda fx, t: (
-        ["dataset", "stats", fx.ds, "--json", _file(t) / "s.json"], None), "afile.txt"),
-    Case("os-validate-json-is-folder", lambda fx, t: (
-        ["dataset", "validate", fx.ds, "--no-images", "--json", _dir(t)], None), "folder"),
-    Case("os-bench-json-is-folder", lambda fx, t: (
-        ["bench", "--gt", fx.ds / ANN_TEST, "--pred", fx.pred, "--json", _dir(t)], None), "folder"),
-    Case("os-bench-compare-json-is-folder", lambda fx, t: (
-        ["bench", "compare", fx.pred, fx.pred, "--gt", fx.ds / ANN_TEST, "--json", _dir(t), "--bootstrap",
-         "10"], None), "folder"),
-    Case("os-study-compare-json-is-folder", lambda fx, t: (
-        ["study", "compare", fx.study, _reads(t, fx), "--json", _dir(t), "--n-boot", "10"], None), "folder"),
-    Case("os-synth-out-is-file", lambda fx, t: (
-        ["dataset", "synth", _file(t), "--size", "64"], None), "not a directory"),
-    Case("os-synth-out-under-file", lambda fx, t: (
-        ["dataset", "synth", _file(t) / "sub", "--size", "64"], None), "afile.txt"),
-    Case("os-build-out-is-file", lambda fx, t: (
-        ["dataset", "build", fx.raw, _file(t)], None), "already exists"),
-    Case("os-build-out-under-file", lambda fx, t: (
-        ["dataset", "build", fx.raw, _file(t) / "o"], None), "not a directory"),
-    Case("os-split-out-is-file", lambda fx, t: (
-        ["dataset", "split", fx.ds / "annotations/json", "--out", _file(t)], None), ""),
-    Case("os-predict-out-is-file", lambda fx, t: (
-        ["predict", fx.run, "--data", fx.ds, "--ann", ANN_TEST, "--out", _file(t)], None), "not a folder"),
-    Case("os-report-out-is-file", lambda fx, t: (
-        ["report", fx.run, "--out", _file(t), "--no-figures"], None), ""),
-    Case("os-synth-disk-full", lambda fx, t: (
-        ["dataset", "synth", t / "o", "--size", "64"], t / "o"), "no space left on device", patch=_enospc),
-    Case("os-build-disk-full", lambda fx, t: (
-        ["dataset", "build", fx.raw, t / "o"], t / "o"), "no space left on device", patch=_enospc,
-        resumable=True),
-    Case("os-stats-read-only", lambda fx, t: (
-        ["dataset", "stats", fx.ds, "--json", t / "s.json"], t / "s.json"), "read-only", patch=_erofs),
-    Case("os-bench-read-only", lambda fx, t: (
-        ["bench", "--gt", fx.ds / ANN_TEST, "--pred", fx.pred, "--json", t / "b.json"], t / "b.json"),
-        "read-only", patch=_erofs),
-    Case("os-study-compare-read-only", lambda fx, t: (
-        ["study", "compare", fx.study, _reads(t, fx), "--json", t / "c.json", "--n-boot", "10"], t / "c.json"),
-        "read-only", patch=_erofs),
+    Case(
+        "os-stats-json-is-folder",
+        lambda fx, t: (["dataset", "stats", fx.ds, "--json", _dir(t)], None),
+        "folder",
+    ),
+    Case(
+        "os-stats-json-under-file",
+        lambda fx, t: (["dataset", "stats", fx.ds, "--json", _file(t) / "s.json"], None),
+        "afile.txt",
+    ),
+    Case(
+        "os-validate-json-is-folder",
+        lambda fx, t: (["dataset", "validate", fx.ds, "--no-images", "--json", _dir(t)], None),
+        "folder",
+    ),
+    Case(
+        "os-bench-json-is-folder",
+        lambda fx, t: (["bench", "--gt", fx.ds / ANN_TEST, "--pred", fx.pred, "--json", _dir(t)], None),
+        "folder",
+    ),
+    Case(
+        "os-bench-compare-json-is-folder",
+        lambda fx, t: (
+            [
+                "bench",
+                "compare",
+                fx.pred,
+                fx.pred,
+                "--gt",
+                fx.ds / ANN_TEST,
+                "--json",
+                _dir(t),
+                "--bootstrap",
+                "10",
+            ],
+            None,
+        ),
+        "folder",
+    ),
+    Case(
+        "os-study-compare-json-is-folder",
+        lambda fx, t: (
+            ["study", "compare", fx.study, _reads(t, fx), "--json", _dir(t), "--n-boot", "10"],
+            None,
+        ),
+        "folder",
+    ),
+    Case(
+        "os-synth-out-is-file",
+        lambda fx, t: (["dataset", "synth", _file(t), "--size", "64"], None),
+        "not a directory",
+    ),
+    Case(
+        "os-synth-out-under-file",
+        lambda fx, t: (["dataset", "synth", _file(t) / "sub", "--size", "64"], None),
+        "afile.txt",
+    ),
+    Case(
+        "os-build-out-is-file", lambda fx, t: (["dataset", "build", fx.raw, _file(t)], None), "already exists"
+    ),
+    Case(
+        "os-build-out-under-file",
+        lambda fx, t: (["dataset", "build", fx.raw, _file(t) / "o"], None),
+        "not a directory",
+    ),
+    Case(
+        "os-split-out-is-file",
+        lambda fx, t: (["dataset", "split", fx.ds / "annotations/json", "--out", _file(t)], None),
+        "",
+    ),
+    Case(
+        "os-predict-out-is-file",
+        lambda fx, t: (["predict", fx.run, "--data", fx.ds, "--ann", ANN_TEST, "--out", _file(t)], None),
+        "not a folder",
+    ),
+    Case(
+        "os-report-out-is-file",
+        lambda fx, t: (["report", fx.run, "--out", _file(t), "--no-figures"], None),
+        "",
+    ),
+    Case(
+        "os-synth-disk-full",
+        lambda fx, t: (["dataset", "synth", t / "o", "--size", "64"], t / "o"),
+        "no space left on device",
+        patch=_enospc,
+    ),
+    Case(
+        "os-build-disk-full",
+        lambda fx, t: (["dataset", "build", fx.raw, t / "o"], t / "o"),
+        "no space left on device",
+        patch=_enospc,
+        resumable=True,
+    ),
+    Case(
+        "os-stats-read-only",
+        lambda fx, t: (["dataset", "stats", fx.ds, "--json", t / "s.json"], t / "s.json"),
+        "read-only",
+        patch=_erofs,
+    ),
+    Case(
+        "os-bench-read-only",
+        lambda fx, t: (
+            ["bench", "--gt", fx.ds / ANN_TEST, "--pred", fx.pred, "--json", t / "b.json"],
+            t / "b.json",
+        ),
+        "read-only",
+        patch=_erofs,
+    ),
+    Case(
+        "os-study-compare-read-only",
+        lambda fx, t: (
+            ["study", "compare", fx.study, _reads(t, fx), "--json", t / "c.json", "--n-boot", "10"],
+            t / "c.json",
+        ),
+        "read-only",
+        patch=_erofs,
+    ),
     Case("os-train-disk-full", lambda fx, t: (_tr(fx, t / "r"), t / "r"), "no space left", patch=_enospc),
     # 6. numbers are range-checked before any work -------------------------------------------
-    Case("range-predict-batch-0", lambda fx, t: (
-        ["predict", fx.run, "--data", fx.ds, "--ann", ANN_TEST, "--out", t / "p", "--batch", "0"], t / "p"),
-        "--batch"),
+    Case(
+        "range-predict-batch-0",
+        lambda fx, t: (
+            ["predict", fx.run, "--data", fx.ds, "--ann", ANN_TEST, "--out", t / "p", "--batch", "0"],
+            t / "p",
+        ),
+        "--batch",
+    ),
     Case("range-models-info-input-0", lambda fx, t: (["models", "info", "--input", "0"], None), "--input"),
-    Case("range-models-info-input-negative", lambda fx, t: (["models", "info", "--input", "-64"], None),
-         "--input"),
-    Case("range-num-classes-0", lambda fx, t: (_tr(fx, t / "r", "--set", "model.num_classes=0"), t / "r"),
-         "model.num_classes"),
-    Case("range-flip-prob", lambda fx, t: (_tr(fx, t / "r", "--set", "data.flip_prob=7"), t / "r"),
-         "data.flip_prob"),
-    Case("range-batch-size-0", lambda fx, t: (_tr(fx, t / "r", "--set", "stage1.batch_size=0"), t / "r"),
-         "stage1.batch_size"),
-    Case("range-negative-lr", lambda fx, t: (_tr(fx, t / "r", "--set", "stage2.lr=-1"), t / "r"),
-         "stage2.lr"),
-    Case("range-momentum", lambda fx, t: (_tr(fx, t / "r", "--set", "stage1.momentum=2"), t / "r"),
-         "stage1.momentum"),
-    Case("range-input-size", lambda fx, t: (_tr(fx, t / "r", "--set", "model.input_size=8"), t / "r"),
-         "model.input_size"),
-    Case("range-trainable-typo", lambda fx, t: (
-        _tr(fx, t / "r", "--set", "stage2.trainable=[cls_haed]"), t / "r"), "cls_haed"),
-    Case("range-stage1-trainable", lambda fx, t: (
-        _tr(fx, t / "r", "--set", "stage1.trainable=[backbone]"), t / "r"), "stage1.trainable"),
+    Case(
+        "range-models-info-input-negative",
+        lambda fx, t: (["models", "info", "--input", "-64"], None),
+        "--input",
+    ),
+    Case(
+        "range-num-classes-0",
+        lambda fx, t: (_tr(fx, t / "r", "--set", "model.num_classes=0"), t / "r"),
+        "model.num_classes",
+    ),
+    Case(
+        "range-flip-prob",
+        lambda fx, t: (_tr(fx, t / "r", "--set", "data.flip_prob=7"), t / "r"),
+        "data.flip_prob",
+    ),
+    Case(
+        "range-batch-size-0",
+        lambda fx, t: (_tr(fx, t / "r", "--set", "stage1.batch_size=0"), t / "r"),
+        "stage1.batch_size",
+    ),
+    Case(
+        "range-negative-lr", lambda fx, t: (_tr(fx, t / "r", "--set", "stage2.lr=-1"), t / "r"), "stage2.lr"
+    ),
+    Case(
+        "range-momentum",
+        lambda fx, t: (_tr(fx, t / "r", "--set", "stage1.momentum=2"), t / "r"),
+        "stage1.momentum",
+    ),
+    Case(
+        "range-input-size",
+        lambda fx, t: (_tr(fx, t / "r", "--set", "model.input_size=8"), t / "r"),
+        "model.input_size",
+    ),
+    Case(
+        "range-trainable-typo",
+        lambda fx, t: (_tr(fx, t / "r", "--set", "stage2.trainable=[cls_haed]"), t / "r"),
+        "cls_haed",
+    ),
+    Case(
+        "range-stage1-trainable",
+        lambda fx, t: (_tr(fx, t / "r", "--set", "stage1.trainable=[backbone]"), t / "r"),
+        "stage1.trainable",
+    ),
     Case("range-val-every-0", lambda fx, t: (_tr(fx, t / "r", "--val-every", "0"), t / "r"), "--val-every"),
-    Case("range-synth-size-0", lambda fx, t: (["dataset", "synth", t / "o", "--size", "0"], t / "o"), "--size"),
-    Case("range-synth-negative-count", lambda fx, t: (
-        ["dataset", "synth", t / "o", "--n-sick", "-1"], t / "o"), "--n-sick"),
-    Case("range-build-workers-0", lambda fx, t: (
-        ["dataset", "build", fx.raw, t / "o", "--workers", "0"], t / "o"), "--workers"),
-    Case("range-build-channels-2", lambda fx, t: (
-        ["dataset", "build", fx.raw, t / "o", "--channels", "2"], t / "o"), "--channels"),
-    Case("range-validate-negative-threshold", lambda fx, t: (
-        ["dataset", "validate", fx.ds, "--dup-threshold", "-1"], None), "--dup-threshold"),
-    Case("range-study-negative-n-tb", lambda fx, t: (
-        ["study", "sample", fx.ds, "--out", t / "s", "--n-tb", "-1"], t / "s"), "--n-tb"),
-    Case("range-study-compare-n-boot-0", lambda fx, t: (
-        ["study", "compare", fx.study, _reads(t, fx), "--n-boot", "0"], None), "--n-boot"),
-    Case("range-bench-compare-bootstrap-0", lambda fx, t: (
-        ["bench", "compare", fx.pred, fx.pred, "--gt", fx.ds / ANN_TEST, "--bootstrap", "0"], None),
-        "--bootstrap"),
-    Case("range-report-overlays-negative", lambda fx, t: (
-        ["report", fx.run, "--out", t / "rep", "--overlays", "-1"], t / "rep"), "--overlays"),
-    Case("range-split-folds-negative", lambda fx, t: (
-        ["dataset", "split", fx.ds, "--out", t / "sp", "--folds", "-2"], t / "sp"), "--folds"),
+    Case(
+        "range-synth-size-0", lambda fx, t: (["dataset", "synth", t / "o", "--size", "0"], t / "o"), "--size"
+    ),
+    Case(
+        "range-synth-negative-count",
+        lambda fx, t: (["dataset", "synth", t / "o", "--n-sick", "-1"], t / "o"),
+        "--n-sick",
+    ),
+    Case(
+        "range-build-workers-0",
+        lambda fx, t: (["dataset", "build", fx.raw, t / "o", "--workers", "0"], t / "o"),
+        "--workers",
+    ),
+    Case(
+        "range-build-channels-2",
+        lambda fx, t: (["dataset", "build", fx.raw, t / "o", "--channels", "2"], t / "o"),
+        "--channels",
+    ),
+    Case(
+        "range-validate-negative-threshold",
+        lambda fx, t: (["dataset", "validate", fx.ds, "--dup-threshold", "-1"], None),
+        "--dup-threshold",
+    ),
+    Case(
+        "range-study-negative-n-tb",
+        lambda fx, t: (["study", "sample", fx.ds, "--out", t / "s", "--n-tb", "-1"], t / "s"),
+        "--n-tb",
+    ),
+    Case(
+        "range-study-compare-n-boot-0",
+        lambda fx, t: (["study", "compare", fx.study, _reads(t, fx), "--n-boot", "0"], None),
+        "--n-boot",
+    ),
+    Case(
+        "range-bench-compare-bootstrap-0",
+        lambda fx, t: (
+            ["bench", "compare", fx.pred, fx.pred, "--gt", fx.ds / ANN_TEST, "--bootstrap", "0"],
+            None,
+        ),
+        "--bootstrap",
+    ),
+    Case(
+        "range-report-overlays-negative",
+        lambda fx, t: (["report", fx.run, "--out", t / "rep", "--overlays", "-1"], t / "rep"),
+        "--overlays",
+    ),
+    Case(
+        "range-split-folds-negative",
+        lambda fx, t: (["dataset", "split", fx.ds, "--out", t / "sp", "--folds", "-2"], t / "sp"),
+        "--folds",
+    ),
     # 7. worker errors are unwrapped ----------------------------------------------------------
-    Case("worker-predict-corrupt-image", lambda fx, t: (
-        ["predict", fx.run, "--data", fx.corrupt, "--ann", fx.corrupt / "ann.json", "--out", t / "p",
-         "--workers", "1", "--batch", "1"], t / "p"), "h1.png"),
+    Case(
+        "worker-predict-corrupt-image",
+        lambda fx, t: (
+            [
+                "predict",
+                fx.run,
+                "--data",
+                fx.corrupt,
+                "--ann",
+                fx.corrupt / "ann.json",
+                "--out",
+                t / "p",
+                "--workers",
+                "1",
+                "--batch",
+                "1",
+            ],
+            t / "p",
+        ),
+        "h1.png",
+    ),
     # 8. options are checked before the work --------------------------------------------------
-    Case("options-build-ratio", lambda fx, t: (["dataset", "build", fx.raw, t / "o", "--ratio", "a:b:c"],
-                                               t / "o"), "'a:b:c'"),
-    Case("options-build-ratio-two-parts", lambda fx, t: (
-        ["dataset", "build", fx.raw, t / "o", "--ratio", "3:2"], t / "o"), "three parts"),
-    Case("options-build-name-pattern-field", lambda fx, t: (
-        ["dataset", "build", fx.raw, t / "o", "--name-pattern", "{nope}"], t / "o"), "--name-pattern"),
-    Case("options-build-name-pattern-constant", lambda fx, t: (
-        ["dataset", "build", fx.raw, t / "o", "--name-pattern", "x"], t / "o"), "--name-pattern"),
-    Case("options-build-name-pattern-slash", lambda fx, t: (
-        ["dataset", "build", fx.raw, t / "o", "--name-pattern", "a/{n}"], t / "o"), "--name-pattern"),
-    Case("options-build-name-pattern-format", lambda fx, t: (
-        ["dataset", "build", fx.raw, t / "o", "--name-pattern", "{n:q}"], t / "o"), "--name-pattern"),
-    Case("options-split-ratio", lambda fx, t: (
-        ["dataset", "split", fx.ds, "--out", t / "sp", "--ratio", "1:x:1"], t / "sp"), "'1:x:1'"),
+    Case(
+        "options-build-ratio",
+        lambda fx, t: (["dataset", "build", fx.raw, t / "o", "--ratio", "a:b:c"], t / "o"),
+        "'a:b:c'",
+    ),
+    Case(
+        "options-build-ratio-two-parts",
+        lambda fx, t: (["dataset", "build", fx.raw, t / "o", "--ratio", "3:2"], t / "o"),
+        "three parts",
+    ),
+    Case(
+        "options-build-name-pattern-field",
+        lambda fx, t: (["dataset", "build", fx.raw, t / "o", "--name-pattern", "{nope}"], t / "o"),
+        "--name-pattern",
+    ),
+    Case(
+        "options-build-name-pattern-constant",
+        lambda fx, t: (["dataset", "build", fx.raw, t / "o", "--name-pattern", "x"], t / "o"),
+        "--name-pattern",
+    ),
+    Case(
+        "options-build-name-pattern-slash",
+        lambda fx, t: (["dataset", "build", fx.raw, t / "o", "--name-pattern", "a/{n}"], t / "o"),
+        "--name-pattern",
+    ),
+    Case(
+        "options-build-name-pattern-format",
+        lambda fx, t: (["dataset", "build", fx.raw, t / "o", "--name-pattern", "{n:q}"], t / "o"),
+        "--name-pattern",
+    ),
+    Case(
+        "options-split-ratio",
+        lambda fx, t: (["dataset", "split", fx.ds, "--out", t / "sp", "--ratio", "1:x:1"], t / "sp"),
+        "'1:x:1'",
+    ),
     # minor ones ------------------------------------------------------------------------------
-    Case("minor-markup-in-path", lambda fx, t: (
-        ["dataset", "stats", t / "[bold]x[/] :thumbs_up:"], None), "[bold]x[/] :thumbs_up:"),
-    Case("minor-corrupt-png-in-build", lambda fx, t: (
-        ["dataset", "build", _corrupt_raw(t, fx), t / "o"], t / "o"), "corrupt", resumable=True),
-    Case("minor-non-dicom-dcm", lambda fx, t: (
-        ["dataset", "build", _corrupt_raw(t, fx, suffix=".dcm"), t / "o"], t / "o"), "not a DICOM file",
-        resumable=True),
-    Case("minor-pickle-checkpoint", lambda fx, t: (
-        ["predict", _pickle_ckpt(t), "--data", fx.ds, "--ann", ANN_TEST, "--out", t / "p"], t / "p"),
-        "safe load refuses"),
-    Case("minor-report-run-twice", lambda fx, t: (
-        ["report", fx.run, fx.run, "--out", t / "rep", "--no-figures"], t / "rep"), "given twice"),
-    Case("minor-usage-unknown-option", lambda fx, t: (["dataset", "synth", t / "o", "--bogus"], t / "o"),
-         "--bogus"),
+    Case(
+        "minor-markup-in-path",
+        lambda fx, t: (["dataset", "stats", t / "[bold]x[/] :thumbs_up:"], None),
+        "[bold]x[/] :thumbs_up:",
+    ),
+    Case(
+        "minor-corrupt-png-in-build",
+        lambda fx, t: (["dataset", "build", _corrupt_raw(t, fx), t / "o"], t / "o"),
+        "corrupt",
+        resumable=True,
+    ),
+    Case(
+        "minor-non-dicom-dcm",
+        lambda fx, t: (["dataset", "build", _corrupt_raw(t, fx, suffix=".dcm"), t / "o"], t / "o"),
+        "not a DICOM file",
+        resumable=True,
+    ),
+    Case(
+        "minor-pickle-checkpoint",
+        lambda fx, t: (
+            ["predict", _pickle_ckpt(t), "--data", fx.ds, "--ann", ANN_TEST, "--out", t / "p"],
+            t / "p",
+        ),
+        "safe load refuses",
+    ),
+    Case(
+        "minor-report-run-twice",
+        lambda fx, t: (["report", fx.run, fx.run, "--out", t / "rep", "--no-figures"], t / "rep"),
+        "given twice",
+    ),
+    Case(
+        "minor-usage-unknown-option",
+        lambda fx, t: (["dataset", "synth", t / "o", "--bogus"], t / "o"),
+        "--bogus",
+    ),
     Case("minor-usage-bad-int", lambda fx, t: (["models", "info", "--input", "big"], None), "--input"),
     # more: missing files, unknown names ------------------------------------------------------
-    Case("missing-image-preflight-stage2", lambda fx, t: (
-        ["train", "symformer", "--data", _missing_healthy(t, fx), "--out", t / "r", *TINY], t / "r"),
-        "is missing"),
-    Case("missing-image-predict", lambda fx, t: (
-        ["predict", fx.run, "--data", _missing_healthy(t, fx), "--ann", TV, "--out", t / "p"], t / "p"),
-        "is missing"),
-    Case("missing-ann-predict", lambda fx, t: (
-        ["predict", fx.run, "--data", fx.ds, "--ann", "nope.json", "--out", t / "p"], t / "p"), "not found"),
-    Case("missing-data-train", lambda fx, t: (
-        ["train", "symformer", "--data", t / "nodata", "--out", t / "r", *TINY], t / "r"), "not found"),
-    Case("unknown-model", lambda fx, t: (["train", "nosuch", "--data", fx.ds, "--out", t / "r"], t / "r"),
-         "unknown model"),
-    Case("unknown-set-key", lambda fx, t: (_tr(fx, t / "r", "--set", "stage1.lrr=1"), t / "r"),
-         "unknown config key"),
+    Case(
+        "missing-image-preflight-stage2",
+        lambda fx, t: (
+            ["train", "symformer", "--data", _missing_healthy(t, fx), "--out", t / "r", *TINY],
+            t / "r",
+        ),
+        "is missing",
+    ),
+    Case(
+        "missing-image-predict",
+        lambda fx, t: (
+            ["predict", fx.run, "--data", _missing_healthy(t, fx), "--ann", TV, "--out", t / "p"],
+            t / "p",
+        ),
+        "is missing",
+    ),
+    Case(
+        "missing-ann-predict",
+        lambda fx, t: (["predict", fx.run, "--data", fx.ds, "--ann", "nope.json", "--out", t / "p"], t / "p"),
+        "not found",
+    ),
+    Case(
+        "missing-data-train",
+        lambda fx, t: (["train", "symformer", "--data", t / "nodata", "--out", t / "r", *TINY], t / "r"),
+        "not found",
+    ),
+    Case(
+        "unknown-model",
+        lambda fx, t: (["train", "nosuch", "--data", fx.ds, "--out", t / "r"], t / "r"),
+        "unknown model",
+    ),
+    Case(
+        "unknown-set-key",
+        lambda fx, t: (_tr(fx, t / "r", "--set", "stage1.lrr=1"), t / "r"),
+        "unknown config key",
+    ),
     Case("bad-device", lambda fx, t: (_tr(fx, t / "r", "--device", "tpu"), t / "r"), "--device"),
-    Case("bad-yaml-config", lambda fx, t: (
-        ["train", "--data", fx.ds, "--out", t / "r", "--config", _bad_yaml(t)], t / "r"), "invalid YAML"),
+    Case(
+        "bad-yaml-config",
+        lambda fx, t: (["train", "--data", fx.ds, "--out", t / "r", "--config", _bad_yaml(t)], t / "r"),
+        "invalid YAML",
+    ),
     Case("bench-missing-gt", lambda fx, t: (["bench", "--gt", t / "no.json", "--pred", fx.pred], None), ""),
-    Case("bench-empty-pred", lambda fx, t: (["bench", "--gt", fx.ds / ANN_TEST, "--pred", _dir(t)], None), ""),
-    Case("study-compare-missing-reads", lambda fx, t: (["study", "compare", fx.study, t / "r.csv"], None), ""),
+    Case(
+        "bench-empty-pred", lambda fx, t: (["bench", "--gt", fx.ds / ANN_TEST, "--pred", _dir(t)], None), ""
+    ),
+    Case(
+        "study-compare-missing-reads", lambda fx, t: (["study", "compare", fx.study, t / "r.csv"], None), ""
+    ),
     Case("models-info-unknown", lambda fx, t: (["models", "info", "nosuch", "--runs", "0"], None), ""),
     Case("stats-missing-root", lambda fx, t: (["dataset", "stats", t / "nothing"], None), "not found"),
     Case("validate-missing-root", lambda fx, t: (["dataset", "validate", t / "nothing"], None), ""),
@@ -532,7 +1050,8 @@ def test_catalogue(case: Case, fx: Fx, tmp_path: Path, monkeypatch: pytest.Monke
     assert fx.secret.read_text().startswith("patient:")
     if out is not None:  # no partial output
         assert tree_hash(tmp_path).get(str(out.relative_to(tmp_path))) == local.get(
-            str(out.relative_to(tmp_path))), f"{out} was created or changed"
+            str(out.relative_to(tmp_path))
+        ), f"{out} was created or changed"
     left = leftovers(tmp_path)
     if case.resumable:  # only the resumable OUT.partial/ of a build, nothing temporary
         left = [p for p in left if not p.startswith(f"{out.name}.partial")]
@@ -542,3 +1061,123 @@ def test_catalogue(case: Case, fx: Fx, tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_catalogue_size() -> None:
     assert len(CASES) >= 60
+
+
+# ------------------------------------------------------------------------------------------------
+# companions: the same rules where the command's contract is not "exit 2"
+
+
+def test_validate_reports_an_escaping_path_without_reading_it(fx: Fx, tmp_path: Path) -> None:
+    """validate's contract is findings + exit 1: an escaping or linked-out path is an error finding,
+    and the file it points at is never opened (its content appears nowhere)."""
+    report = tmp_path / "v.json"
+    code, stdout, err = _run("dataset", "validate", fx.evil, "--json", report)
+    assert code == 1, err
+    found = json.loads(report.read_text())["findings"]
+    paths = [f for f in found if f["check"] == "images"]
+    assert any("escapes imgs/" in f["message"] for f in paths)
+    assert any("pointing outside imgs/" in f["message"] for f in paths)
+    assert "Jane Doe" not in stdout + err + report.read_text()
+
+
+def test_stats_says_what_it_did_not_count(tmp_path: Path) -> None:
+    ann = _write_ann(tmp_path / "a.json", ["tb/tb0001.png", "tb/tb0002.png"])
+    data = json.loads(ann.read_text())
+    data["annotations"] = [
+        {"id": 1, "image_id": 1, "category_id": 9, "bbox": [1, 1, 5, 5]},
+        {"id": 2, "image_id": 2, "category_id": 1, "bbox": [10, 10, -4, 5]},
+        {"id": 3, "image_id": 2, "category_id": 1, "bbox": [10, 10, 4, 5]},
+    ]
+    ann.write_text(json.dumps(data))
+    code, stdout, err = _run("dataset", "stats", ann, "--json", tmp_path / "s.json")
+    assert code == 0, err
+    assert "1 box(es) of unknown category 9" in stdout and "1 box(es) of zero or negative size" in stdout
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["boxes"]["all"]["total"] == 1 and s["degenerate_boxes"] == 1
+
+
+def test_two_bench_results_in_one_folder_keep_their_own_provenance(fx: Fx, tmp_path: Path) -> None:
+    for name, seed in (("a.json", "1"), ("b.json", "2")):
+        code, _, err = _run(
+            "bench",
+            "--gt",
+            fx.ds / ANN_TEST,
+            "--pred",
+            fx.pred,
+            "--json",
+            tmp_path / name,
+            "--bootstrap",
+            "5",
+            "--seed",
+            seed,
+        )
+        assert code == 0, err
+    a = json.loads((tmp_path / "a.provenance.json").read_text())
+    b = json.loads((tmp_path / "b.provenance.json").read_text())
+    assert (a["seed"], a["output"], b["seed"], b["output"]) == (1, "a.json", 2, "b.json")
+
+
+def test_force_replaces_tbx_own_output_and_every_output_is_marked(fx: Fx, tmp_path: Path) -> None:
+    from tbx.io import output_kind
+
+    assert [output_kind(p) for p in (fx.ds, fx.raw, fx.run, fx.pred, fx.study)] == [
+        "dataset",
+        "export",
+        "run",
+        "predictions",
+        "study",
+    ]
+    code, _, err = _run(
+        "study",
+        "sample",
+        fx.ds,
+        "--out",
+        fx.base / "study2",
+        "--n-healthy",
+        "1",
+        "--n-sick",
+        "0",
+        "--n-tb",
+        "0",
+    )
+    assert code == 0, err
+    code, _, err = _run(
+        "study",
+        "sample",
+        fx.ds,
+        "--out",
+        fx.base / "study2",
+        "--force",
+        "--n-healthy",
+        "2",
+        "--n-sick",
+        "0",
+        "--n-tb",
+        "0",
+        "--seed",
+        "3",
+    )
+    assert code == 0, err
+    assert len((fx.base / "study2" / "cases.csv").read_text().splitlines()) == 3
+
+
+def test_worker_traceback_is_unwrapped_to_its_original_line() -> None:
+    """The text torch's DataLoader re-raises (``Caught X in DataLoader worker process N`` + the
+    worker's whole traceback) becomes the worker's own one line."""
+    from tbx.errors import TbxError, as_user_error
+
+    inner = TbxError(
+        "cannot decode image: broken PNG", "/data/imgs/health/h1.png", "replace the corrupt file"
+    )
+    text = (
+        "Caught TbxError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "/x/worker.py", line 349, in _worker_loop\n    data = fetcher.fetch(index)\n'
+        f"tbx.errors.TbxError: {inner.one_line()}\n"
+    )
+    assert as_user_error(TbxError(text)).one_line() == inner.one_line()
+    value = as_user_error(
+        ValueError(text.replace("TbxError", "ValueError").replace("tbx.errors.ValueError", "ValueError"))
+    )
+    assert value is not None and "ValueError in a data-loading worker" in value.one_line()
+    assert "Traceback" not in value.one_line()
+    assert as_user_error(TypeError("a bug")) is None  # programming errors keep their traceback

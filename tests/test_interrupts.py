@@ -34,8 +34,9 @@ def _tbx(*args: object) -> list[str]:
 
 
 def _start(*args: object) -> subprocess.Popen:
-    return subprocess.Popen(_tbx(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO)
+    return subprocess.Popen(
+        _tbx(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
 
 
 def _children(pid: int) -> list[int]:
@@ -60,8 +61,11 @@ def _wait_for(cond, timeout: float, what: str) -> None:
 
 
 def _tree(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in skip}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
 
 
 def _temps(root: Path) -> list[Path]:
@@ -71,10 +75,33 @@ def _temps(root: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("raw") / "export"
-    proc = subprocess.run(_tbx("dataset", "synth", src, "--raw", "--size", "256", "--n-healthy", "40",
-                               "--n-sick", "30", "--n-active", "20", "--n-latent", "10", "--n-both", "4",
-                               "--n-uncertain", "0", "--workers", "2"), env=_env(), capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        _tbx(
+            "dataset",
+            "synth",
+            src,
+            "--raw",
+            "--size",
+            "192",
+            "--n-healthy",
+            "24",
+            "--n-sick",
+            "20",
+            "--n-active",
+            "12",
+            "--n-latent",
+            "6",
+            "--n-both",
+            "2",
+            "--n-uncertain",
+            "0",
+            "--workers",
+            "2",
+        ),
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     return src
 
@@ -83,12 +110,16 @@ def raw(tmp_path_factory) -> Path:
 VOLATILE = ("build_report.json", "provenance.json")
 
 
+@pytest.mark.slow
 def test_ctrl_c_of_build_prints_one_line_and_leaves_no_temp(raw, tmp_path):
     out = tmp_path / "out"
     proc = _start("dataset", "build", raw, out, "--workers", "2")
     partial = out.with_name("out.partial") / ".work"
-    _wait_for(lambda: partial.is_dir() and len(list(partial.glob("*.png"))) >= 2 or proc.poll() is not None,
-              60, "the build to start decoding")
+    _wait_for(
+        lambda: partial.is_dir() and len(list(partial.glob("*.png"))) >= 2 or proc.poll() is not None,
+        60,
+        "the build to start decoding",
+    )
     assert proc.poll() is None, "the build ended before it could be interrupted"
     kids = _children(proc.pid)
     proc.send_signal(signal.SIGINT)
@@ -97,8 +128,9 @@ def test_ctrl_c_of_build_prints_one_line_and_leaves_no_temp(raw, tmp_path):
     assert err.strip().splitlines() == ["interrupted — rerun the same command to continue"]
     _wait_for(lambda: not any(_alive(k) for k in kids), 10, "the workers to stop")
     assert not [p for p in tmp_path.rglob("*.tmp")]
-    rerun = subprocess.run(_tbx("dataset", "build", raw, out, "--workers", "2"), env=_env(),
-                           capture_output=True, text=True)
+    rerun = subprocess.run(
+        _tbx("dataset", "build", raw, out, "--workers", "2"), env=_env(), capture_output=True, text=True
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert _temps(tmp_path) == []
 
@@ -106,29 +138,56 @@ def test_ctrl_c_of_build_prints_one_line_and_leaves_no_temp(raw, tmp_path):
 @pytest.mark.slow
 def test_kill_9_of_build_leaves_no_worker_and_the_rerun_equals_a_straight_build(raw, tmp_path):
     straight = tmp_path / "straight"
-    assert subprocess.run(_tbx("dataset", "build", raw, straight), env=_env(), capture_output=True).returncode == 0
+    assert (
+        subprocess.run(_tbx("dataset", "build", raw, straight), env=_env(), capture_output=True).returncode
+        == 0
+    )
     out = tmp_path / "out"
     proc = _start("dataset", "build", raw, out, "--workers", "2")
     work = out.with_name("out.partial") / ".work"
-    _wait_for(lambda: work.is_dir() and len(list(work.glob("*.png"))) >= 3 or proc.poll() is not None,
-              60, "the build to start decoding")
+    _wait_for(
+        lambda: work.is_dir() and len(list(work.glob("*.png"))) >= 3 or proc.poll() is not None,
+        60,
+        "the build to start decoding",
+    )
     assert proc.poll() is None, "the build ended before it could be killed"
     kids = _children(proc.pid)
     assert len(kids) >= 2  # the two decoding workers (+ the executor's resource tracker, if any)
     proc.kill()
     proc.wait(timeout=10)
     _wait_for(lambda: not any(_alive(k) for k in kids), 10, "the orphaned workers to exit")
-    rerun = subprocess.run(_tbx("dataset", "build", raw, out, "--workers", "2"), env=_env(),
-                           capture_output=True, text=True)
+    rerun = subprocess.run(
+        _tbx("dataset", "build", raw, out, "--workers", "2"), env=_env(), capture_output=True, text=True
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert _tree(out, VOLATILE) == _tree(straight, VOLATILE)
     assert _temps(tmp_path) == []
 
 
-TRAIN = ["--config", "tiny", "--set", "model.input_size=64", "--set", "stage1.epochs=3", "--set",
-         "stage1.batch_size=2", "--set", "stage2.epochs=1", "--set", "stage2.batch_size=4", "--set",
-         "data.workers=0", "--set", "ckpt_every_iters=1", "--set", "log_every=1", "--set",
-         "model.width=16", "--set", "model.cls_channels=16"]
+TRAIN = [
+    "--config",
+    "tiny",
+    "--set",
+    "model.input_size=64",
+    "--set",
+    "stage1.epochs=3",
+    "--set",
+    "stage1.batch_size=2",
+    "--set",
+    "stage2.epochs=1",
+    "--set",
+    "stage2.batch_size=4",
+    "--set",
+    "data.workers=0",
+    "--set",
+    "ckpt_every_iters=1",
+    "--set",
+    "log_every=1",
+    "--set",
+    "model.width=16",
+    "--set",
+    "model.cls_channels=16",
+]
 
 
 def _same_weights(a: Path, b: Path) -> None:
@@ -142,8 +201,12 @@ def _same_weights(a: Path, b: Path) -> None:
 def test_kill_9_of_training_then_resume_equals_a_straight_run(tmp_path):
     root = make_layout(tmp_path / "data", n_tb=6, n_healthy=2, n_sick=2, size=64)
     straight = tmp_path / "straight"
-    done = subprocess.run(_tbx("train", "symformer", "--data", root, "--out", straight, *TRAIN), env=_env(),
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        _tbx("train", "symformer", "--data", root, "--out", straight, *TRAIN),
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     run = tmp_path / "run"
     proc = _start("train", "symformer", "--data", root, "--out", run, *TRAIN)
@@ -158,11 +221,16 @@ def test_kill_9_of_training_then_resume_equals_a_straight_run(tmp_path):
     # what a kill during a checkpoint save leaves: a temporary sibling of last.pt
     stale = last.with_name(".last.pt.k1ll3d.tmp")
     stale.write_bytes(b"\0" * 4096)
-    again = subprocess.run(_tbx("train", "symformer", "--data", root, "--out", run, *TRAIN), env=_env(),
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        _tbx("train", "symformer", "--data", root, "--out", run, *TRAIN),
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 2 and "--resume" in again.stderr  # the run is a record
-    resumed = subprocess.run(_tbx("train", "--data", root, "--out", run, "--resume"), env=_env(),
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        _tbx("train", "--data", root, "--out", run, "--resume"), env=_env(), capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     for s in (1, 2):
         _same_weights(run / f"stage{s}" / "final.pt", straight / f"stage{s}" / "final.pt")
@@ -182,6 +250,7 @@ def test_ctrl_c_of_training_says_how_to_continue(tmp_path):
     assert proc.returncode == 130
     assert err.strip().splitlines() == ["interrupted — rerun the same command with --resume to continue"]
     assert _temps(tmp_path) == []
-    resumed = subprocess.run(_tbx("train", "--data", root, "--out", run, "--resume"), env=_env(),
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        _tbx("train", "--data", root, "--out", run, "--resume"), env=_env(), capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr

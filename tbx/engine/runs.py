@@ -55,8 +55,11 @@ def recorded_config(out: str | Path) -> TrainConfig:
     """The run's ``config.yaml`` (the truth for ``--resume``)."""
     path = Path(out) / CONFIG_NAME
     if not path.is_file():
-        raise TbxError("nothing to resume: no run in this folder (no config.yaml)", out,
-                       "train without --resume, or point --out at an interrupted run")
+        raise TbxError(
+            "nothing to resume: no run in this folder (no config.yaml)",
+            out,
+            "train without --resume, or point --out at an interrupted run",
+        )
     return load_config(TrainConfig, path)
 
 
@@ -67,11 +70,17 @@ def check_same_as_record(out: Path, cfg: TrainConfig) -> None:
         if key in RESUME_MAY_DIFFER or have.get(key) == want.get(key):
             continue
         if key == "model_name":
-            raise TbxError(f"the run is of model '{have.get(key)}', not '{want.get(key)}'", out,
-                           f"resume with the run's model ({have.get(key)}) or train a new run elsewhere")
-        raise TbxError(f"--resume continues the run as recorded, but '{key}' differs (run: "
-                       f"{have.get(key)!r}, given: {want.get(key)!r})", out / CONFIG_NAME,
-                       "drop that --set / --config, or start a new run (another --out, or --force)")
+            raise TbxError(
+                f"the run is of model '{have.get(key)}', not '{want.get(key)}'",
+                out,
+                f"resume with the run's model ({have.get(key)}) or train a new run elsewhere",
+            )
+        raise TbxError(
+            f"--resume continues the run as recorded, but '{key}' differs (run: "
+            f"{have.get(key)!r}, given: {want.get(key)!r})",
+            out / CONFIG_NAME,
+            "drop that --set / --config, or start a new run (another --out, or --force)",
+        )
 
 
 def check_trainable(cfg: TrainConfig, builder: Callable[[TrainConfig], nn.Module]) -> None:
@@ -79,8 +88,10 @@ def check_trainable(cfg: TrainConfig, builder: Callable[[TrainConfig], nn.Module
     no memory, no weights loaded); ``stage1.trainable`` is not a setting (stage I trains the
     whole detector), so any value other than the default is refused."""
     if cfg.stage1.trainable != StageConfig().trainable:
-        raise TbxError("stage1.trainable is not used (stage I trains the whole detector)",
-                       fix="drop --set stage1.trainable=… (stage2.trainable picks the stage-II modules)")
+        raise TbxError(
+            "stage1.trainable is not used (stage I trains the whole detector)",
+            fix="drop --set stage1.trainable=… (stage2.trainable picks the stage-II modules)",
+        )
     if cfg.stage2.epochs == 0:
         return
     probe = copy.deepcopy(cfg)
@@ -91,8 +102,10 @@ def check_trainable(cfg: TrainConfig, builder: Callable[[TrainConfig], nn.Module
     for p in cfg.stage2.trainable:
         if not any(n == p or n.startswith(p + ".") for n in names):
             tops = sorted({n.split(".")[0] for n in names})
-            raise TbxError(f"stage2.trainable: '{p}' is not a module of {cfg.model_name}",
-                           fix="use module prefixes of the model, e.g. " + ", ".join(tops[:8]))
+            raise TbxError(
+                f"stage2.trainable: '{p}' is not a module of {cfg.model_name}",
+                fix="use module prefixes of the model, e.g. " + ", ".join(tops[:8]),
+            )
 
 
 def preflight(cfg: TrainConfig, stages: list[int], builder: Callable[[TrainConfig], nn.Module]) -> None:
@@ -106,21 +119,32 @@ def preflight(cfg: TrainConfig, stages: list[int], builder: Callable[[TrainConfi
         preflight_images(cfg.data.root, ann, strict_labels=False)
 
 
-def start_run(out: str | Path, cfg: TrainConfig, stages: list[int], *, resume: bool, force: bool,
-              builder: Callable[[TrainConfig], nn.Module]) -> None:
+def start_run(
+    out: str | Path,
+    cfg: TrainConfig,
+    stages: list[int],
+    *,
+    resume: bool,
+    force: bool,
+    builder: Callable[[TrainConfig], nn.Module],
+) -> None:
     """Apply the rules of the module docstring; on success ``out`` exists, carries the run marker
     and (for a new run) holds ``config.yaml``.  Nothing is created or changed when a check fails."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TbxError("--out names a file, not a run folder", out, "choose a folder for the run")
     if resume and force:
-        raise TbxError("--resume and --force exclude each other", out,
-                       "--resume continues the run, --force replaces it")
+        raise TbxError(
+            "--resume and --force exclude each other", out, "--resume continues the run, --force replaces it"
+        )
     existing = out.is_dir() and any(out.iterdir())
     if resume:
         if not existing or not is_run(out):
-            raise TbxError("nothing to resume: no run in this folder", out,
-                           "train without --resume, or point --out at an interrupted run")
+            raise TbxError(
+                "nothing to resume: no run in this folder",
+                out,
+                "train without --resume, or point --out at an interrupted run",
+            )
         check_same_as_record(out, cfg)
         preflight(cfg, stages, builder)
         clean_stale_tmp(out)
@@ -131,11 +155,18 @@ def start_run(out: str | Path, cfg: TrainConfig, stages: list[int], *, resume: b
         if not is_run(out):
             check_replaceable(out, RUN_KIND)  # not tbx's: refused with the ownership message
         if not force:
-            raise TbxError("a run already exists in this folder", out,
-                           "pass --resume to continue it or --force to replace it (or choose another --out)")
+            raise TbxError(
+                "a run already exists in this folder",
+                out,
+                "pass --resume to continue it or --force to replace it (or choose another --out)",
+            )
         if output_kind(out) is None:
-            raise TbxError("the folder holds a run made before tbx marked its outputs; --force "
-                           "replaces only marked runs", out, "delete it yourself or choose another --out")
+            raise TbxError(
+                "the folder holds a run made before tbx marked its outputs; --force "
+                "replaces only marked runs",
+                out,
+                "delete it yourself or choose another --out",
+            )
         check_replaceable(out, RUN_KIND)
     preflight(cfg, stages, builder)
     if existing:
