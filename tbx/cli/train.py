@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tbx.errors import TbxError
 
@@ -28,9 +29,9 @@ def train(
     device: str = typer.Option(None, "--device", help="auto | cuda | cpu (default: config, auto)."),
     amp: str = typer.Option(None, "--amp", help="bf16 | fp16 | off | auto (default: bf16 on CUDA, "
                             "off on CPU)."),
-    gpus: int = typer.Option(0, "--gpus", min=0, help="Launch N processes with torchrun on this machine "
-                             "(DDP). For several machines run torchrun yourself: "
-                             "torchrun --nnodes … -m tbx train …"),
+    gpus: int = typer.Option(0, "--gpus", min=0,
+                             help="Launch N processes with torchrun on this machine (DDP). For "
+                             "several machines run torchrun yourself: torchrun --nnodes … -m tbx train …"),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its "
                                 "last checkpoint (exactly), with its config.yaml (--set may only "
                                 "repeat its values)."),
@@ -38,7 +39,8 @@ def train(
     seed: int = typer.Option(None, "--seed", help="Random seed (default: config, 0)."),
     val: Path = typer.Option(None, "--val", help="Validate on this annotation file every "
                              "--val-every epochs; best.pt = best AP50 (stage 1) / accuracy (stage 2)."),
-    val_every: int = typer.Option(None, "--val-every", min=1, help="Epochs between validations (default 1)."),
+    val_every: int = typer.Option(None, "--val-every", min=1,
+                                  help="Epochs between validations (default 1)."),
 ) -> None:
     """Train a detector + classification head with the paper's two-stage schedule (SPEC §2.7).
 
@@ -101,7 +103,7 @@ def train(
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main:
         console.print(f"training [bold]{cfg.model_name}[/] ({cfg.model.backbone}, "
-                      f"{cfg.model.input_size} px) stage {stage} → {out}")
+                      f"{cfg.model.input_size} px) stage {stage} → {escape(str(out))}")
     result = run_training(cfg, out, stage=stage, resume=resume, force=force)
     if is_main:
         for s, p in sorted(result.final.items()):
