@@ -850,26 +850,17 @@ CASES: list[Case] = [
         lambda fx, t: (["dataset", "build", fx.raw, t / "o", "--ratio", "3:2"], t / "o"),
         "three parts",
     ),
-    Case(
-        "options-build-name-pattern-field",
-        lambda fx, t: (["dataset", "build", fx.raw, t / "o", "--name-pattern", "{nope}"], t / "o"),
-        "--name-pattern",
-    ),
-    Case(
-        "options-build-name-pattern-constant",
-        lambda fx, t: (["dataset", "build", fx.raw, t / "o", "--name-pattern", "x"], t / "o"),
-        "--name-pattern",
-    ),
-    Case(
-        "options-build-name-pattern-slash",
-        lambda fx, t: (["dataset", "build", fx.raw, t / "o", "--name-pattern", "a/{n}"], t / "o"),
-        "--name-pattern",
-    ),
-    Case(
-        "options-build-name-pattern-format",
-        lambda fx, t: (["dataset", "build", fx.raw, t / "o", "--name-pattern", "{n:q}"], t / "o"),
-        "--name-pattern",
-    ),
+    *[
+        Case(
+            f"options-build-name-pattern-{kind}",
+            lambda fx, t, pattern=pattern: (
+                ["dataset", "build", fx.raw, t / "o", "--name-pattern", pattern],
+                t / "o",
+            ),
+            "--name-pattern",
+        )
+        for kind, pattern in (("field", "{nope}"), ("constant", "x"), ("slash", "a/{n}"), ("format", "{n:q}"))
+    ],
     Case(
         "options-split-ratio",
         lambda fx, t: (["dataset", "split", fx.ds, "--out", t / "sp", "--ratio", "1:x:1"], t / "sp"),

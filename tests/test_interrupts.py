@@ -106,6 +106,20 @@ def raw(tmp_path_factory) -> Path:
     return src
 
 
+def _build_until_decoding(raw: Path, out: Path) -> tuple[subprocess.Popen, list[int]]:
+    """Start ``tbx dataset build RAW OUT --workers 2``; return once it has decoded a few images,
+    with the pids of its worker processes."""
+    proc = _start("dataset", "build", raw, out, "--workers", "2")
+    work = out.with_name(f"{out.name}.partial") / ".work"
+    _wait_for(
+        lambda: work.is_dir() and len(list(work.glob("*.png"))) >= 3 or proc.poll() is not None,
+        60,
+        "the build to start decoding",
+    )
+    assert proc.poll() is None, "the build ended before it could be interrupted"
+    return proc, _children(proc.pid)
+
+
 # build_report.json counts decoded vs reused images, provenance.json holds the time
 VOLATILE = ("build_report.json", "provenance.json")
 
@@ -113,15 +127,7 @@ VOLATILE = ("build_report.json", "provenance.json")
 @pytest.mark.slow
 def test_ctrl_c_of_build_prints_one_line_and_leaves_no_temp(raw, tmp_path):
     out = tmp_path / "out"
-    proc = _start("dataset", "build", raw, out, "--workers", "2")
-    partial = out.with_name("out.partial") / ".work"
-    _wait_for(
-        lambda: partial.is_dir() and len(list(partial.glob("*.png"))) >= 2 or proc.poll() is not None,
-        60,
-        "the build to start decoding",
-    )
-    assert proc.poll() is None, "the build ended before it could be interrupted"
-    kids = _children(proc.pid)
+    proc, kids = _build_until_decoding(raw, out)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -143,15 +149,7 @@ def test_kill_9_of_build_leaves_no_worker_and_the_rerun_equals_a_straight_build(
         == 0
     )
     out = tmp_path / "out"
-    proc = _start("dataset", "build", raw, out, "--workers", "2")
-    work = out.with_name("out.partial") / ".work"
-    _wait_for(
-        lambda: work.is_dir() and len(list(work.glob("*.png"))) >= 3 or proc.poll() is not None,
-        60,
-        "the build to start decoding",
-    )
-    assert proc.poll() is None, "the build ended before it could be killed"
-    kids = _children(proc.pid)
+    proc, kids = _build_until_decoding(raw, out)
     assert len(kids) >= 2  # the two decoding workers (+ the executor's resource tracker, if any)
     proc.kill()
     proc.wait(timeout=10)
