@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from tbx.config import PROBABILITY, bounded, deep_merge, load_config, read_yaml
+from tbx.config import PROBABILITY, bounded, check_fields, deep_merge, load_config, read_yaml
 from tbx.errors import TbxError
 from tbx.models.registry import ModelConfig
 
@@ -173,18 +173,13 @@ def resolve_preset(config: str | Path, _depth: int = 0) -> dict[str, Any]:
 
 
 def validate(cfg: TrainConfig) -> None:
+    """Checks across fields (the value ranges of single fields are their ``bounded`` metadata,
+    checked by :func:`tbx.config.check_fields`)."""
+    check_fields(cfg)
     for s in (1, 2):
         sc = cfg.stage(s)
-        if sc.epochs < 0 or sc.batch_size < 1 or sc.lr <= 0:
-            raise TbxError(f"stage{s}: epochs must be ≥ 0, batch_size ≥ 1 and lr > 0",
-                           fix=f"check stage{s}.epochs / batch_size / lr")
         if sorted(sc.lr_steps) != list(sc.lr_steps):
             raise TbxError(f"stage{s}.lr_steps must be increasing, got {sc.lr_steps}")
-        if not 0.0 <= sc.ema_decay < 1.0:
-            raise TbxError(f"stage{s}.ema_decay must be in [0, 1), got {sc.ema_decay}",
-                           fix=f"set stage{s}.ema_decay=0 (off) or e.g. 0.98")
-    if cfg.model.input_size < 32:
-        raise TbxError(f"model.input_size must be ≥ 32, got {cfg.model.input_size}")
 
 
 # --------------------------------------------------------------------------------------------
