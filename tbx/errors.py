@@ -121,6 +121,9 @@ def as_user_error(exc: BaseException) -> TbxError | None:
     if isinstance(exc, (ValueError, RuntimeError)):
         text = str(exc)
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+        if "out of memory" in first.lower():
+            return TbxError(f"{type(exc).__name__}: {first[:160]}",
+                            fix="lower the batch size (--batch, --set stageN.batch_size=…) or input size")
         return TbxError(f"{type(exc).__name__}: {first}",
                         fix="check the inputs and options named (rerun with --debug for the traceback)")
     return None

@@ -7,6 +7,7 @@ all-or-nothing are built in a temporary sibling and moved into place with :func:
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -175,6 +176,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False, kind: str | None = Non
 
     With ``overwrite`` an existing ``path`` is replaced (removed only after the new one is
     complete) — only when :func:`check_replaceable` allows it, checked before the block runs.
+    Temporary siblings a killed earlier run left for ``path`` are removed first.
     ``kind``: the finished folder carries tbx's output marker of that kind.
     """
     path = Path(path)
@@ -183,6 +185,9 @@ def atomic_dir(path: str | Path, overwrite: bool = False, kind: str | None = Non
             raise FileExistsError(path)
         check_replaceable(path, kind, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*{TMP_SUFFIX}"):  # a killed earlier run's
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:

@@ -1172,3 +1172,40 @@ def test_worker_traceback_is_unwrapped_to_its_original_line() -> None:
     assert value is not None and "ValueError in a data-loading worker" in value.one_line()
     assert "Traceback" not in value.one_line()
     assert as_user_error(TypeError("a bug")) is None  # programming errors keep their traceback
+
+
+def test_a_rerun_removes_what_a_killed_run_left(fx: Fx, tmp_path: Path) -> None:
+    """kill -9 cannot run ``finally``: the temporary sibling of an output folder and the half-saved
+    file inside a run are removed by the next run of the command (atomic_dir / resume)."""
+    out = tmp_path / "o"
+    stale = tmp_path / ".o.k1ll3d.tmp"
+    (stale / "imgs").mkdir(parents=True)
+    (stale / "imgs" / "half.png").write_bytes(b"\x89PNG")
+    code, _, err = _run(
+        "dataset",
+        "synth",
+        out,
+        "--size",
+        "64",
+        "--n-healthy",
+        "1",
+        "--n-sick",
+        "1",
+        "--n-active",
+        "1",
+        "--n-latent",
+        "0",
+        "--n-both",
+        "0",
+        "--n-uncertain",
+        "0",
+    )
+    assert code == 0, err
+    assert not stale.exists() and leftovers(tmp_path) == []
+
+
+def test_out_of_memory_says_what_to_lower() -> None:
+    from tbx.errors import as_user_error
+
+    err = as_user_error(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79 GiB total)"))
+    assert err is not None and "batch size" in err.one_line() and len(err.one_line()) <= 300
