@@ -21,6 +21,54 @@ from tbx.errors import TbxError
 T = TypeVar("T")
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric config field (``None`` bounds are open)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def text(self) -> str:
+        bounds = (("≥", self.ge), (">", self.gt), ("≤", self.le), ("<", self.lt))
+        return " and ".join(f"{op} {v:g}" for op, v in bounds if v is not None)
+
+    def ok(self, v: float) -> bool:
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """A dataclass field with a value range, checked whenever a config is loaded
+    (:func:`from_dict` / :func:`load_config`) or by :func:`check_fields`::
+
+        batch_size: int = bounded(8, ge=1)
+        flip_prob: float = bounded(0.5, ge=0, le=1)
+    """
+    return dataclasses.field(default=default, metadata={"range": Range(ge, gt, le, lt)})
+
+
+PROBABILITY = {"ge": 0.0, "le": 1.0}
+"""``bounded(0.5, **PROBABILITY)``: a probability in [0, 1]."""
+
+
+def check_fields(cfg: Any, prefix: str = "") -> None:
+    """Check every :func:`bounded` field of ``cfg`` (nested configs included) → :class:`TbxError`
+    naming the key, e.g. ``'stage1.batch_size' must be ≥ 1, got 0``."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        return
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        rng = f.metadata.get("range")
+        if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value or not rng.ok(value):  # NaN is never in range
+                raise TbxError(f"'{prefix}{f.name}' must be {rng.text()}, got {value!r}",
+                               fix=f"set {prefix}{f.name} to a value {rng.text()}")
+        check_fields(value, f"{prefix}{f.name}.")
+
+
 def to_dict(cfg: Any) -> Any:
     """A plain, YAML/JSON-serialisable view of a config (tuples become lists, paths strings)."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
@@ -101,9 +149,11 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
                        fix=f"valid keys here: {', '.join(sorted(names))}")
     kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
     except TypeError as e:
         raise TbxError(f"incomplete config for {cls.__name__}: {e}") from None
+    check_fields(obj, prefix)
+    return obj
 
 
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tbx.errors import TbxError
-from tbx.io import atomic_write_json, atomic_write_text
+from tbx.io import atomic_write_json, atomic_write_text, check_replaceable, mark_output
 
 MARKER = ".tbx-demo"
 
@@ -57,11 +57,10 @@ class DemoConfig:
 
 def _prepare(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise TbxError("output folder exists and is not a tbx demo folder", out,
-                           "choose another --out or remove it")
+        if not (out / MARKER).is_file():  # demo folders of earlier versions carry only MARKER
+            check_replaceable(out, "demo")
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    mark_output(out, "demo")
     (out / MARKER).write_text("written by `tbx demo`; the next demo run replaces this folder\n")
 
 

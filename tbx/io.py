@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +97,54 @@ def output_kind(folder: str | Path) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def replace_dir(src: Path, dest: Path, overwrite: bool = False) -> None:
+def _within(a: Path, b: Path) -> bool:
+    """``a`` is ``b`` or lies inside it (both resolved)."""
+    return a == b or a.is_relative_to(b)
+
+
+def check_replaceable(dest: str | Path, kind: str | None = None, inputs: Sequence[str | Path] = ()) -> None:
+    """Refuse (:class:`TbxError`) to replace ``dest`` unless tbx owns it: ``dest`` must be absent,
+    an empty folder, or a folder carrying tbx's marker (of ``kind`` when given) — and it must never
+    hold or lie inside one of the command's ``inputs``.  Call it before any work; the shared
+    :func:`replace_dir` / :func:`atomic_dir` call it again just before they replace."""
+    from tbx.errors import TbxError
+
+    dest = Path(dest)
+    if not dest.exists() and not dest.is_symlink():
+        return
+    if not dest.is_dir() or dest.is_symlink():
+        raise TbxError("the output path exists and is not a folder", dest, "choose another output folder")
+    real = dest.resolve()
+    for inp in inputs:
+        i = Path(inp).resolve()
+        if _within(i, real) or _within(real, i):
+            raise TbxError("the output folder holds or lies inside the command's input "
+                           f"'{inp}'; replacing it would delete the input", dest,
+                           "choose an output folder outside the inputs")
+    if not any(dest.iterdir()):
+        return
+    have = output_kind(dest)
+    if have is None:
+        raise TbxError("the output folder is not empty and was not created by tbx (tbx replaces "
+                       "only its own outputs)", dest, "choose another output folder (or empty it yourself)")
+    if kind is not None and have != kind:
+        raise TbxError(f"the output folder holds a tbx {have}, not a {kind}; tbx will not replace it",
+                       dest, "choose another output folder")
+
+
+def replace_dir(src: Path, dest: Path, overwrite: bool = False, kind: str | None = None,
+                inputs: Sequence[str | Path] = ()) -> None:
     """Move the finished directory ``src`` to ``dest``; an existing ``dest`` is replaced (removed
-    only after the new one is in place) when ``overwrite``, else :class:`FileExistsError`."""
+    only after the new one is in place) when ``overwrite`` and :func:`check_replaceable` allows
+    it, else :class:`FileExistsError`.  ``kind``: mark ``src`` as tbx's output of that kind."""
+    if kind is not None:
+        mark_output(src, kind)
     if not dest.exists():
         os.replace(src, dest)
         return
     if not overwrite:
         raise FileExistsError(dest)
+    check_replaceable(dest, kind, inputs)
     old = dest.with_name(f".{dest.name}.old")
     if old.exists():
         shutil.rmtree(old)
@@ -112,19 +153,51 @@ def replace_dir(src: Path, dest: Path, overwrite: bool = False) -> None:
     shutil.rmtree(old)
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def clean_stale_tmp(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Remove temporary files/folders that a killed tbx process left in ``folder`` (the
+    ``.NAME.XXXX.tmp`` siblings of :func:`atomic_path` / :func:`atomic_dir`); return them.
+    Called when a command resumes in a folder it owns (a run, a build's ``OUT.partial``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob(f".*{TMP_SUFFIX}") if recursive else folder.glob(f".*{TMP_SUFFIX}")
+    removed = []
+    for p in sorted(found, key=lambda q: -len(q.parts)):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | Path, overwrite: bool = False, kind: str | None = None,
+               inputs: Sequence[str | Path] = ()) -> Iterator[Path]:
     """Build a directory in a temporary sibling, then move it to ``path`` on success.
 
-    With ``overwrite`` an existing ``path`` is replaced (removed only after the new one is complete).
+    With ``overwrite`` an existing ``path`` is replaced (removed only after the new one is
+    complete) — only when :func:`check_replaceable` allows it, checked before the block runs.
+    Temporary siblings a killed earlier run left for ``path`` are removed first.
+    ``kind``: the finished folder carries tbx's output marker of that kind.
     """
     path = Path(path)
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(path)
+        check_replaceable(path, kind, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*{TMP_SUFFIX}"):  # a killed earlier run's
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        replace_dir(tmp, path, overwrite)
+        replace_dir(tmp, path, overwrite, kind, inputs)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

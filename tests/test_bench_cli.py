@@ -81,7 +81,7 @@ def test_cli_bench_json_and_provenance(cli, case, tmp_path):
     assert "Image classification" in stdout and "TB area detection" in stdout
     assert "Screening operating points" in stdout
     res = json.loads(out.read_text())
-    prov = json.loads((out.parent / "provenance.json").read_text())
+    prov = json.loads((out.parent / f"{out.stem}.provenance.json").read_text())
     assert prov["seed"] == 1 and prov["config"]["bootstrap"] == 30
     c = res["classification"]
     for k in ("accuracy", "auc", "sensitivity", "specificity", "ap", "ar", "f1", "confusion", "tp", "tn",

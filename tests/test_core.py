@@ -13,7 +13,7 @@ from tbx.data.layout import label_from_path
 from tbx.data.records import Box, Record, tb_type_from_categories
 from tbx.data.views import annotation_views, write_views
 from tbx.errors import TbxError
-from tbx.io import atomic_dir, atomic_path, atomic_write_json
+from tbx.io import atomic_dir, atomic_path, atomic_write_json, output_kind
 from tbx.provenance import write_provenance
 
 
@@ -41,15 +41,29 @@ def test_atomic_dir_all_or_nothing(tmp_path):
             (tmp / "x").write_text("1")
             raise ValueError
     assert not out.exists() and list(tmp_path.iterdir()) == []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind="test") as tmp:
         (tmp / "x").write_text("1")
-    assert (out / "x").read_text() == "1"
+    assert (out / "x").read_text() == "1" and output_kind(out) == "test"
     with pytest.raises(FileExistsError):
         with atomic_dir(out) as tmp:
             pass
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, kind="test") as tmp:
         (tmp / "y").write_text("2")
-    assert sorted(p.name for p in out.iterdir()) == ["y"]
+    assert sorted(p.name for p in out.iterdir()) == [".tbx-output.json", "y"]
+    # overwrite replaces only tbx's own folders of the same kind, never one holding an input
+    with pytest.raises(TbxError, match="holds a tbx test, not a report"):
+        with atomic_dir(out, overwrite=True, kind="report"):
+            pass
+    with pytest.raises(TbxError, match="holds or lies inside the command's input"):
+        with atomic_dir(out, overwrite=True, kind="test", inputs=[out / "y"]):
+            pass
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(TbxError, match="not created by tbx"):
+        with atomic_dir(user, overwrite=True):
+            pass
+    assert (user / "notes.txt").read_text() == "mine" and (out / "y").read_text() == "2"
 
 
 # --- configs --------------------------------------------------------------------------------------

@@ -44,6 +44,6 @@ def test_demo_end_to_end(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "x.txt").write_text("keep me")
-    with pytest.raises(TbxError, match="not a tbx demo folder"):
+    with pytest.raises(TbxError, match="not created by tbx"):
         run_demo(foreign, cfg, say=lines.append)
     assert (foreign / "x.txt").read_text() == "keep me"

@@ -222,11 +222,16 @@ def test_refuses_existing_output(tmp_path: Path, cli):
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "--force" in err
     assert (out / "keep.txt").read_text() == "x"
-    code, out_text, _ = cli("dataset", "synth", out, "--force", "--size", "96", "--n-healthy", "1",
-                            "--n-sick", "1", "--n-active", "1", "--n-latent", "0", "--n-both", "0",
-                            "--n-uncertain", "0")
+    small = ["--size", "96", "--n-healthy", "1", "--n-sick", "1", "--n-active", "1", "--n-latent", "0",
+             "--n-both", "0", "--n-uncertain", "0"]
+    # --force replaces only tbx's own output, never a folder of the user's files
+    code, _, err = cli("dataset", "synth", out, "--force", *small)
+    assert code == 2 and "not created by tbx" in err and (out / "keep.txt").read_text() == "x"
+    mine = tmp_path / "mine"
+    assert cli("dataset", "synth", mine, *small)[0] == 0
+    code, out_text, _ = cli("dataset", "synth", mine, "--force", "--seed", "1", *small)
     assert code == 0 and "3 images" in out_text
-    assert not (out / "keep.txt").exists() and (out / "imgs/tb/tb0001.png").is_file()
+    assert (mine / "imgs/tb/tb0001.png").is_file() and (mine / ".tbx-output.json").is_file()
     code, _, err = cli("dataset", "synth", tmp_path / "x", "--dicom")
     assert code == 2 and "--raw" in err
     code, _, err = cli("dataset", "synth", tmp_path / "y", "--n-sick", "-1")

@@ -122,7 +122,7 @@ def test_ema_weights_match_an_independent_average_and_resume_exactly(root, tmp_p
     # a checkpoint without the average cannot resume a run that keeps one
     with pytest.raises(Kill):
         train(_cfg(root), tmp_path / "c", model_builder=tiny_builder, callback=killer, progress=False)
-    with pytest.raises(TbxError, match="no weight average"):
+    with pytest.raises(TbxError, match="'stage1.ema_decay' differs"):  # the run's record is the truth
         train(cfg(), tmp_path / "c", resume=True, model_builder=tiny_builder, progress=False)
 
 
@@ -194,7 +194,9 @@ def test_stage2_needs_stage1_weights_and_same_model(root, tmp_path):
     train(_cfg(root), tmp_path / "r", stage=1, model_builder=tiny_builder, progress=False)
     cfg = _cfg(root, model_name="oracle")
     with pytest.raises(TbxError, match="model 'tiny', not 'oracle'"):
-        train(cfg, tmp_path / "r", stage=2, model_builder=oracle_builder, progress=False)
+        train(cfg, tmp_path / "r", stage=2, resume=True, model_builder=oracle_builder, progress=False)
+    with pytest.raises(TbxError, match="a run already exists"):  # a run is continued only with resume
+        train(_cfg(root), tmp_path / "r", stage=2, model_builder=tiny_builder, progress=False)
     with pytest.raises(TbxError, match="nothing to resume"):
         train(_cfg(root), tmp_path / "empty", resume=True, model_builder=tiny_builder, progress=False)
 

@@ -274,8 +274,10 @@ def compare(gt_path: str | Path, pred_a: str | Path, pred_b: str | Path,
 
 
 def write_result(result: dict[str, Any], json_path: str | Path, cfg: BenchConfig) -> Path:
-    """Write the result JSON (atomic) and ``provenance.json`` beside it."""
+    """Write the result JSON (atomic) and ``<stem>.provenance.json`` beside it (one per result, so
+    a second ``--json`` into the same folder keeps the first one's record)."""
     json_path = Path(json_path)
     atomic_write_json(json_path, result)
-    write_provenance(json_path.parent, cfg, cfg.seed, output=json_path.name, gt=result.get("gt"))
+    write_provenance(json_path.parent, cfg, cfg.seed, name=f"{json_path.stem}.provenance.json",
+                     output=json_path.name, gt=result.get("gt"))
     return json_path

@@ -60,10 +60,10 @@ from typing import Any
 import numpy as np
 
 from tbx.data.coco import read_coco
-from tbx.data.layout import ANN_JSON, IMGS, tbx_json_name
+from tbx.data.layout import ANN_JSON, IMGS, resolve_inside, tbx_json_name
 from tbx.data.records import Record
 from tbx.errors import TbxError, where
-from tbx.io import atomic_dir, atomic_write_json, atomic_write_text, link_or_copy, read_csv
+from tbx.io import atomic_dir, atomic_write_json, atomic_write_text, check_replaceable, link_or_copy, read_csv
 
 CASES = "cases.csv"
 KEY = "key.csv"
@@ -172,6 +172,7 @@ def sample_study(root: str | Path, out: str | Path, cfg: StudyConfig | None = No
                        "lower the counts (--n-healthy/--n-sick/--n-tb/--tb-mix) or use another split")
     if out.exists() and any(out.iterdir()) and not force:
         raise TbxError("study folder exists and is not empty", out, "choose another --out or pass --force")
+    check_replaceable(out, "study", [ann, root / IMGS])
     rng = random.Random(f"tbx-study:{cfg.seed}")
     chosen: list[Record] = []
     for k in want:  # fixed stratum order; candidates in file-name order → reproducible
@@ -180,16 +181,16 @@ def sample_study(root: str | Path, out: str | Path, cfg: StudyConfig | None = No
     rng.shuffle(chosen)  # reading order
     width = max(3, len(str(len(chosen))))
     ids = [f"case_{i + 1:0{width}d}" for i in range(len(chosen))]
-    missing = [r.file_name for r in chosen if not (root / IMGS / r.file_name).is_file()]
+    srcs = [resolve_inside(root / IMGS, r.file_name, ann, "imgs/") for r in chosen]
+    missing = [r.file_name for r, src in zip(chosen, srcs) if not src.is_file()]
     if missing:
         raise TbxError(f"{len(missing)} sampled image(s) missing under {root / IMGS} "
                        f"(e.g. '{missing[0]}')", fix="check the dataset root's imgs/ folder")
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, kind="study", inputs=[ann, root / IMGS]) as tmp:
         (tmp / "images").mkdir()
         cases_rows, key_rows = [["case_id", "image"]], [["case_id", "label", "tb_type", "file_name",
                                                           "image_id"]]
-        for cid, r in zip(ids, chosen):
-            src = root / IMGS / r.file_name
+        for cid, r, src in zip(ids, chosen, srcs):
             rel = f"images/{cid}{src.suffix.lower()}"
             link_or_copy(src, tmp / rel, cfg.link)
             cases_rows.append([cid, rel])
@@ -296,7 +297,7 @@ def _render_sheet(d: Path, cases: list[Case]) -> str:
     digest = hashlib.sha256()
     data_cases = []
     for c in cases:
-        img = d / c.image
+        img = resolve_inside(d, c.image, d / CASES, "the study folder")
         if not img.is_file():
             raise TbxError(f"image of {c.case_id} not found", img, "re-create the study")
         raw = img.read_bytes()

@@ -151,9 +151,10 @@ def bench(
     gt: Path = typer.Option(None, "--gt", help="COCO annotation file of the evaluated images."),
     pred: Path = typer.Option(None, "--pred", help="Folder with cls_result.txt and/or bbox_result.json."),
     mode: str = typer.Option("both", "--mode", help=MODE_HELP),
-    json_out: Path = typer.Option(None, "--json", help="Write the full result (and provenance.json "
-                                  "beside it) to this JSON file."),
-    bootstrap: int = typer.Option(0, "--bootstrap", help="Bootstrap resamples for 95 % CIs (0 = none)."),
+    json_out: Path = typer.Option(None, "--json", help="Write the full result (and "
+                                  "<name>.provenance.json beside it) to this JSON file."),
+    bootstrap: int = typer.Option(0, "--bootstrap", min=0,
+                                   help="Bootstrap resamples for 95 % CIs (0 = none)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     keep_uncertain: bool = typer.Option(False, "--keep-uncertain", help="Keep uncertain-type TB images "
                                         "in the active/latent rows (the authors' script did)."),
@@ -174,7 +175,7 @@ def bench(
     _print_result(res, console)
     if json_out is not None:
         write_result(res, json_out, cfg)
-        console.print(f"wrote {json_out} (+ provenance.json)")
+        console.print(f"wrote {json_out} (+ {json_out.stem}.provenance.json)")
     if save_operating_points is not None:
         from tbx.deploy.operating_points import save_from_bench_result
 
@@ -188,7 +189,7 @@ def compare_cmd(
     gt: Path = typer.Option(..., "--gt", help="COCO annotation file of the evaluated images."),
     mode: str = typer.Option("both", "--mode", help=MODE_HELP),
     json_out: Path = typer.Option(None, "--json", help="Write the comparison to this JSON file."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Paired bootstrap resamples."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=1, help="Paired bootstrap resamples."),
     seed: int = typer.Option(0, "--seed"),
     keep_uncertain: bool = typer.Option(False, "--keep-uncertain"),
 ) -> None:
@@ -199,4 +200,4 @@ def compare_cmd(
     _print_compare(res, console)
     if json_out is not None:
         write_result(res, json_out, cfg)
-        console.print(f"wrote {json_out} (+ provenance.json)")
+        console.print(f"wrote {json_out} (+ {json_out.stem}.provenance.json)")

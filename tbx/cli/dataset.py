@@ -17,14 +17,14 @@ app = typer.Typer(help="Curate TBX11K-layout datasets: synth, build, validate, s
 @app.command("synth")
 def synth(
     out: Path = typer.Argument(..., help="Output directory (must not exist or be empty, unless --force)."),
-    n_healthy: int = typer.Option(40, "--n-healthy", help="Healthy images."),
-    n_sick: int = typer.Option(40, "--n-sick", help="Sick-but-non-TB images."),
-    n_active: int = typer.Option(24, "--n-active", help="TB images with active lesions only."),
-    n_latent: int = typer.Option(12, "--n-latent", help="TB images with latent lesions only."),
-    n_both: int = typer.Option(6, "--n-both", help="TB images with active and latent lesions."),
-    n_uncertain: int = typer.Option(2, "--n-uncertain", help="TB images of uncertain type (boxes "
+    n_healthy: int = typer.Option(40, "--n-healthy", min=0, help="Healthy images."),
+    n_sick: int = typer.Option(40, "--n-sick", min=0, help="Sick-but-non-TB images."),
+    n_active: int = typer.Option(24, "--n-active", min=0, help="TB images with active lesions only."),
+    n_latent: int = typer.Option(12, "--n-latent", min=0, help="TB images with latent lesions only."),
+    n_both: int = typer.Option(6, "--n-both", min=0, help="TB images with active and latent lesions."),
+    n_uncertain: int = typer.Option(2, "--n-uncertain", min=0, help="TB images of uncertain type (boxes "
                                     "of category 3)."),
-    size: int = typer.Option(512, "--size", help="Image side of the layout (raw: rendering "
+    size: int = typer.Option(512, "--size", min=32, help="Image side of the layout (raw: rendering "
                              "resolution of the shorter side before upsampling)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed → byte-identical files)."),
     raw: bool = typer.Option(False, "--raw", help="Write a hospital-style export (original sizes, "
@@ -32,7 +32,7 @@ def synth(
                              "`tbx dataset build`."),
     dicom: bool = typer.Option(False, "--dicom", help="With --raw: DICOM files (MONOCHROME1/2, "
                                "12–16 bit, window tags, fake PHI) instead of PNG."),
-    workers: int = typer.Option(1, "--workers", help="Parallel processes (output independent of it)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Parallel processes (output independent of it)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing non-empty OUT."),
 ) -> None:
     """Generate procedural chest X-rays: a synthetic TBX11K (healthy, sick, and active, latent,
@@ -115,6 +115,12 @@ def stats(
     con.print(f"{root}: {s['n_images']} images, {s['boxes']['all']['total']} boxes")
     for t in _stats_tables(s):
         con.print(t)
+    skipped = [f"{n} box(es) of unknown category {c}" for c, n in s.get("unknown_categories", {}).items()]
+    if s.get("degenerate_boxes"):
+        skipped.append(f"{s['degenerate_boxes']} box(es) of zero or negative size")
+    if skipped:
+        con.print(f"warning: not counted: {'; '.join(skipped)} — see tbx dataset validate", style="yellow",
+                  markup=False, highlight=False)
     if json_out is not None:
         atomic_write_json(json_out, s)
         write_provenance(json_out.parent, None, None, name=f"{json_out.stem}.provenance.json",

@@ -32,10 +32,11 @@ def build(
     src: Path = typer.Argument(..., help="Raw export (manifest.csv + images + xml/ or boxes.csv) "
                                "or an official TBX11K root (imgs/, lists/, annotations/xml/)."),
     out: Path = typer.Argument(..., help="Output dataset root (built in OUT.partial/, then renamed)."),
-    size: int = typer.Option(512, "--size", help="Output side in px (the release: 512)."),
-    channels: int = typer.Option(1, "--channels", help="1 = 8-bit grayscale PNG; 3 = RGB PNG with "
+    size: int = typer.Option(512, "--size", min=32, help="Output side in px (the release: 512)."),
+    channels: int = typer.Option(1, "--channels", min=1, max=3,
+                                 help="1 = 8-bit grayscale PNG; 3 = RGB PNG with "
                                  "equal channels (byte layout of the release's PNGs)."),
-    workers: int = typer.Option(1, "--workers", help="Decoding processes."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Decoding processes."),
     seed: int = typer.Option(0, "--seed", help="Split seed (raw exports without a split column)."),
     ratio: str = typer.Option("3:2:1", "--ratio", help="TB train:val:test for the split (SPEC §1.2)."),
     salt: str = typer.Option(None, "--salt", help="Secret for the patient-id HMAC (never written). "
@@ -100,12 +101,13 @@ def validate(
     images: str = typer.Option("auto", "--images", help="auto (check images when imgs/ exists) | "
                                "yes | no."),
     no_images: bool = typer.Option(False, "--no-images", help="Same as --images no."),
-    threshold: int = typer.Option(4, "--dup-threshold", help="pHash Hamming distance (of 64) "
+    threshold: int = typer.Option(4, "--dup-threshold", min=0, max=64, help="pHash Hamming distance (of 64) "
                                   "for near-duplicate candidates."),
-    min_corr: float = typer.Option(MIN_CORRELATION, "--dup-correlation", help="Pixel correlation (256×256) "
-                                   "at which a candidate is confirmed and reported."),
-    max_rows: int = typer.Option(50, "--max-rows", help="Rows shown in the table (all in --json)."),
-    workers: int = typer.Option(1, "--workers", help="Processes decoding images."),
+    min_corr: float = typer.Option(MIN_CORRELATION, "--dup-correlation", min=-1.0, max=1.0,
+                                   help="Pixel correlation (256×256) at which a candidate is confirmed "
+                                   "and reported."),
+    max_rows: int = typer.Option(50, "--max-rows", min=0, help="Rows shown in the table (all in --json)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes decoding images."),
 ) -> None:
     """Check a TBX11K-layout dataset: images exist, decode and have the declared size; boxes inside
     and non-degenerate; valid categories; TB images boxed, non-TB images not; unique ids and names;

@@ -16,7 +16,7 @@ def demo(
     preset: str = typer.Option("tiny", "--config", help="Training preset (CPU: tiny)."),
     set_: list[str] = typer.Option([], "--set", help="Training config override (repeatable; "
                                    "applied after the demo's own, a longer stage II)."),
-    workers: int = typer.Option(2, "--workers", help="Processes for synthesis/build/loading."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Processes for synthesis/build/loading."),
 ) -> None:
     """Run the whole pipeline on synthetic CXRs: synth → build → validate → stats → split → train
     (tiny SymFormer, both stages) → predict → bench → study (simulated reader) → report."""

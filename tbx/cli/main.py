@@ -6,13 +6,18 @@ User mistakes raise :class:`tbx.errors.TbxError`, printed here as one line with 
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+import warnings
+from typing import Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
+from typer._click import exceptions as click_exceptions
 
-from tbx.errors import TbxError
+from tbx.errors import MAX_LINE, Interrupted, as_user_error
 
 app = typer.Typer(name="tbx", help="Computer-aided TB diagnosis on chest X-rays: curate, train, "
                   "benchmark and report (TBX11K + SymFormer).", no_args_is_help=True,
@@ -51,25 +56,60 @@ def _register() -> None:
 _register()
 
 
+def _print_error(err: Console, text: str) -> None:
+    """``error: TEXT`` on one line: user text is never read as rich markup or emoji codes."""
+    if len(text) > MAX_LINE - 7:
+        text = text[: MAX_LINE - 8] + "…"
+    err.print(Text.assemble(("error:", "bold red"), " ", text), soft_wrap=True)
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    raise Interrupted()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI and return the exit code (used by the console script and by tests)."""
+    """Run the CLI and return the exit code (used by the console script and by tests).
+
+    The one error boundary: a :class:`TbxError` — or any failure :func:`tbx.errors.as_user_error`
+    recognises as the user's (OS errors, library ``ValueError``/``RuntimeError``, a DataLoader
+    worker's error unwrapped) — prints one line and exits 2; usage errors too.  Ctrl-C prints
+    "interrupted" and exits 130 (temporary files are removed on the way out).  Library warnings
+    are shown only with ``--debug`` (which also shows tracebacks instead of the line).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    err = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False, markup=False)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGINT, _on_sigint) if in_main_thread else None
     try:
-        app(args=args, prog_name="tbx")  # standalone mode: always ends with SystemExit
-        return 0
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.simplefilter("ignore")
+            rv = app(args=args, prog_name="tbx", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
     except SystemExit as e:
         code = e.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    except TbxError as e:
-        if debug:
-            raise
-        err.print(f"[bold red]error:[/] {escape(e.one_line())}", markup=True)
+    except (Interrupted, KeyboardInterrupt, typer.Abort) as e:
+        err.print(getattr(e, "hint", Interrupted.hint), style="yellow", markup=False)
+        return Interrupted.exit_code
+    except click_exceptions.NoArgsIsHelpError as e:
+        app(args=[*args, "--help"], prog_name="tbx", standalone_mode=False)  # the rich help
         return e.exit_code
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        return 130
+    except click_exceptions.ClickException as e:
+        ctx = getattr(e, "ctx", None)
+        hint = f" — see '{ctx.command_path} --help'" if ctx is not None else ""
+        _print_error(err, " ".join(e.format_message().split()) + hint)
+        return e.exit_code
+    except Exception as e:  # noqa: BLE001 — the boundary: user errors → one line, bugs → traceback
+        user = as_user_error(e)
+        if user is None or debug:
+            raise
+        _print_error(err, user.one_line())
+        return user.exit_code
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
 
 
 def run() -> None:

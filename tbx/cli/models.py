@@ -28,7 +28,8 @@ def list_models() -> None:
 def info(
     name: str = typer.Argument("symformer_retinanet", help="Model name (see `tbx models list`) or a "
                                "training preset (e.g. symformer_retinanet_p2t) / YAML file."),
-    input_size: int = typer.Option(512, "--input", help="Square input side in pixels for MACs/latency."),
+    input_size: int = typer.Option(512, "--input", min=32,
+                                    help="Square input side in pixels for MACs/latency."),
     backbone: str = typer.Option(None, "--backbone",
                                  help="resnet18 | resnet34 | resnet50 | resnet101 | p2t_small "
                                       "(default: the preset's)."),
@@ -38,7 +39,7 @@ def info(
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set "
                                    "model.pretrained=FILE (loads the weights and reports what "
                                    "loaded; default: random weights)."),
-    runs: int = typer.Option(3, "--runs", help="Timed CPU runs for the latency median (0: skip)."),
+    runs: int = typer.Option(3, "--runs", min=0, help="Timed CPU runs for the latency median (0: skip)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Parameters (live and paper accounting), MACs at --input and CPU latency of a model."""
@@ -47,7 +48,8 @@ def info(
     from tbx.models.info import model_info
     from tbx.models.registry import MODELS
 
-    flags = (("backbone", backbone), ("symformer.pos_encoding", pos_encoding), ("symformer.attention", attention))
+    flags = (("backbone", backbone), ("symformer.pos_encoding", pos_encoding),
+             ("symformer.attention", attention))
     overrides = [f"model.{k}={v}" for k, v in flags if v is not None]
     overrides += [*set_, f"model.input_size={input_size}"]
     is_model = name in MODELS or name in MODEL_ALIASES

@@ -17,10 +17,10 @@ def predict(
                              "annotations/json/all_test.json."),
     out: Path = typer.Option(..., "--out", help="Output folder for cls_result.txt, "
                              "bbox_result.json, manifest.json."),
-    batch: int = typer.Option(8, "--batch", help="Images per forward pass."),
+    batch: int = typer.Option(8, "--batch", min=1, help="Images per forward pass."),
     amp: str = typer.Option("auto", "--amp", help="bf16 | fp16 | off | auto (bf16 on CUDA)."),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cpu."),
-    workers: int = typer.Option(2, "--workers", help="Image decoding processes."),
+    workers: int = typer.Option(2, "--workers", min=0, help="Image decoding processes."),
 ) -> None:
     """Predict every image of an annotation file, in its order: cls_result.txt (p healthy, sick,
     TB per line), bbox_result.json (COCO results in original-image pixels), manifest.json."""

@@ -19,7 +19,8 @@ def report(
                                   "(SPEC §4.4) beside ours; 'none'."),
     study: Path | None = typer.Option(None, "--study", help="Directory of `tbx study compare` "
                                       "(study_compare.json) for reader rows and ROC points."),
-    overlays: int = typer.Option(6, "--overlays", help="Detection overlay images per run (best / worst / "
+    overlays: int = typer.Option(6, "--overlays", min=0,
+                                 help="Detection overlay images per run (best / worst / "
                                  "most uncertain; 0 = none). Needs the dataset named in "
                                  "predictions/manifest.json."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures (PNG + PDF)."),

@@ -22,7 +22,7 @@ def split(
                                     "Shenzhen) per source × label; default: half to test, the "
                                     "other half train:val as in --ratio (3:2:1 → 3:2:5)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same inputs + seed → identical files)."),
-    folds: int = typer.Option(0, "--folds", help="K > 1: also write a stratified, patient-grouped "
+    folds: int = typer.Option(0, "--folds", min=0, help="K > 1: also write a stratified, patient-grouped "
                               "K-fold split of train+val (lists/fold{k}_{train,val}.txt + JSONs)."),
     unknown_tb_as: str = typer.Option("latent", "--unknown-tb-as", help="TB images without boxes "
                                       "(type unknown): latent (published: tb1199 counted as latent), "

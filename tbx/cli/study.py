@@ -21,9 +21,9 @@ def sample(
                                 "(annotations/json/TBX11K_<split>.json + imgs/)."),
     out: Path = typer.Option(..., "--out", help="Study folder to create."),
     split: str = typer.Option("test", "--split", help="Split to draw from."),
-    n_healthy: int = typer.Option(140, "--n-healthy", help="Healthy cases."),
-    n_sick: int = typer.Option(140, "--n-sick", help="Sick-but-non-TB cases."),
-    n_tb: int = typer.Option(120, "--n-tb", help="TB cases."),
+    n_healthy: int = typer.Option(140, "--n-healthy", min=0, help="Healthy cases."),
+    n_sick: int = typer.Option(140, "--n-sick", min=0, help="Sick-but-non-TB cases."),
+    n_tb: int = typer.Option(120, "--n-tb", min=0, help="TB cases."),
     tb_mix: str = typer.Option("63:41:15:1", "--tb-mix",
                                help="TB mix active-only:latent-only:both:uncertain (counts when they "
                                     "sum to --n-tb, else proportions)."),
@@ -61,7 +61,7 @@ def compare_cmd(
     pred: Path = typer.Option(None, "--pred", help="Prediction dir (cls_result.txt) for the study's "
                               "source annotation file (or all_<split>.json)."),
     json_out: Path = typer.Option(None, "--json", help="Output JSON (default STUDY_DIR/study_compare.json)."),
-    n_boot: int = typer.Option(2000, "--n-boot", help="Bootstrap resamples for the 95 % CIs."),
+    n_boot: int = typer.Option(2000, "--n-boot", min=1, help="Bootstrap resamples for the 95 % CIs."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
 ) -> None:
     """Score readers vs gold (accuracy with TB types, 3-class accuracy, sensitivity, specificity,

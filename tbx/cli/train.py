@@ -7,15 +7,16 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tbx.errors import TbxError
 
 
 def train(
-    model: str = typer.Argument("symformer", help="Model: symformer (= symformer_retinanet), "
+    model: str = typer.Argument(None, help="Model: symformer (= symformer_retinanet, the default), "
                                 "symformer_p2t (its P2T-Small preset), retinanet, faster_rcnn, "
-                                "fcos, ssd, deformable_detr, "
-                                "symformer_deformable_detr."),
+                                "fcos, ssd, deformable_detr, symformer_deformable_detr. With --resume: "
+                                "the run's model.", show_default=False),
     data: Path = typer.Option(..., "--data", help="TBX11K-layout dataset root."),
     out: Path = typer.Option(..., "--out", help="Run directory (config, metrics, checkpoints)."),
     config: str = typer.Option(None, "--config", help="Preset name (e.g. tiny, "
@@ -28,15 +29,18 @@ def train(
     device: str = typer.Option(None, "--device", help="auto | cuda | cpu (default: config, auto)."),
     amp: str = typer.Option(None, "--amp", help="bf16 | fp16 | off | auto (default: bf16 on CUDA, "
                             "off on CPU)."),
-    gpus: int = typer.Option(0, "--gpus", help="Launch N processes with torchrun on this machine "
-                             "(DDP). For several machines run torchrun yourself: "
-                             "torchrun --nnodes … -m tbx train …"),
+    gpus: int = typer.Option(0, "--gpus", min=0,
+                             help="Launch N processes with torchrun on this machine (DDP). For "
+                             "several machines run torchrun yourself: torchrun --nnodes … -m tbx train …"),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its "
-                                "last checkpoint (exactly)."),
+                                "last checkpoint (exactly), with its config.yaml (--set may only "
+                                "repeat its values)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run in --out."),
     seed: int = typer.Option(None, "--seed", help="Random seed (default: config, 0)."),
     val: Path = typer.Option(None, "--val", help="Validate on this annotation file every "
                              "--val-every epochs; best.pt = best AP50 (stage 1) / accuracy (stage 2)."),
-    val_every: int = typer.Option(None, "--val-every", help="Epochs between validations (default 1)."),
+    val_every: int = typer.Option(None, "--val-every", min=1,
+                                  help="Epochs between validations (default 1)."),
 ) -> None:
     """Train a detector + classification head with the paper's two-stage schedule (SPEC §2.7).
 
@@ -49,17 +53,23 @@ def train(
 
     console = Console()
     if gpus and gpus > 1 and D.env_world_size() <= 1:
-        D.relaunch(gpus, D.command_line(
-            "train", model, options={"--data": data, "--out": out, "--stage": stage, "--config": config,
-                                     "--device": device, "--amp": amp, "--seed": seed, "--val": val,
-                                     "--val-every": val_every},
-            repeated={"--set": list(set_)}, flags={"--resume": resume}), echo=console.print)
+        options = {"--data": data, "--out": out, "--stage": stage, "--config": config, "--device": device,
+                   "--amp": amp, "--seed": seed, "--val": val, "--val-every": val_every}
+        D.relaunch(gpus, D.command_line("train", *([model] if model else []), options=options,
+                                        repeated={"--set": list(set_)},
+                                        flags={"--resume": resume, "--force": force}), echo=console.print)
         return
 
-    run_cfg = out / "config.yaml"
-    if resume and config is None and run_cfg.is_file():
-        config = str(run_cfg)
-    cfg = load_train_config(model, config, list(set_))
+    if resume:  # the run's record is the truth (tbx.engine.runs); --config / --set may only repeat it
+        from tbx.engine.runs import recorded_config
+
+        recorded = recorded_config(out)
+        if config is not None:
+            raise TbxError("--resume uses the run's config.yaml; --config cannot change it", out,
+                           "drop --config (or start a new run with it)")
+        config = str(out / "config.yaml")
+        model = model or recorded.model_name
+    cfg = load_train_config(model or "symformer", config, list(set_))
     cfg.data.root = str(data)
     if device is not None:
         if device not in ("auto", "cuda", "cpu"):
@@ -81,8 +91,8 @@ def train(
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main:
         console.print(f"training [bold]{cfg.model_name}[/] ({cfg.model.backbone}, "
-                      f"{cfg.model.input_size} px) stage {stage} → {out}")
-    result = run_training(cfg, out, stage=stage, resume=resume)
+                      f"{cfg.model.input_size} px) stage {stage} → {escape(str(out))}")
+    result = run_training(cfg, out, stage=stage, resume=resume, force=force)
     if is_main:
         for s, p in sorted(result.final.items()):
             line = f"stage {s}: {p}"

@@ -34,7 +34,6 @@ import hashlib
 import hmac
 import io
 import os
-import re
 import shutil
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -52,7 +51,9 @@ from tbx.data.layout import (
     LISTS,
     MANIFEST_COLUMNS,
     label_from_path,
+    check_relpath,
     list_name,
+    resolve_inside,
 )
 from tbx.data.records import (
     CATEGORY_BY_NAME,
@@ -70,10 +71,13 @@ from tbx.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    check_replaceable,
+    clean_stale_tmp,
     link_or_copy,
     read_csv,
     replace_dir,
 )
+from tbx.workers import init_worker, stop_pool
 
 DEFAULT_SALT = "tbx-patient-id-v1"  # public constant: reproducible, derived from nothing identifying
 STATE_NAME = ".build_state.json"
@@ -81,6 +85,9 @@ STATE_VERSION = 1
 CLASS_PREFIX = {"healthy": "h", "sick": "s", "tb": "tb"}  # the release's file-name prefixes
 # box labels accepted in raw exports: official category names and their short forms
 BOX_LABELS = {**CATEGORY_BY_NAME, **{v: k for k, v in CATEGORY_SHORT.items()}}
+
+
+DATASET_KIND = "dataset"  # the output marker of a TBX11K-layout folder (tbx.io.mark_output)
 
 
 @dataclass
@@ -142,22 +149,7 @@ def _sha256(data: bytes) -> str:
 def safe_source_path(root: Path, rel: str, at: str) -> Path:
     """Resolve ``rel`` inside ``root``; absolute paths, ``..`` and symlinks leaving ``root`` are
     errors naming ``at`` (the manifest line)."""
-    rel = (rel or "").strip()
-    if not rel:
-        raise TbxError("empty file path", at, "fill the 'file' column")
-    posix = rel.replace("\\", "/")
-    p = PurePosixPath(posix)
-    if p.is_absolute() or re.match(r"^[A-Za-z]:", posix):
-        raise TbxError(f"absolute path '{rel}' is not allowed", at,
-                       "give paths relative to the source folder")
-    if ".." in p.parts:
-        raise TbxError(f"path '{rel}' escapes the source folder", at,
-                       "give paths relative to the source folder, without '..'")
-    full = root.joinpath(*p.parts)
-    real = full.resolve()
-    if not real.is_relative_to(root.resolve()):
-        raise TbxError(f"'{rel}' is a link pointing outside the source folder", at,
-                       "copy the file into the source folder instead of linking to it")
+    real = resolve_inside(root, rel, at, "the source folder")
     if not real.is_file():
         raise TbxError(f"file '{rel}' listed in the manifest does not exist", at,
                        "fix the path or remove the row (or pass --skip-bad)")
@@ -244,14 +236,19 @@ def _run_tasks(tasks: list[tuple], known: dict[str, dict[str, Any]], workers: in
                 break
         return results
     chunk = max(1, min(16, total // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(known,)) as ex:
-        for res in ex.map(_process_image, tasks, chunksize=chunk):
-            results.append(res)
-            if progress:
-                progress(len(results), total)
-            if stop_on_error and "error" in res:
-                ex.shutdown(wait=True, cancel_futures=True)
-                break
+    with ProcessPoolExecutor(max_workers=workers, initializer=init_worker,
+                             initargs=(_init_worker, known)) as ex:
+        try:
+            for res in ex.map(_process_image, tasks, chunksize=chunk):
+                results.append(res)
+                if progress:
+                    progress(len(results), total)
+                if stop_on_error and "error" in res:
+                    ex.shutdown(wait=True, cancel_futures=True)
+                    break
+        except BaseException:  # Ctrl-C or a failure: stop the workers now
+            stop_pool(ex)
+            raise
     return results
 
 
@@ -490,18 +487,38 @@ def _stash_previous_outputs(partial: Path) -> None:
 
 def _swap_into_place(partial: Path, out: Path, overwrite: bool) -> None:
     try:
-        replace_dir(partial, out, overwrite)
+        replace_dir(partial, out, overwrite, kind=DATASET_KIND)
     except FileExistsError:
         raise TbxError("output folder already exists", out,
                        "pass --overwrite or choose another OUT") from None
 
 
+def _check_name_pattern(pattern: str) -> None:
+    """The generated names must be distinct, free of '/' and keep their label derivable."""
+    for label, folder in (("healthy", "health"), ("sick", "sick"), ("tb", "tb")):
+        stems = {_stem_for(label, "tbx11k", n, pattern) for n in (1, 2, 10, 1000)}
+        bad = next((st for st in stems if "/" in st or "\\" in st or not st.strip()), None)
+        if bad is not None or len(stems) < 4:
+            raise TbxError(f"--name-pattern '{pattern}' gives an invalid or repeated name "
+                           f"'{bad or min(stems)}'", fix="include {n} in the pattern and no '/'")
+        if label_from_path(f"{folder}/{min(stems)}.png")[0] != label:
+            raise TbxError(f"--name-pattern '{pattern}' gives names whose label cannot be derived back",
+                           fix="keep the default pattern '{prefix}{n:04d}'")
+
+
 def _check_out(src: Path, out: Path, cfg: BuildConfig) -> None:
+    """Every option and the output folder, checked before any image is decoded."""
+    from tbx.data.split import parse_ratio
+
     if out.exists() and not cfg.overwrite:
         raise TbxError("output folder already exists", out, "pass --overwrite or choose another OUT")
     s, o = src.resolve(), out.resolve()
     if o == s or o.is_relative_to(s) or s.is_relative_to(o):
         raise TbxError("OUT must lie outside SRC (and SRC outside OUT)", out, "choose another OUT")
+    if cfg.overwrite:
+        check_replaceable(out, DATASET_KIND, [src])
+    parse_ratio(cfg.ratio)
+    _check_name_pattern(cfg.name_pattern)
     if cfg.mapping:
         m = Path(cfg.mapping).resolve()
         for base in (o, _partial_dir(out).resolve(), s):
@@ -596,6 +613,7 @@ def _build_raw(src: Path, out: Path, cfg: BuildConfig, progress: Progress | None
 
     partial = _partial_dir(out)
     partial.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(partial)  # left by a killed build
     _stash_previous_outputs(partial)
     known = _known_outputs(partial, out, cfg.size, cfg.channels)
     work = partial / ".work"
@@ -740,10 +758,7 @@ def _read_list(path: Path) -> list[str]:
             continue
         if s.startswith(f"{IMGS}/"):
             s = s[len(IMGS) + 1:]
-        p = PurePosixPath(s)
-        if p.is_absolute() or ".." in p.parts:
-            raise TbxError(f"list entry '{s}' escapes imgs/", where(path, n), "fix the list file")
-        out.append(str(p))
+        out.append(str(check_relpath(s, where(path, n))))
     return out
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tbx.data.layout import label_from_path
+from tbx.data.layout import check_relpath, label_from_path
 from tbx.data.records import CATEGORIES, Box, Record, tb_type_from_categories
 from tbx.errors import TbxError
 from tbx.io import atomic_write_json
@@ -47,6 +47,7 @@ def records_from_coco(data: dict[str, Any], path: str | Path = "<coco>",
         boxes.setdefault(int(ann["image_id"]), []).append(Box(x, y, w, h, int(ann["category_id"])))
     records = []
     for img in data["images"]:
+        check_relpath(img.get("file_name"), path)  # paths from data files never escape imgs/
         try:
             label, source = label_from_path(img["file_name"])
         except TbxError:

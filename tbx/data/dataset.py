@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from tbx.data.coco import read_coco
-from tbx.data.layout import IMGS
+from tbx.data.layout import IMGS, resolve_inside
 from tbx.data.records import CLASS_INDEX, UNCERTAIN, Record
 from tbx.errors import TbxError
 
@@ -68,6 +68,34 @@ class Sample:
     flipped: bool
 
 
+def resolve_ann(root: str | Path, ann: str | Path) -> Path:
+    """An annotation file given as a path (absolute, or relative to the working folder) or
+    relative to the dataset ``root``."""
+    ann_path = Path(ann)
+    if not ann_path.is_absolute() and not ann_path.exists():
+        ann_path = Path(root) / ann_path
+    return ann_path
+
+
+def preflight_images(root: str | Path, ann: str | Path, strict_labels: bool = False) -> int:
+    """Check, before any work, that every image ``ann`` lists exists under ``root/imgs`` (and stays
+    inside it); :class:`TbxError` names the first missing file and how many are missing.  Return the
+    number of images.  Used by train (each stage's file and ``--val``) and predict."""
+    ann_path = resolve_ann(root, ann)
+    if not ann_path.is_file():
+        raise TbxError("annotation file not found", ann_path,
+                       "give an existing COCO JSON (absolute or relative to the dataset root)")
+    records = read_coco(ann_path, strict_labels=strict_labels)
+    img_dir = Path(root) / IMGS
+    missing = [r.file_name for r in records
+               if not resolve_inside(img_dir, r.file_name, ann_path, "imgs/").is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more of {len(records)})" if len(missing) > 1 else ""
+        raise TbxError(f"image '{missing[0]}' listed in {ann_path.name} is missing{more}", img_dir,
+                       "restore the images or regenerate the annotation file")
+    return len(records)
+
+
 class TBXDataset(Dataset):
     """Images of one COCO annotation file of a TBX11K-layout dataset, in the file's order.
 
@@ -83,10 +111,7 @@ class TBXDataset(Dataset):
     def __init__(self, root: str | Path, ann: str | Path, input_size: int = 512, train: bool = False,
                  records: list[Record] | None = None):
         self.root = Path(root)
-        ann_path = Path(ann)
-        if not ann_path.is_absolute() and not ann_path.exists():
-            ann_path = self.root / ann_path
-        self.ann_path = ann_path
+        self.ann_path = ann_path = resolve_ann(root, ann)
         self.input_size = int(input_size)
         self.train = train
         self.records = records if records is not None else read_coco(ann_path, strict_labels=train)
@@ -98,7 +123,7 @@ class TBXDataset(Dataset):
         return len(self.records)
 
     def image_path(self, i: int) -> Path:
-        return self.img_dir / self.records[i].file_name
+        return resolve_inside(self.img_dir, self.records[i].file_name, self.ann_path, "imgs/")
 
     def _load(self, i: int) -> Image.Image:
         path = self.image_path(i)

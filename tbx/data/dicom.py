@@ -146,4 +146,16 @@ def read_dicom_gray8(path: str | Path, data: bytes | None = None) -> np.ndarray:
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as e:
         raise TbxError(f"unreadable DICOM file ({type(e).__name__})", path,
                        "check that the file is a complete DICOM Part 10 file") from None
+    head = data[:132] if data is not None else _head(path)
+    if "PixelData" not in ds and head[128:132] != b"DICM" and not any(el.tag.group == 0x0008 for el in ds):
+        raise TbxError("not a DICOM file (no DICM preamble, no DICOM elements)", path,
+                       "give a DICOM Part 10 file, or rename a PNG/JPEG to its real extension")
     return dataset_to_gray8(ds, path)
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)
+    except OSError:
+        return b""

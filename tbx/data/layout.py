@@ -7,7 +7,7 @@ whole path, which is what mislabels data roots containing "tb" or "sick" in the 
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from tbx.errors import TbxError
 
@@ -25,6 +25,39 @@ LIST_NAME = re.compile(r"^(TBX11K|all)_(train|val|trainval|test)\.txt$")
 CLASS_FOLDERS = {"health": "healthy", "sick": "sick", "tb": "tb"}
 FOLDER_OF_LABEL = {v: k for k, v in CLASS_FOLDERS.items()}
 EXTRA_GROUPS = {"da": "da+db", "db": "da+db", "montgomery": "mc+shenzhen", "shenzhen": "mc+shenzhen"}
+
+
+def check_relpath(rel: str, at: str | Path | None = None, root_name: str = "imgs/") -> PurePosixPath:
+    """A path read from an annotation file, list or manifest, checked lexically: not empty, not
+    absolute (no drive letter), no ``..`` — else :class:`TbxError` naming ``at``."""
+    text = (rel if isinstance(rel, str) else "").strip()
+    if not text:
+        raise TbxError("empty file path", at, "fill in the file name")
+    posix = text.replace("\\", "/")
+    p = PurePosixPath(posix)
+    if p.is_absolute() or re.match(r"^[A-Za-z]:", posix):
+        raise TbxError(f"absolute path '{text}' is not allowed", at, f"give paths relative to {root_name}")
+    if ".." in p.parts:
+        raise TbxError(f"path '{text}' escapes {root_name}", at,
+                       f"give paths relative to {root_name}, without '..'")
+    return p
+
+
+def resolve_inside(root: str | Path, rel: str, at: str | Path | None = None,
+                   root_name: str | None = None) -> Path:
+    """The file ``rel`` (from an annotation file, list or manifest) under ``root``, resolved; it must
+    stay inside ``root`` — no ``..``, no absolute path, no symbolic link leading out (the one
+    containment rule of build, validate, the dataset loader, study and report overlays).  ``root``
+    itself may be a link (e.g. ``imgs/`` on another disk).  Existence is not checked."""
+    root = Path(root)
+    name = root_name or f"{root.name}/"
+    p = check_relpath(rel, at, name)
+    real_root = root.resolve()
+    real = real_root.joinpath(*p.parts).resolve()
+    if not real.is_relative_to(real_root):
+        raise TbxError(f"'{rel}' is a link pointing outside {name}", at,
+                       f"copy the file into {name} instead of linking to it")
+    return real
 
 
 def tbx_json_name(split: str, only_tb: bool = False) -> str:

@@ -128,10 +128,14 @@ def dataset_stats(records: list[Record],
     area_orig = {CATEGORY_SHORT[c]: {b: 0 for b in orig_names} for c in cats}
     sizes = sizes or {}
     unknown_cats: Counter[int] = Counter()
+    degenerate = 0
     for r in records:
         for b in r.boxes:
             if b.category not in CATEGORY_SHORT:
                 unknown_cats[b.category] += 1
+                continue
+            if not (b.w > 0 and b.h > 0):  # empty or negative-size: not a box (tbx dataset validate)
+                degenerate += 1
                 continue
             name = CATEGORY_SHORT[b.category]
             boxes[name][col(r)] += 1
@@ -164,6 +168,8 @@ def dataset_stats(records: list[Record],
     }
     if unknown_cats:
         out["unknown_categories"] = {str(k): v for k, v in sorted(unknown_cats.items())}
+    if degenerate:
+        out["degenerate_boxes"] = degenerate
     return out
 
 

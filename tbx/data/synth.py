@@ -108,6 +108,7 @@ from tbx.data.records import ACTIVE, LATENT, UNCERTAIN, Box, Record
 from tbx.data.voc import write_voc
 from tbx.errors import TbxError
 from tbx.io import atomic_dir, atomic_write_text
+from tbx.workers import init_worker, stop_pool
 
 SICK_PATTERNS = ("diffuse", "lower", "cardiomegaly", "effusion")
 _STEM_PREFIX = {"healthy": "h", "sick": "s", "tb": "tb"}
@@ -855,16 +856,20 @@ def synthesize(out: str | Path, cfg: SynthConfig, *, overwrite: bool = False,
                        "choose another OUT or pass --force to replace it")
     cases = plan_cases(cfg)
     total = len(cases)
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, kind="export" if cfg.raw else "dataset") as tmp:
         jobs = [(c, cfg, str(tmp)) for c in cases]
         records: list[Record] = []
         if cfg.workers > 1 and total > 1:
             chunk = max(1, min(16, total // (4 * cfg.workers)))
-            with cf.ProcessPoolExecutor(max_workers=cfg.workers) as ex:
-                for rec in ex.map(_generate_star, jobs, chunksize=chunk):
-                    records.append(rec)
-                    if progress:
-                        progress(len(records), total)
+            with cf.ProcessPoolExecutor(max_workers=cfg.workers, initializer=init_worker) as ex:
+                try:
+                    for rec in ex.map(_generate_star, jobs, chunksize=chunk):
+                        records.append(rec)
+                        if progress:
+                            progress(len(records), total)
+                except BaseException:  # Ctrl-C or a failure: stop the workers now
+                    stop_pool(ex)
+                    raise
         else:
             for job in jobs:
                 records.append(generate(*job))

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from tbx.data.duplicates import MIN_CORRELATION, match_files
-from tbx.data.layout import ANN_JSON, ANN_XML, IMGS, LISTS, label_from_path
+from tbx.data.layout import ANN_JSON, ANN_XML, IMGS, LISTS, label_from_path, resolve_inside
 from tbx.data.records import CATEGORIES
 from tbx.errors import TbxError
 
@@ -370,14 +370,22 @@ def _check_images(root: Path, declared: dict[str, tuple[int, int]],
     """Exists / decodes / declared size per image, then near-duplicate pairs across groups."""
     from tbx.data.imageio import near_duplicate_pairs
 
-    names = sorted(declared)
+    names = []
+    for fn in sorted(declared):  # paths from the JSONs must stay inside imgs/ (layout.resolve_inside)
+        try:
+            resolve_inside(root / IMGS, fn, None, "imgs/")
+            names.append(fn)
+        except TbxError as e:
+            col.add("error", "images", fn, e.what, "path")
     hashes: list[int] = []
     hashed: list[str] = []
     present = [str(root / IMGS / fn) for fn in names if (root / IMGS / fn).is_file()]
     if cfg.workers > 1 and len(present) > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(cfg.workers) as ex:
+        from tbx.workers import init_worker
+
+        with ProcessPoolExecutor(cfg.workers, initializer=init_worker) as ex:
             infos = dict(zip(present, ex.map(_image_info, present,
                                              chunksize=max(1, len(present) // (cfg.workers * 8)))))
     else:

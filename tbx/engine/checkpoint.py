@@ -109,7 +109,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 — torch raises many types for a damaged file
-        raise TbxError(f"cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})",
+        # torch's text for a refused pickle advises weights_only=False, which runs the file's code:
+        # never repeat it
+        reason = ("it holds Python objects that a safe load refuses" if "weights_only" in str(e)
+                  else f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'unreadable'}")
+        raise TbxError(f"cannot read checkpoint ({reason})",
                        path, "the file is corrupt or not a tbx checkpoint; use another checkpoint "
                        "(e.g. the previous epoch's) or retrain") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:

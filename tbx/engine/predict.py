@@ -28,15 +28,18 @@ from torch.utils.data import DataLoader
 
 from tbx.bench.results_io import BBOX_RESULT, CLS_RESULT, write_bbox_result, write_cls_result
 from tbx.config import from_dict
-from tbx.data.dataset import TBXDataset, collate, normalize_batch
+from tbx.data.dataset import TBXDataset, collate, normalize_batch, preflight_images, resolve_ann
+from tbx.data.layout import IMGS
 from tbx.engine.checkpoint import file_sha256, find_checkpoint, load_checkpoint, load_model_weights, unwrap
 from tbx.engine.runtime import ProgressBar, autocast, resolve_amp, resolve_device, use_progress_bar
 from tbx.engine.schedule import TrainConfig
 from tbx.errors import TbxError
-from tbx.io import atomic_write_json
+from tbx.io import atomic_dir, atomic_write_json, check_replaceable
 from tbx.models.inference import prepare_for_inference
 from tbx.models.registry import build
 from tbx.provenance import versions, write_provenance
+
+PREDICTIONS_KIND = "predictions"  # the output marker of a prediction folder (tbx.io.mark_output)
 
 
 @torch.no_grad()
@@ -153,7 +156,13 @@ def predict(checkpoint: str | Path, data_root: str | Path, ann: str | Path, out_
             progress: bool | None = None) -> Path:
     """Predict every image of ``ann`` with a run's final checkpoint (or a checkpoint file) and
     write the official files into ``out_dir`` (see the module docstring).  Returns ``out_dir``."""
+    out = Path(out_dir)
+    if batch_size < 1:
+        raise TbxError(f"batch size must be ≥ 1, got {batch_size}", fix="use e.g. --batch 8")
     ckpt = find_checkpoint(checkpoint)
+    inputs = [ckpt, resolve_ann(data_root, ann), Path(data_root) / IMGS]
+    check_replaceable(out, PREDICTIONS_KIND, inputs)  # before any work
+    preflight_images(data_root, ann)
     state = load_checkpoint(ckpt, "cpu")
     model, cfg = model_from_checkpoint(state, ckpt, model_builder)
     del state
@@ -176,8 +185,6 @@ def predict(checkpoint: str | Path, data_root: str | Path, ann: str | Path, out_
                                       channels_last=cfg.channels_last, progress=advance)
     finally:
         bar.close()
-    out = Path(out_dir)
-    write_predictions(out, probs, dets)
     manifest = {
         "model": cfg.model_name,
         "checkpoint": str(ckpt.resolve()),
@@ -194,8 +201,10 @@ def predict(checkpoint: str | Path, data_root: str | Path, ann: str | Path, out_
         "config": json.loads(json.dumps(state_config(cfg))),
         "versions": versions(),
     }
-    atomic_write_json(out / "manifest.json", manifest)
-    write_provenance(out, cfg, cfg.seed, checkpoint=str(ckpt), annotations=str(ds.ann_path))
+    with atomic_dir(out, overwrite=True, kind=PREDICTIONS_KIND, inputs=inputs) as tmp:
+        write_predictions(tmp, probs, dets)
+        atomic_write_json(tmp / "manifest.json", manifest)
+        write_provenance(tmp, cfg, cfg.seed, checkpoint=str(ckpt), annotations=str(ds.ann_path))
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from tbx.config import deep_merge, load_config, read_yaml
+from tbx.config import PROBABILITY, bounded, check_fields, deep_merge, load_config, read_yaml
 from tbx.errors import TbxError
 from tbx.models.config import ModelConfig, check_sections
 
@@ -49,30 +49,30 @@ class DataConfig:
     # SPEC §2.7: stage I on TB images with boxes, stage II on all train+val CXRs (extras included).
     stage1_ann: str = "annotations/json/TBX11K_trainval_only_tb.json"
     stage2_ann: str = "annotations/json/all_trainval.json"
-    flip_prob: float = 0.5
-    workers: int = 4  # DataLoader worker processes per training process
-    prefetch_factor: int = 4
+    flip_prob: float = bounded(0.5, **PROBABILITY)
+    workers: int = bounded(4, ge=0)  # DataLoader worker processes per training process
+    prefetch_factor: int = bounded(4, ge=1)
 
 
 @dataclass
 class StageConfig:
-    epochs: int = 24
-    batch_size: int = 8  # total over all processes (each takes batch_size / world_size)
+    epochs: int = bounded(24, ge=0)
+    batch_size: int = bounded(8, ge=1)  # total over all processes (each takes batch_size / world_size)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.001
-    momentum: float = 0.9
+    lr: float = bounded(0.001, gt=0)
+    momentum: float = bounded(0.9, **PROBABILITY)
     betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-4
-    warmup_iters: int = 500
-    warmup_ratio: float = 0.001
+    weight_decay: float = bounded(1e-4, ge=0)
+    warmup_iters: int = bounded(500, ge=0)
+    warmup_ratio: float = bounded(0.001, gt=0, le=1)
     lr_steps: list[int] = field(default_factory=lambda: [16, 22])  # epochs where lr ×= lr_gamma
-    lr_gamma: float = 0.1
+    lr_gamma: float = bounded(0.1, gt=0)
     grad_clip: float | None = None  # max L2 norm of all gradients
-    backbone_lr_mult: float = 1.0
+    backbone_lr_mult: float = bounded(1.0, ge=0)
     # Exponential moving average of the weights (and BN statistics), updated after every step:
     # ema ← decay·ema + (1 − decay)·weights; 0 = off (the paper).  With it, the stage's final/best
     # checkpoints, its validation and the next stage use the average; last.pt keeps both for resume.
-    ema_decay: float = 0.0
+    ema_decay: float = bounded(0.0, ge=0, lt=1)
     init_from: str | None = None  # weights to start from (stage 2: the stage-1 final by default)
     # stage 2: module prefixes that train (SPEC §2.7: the classification head only); from-scratch
     # CPU presets may add "backbone" (it never saw ImageNet, so its frozen features are weak)
@@ -108,11 +108,11 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
     channels_last: bool = True  # NHWC activations (faster convs on cuDNN and CPU oneDNN)
     seed: int = 0
-    ckpt_every_iters: int = 0  # also checkpoint every N iterations (0: once per epoch + end)
-    log_every: int = 20
+    ckpt_every_iters: int = bounded(0, ge=0)  # also checkpoint every N iterations (0: once per epoch + end)
+    log_every: int = bounded(20, ge=1)
     val_ann: str | None = None  # validate every val_every epochs on this annotation file
-    val_every: int = 1
-    val_batch_size: int = 8
+    val_every: int = bounded(1, ge=1)
+    val_batch_size: int = bounded(8, ge=1)
 
     def stage(self, s: int) -> StageConfig:
         return self.stage1 if s == 1 else self.stage2
@@ -171,18 +171,13 @@ def resolve_preset(config: str | Path, _depth: int = 0) -> dict[str, Any]:
 
 
 def validate(cfg: TrainConfig) -> None:
+    """Checks across fields (the value ranges of single fields are their ``bounded`` metadata,
+    checked by :func:`tbx.config.check_fields`)."""
+    check_fields(cfg)
     for s in (1, 2):
         sc = cfg.stage(s)
-        if sc.epochs < 0 or sc.batch_size < 1 or sc.lr <= 0:
-            raise TbxError(f"stage{s}: epochs must be ≥ 0, batch_size ≥ 1 and lr > 0",
-                           fix=f"check stage{s}.epochs / batch_size / lr")
         if sorted(sc.lr_steps) != list(sc.lr_steps):
             raise TbxError(f"stage{s}.lr_steps must be increasing, got {sc.lr_steps}")
-        if not 0.0 <= sc.ema_decay < 1.0:
-            raise TbxError(f"stage{s}.ema_decay must be in [0, 1), got {sc.ema_decay}",
-                           fix=f"set stage{s}.ema_decay=0 (off) or e.g. 0.98")
-    if cfg.model.input_size < 32:
-        raise TbxError(f"model.input_size must be ≥ 32, got {cfg.model.input_size}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
-from tbx.config import dump_yaml, to_dict
+from tbx.config import to_dict
 from tbx.data.dataset import EpochBatchSampler, TBXDataset, collate, normalize_batch
 from tbx.engine import distributed as D
 from tbx.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint, set_rng_state
@@ -54,8 +54,9 @@ from tbx.engine.runtime import (
     seed_everything,
     use_progress_bar,
 )
+from tbx.engine.runs import start_run
 from tbx.engine.schedule import StageConfig, TrainConfig, build_optimizer, build_scheduler
-from tbx.errors import TbxError
+from tbx.errors import Interrupted, TbxError
 from tbx.io import atomic_write_text
 from tbx.models.registry import build
 from tbx.provenance import write_provenance
@@ -227,11 +228,12 @@ def parse_stages(stage: str | int) -> list[int]:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, stage: str | int = "both", resume: bool = False, *,
-          model_builder: ModelBuilder | None = None, callback: Callback | None = None,
+          force: bool = False, model_builder: ModelBuilder | None = None, callback: Callback | None = None,
           progress: bool | None = None) -> TrainResult:
     """Train ``cfg`` into ``out_dir`` (see the module docstring for the layout).
 
-    ``resume``: continue every stage from its ``last.pt`` (finished stages are skipped).
+    ``resume``: continue every stage from its ``last.pt`` (finished stages are skipped); ``force``:
+    replace an existing run (rules: :mod:`tbx.engine.runs`).
     ``model_builder``: build the model from the config (default: :func:`build_from_config`).
     ``callback``: called on rank 0 after every iteration (after any checkpoint) with a dict
     ``{"stage", "epoch", "iteration", "losses", "lr"}`` — e.g. to stop a run from a notebook.
@@ -247,20 +249,22 @@ def train(cfg: TrainConfig, out_dir: str | Path, stage: str | int = "both", resu
         if not cfg.data.root:
             raise TbxError("no data root given", fix="pass --data ROOT (a TBX11K-layout folder)")
         created = not out.exists()  # a failed start removes a run directory it created itself
+        builder = model_builder or build_from_config
         if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            if resume and not any((out / f"stage{s}" / n).is_file() for s in stages
-                                  for n in ("last.pt", "final.pt")):
-                raise TbxError("nothing to resume in this run directory", out,
-                               "train without --resume, or point --out at an interrupted run")
-            atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-            write_provenance(out, cfg, cfg.seed, stages=stages, resume=resume,
-                             world_size=ctx.world_size, device=str(device))
+            try:
+                start_run(out, cfg, stages, resume=resume, force=force, builder=builder)
+                write_provenance(out, cfg, cfg.seed, name="provenance_resume.json" if resume else
+                                 "provenance.json", stages=stages, resume=resume,
+                                 world_size=ctx.world_size, device=str(device))
+            except BaseException:
+                if created and out.exists():
+                    shutil.rmtree(out, ignore_errors=True)  # e.g. a full disk: no half-made run
+                raise
         D.barrier(ctx)
         log = MetricsLog(out / "metrics.jsonl", enabled=ctx.is_main)
         result = TrainResult(out, metrics=out / "metrics.jsonl")
-        run = _Run(cfg, out, resume, model_builder or build_from_config, device, amp_dtype, ctx, log,
-                   callback, use_progress_bar(progress) and ctx.is_main)
+        run = _Run(cfg, out, resume, builder, device, amp_dtype, ctx, log, callback,
+                   use_progress_bar(progress) and ctx.is_main)
         try:
             for s in stages:
                 final, best = _train_stage(run, s)
@@ -268,10 +272,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, stage: str | int = "both", resu
                     result.final[s] = final
                 if best is not None:
                     result.best[s] = best
-        except TbxError:
+        except (TbxError, OSError, ValueError, RuntimeError, Interrupted) as e:
             log.close()
-            if ctx.is_main and created and not any(out.rglob("*.pt")):
+            if ctx.is_main and created and not resume and not any(out.rglob("*.pt")):
                 shutil.rmtree(out, ignore_errors=True)  # nothing trained: leave no half-made run
+            elif isinstance(e, Interrupted) and not resume:
+                e.hint = "interrupted — rerun the same command with --resume to continue"
             raise
         finally:
             log.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from tbx.config import bounded
 from tbx.errors import TbxError
 
 HeadInit = Literal["paper", "kaiming"]
@@ -46,13 +47,13 @@ class RetinaNetConfig:
             (He normal; the output convs keep N(0, 0.01) and the prior bias).
     """
 
-    width: int = 256
-    anchor_scale: float = 4.0
+    width: int = bounded(256, ge=1)
+    anchor_scale: float = bounded(4.0, gt=0)
     nms_class_agnostic: bool = False
     box_loss: Literal["l1", "giou"] = "l1"
-    box_loss_weight: float = 1.0
+    box_loss_weight: float = bounded(1.0, ge=0)
     cls_backbone: bool = False
-    cls_input_size: int = 0
+    cls_input_size: int = bounded(0, ge=0)
     head_init: HeadInit = "paper"
 
 
@@ -68,10 +69,10 @@ class SymFormerConfig:
 class DetrConfig:
     """``model.detr``: Deformable DETR (SPEC §3: 300 queries, 6 + 6 layers, 4 feature levels)."""
 
-    num_queries: int = 300
-    num_encoder_layers: int = 6
-    num_decoder_layers: int = 6
-    num_feature_levels: int = 4
+    num_queries: int = bounded(300, ge=1)
+    num_encoder_layers: int = bounded(6, ge=0)
+    num_decoder_layers: int = bounded(6, ge=1)
+    num_feature_levels: int = bounded(4, ge=1)
 
 
 @dataclass
@@ -96,9 +97,9 @@ class ModelConfig:
 
     backbone: str = "resnet50"
     pretrained: str = "imagenet"
-    num_classes: int = 2
-    input_size: int = 512
-    cls_channels: int = 512
+    num_classes: int = bounded(2, ge=1)
+    input_size: int = bounded(512, ge=32)
+    cls_channels: int = bounded(512, ge=1)
     cls_head_init: HeadInit = "paper"
     norm_eval: bool = True
     retinanet: RetinaNetConfig | None = None

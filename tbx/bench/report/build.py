@@ -21,7 +21,7 @@ from tbx.bench.report.tables import (
     screening_table,
 )
 from tbx.errors import TbxError
-from tbx.io import atomic_dir, atomic_write_text
+from tbx.io import atomic_dir, atomic_write_text, check_replaceable
 from tbx.provenance import write_provenance
 
 
@@ -70,6 +70,12 @@ def make_report(run_dirs: list[Path], out: Path, cfg: ReportConfig | None = None
     if not _is_replaceable(out):
         raise TbxError("output directory exists and is not an earlier tbx report", out,
                        "choose a new --out directory (it is replaced as a whole)")
+    seen: set[Path] = set()
+    for p in run_dirs:
+        if Path(p).resolve() in seen:
+            raise TbxError("run directory given twice", p, "name each run once")
+        seen.add(Path(p).resolve())
+    check_replaceable(out, "report", run_dirs)
     runs = [load_run(p) for p in run_dirs]
     names: dict[str, int] = {}
     for r in runs:  # disambiguate equal directory names from different parents
@@ -94,7 +100,7 @@ def make_report(run_dirs: list[Path], out: Path, cfg: ReportConfig | None = None
     import matplotlib
     matplotlib.use("Agg", force=False)
 
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, kind="report", inputs=run_dirs) as tmp:
         tdir = tmp / "tables"
         for t in tables:
             paths = []

@@ -282,14 +282,14 @@ def _overlay_items(r: Run, n: int, notes: list[str]) -> list[Any]:
     from PIL import Image
 
     from tbx.bench.plots import OverlayItem
-    from tbx.data.layout import IMGS
+    from tbx.data.layout import IMGS, resolve_inside
 
     src = _overlay_source(r, notes)
     if src is None:
         return []
 
     def img_path(rec: Any) -> Path:
-        return src.root / IMGS / rec.file_name
+        return resolve_inside(src.root / IMGS, rec.file_name, src.ann, "imgs/")
 
     reachable = [rec for rec in src.records if img_path(rec).is_file()]
     if not reachable:

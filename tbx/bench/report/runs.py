@@ -184,7 +184,7 @@ def load_run(path: str | Path) -> Run:
 
     bench: dict[str, Any] = {}
     files = sorted(bench_dir.glob("*.json")) if bench_dir.is_dir() else []
-    files = [f for f in files if f.name != "provenance.json"]  # written beside the result by tbx bench
+    files = [f for f in files if not f.name.endswith("provenance.json")]  # written beside by tbx bench
     n_used = 0
     for f in files:
         data = check_bench_result(_read_json(f), f)
