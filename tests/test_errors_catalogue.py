@@ -39,7 +39,7 @@ TINY = [
     "--set",
     "data.workers=0",
     "--set",
-    "model.width=16",
+    "model.retinanet.width=16",
     "--set",
     "model.cls_channels=16",
 ]

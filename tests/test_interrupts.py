@@ -182,7 +182,7 @@ TRAIN = [
     "--set",
     "log_every=1",
     "--set",
-    "model.width=16",
+    "model.retinanet.width=16",
     "--set",
     "model.cls_channels=16",
 ]

@@ -49,7 +49,7 @@ def train(
     RUN/config.yaml, provenance.json, metrics.jsonl and RUN/stage{1,2}/{last,final,best}.pt.
     """
     from tbx.engine import distributed as D  # torch: imported only when the command runs
-    from tbx.engine.schedule import load_train_config
+    from tbx.engine.schedule import canonical_model_name, load_train_config
 
     console = Console()
     if gpus and gpus > 1 and D.env_world_size() <= 1:
@@ -68,7 +68,11 @@ def train(
             raise TbxError("--resume uses the run's config.yaml; --config cannot change it", out,
                            "drop --config (or start a new run with it)")
         config = str(out / "config.yaml")
-        model = model or recorded.model_name
+        if model is not None and canonical_model_name(model) != recorded.model_name:
+            raise TbxError(f"the run is of model '{recorded.model_name}', not '{model}'", out,
+                           f"resume with the run's model ({recorded.model_name}) or train a new run "
+                           "elsewhere")
+        model = recorded.model_name
     cfg = load_train_config(model or "symformer", config, list(set_))
     cfg.data.root = str(data)
     if device is not None:
