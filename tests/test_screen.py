@@ -425,3 +425,31 @@ def test_exportable_rewrites_equal_the_eager_ops():
     with torch.no_grad():
         _, real = model._features(torch.zeros(1, 3, 96, 160), [(96, 160)], cls=False)
     assert [tuple(f.shape[-2:]) for f in real] == RetinaNet.feature_sizes(96, 160)
+
+
+def test_heatmaps_beside_the_overlays(run_dir, onnx_file, inputs, tmp_path, cli):
+    """`--heatmaps`: one heatmaps/<id>.png per screened image (tbx explain's Grad-CAM on the predicted
+    class); an ONNX model or an unknown method is refused in one line before any output exists."""
+    from PIL import Image
+
+    src, _ = inputs
+    files = sorted(src.glob("da_*.png"))[:2]
+    out = tmp_path / "heat"
+    code, stdout, err = cli("screen", run_dir, *files, "--out", out, "--workers", "0", "--heatmaps")
+    assert code == 0, err
+    rows = _read_csv(out / "predictions.csv")
+    assert len(rows) == 2
+    heat = sorted(p.name for p in (out / "heatmaps").iterdir())
+    assert heat == sorted(f"{r['id']}.png" for r in rows)
+    for name in heat:
+        im = Image.open(out / "heatmaps" / name)
+        im.load()
+        overlay = Image.open(out / "overlays" / name)
+        assert im.mode == "RGB" and min(im.size) > 100 and im.size != overlay.size
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["files"]["heatmaps"] == "heatmaps/"
+    for model, extra, want in ((onnx_file, [], "ONNX"), (run_dir, ["--heatmap-method", "nope"], "unknown explain")):
+        bad = tmp_path / f"bad-{want.split()[0]}"
+        code, _, err = cli("screen", model, files[0], "--out", bad, "--workers", "0", "--heatmaps", *extra)
+        assert code == 2 and want in err and len(err.strip().splitlines()) == 1, err
+        assert not bad.exists()

@@ -27,7 +27,13 @@ def screen(
     all_boxes: bool = typer.Option(
         False, "--all-boxes", help="Report boxes on every image, not only on those decided TB."
     ),
-    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlays/ID.png (image, boxes, p(TB), decision)."),
+    overlays: bool = typer.Option(
+        True, "--overlays/--no-overlays", help="Write overlays/ID.png (image, boxes, p(TB), decision)."
+    ),
+    heatmaps: bool = typer.Option(
+        False, "--heatmaps", help="Also write heatmaps/ID.png: where the model looks (tbx explain; torch models)."
+    ),
+    heatmap_method: str = typer.Option("gradcam", "--heatmap-method", help="A `tbx explain` method for --heatmaps."),
     anonymize: bool = typer.Option(
         False, "--anonymize", help="Replace each source path by a salted hash in every output."
     ),
@@ -53,41 +59,13 @@ def screen(
     from tbx.engine import distributed as D
 
     if gpus and gpus > 1 and D.env_world_size() <= 1:
-        args = [
-            "screen",
-            str(model),
-            *inputs,
-            "--out",
-            str(out),
-            "--batch",
-            str(batch),
-            "--workers",
-            str(workers),
-            "--device",
-            device,
-            "--amp",
-            amp,
-        ]
-        for opt, val in (
-            ("--threshold", threshold),
-            ("--salt", salt),
-            ("--mapping", mapping),
-            ("--threads", threads),
-        ):
-            if val is not None:
-                args += [opt, str(val)]
-        args += [
-            f
-            for f, on in (
-                ("--all-boxes", all_boxes),
-                ("--no-overlays", not overlays),
-                ("--anonymize", anonymize),
-            )
-            if on
-        ]
-        code = D.launch(gpus, args)
-        if code:
-            raise TbxError(f"distributed screening failed (exit code {code})", fix="see the ranks' messages")
+        options = {"--out": out, "--batch": batch, "--workers": workers, "--device": device, "--amp": amp,
+                   "--threshold": threshold, "--salt": salt, "--mapping": mapping, "--threads": threads,
+                   "--heatmap-method": heatmap_method}
+        flags = {"--all-boxes": all_boxes, "--no-overlays": not overlays, "--heatmaps": heatmaps,
+                 "--anonymize": anonymize}
+        D.relaunch(gpus, D.command_line("screen", str(model), *inputs, options=options, flags=flags),
+                   echo=Console().print)
         return
     if mapping is not None and not anonymize:
         raise TbxError("--mapping without --anonymize", fix="add --anonymize (or drop --mapping)")
@@ -107,6 +85,7 @@ def screen(
         threads=threads,
         all_boxes=all_boxes,
         overlays=overlays,
+        heatmaps=heatmap_method if heatmaps else None,
         anonymize=anonymize,
         salt=salt,
         mapping=str(mapping) if mapping else None,

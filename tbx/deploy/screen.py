@@ -61,6 +61,7 @@ from tbx.io import (
 PREDICTIONS = "predictions.csv"
 DETECTIONS = "detections.json"
 ERRORS = "errors.csv"
+HEATMAPS = "heatmaps"  # --heatmaps: heatmaps/<id>.png (tbx explain)
 PARTS = ".parts"
 COLUMNS = [
     "id",
@@ -92,6 +93,7 @@ class ScreenConfig:
     threads: int | None = None  # onnxruntime intra-op threads (torch: torch.set_num_threads)
     all_boxes: bool = False
     overlays: bool = True
+    heatmaps: str | None = None  # a `tbx explain` method: heatmaps/<id>.png beside the overlays
     anonymize: bool = False
     salt: str | None = None
     mapping: str | None = None
@@ -312,6 +314,32 @@ def render_overlay(
     return buf.getvalue()
 
 
+def _check_heatmaps(method: str, backend: Backend) -> None:
+    """``--heatmaps`` needs the torch network (gradients) and a known `tbx explain` method."""
+    from tbx.explain.run import check_method
+
+    if backend.session is not None:
+        raise TbxError("--heatmaps needs the torch model (an ONNX graph has no gradients)", backend.source,
+                       "screen the run directory or its .pt checkpoint with --heatmaps")
+    check_method(method, "pred")
+
+
+def _write_heatmaps(folder: Path, good: list[Decoded], rows: list[dict[str, Any]], method: str,
+                    backend: Backend) -> None:
+    """``heatmaps/<id>.png``: where the model looks (:func:`tbx.explain.heatmaps` on the overlay's
+    downscaled image, target = the predicted class) with the boxes the row reports."""
+    from tbx.explain import heatmaps, render_overlay
+    from tbx.explain.render import png_bytes
+
+    maps = heatmaps(backend.model, [d.thumb for d in good], method, "pred", input_size=backend.input_size)
+    for d, row, heat in zip(good, rows, maps, strict=True):
+        s = d.thumb.shape[1] / d.width  # original pixels → thumbnail
+        boxes = [[*(v * s for v in b["bbox"]), b["score"]] for b in row["boxes"]]
+        caption = f"{row['id']} · {method} · p(TB) {float(row['p_tb']):.3f} · {row['decision']}"
+        rgb = render_overlay(d.thumb, heat, pred=boxes, lines=[caption])
+        atomic_write_bytes(folder / f"{row['id']}.png", png_bytes(rgb))
+
+
 # --------------------------------------------------------------------------------------------
 # the run
 
@@ -402,6 +430,8 @@ def screen(
                 model, device=cfg.device, amp=cfg.amp, input_size=cfg.input_size, threads=cfg.threads
             )
         thr = resolve_threshold(cfg.threshold, backend.operating_points)
+        if cfg.heatmaps:
+            _check_heatmaps(cfg.heatmaps, backend)
         sources = expand_inputs(inputs)
         public = [public_source(s, cfg) for s in sources]
         order = {p: i for i, p in enumerate(public)}
@@ -425,6 +455,8 @@ def screen(
         overlays = out / "overlays"
         if cfg.overlays:
             overlays.mkdir(exist_ok=True)
+        if cfg.heatmaps:
+            (out / HEATMAPS).mkdir(exist_ok=True)
         loader = torch.utils.data.DataLoader(
             ScreenInputs(pending, backend.input_size),
             batch_size=cfg.batch_size,
@@ -448,6 +480,7 @@ def screen(
                 if good:
                     images = torch.stack([d.image for d in good])
                     results = backend.run(images, [d.size for d in good])
+                    rows = []
                     for d, p in zip(good, results, strict=True):
                         ident = image_id(sources[d.index], public[d.index], cfg)
                         row = _row(d, p, public[d.index], ident, thr, cfg.all_boxes)
@@ -459,7 +492,10 @@ def screen(
                                 ),
                             )
                         preds.add(row)
+                        rows.append(row)
                         n_new += 1
+                    if cfg.heatmaps:
+                        _write_heatmaps(out / HEATMAPS, good, rows, cfg.heatmaps, backend)
                 if bar is not None:
                     bar.update(task, advance=len(good) + len(bad))
         finally:
@@ -477,6 +513,7 @@ def screen(
                 "detections": DETECTIONS,
                 "errors": ERRORS,
                 "overlays": "overlays/" if cfg.overlays else "",
+                "heatmaps": f"{HEATMAPS}/" if cfg.heatmaps else "",
             }
             manifest = {
                 "model": backend.cfg.model_name,
