@@ -117,7 +117,9 @@ def _sine(n: int, h: int, w: int, num_feats: int, temperature: float, mask: Tens
 def warp_half(half: Tensor, theta: Tensor) -> Tensor:
     """Warp ``half`` ``(N, C, H, W')`` by the affine ``theta`` ``(N, 2, 3)`` (bilinear, zeros
     outside, ``align_corners=False``: the identity reproduces the input exactly)."""
-    grid = F.affine_grid(theta.to(half.dtype), list(half.shape), align_corners=False)
+    # the grid in fp32 (bit-identical for fp32 inputs): CPU affine_grid has no bf16 kernel, and a
+    # bf16 grid would put the sampling points ~1/256 of the image off
+    grid = F.affine_grid(theta.float(), list(half.shape), align_corners=False).to(half.dtype)
     return F.grid_sample(half, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
