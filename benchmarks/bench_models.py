@@ -88,8 +88,9 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
     t_sym, t_ret, t_ret_det, t_tv, t_tv_cl = t["sym"], t["ret"], t["ret_det"], t["tv"], t["tv_cl"]
     # MACs for context (mmcv-style hooks; torchvision's FrozenBatchNorm2d is not counted)
     ret_macs, _ = count_macs(ret, x)
+    sym_macs, _ = count_macs(sym, x)
     tv_macs, _ = count_macs(tv, x)
-    gmacs = {"retinanet": sum(ret_macs.values()) / 1e9,
+    gmacs = {"retinanet": sum(ret_macs.values()) / 1e9, "symformer_retinanet": sum(sym_macs.values()) / 1e9,
              "retinanet_detection_only": (sum(ret_macs.values()) - ret_macs["cls_head"]) / 1e9,
              "torchvision_retinanet": sum(tv_macs.values()) / 1e9}
     return {
@@ -168,6 +169,7 @@ def main() -> None:
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                     help="wall time, or process CPU time (robust on a shared machine; use with --threads 1)")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--results", action="store_true", help="write the ratios into benchmarks/RESULTS.md")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -189,6 +191,31 @@ def main() -> None:
     if args.json:
         from tbx.io import atomic_write_json
         atomic_write_json(args.json, res)
+    if args.results:
+        _write_results(res)
+
+
+def _write_results(res: dict) -> None:
+    """This run's ratios as a ``## bench_models (N threads)`` section of RESULTS.md."""
+    from _results import update_results
+
+    det, dc = res["detectors"], res["deform_core"]
+    lat = det["latency_ms"]
+    lines = [f"{res['size']} px, batch 1, {res['threads']} thread(s), {res['clock']} clock, median of "
+             f"{res['runs']} interleaved runs; torch {res['torch']}, torchvision {res['torchvision']}.", "",
+             "| ratio | measured | target |", "|---|---|---|",
+             f"| SymFormer-RetinaNet / RetinaNet latency | {det['symformer_over_retinanet']:.3f} "
+             f"(MACs {det['gmacs'].get('symformer_retinanet', float('nan')):.2f} / "
+             f"{det['gmacs']['retinanet']:.2f}) | ≤ 1.08 |",
+             f"| RetinaNet / torchvision RetinaNet | {det['retinanet_over_torchvision']:.3f} | ≤ 1.0 |",
+             f"| RetinaNet / torchvision RetinaNet, channels_last | "
+             f"{det['retinanet_over_torchvision_channels_last']:.3f} | ≤ 0.9 |",
+             f"| deformable core vs naive loop, fwd + bwd | {dc['speedup']:.1f}× "
+             f"(max abs diff {dc['max_abs_diff']:.1e}) | ≥ 8× (1 thread) |", "",
+             "Latency (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in lat.items())
+             + f"; deformable core {dc['deform_core_ms']:.0f} ms vs naive {dc['naive_loop_ms']:.0f} ms "
+             f"({dc['queries']} queries)."]
+    update_results(f"bench_models_{res['threads']}thread", lines)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ class Plan:
             train_iters=2,
             warmup_iters=1,
             compare_iters=2,
-            infer_iters=1,
+            infer_iters=2,
             infer_warmup=0,
             tv_train_iters=2,
             deform_runs=1,
@@ -439,7 +439,9 @@ def _ddp_worker(rank: int, world: int, port: int, plan_d: dict, backend: str, ou
             torch.cuda.set_device(device)
         model = build_symformer(plan, device)
         ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rank] if device.type == "cuda" else None
+            model,
+            device_ids=[rank] if device.type == "cuda" else None,
+            find_unused_parameters=True,  # stage 1: the classification head gets no gradient (as the trainer)
         )
         batches = synthetic_batches(2, plan.batch, plan.size, device, seed=10 + rank)  # each rank its shard
         losses, times, finite = train_steps(ddp, batches, device, bf16=plan.bf16)

@@ -4,11 +4,13 @@ Why not call ``COCOeval`` directly?  Its pure-Python matching loop and its accum
 be re-run for each of the six protocol rows and, worse, for every bootstrap resample.  Instead:
 
 1. :func:`match` reproduces ``COCOeval.evaluate`` for bounding boxes (area range "all",
-   ``maxDets`` 100, IoU bit for bit as ``pycocotools.mask.iou``): per image, detections sorted by score
-   (stable, file order on ties) and cut at 100, ground truths with *ignored* ones last, the same
-   greedy matching (a detection takes the unmatched ground truth of highest IoU ≥ t, the last one
-   on ties; ignored ground truths only when no regular one qualifies; a detection matched to an
-   ignored ground truth is ignored), vectorised over the IoU thresholds.  Its output are flat
+   ``maxDets`` 100, IoU bit for bit as ``pycocotools.mask.iou``): per image, detections sorted by
+   score (stable, file order on ties) and cut at 100, ground truths with *ignored* ones last, the
+   same greedy matching (a detection takes the unmatched ground truth of highest IoU ≥ t, the last
+   one on ties; ignored ground truths only when no regular one qualifies; a detection matched to an
+   ignored ground truth is ignored), vectorised over images × IoU thresholds (the greedy step runs
+   over a detection's rank among those that overlap some ground truth; the sort is shared by the
+   rows of one prediction set, :class:`RankedDetections`).  Its output are flat
    arrays in the global order of ``COCOeval.accumulate`` (images by ascending id, then
    ``mergesort`` on −score): per detection its image, score and TP/FP flags per IoU threshold.
 2. :func:`accumulate` reproduces ``COCOeval.accumulate`` (cumulated TP/FP, precision made
