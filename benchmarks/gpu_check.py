@@ -54,9 +54,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from bench_models import naive_ms_deform_sample  # noqa: E402
+from bench_models import deform_case  # noqa: E402
 
-from tbx.models.deform_core import ms_deform_sample  # noqa: E402
 from tbx.models.inference import prepare_for_inference  # noqa: E402
 from tbx.models.registry import ModelConfig, build  # noqa: E402
 
@@ -392,34 +391,14 @@ def section_torchvision(plan: Plan, device: torch.device) -> dict:
 
 
 def section_deform_core(plan: Plan, device: torch.device) -> dict:
-    torch.manual_seed(0)
-    shapes = [(plan.size // s, plan.size // s) for s in (8, 16, 32, 64)]
-    s = sum(h * w for h, w in shapes)
-    n, m, d, lv, p = 1, plan.deform_heads, 32, len(shapes), 4
-    value = torch.randn(n, s, m, d, device=device, requires_grad=True)
-    loc = torch.rand(n, s, m, lv, p, 2, device=device, requires_grad=True)
-    wts = torch.rand(n, s, m, lv, p, device=device).softmax(-1).requires_grad_(True)
-    grad = torch.randn(n, s, m * d, device=device)
-
-    def fwd_bwd(fn):
-        def run():
-            for t in (value, loc, wts):
-                t.grad = None
-            fn(value, shapes, loc, wts).backward(grad)
-
-        return run
-
-    with torch.no_grad():
-        err = float(
-            (ms_deform_sample(value, shapes, loc, wts) - naive_ms_deform_sample(value, shapes, loc, wts))
-            .abs()
-            .max()
-        )
-    t = {}
-    for k, fn in (("core", fwd_bwd(ms_deform_sample)), ("naive", fwd_bwd(naive_ms_deform_sample))):
-        t[k] = plan.deform_runs / fps(fn, plan.deform_runs, plan.deform_runs, plan.infer_warmup, device)
+    fns, err, queries = deform_case(plan.size, plan.deform_heads, device)
+    t = {
+        k: plan.deform_runs / fps(fn, plan.deform_runs, plan.deform_runs, plan.infer_warmup, device)
+        for k, fn in fns.items()
+    }
     return {
-        "queries": s,
+        "queries": queries,
+        "heads": plan.deform_heads,
         "core_ms": 1e3 * t["core"],
         "naive_ms": 1e3 * t["naive"],
         "speedup": t["naive"] / t["core"],
