@@ -7,11 +7,12 @@
    (target ≤ 1.08, at 1 and 2 threads: the SAS block at its MAC cost).
 2. Our RetinaNet vs torchvision's ``retinanet_resnet50_fpn`` (weights=None, weights_backbone=None,
    min_size = max_size = size, same thresholds: score 0.05, NMS 0.5, top-1000 per level, 100 dets),
-   target ≤ 1.0 (≤ 0.9 against torchvision run channels_last).  Ours runs as ``tbx predict`` runs it (:func:`tbx.models.inference.
-   prepare_for_inference`: BatchNorm folded into the convolutions, channels_last); torchvision's
-   as shipped, and also with channels_last (printed for context).  Ours carries the SPEC §2.6
-   classification head (≈ 3 GMACs at 512) and builds P6 from C5 (2048 ch, SPEC §2.1) where
-   torchvision builds it from P5, so the detection path alone (no classification head) is printed too.
+   target ≤ 1.0 (≤ 0.9 against torchvision run channels_last).  Ours runs as ``tbx predict``
+   runs it (:func:`tbx.models.inference.prepare_for_inference`: BatchNorm folded into the
+   convolutions, channels_last); torchvision's as shipped, and also with channels_last.  Ours
+   carries the SPEC §2.6 classification head (≈ 3 GMACs at 512) and builds P6 from C5 (2048 ch,
+   SPEC §2.1) where torchvision builds it from P5, so the detection path alone (no classification
+   head) is printed too.
 3. The deformable sampling core ``ms_deform_sample`` (forward + backward) vs a naive reference
    that loops in Python over heads × levels × points with explicit bilinear gathers, at the
    Deformable-DETR encoder scale (4 levels of a 512 input, 8 heads × 32 ch, 4 points), target ≥ 8×
