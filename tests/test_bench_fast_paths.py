@@ -163,3 +163,53 @@ def test_bench_process_never_imports_torch(tmp_path):
     assert "HEAVY [] 0" in out.stdout, out.stdout + out.stderr
     res = json.loads((tmp_path / "out" / "r.json").read_text())
     assert abs(res["detection"]["tb_only"]["agnostic"]["ap50"] - 1.0) < 1e-12  # one box, found
+
+
+def test_label_from_path_fast_split_equals_pure_posix_path_rules():
+    """The plain-split fast path of label_from_path gives what the PurePosixPath parse gives."""
+    from pathlib import PurePosixPath
+
+    from tbx.data import layout
+    from tbx.errors import TbxError
+
+    def reference(f):
+        parts = PurePosixPath(f.replace("\\", "/")).parts
+        parts = parts[1:] if parts and parts[0] == layout.IMGS else parts
+        if parts and parts[0] in layout.CLASS_FOLDERS and len(parts) >= 2:
+            return layout.CLASS_FOLDERS[parts[0]], "tbx11k"
+        if parts and parts[0] == "extra" and len(parts) >= 3:
+            stem = PurePosixPath(parts[-1]).stem
+            tb = stem.lower().startswith("p") if parts[1] == "da+db" else stem.endswith("_1")
+            return ("tb" if tb else "healthy"), layout.extra_source(stem, parts[1])
+        return "error"
+
+    rng = np.random.default_rng(0)
+    words = [
+        "tb",
+        "health",
+        "sick",
+        "extra",
+        "da+db",
+        "mc+shenzhen",
+        "imgs",
+        "x.png",
+        "p1.png",
+        ".",
+        "..",
+        "",
+        "a.",
+        ".b",
+        "CHNCXR_0001_1.png",
+        "px1.jpg",
+        "n\\1.png",
+    ]
+    cases = ["", ".", "/tb/a.png", "./tb/a.png", "tb//a.png", "tb/./a.png", "tb/a.png/", "tb/"]
+    for _ in range(3000):
+        body = "/".join(rng.choice(words, int(rng.integers(1, 5))).tolist())
+        cases.append(str(rng.choice(["", "/", "./"])) + body + str(rng.choice(["", "/", "/."])))
+    for c in cases:
+        try:
+            got = layout.label_from_path(c)
+        except TbxError:
+            got = "error"
+        assert got == reference(c), c
