@@ -38,10 +38,16 @@ def confusion_weighted(y_true: np.ndarray, y_pred: np.ndarray, weights: np.ndarr
                        ) -> np.ndarray:
     """(…, 3, 3) confusion matrix; ``weights`` (N,) or (B, N) image weights (default 1)."""
     cell = np.asarray(y_true) * 3 + np.asarray(y_pred)
-    onehot = np.zeros((cell.shape[0], 9))
-    onehot[np.arange(cell.shape[0]), cell] = 1.0
     w = np.ones(cell.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
-    return (w @ onehot).reshape(*w.shape[:-1], 3, 3)
+    # per-cell sums over images sorted by cell (not a BLAS product: its idle threads spin on a
+    # shared machine for longer than the sums take)
+    order = np.argsort(cell, kind="stable")
+    c = cell[order]
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]]) if c.size else np.zeros(0, np.int64)
+    out = np.zeros((*w.shape[:-1], 9))
+    if c.size:
+        out[..., c[starts]] = np.add.reduceat(np.take(w, order, axis=-1), starts, axis=-1)
+    return out.reshape(*w.shape[:-1], 3, 3)
 
 
 def metrics_from_confusion(conf: np.ndarray) -> dict[str, np.ndarray]:
@@ -90,7 +96,7 @@ class RocGroups:
     def cumulative(self, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Weighted TP and FP counts (…, G+1) for thresholds +inf, values[0], values[1], …"""
         n = self.order.shape[0]
-        w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)[..., self.order]
+        w = np.ones(n) if weights is None else np.take(np.asarray(weights, np.float64), self.order, axis=-1)
         pos = np.add.reduceat(w * self.y_sorted, self.starts, axis=-1)
         neg = np.add.reduceat(w * (1.0 - self.y_sorted), self.starts, axis=-1)
         zero = np.zeros((*pos.shape[:-1], 1))

@@ -4,11 +4,13 @@ Why not call ``COCOeval`` directly?  Its pure-Python matching loop and its accum
 be re-run for each of the six protocol rows and, worse, for every bootstrap resample.  Instead:
 
 1. :func:`match` reproduces ``COCOeval.evaluate`` for bounding boxes (area range "all",
-   ``maxDets`` 100, IoU from ``pycocotools.mask.iou``): per image, detections sorted by score
-   (stable, file order on ties) and cut at 100, ground truths with *ignored* ones last, the same
-   greedy matching (a detection takes the unmatched ground truth of highest IoU ≥ t, the last one
-   on ties; ignored ground truths only when no regular one qualifies; a detection matched to an
-   ignored ground truth is ignored), vectorised over the IoU thresholds.  Its output are flat
+   ``maxDets`` 100, IoU bit for bit as ``pycocotools.mask.iou``): per image, detections sorted by
+   score (stable, file order on ties) and cut at 100, ground truths with *ignored* ones last, the
+   same greedy matching (a detection takes the unmatched ground truth of highest IoU ≥ t, the last
+   one on ties; ignored ground truths only when no regular one qualifies; a detection matched to an
+   ignored ground truth is ignored), vectorised over images × IoU thresholds (the greedy step runs
+   over a detection's rank among those that overlap some ground truth; the sort is shared by the
+   rows of one prediction set, :class:`RankedDetections`).  Its output are flat
    arrays in the global order of ``COCOeval.accumulate`` (images by ascending id, then
    ``mergesort`` on −score): per detection its image, score and TP/FP flags per IoU threshold.
 2. :func:`accumulate` reproduces ``COCOeval.accumulate`` (cumulated TP/FP, precision made
@@ -48,7 +50,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from tbx.bench.classification import downsample_curve
 from tbx.bench.results_io import Detections
@@ -96,82 +97,155 @@ class Matches:
     n_gt: np.ndarray  # (n_img,) regular (non-ignored) ground truths per image
 
 
-def _match_image(ious: np.ndarray, gt_ignore: np.ndarray, thrs: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """COCOeval.evaluateImg's greedy matching for one image, vectorised over thresholds.
+def bbox_iou(d: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """IoU of box pairs ``d[i]``, ``g[i]`` (xywh), bit for bit ``pycocotools.mask.iou`` (non-crowd).
 
-    ``ious`` (D, G): detections by descending score, ground truths regular first.  Returns
-    ``(matched (T, D), matched_to_ignored (T, D))``.
+    The same operations in the same order as its C ``bbIou`` (``fmin``/``fmax`` of the corners,
+    no overlap → 0, ``u = da + ga - i``), element-wise over pairs instead of a (D, G) loop.
     """
-    D, G = ious.shape
-    T = thrs.shape[0]
-    thr = np.minimum(thrs, 1 - 1e-10)[:, None]
+    w = np.minimum(d[:, 2] + d[:, 0], g[:, 2] + g[:, 0]) - np.maximum(d[:, 0], g[:, 0])
+    h = np.minimum(d[:, 3] + d[:, 1], g[:, 3] + g[:, 1]) - np.maximum(d[:, 1], g[:, 1])
+    inter = w * h
+    union = d[:, 2] * d[:, 3] + g[:, 2] * g[:, 3] - inter
+    ok = (w > 0) & (h > 0)
+    out = np.zeros(d.shape[0])
+    np.divide(inter, union, out=out, where=ok)
+    return out
+
+
+def _match_all(boxes: np.ndarray, img: np.ndarray, g_box: np.ndarray, g_img: np.ndarray,
+               g_ig: np.ndarray, n_img: int, thrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """COCOeval.evaluateImg's greedy matching for every image at once → ``(matched, to_ignored)`` (T, D).
+
+    Detections are grouped by image (descending score within), ground truths by image (regular
+    first).  A detection takes the untaken ground truth of highest IoU ≥ t (the last one on ties),
+    ignored ones only when no regular one qualifies.  Only detections that overlap some ground
+    truth by the lowest threshold can match, so the sequential greedy step runs over their rank
+    within the image (a few dozen steps), vectorised over images × thresholds × ground truths.
+    """
+    D, T = boxes.shape[0], thrs.shape[0]
     dtm = np.zeros((T, D), dtype=bool)
     dtig = np.zeros((T, D), dtype=bool)
-    if G == 1:  # common case: the first detection with IoU ≥ t takes the box
-        cand = ious[:, 0][None, :] >= thr
-        has = cand.any(axis=1)
-        first = np.argmax(cand, axis=1)
-        dtm[np.flatnonzero(has), first[has]] = True
-        dtig[np.flatnonzero(has), first[has]] = bool(gt_ignore[0])
+    if D == 0 or g_img.size == 0:
         return dtm, dtig
-    taken = np.zeros((T, G), dtype=bool)
-    ar = np.arange(T)
-    reg = ~gt_ignore
-    for d in np.flatnonzero(ious.max(axis=1) >= thr.min()):
-        row = ious[d]
-        ok = ~taken & (row[None, :] >= thr)
-        if not ok.any():
-            continue
-        # regular ground truths first: the last one of maximal IoU (COCOeval: `>=` replaces)
+    g_bounds = np.searchsorted(g_img, np.arange(n_img + 1))
+    g_count = np.diff(g_bounds)
+    per_det = g_count[img]  # ground truths on each detection's image
+    pair_d = np.repeat(np.arange(D), per_det)
+    if pair_d.size == 0:
+        return dtm, dtig
+    first_pair = np.cumsum(per_det) - per_det
+    pair_j = np.arange(pair_d.size) - first_pair[pair_d]  # rank of the ground truth in its image
+    iou = bbox_iou(boxes[pair_d], g_box[g_bounds[img[pair_d]] + pair_j])
+    thr = np.minimum(thrs, 1 - 1e-10)
+    has = per_det > 0
+    best = np.full(D, -1.0)
+    best[has] = np.maximum.reduceat(iou, first_pair[has])
+    cand = np.flatnonzero(best >= thr.min())  # detections that can match anything
+    if cand.size == 0:
+        return dtm, dtig
+    c_img = img[cand]
+    u_img, c_slot, c_n = np.unique(c_img, return_inverse=True, return_counts=True)
+    c_rank = np.arange(cand.size) - (np.cumsum(c_n) - c_n)[c_slot]
+    n_u, K, G = u_img.size, int(c_n.max()), int(g_count[u_img].max())
+    dense = np.full((n_u, K, G), -1.0)  # IoU[image, candidate rank, ground truth]; −1 = padding
+    det_at = np.zeros((n_u, K), dtype=np.int64)
+    det_at[c_slot, c_rank] = cand
+    sel = np.isin(pair_d, cand)
+    slot_of_det = np.zeros(D, dtype=np.int64)
+    slot_of_det[cand] = c_slot
+    rank_of_det = np.zeros(D, dtype=np.int64)
+    rank_of_det[cand] = c_rank
+    pd = pair_d[sel]
+    dense[slot_of_det[pd], rank_of_det[pd], pair_j[sel]] = iou[sel]
+    ig = np.zeros((n_u, G), dtype=bool)
+    gj = np.arange(G)[None, :]
+    gidx = np.minimum(g_bounds[u_img][:, None] + gj, g_ig.size - 1)
+    valid = gj < g_count[u_img][:, None]
+    ig[valid] = g_ig[gidx[valid]]
+    reg = (~ig & valid)[:, None, :]
+    igm = (ig & valid)[:, None, :]
+    taken = np.zeros((n_u, T, G), dtype=bool)
+    ar_n = np.arange(n_u)[:, None]
+    ar_t = np.arange(T)[None, :]
+    for k in range(K):
+        row = dense[:, k, :][:, None, :]  # (n_u, 1, G)
+        ok = ~taken & (row >= thr[None, :, None])
         okr = ok & reg
-        keyr = np.where(okr, row, -1.0)
-        mr = G - 1 - np.argmax(keyr[:, ::-1], axis=1)
-        hr = okr[ar, mr]
-        oki = ok & gt_ignore  # ignored ones only when no regular one qualifies
-        keyi = np.where(oki, row, -1.0)
-        mi = G - 1 - np.argmax(keyi[:, ::-1], axis=1)
-        hi = oki[ar, mi] & ~hr
+        mr = G - 1 - np.argmax(np.where(okr, row, -1.0)[..., ::-1], axis=2)
+        hr = okr[ar_n, ar_t, mr]
+        oki = ok & igm
+        mi = G - 1 - np.argmax(np.where(oki, row, -1.0)[..., ::-1], axis=2)
+        hi = oki[ar_n, ar_t, mi] & ~hr
         m = np.where(hr, mr, mi)
-        hit = hr | hi
-        dtm[hit, d] = True
-        dtig[hit, d] = gt_ignore[m[hit]]
-        taken[ar[hit], m[hit]] = True
+        hit = hr | hi  # (n_u, T)
+        if not hit.any():
+            continue
+        nn, tt = np.nonzero(hit)
+        d_idx = det_at[nn, k]
+        dtm[tt, d_idx] = True
+        dtig[tt, d_idx] = ig[nn, m[nn, tt]]
+        taken[nn, tt, m[nn, tt]] = True
     return dtm, dtig
 
 
-def match(gt: GroundTruth, dets: Detections, det_cats: set[int] | None, gt_cats: set[int] | None,
-          ignored_gt_cats: set[int] = frozenset(), iou_thrs: np.ndarray = IOU_THRS,
-          max_dets: int = MAX_DETS) -> Matches:
+@dataclass
+class RankedDetections:
+    """Detections of the universe's images, sorted once for every :func:`match` of a prediction set.
+
+    Grouped by image index (ascending id), by descending score within (stable: file order on ties);
+    ``g_order`` is COCOeval.accumulate's global order (stable sort on −score) of these rows, so a
+    category subset keeps both orders by filtering — no sort per protocol row.
+    """
+
+    img: np.ndarray  # (N,) image index into GroundTruth.image_ids
+    cats: np.ndarray  # (N,)
+    boxes: np.ndarray  # (N, 4)
+    score: np.ndarray  # (N,)
+    g_order: np.ndarray  # (N,) rows by descending score, stable
+
+    @staticmethod
+    def build(gt: GroundTruth, dets: Detections) -> RankedDetections:
+        """Drop detections on images outside ``gt`` (as COCOeval does outside ``params.imgIds``)."""
+        n_img = gt.image_ids.shape[0]
+        pos = np.searchsorted(gt.image_ids, dets.image_id)
+        pos_c = np.minimum(pos, max(n_img - 1, 0))
+        keep = (pos < n_img) & (gt.image_ids[pos_c] == dets.image_id) if n_img else np.zeros(len(dets), bool)
+        idx = np.flatnonzero(keep)
+        img, score = pos_c[idx], dets.scores[idx]
+        order = np.lexsort((-score, img))
+        idx, img, score = idx[order], img[order], score[order]
+        return RankedDetections(img, dets.category_id[idx], dets.boxes[idx], score,
+                                np.argsort(-score, kind="mergesort"))
+
+
+def match(gt: GroundTruth, dets: Detections | RankedDetections, det_cats: set[int] | None,
+          gt_cats: set[int] | None, ignored_gt_cats: set[int] = frozenset(),
+          iou_thrs: np.ndarray = IOU_THRS, max_dets: int = MAX_DETS) -> Matches:
     """Match ``dets`` of categories ``det_cats`` (None = all, merged) to ground truths.
 
     Ground truths of ``gt_cats`` (None = all, merged) are regular; those of ``ignored_gt_cats``
     are ignored (error analysis "Oth").  Detections on images outside ``gt.image_ids`` are dropped,
-    as COCOeval does for images outside ``params.imgIds``.
+    as COCOeval does for images outside ``params.imgIds``.  Pass :class:`RankedDetections` (built
+    once from the same ``gt``) when matching one prediction set several times.
     """
     iou_thrs = np.asarray(iou_thrs, dtype=np.float64)
-    T = iou_thrs.shape[0]
     n_img = gt.image_ids.shape[0]
-    keep = np.ones(len(dets), dtype=bool)
-    if det_cats is not None:
-        keep &= np.isin(dets.category_id, list(det_cats))
-    pos = np.searchsorted(gt.image_ids, dets.image_id)
-    pos_c = np.minimum(pos, max(n_img - 1, 0))
-    keep &= (pos < n_img) & (gt.image_ids[pos_c] == dets.image_id) if n_img else False
-    idx = np.flatnonzero(keep)
-    img = pos_c[idx]
-    score = dets.scores[idx]
-    # per image: by descending score, stable (file order on ties), cut at max_dets
-    order = np.lexsort((-score, img))
-    idx, img, score = idx[order], img[order], score[order]
+    r = dets if isinstance(dets, RankedDetections) else RankedDetections.build(gt, dets)
+    # per image: by descending score (already), cut at max_dets among the selected categories
+    sel = np.ones(r.img.shape, bool) if det_cats is None else np.isin(r.cats, list(det_cats))
+    rows = np.flatnonzero(sel)
+    img = r.img[rows]
     starts = np.flatnonzero(np.r_[True, img[1:] != img[:-1]]) if img.size else np.zeros(0, int)
     rank = np.arange(img.size) - np.repeat(starts, np.diff(np.r_[starts, img.size]))
     cut = rank < max_dets
-    idx, img, score = idx[cut], img[cut], score[cut]
-    boxes = dets.boxes[idx]
-    D = idx.size
-    dtm = np.zeros((T, D), dtype=bool)
-    dtig = np.zeros((T, D), dtype=bool)
+    if not cut.all():
+        rows, img = rows[cut], img[cut]
+        sel = np.zeros(r.img.shape, bool)
+        sel[rows] = True
+    score, boxes = r.score[rows], r.boxes[rows]
+    # COCOeval.accumulate's global order of the kept rows, by filtering the shared one
+    g_order = (np.cumsum(sel) - 1)[r.g_order[sel[r.g_order]]]
     # ground truths: regular / ignored flags, then per image regular first (file order within)
     gc = gt.cats
     reg = np.ones(gc.shape, bool) if gt_cats is None else np.isin(gc, list(gt_cats))
@@ -183,24 +257,12 @@ def match(gt: GroundTruth, dets: Detections, det_cats: set[int] | None, gt_cats:
     used = used[np.lexsort((used, g_ignore[used], gt.img[used]))]
     g_img, g_ig, g_box = gt.img[used], g_ignore[used], gt.boxes[used]
     n_gt = np.bincount(g_img[~g_ig], minlength=n_img).astype(np.int64)
-    g_bounds = np.searchsorted(g_img, np.arange(n_img + 1))
-    d_bounds = np.searchsorted(img, np.arange(n_img + 1))
-    for k in np.unique(g_img).tolist():
-        lo, hi = d_bounds[k], d_bounds[k + 1]
-        if hi == lo:
-            continue
-        glo, ghi = g_bounds[k], g_bounds[k + 1]
-        G = ghi - glo
-        ious = np.asarray(mask_utils.iou(boxes[lo:hi], g_box[glo:ghi], [0] * G), dtype=np.float64)
-        m, mig = _match_image(ious.reshape(hi - lo, G), g_ig[glo:ghi], iou_thrs)
-        dtm[:, lo:hi] = m
-        dtig[:, lo:hi] = mig
+    dtm, dtig = _match_all(boxes, img, g_box, g_img, g_ig, n_img, iou_thrs)
     # unmatched detections outside the area range are ignored (irrelevant for "all" but faithful)
     darea = boxes[:, 2] * boxes[:, 3]
     dtig |= ~dtm & ((darea < AREA_ALL[0]) | (darea > AREA_ALL[1]))[None, :]
     tp = dtm & ~dtig
     fp = ~dtm & ~dtig
-    g_order = np.argsort(-score, kind="mergesort")  # COCOeval.accumulate's global ordering
     return Matches(iou_thrs, img[g_order], score[g_order], tp[:, g_order], fp[:, g_order], n_gt)
 
 
@@ -275,6 +337,36 @@ def _opt(x) -> float | None:
     return x if np.isfinite(x) else None
 
 
+def _opt_list(a: np.ndarray) -> list[float | None]:
+    """``[_opt(v) for v in a]`` in one pass (non-finite → None)."""
+    a = np.asarray(a, dtype=np.float64)
+    out = a.astype(object)
+    out[~np.isfinite(a)] = None
+    return out.tolist()
+
+
+def _least_int(pred, guess: np.ndarray) -> np.ndarray:
+    """Least integer ``k`` with ``pred(k)`` for a predicate monotone in ``k``, ``guess`` within ±2."""
+    out = guess + 3
+    for d in (2, 1, 0, -1, -2):
+        k = guess + d
+        out = np.where(pred(k), k, out)
+    return out
+
+
+def _col_searchsorted(a: np.ndarray, v: np.ndarray, side: str) -> np.ndarray:
+    """``searchsorted(a[:, b], v[b], side)`` for every column ``b`` of integer-valued ``a`` (n, nb).
+
+    One flat search: column ``b`` is shifted by ``b·off`` (exact: integers below 2⁵³), with ``off``
+    larger than the spread of both ``a`` and ``v``.  Returns (nb, len(v[b])).
+    """
+    n, nb = a.shape
+    off = float(max(np.abs(a).max(initial=0.0), np.abs(v).max(initial=0.0)) * 2 + 4)
+    shift = off * np.arange(nb)[:, None]
+    pos = np.searchsorted((a.T + shift).ravel(), (v + shift).ravel(), side=side)  # type: ignore[call-overload]
+    return pos.reshape(v.shape) - n * np.arange(nb)[:, None]
+
+
 class RowEval:
     """One protocol row (e.g. all-cxr × active): an image subset and a detection filter.
 
@@ -334,8 +426,7 @@ class RowEval:
             "n_dets": int(m.img.size),
             "pr": {"recall": REC_THRS.tolist(),
                    "iou50": prec[self.t50].tolist(), "iou75": prec[self.t75].tolist()},
-            "froc_curve": {"fppi": [_opt(v) for v in fppi[keep]],
-                           "sensitivity": [_opt(v) for v in sens[keep]]},
+            "froc_curve": {"fppi": _opt_list(fppi[keep]), "sensitivity": _opt_list(sens[keep])},
         }
         out["analysis"] = self._analysis(prec)
         return out
@@ -358,13 +449,17 @@ class RowEval:
 
     def samples(self, counts: np.ndarray) -> dict:
         """Per-resample ap, ap50, ar100, FROC for image ``counts`` (B, n_img)."""
+        counts = np.ascontiguousarray(counts)  # a column subset of the record counts: make rows contiguous
         B = counts.shape[0]
         ap = np.full(B, np.nan)
         ap50 = np.full(B, np.nan)
         ar = np.full(B, np.nan)
         froc = np.full((B, len(self.rates)), np.nan)
         n_gt = self.m.n_gt.astype(np.float64)
-        if self._fast:
+        batched = self._fast and np.issubdtype(counts.dtype, np.integer) and bool((counts >= 0).all())
+        if batched:  # integer counts (a bootstrap): every resample at once, see _samples_batched
+            self._samples_batched(counts, n_gt, ap, ap50, ar, froc)
+        elif self._fast:
             self._samples_fast(counts, n_gt, ap, ap50, ar, froc)
         for b in range(B if not self._fast else 0):
             c = counts[b].astype(np.float64)
@@ -389,6 +484,93 @@ class RowEval:
         return {"ap": ap, "ap50": ap50, "ar100": ar,
                 "froc": {"sensitivity": [froc[:, j] for j in range(froc.shape[1])],
                          "mean": froc.mean(axis=1)}}
+
+    def _samples_batched(self, counts: np.ndarray, n_gt: np.ndarray, ap: np.ndarray, ap50: np.ndarray,
+                         ar: np.ndarray, froc: np.ndarray, chunk_elems: int = 1 << 22) -> None:
+        """:meth:`_samples_fast` for integer counts, vectorised over resamples (same numbers).
+
+        With integer image counts every cumulated TP/FP weight is an integer, so each
+        ``searchsorted`` on a ratio (recall ≥ a recall threshold, FP/image ≤ a rate) becomes one on
+        integers against the exact integer boundary of that ratio — and integers of all resamples
+        can share one flat ``searchsorted`` (row ``b`` offset by ``b·OFF``).  The FROC only needs
+        the FP count at the group end of each true positive at IoU .5 (sensitivity changes only
+        there), not at every detection.
+        """
+        R = REC_THRS.shape[0]
+        det_w = np.round(self.det_w)
+        img_in = self.img_in
+        tp50 = self._tp_idx[self._t50c]
+        ends = self._ends
+        # group end of each IoU-.5 true positive, and the TP count there (index into tp50)
+        e_of = ends[np.searchsorted(ends, tp50, side="left")] if tp50.size else np.zeros(0, np.int64)
+        last_tp = np.searchsorted(tp50, e_of, side="right") - 1
+        q_pos = np.unique(np.concatenate([*self._tp_idx, e_of]))  # where the total weight is needed
+        # total detection weight up to q_pos[k] = cumulated segment sums, segment k = detections in
+        # (q_pos[k-1], q_pos[k]]: H[k, image] = how many of the image's detections are in segment k,
+        # so the sums of all resamples are one sparse product (exact: integers)
+        from scipy.sparse import csr_matrix  # only a bootstrap needs it (import ≈ 0.1 s)
+
+        upto = int(q_pos[-1]) + 1 if q_pos.size else 0
+        seg = np.searchsorted(q_pos, np.arange(upto), side="left")
+        u_img, u_of = np.unique(self._img, return_inverse=True)  # the images with detections here
+        H = csr_matrix((np.ones(upto), (seg, u_of[:upto])), shape=(q_pos.size, u_img.size))
+        rates = np.asarray(self.rates, dtype=np.float64)
+        step = max(1, chunk_elems // (q_pos.size + (R + 1) * len(self._tp_idx) + max(map(len, self._tp_idx))))
+        q_tp = [np.searchsorted(q_pos, idx) for idx in self._tp_idx]
+        q_e = np.searchsorted(q_pos, e_of)
+        u_tp = [u_of[idx] for idx in self._tp_idx]
+        gt_in = np.flatnonzero(n_gt * img_in > 0)
+        gt_n = np.round(n_gt * img_in)[gt_in].astype(np.int64)
+        im_in = np.flatnonzero(img_in > 0)
+        dw_u = det_w[u_img]
+        for lo in range(0, counts.shape[0], step):
+            # layout (detections, resamples): row gathers and cumulative sums run over contiguous rows
+            c = counts[lo:lo + step]
+            nb = c.shape[0]
+            cols = np.arange(nb)[:, None]
+            npig = (np.take(c, gt_in, axis=1) * gt_n).sum(axis=1, dtype=np.float64)  # (nb,), exact
+            n_images = np.take(c, im_in, axis=1).sum(axis=1, dtype=np.float64)
+            ok = npig > 0
+            if not ok.any():
+                continue
+            safe = np.where(ok, npig, 1.0)
+            cwT = np.ascontiguousarray((np.take(c, u_img, axis=1) * dw_u).T)  # (n_u, nb) image weights
+            cum_q = np.cumsum(H @ cwT, axis=0)  # (n_q, nb) total weight up to each q_pos
+            q = np.zeros((nb, len(self._tp_idx), R))
+            rec = np.zeros((nb, len(self._tp_idx)))
+            ctp50 = np.zeros((0, nb))
+            for t, idx in enumerate(self._tp_idx):
+                if idx.size == 0:
+                    continue
+                ctp = np.cumsum(cwT[u_tp[t]], axis=0)  # (n_t, nb) cumulated TP weight
+                cum = cum_q[q_tp[t]]
+                pr = ctp / ((cum - ctp) + ctp + EPS)
+                pr = np.maximum.accumulate(pr[::-1], axis=0)[::-1]
+                # inds = searchsorted(ctp / npig, REC_THRS, 'left') = #{k: ctp_k < c*}, c* the
+                # least integer with c* / npig ≥ thr
+                cstar = _least_int(lambda k, s=safe: k / s[:, None] >= REC_THRS[None, :],
+                                   np.ceil(REC_THRS[None, :] * safe[:, None]))
+                inds = _col_searchsorted(ctp, cstar, side="left")  # (nb, R)
+                hit = inds < idx.size
+                q[:, t, :] = np.where(hit, pr[np.minimum(inds, idx.size - 1), cols], 0.0)
+                rec[:, t] = ctp[-1] / safe
+                if t == self._t50c:
+                    ctp50 = ctp
+            ap[lo:lo + nb] = np.where(ok, q.mean(axis=(1, 2)), np.nan)
+            ap50[lo:lo + nb] = np.where(ok, q[:, self._t50c].mean(axis=1), np.nan)
+            ar[lo:lo + nb] = np.where(ok, rec.mean(axis=1), np.nan)
+            if tp50.size:
+                tpe = ctp50[last_tp]  # (n_tp50, nb) TP weight at each TP's group end
+                fpc = cum_q[q_e] - tpe
+                ni = np.where(n_images > 0, n_images, 1.0)
+                # #{p: fpc_p / n_images ≤ rate} = #{p: fpc_p ≤ c**}, c** the largest such integer
+                cmax = _least_int(lambda k, n=ni: k / n[:, None] > rates[None, :],
+                                  np.floor(rates[None, :] * ni[:, None])) - 1
+                j = _col_searchsorted(fpc, cmax, side="right")  # (nb, n_rates)
+                sens = np.where(j > 0, tpe[np.maximum(j - 1, 0), cols], 0.0) / safe[:, None]
+            else:
+                sens = np.zeros((nb, rates.size))
+            froc[lo:lo + nb] = np.where(ok[:, None], sens, np.nan)
 
     def _samples_fast(self, counts, n_gt, ap, ap50, ar, froc) -> None:
         R = REC_THRS.shape[0]

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tbx.bench.classification import ClassificationEval
-from tbx.bench.detection import IOU_THRS, LOC_IOU, GroundTruth, RowEval, match
+from tbx.bench.detection import IOU_THRS, LOC_IOU, GroundTruth, RankedDetections, RowEval, match
 from tbx.bench.results_io import BBOX_RESULT, CLS_RESULT, Detections, read_bbox_arrays, read_cls_result
 from tbx.bench.schema import DET_ROWS, SCHEMA
 from tbx.bench.stats import bootstrap_counts, ci_tree, delong_ci, delong_test
@@ -42,7 +42,6 @@ from tbx.data.coco import load_json, records_from_coco
 from tbx.data.records import ACTIVE, CATEGORIES, CLASS_INDEX, LATENT, UNCERTAIN, Record
 from tbx.errors import TbxError
 from tbx.io import atomic_write_json
-from tbx.provenance import write_provenance
 
 MODES = {"all-cxr": ("all_cxr",), "tb-only": ("tb_only",), "both": ("all_cxr", "tb_only")}
 
@@ -154,13 +153,14 @@ class _Scored:
         gt = self.truth.gt
         thrs = np.r_[IOU_THRS, LOC_IOU]
         all_cats = set(self.truth.category_ids)
-        m = {"agnostic": match(gt, dets, None, None, iou_thrs=thrs),
-             "active": match(gt, dets, {ACTIVE}, {ACTIVE}, iou_thrs=thrs),
-             "latent": match(gt, dets, {LATENT}, {LATENT}, iou_thrs=thrs)}
+        ranked = RankedDetections.build(gt, dets)  # sorted once for the five matchings
+        m = {"agnostic": match(gt, ranked, None, None, iou_thrs=thrs),
+             "active": match(gt, ranked, {ACTIVE}, {ACTIVE}, iou_thrs=thrs),
+             "latent": match(gt, ranked, {LATENT}, {LATENT}, iou_thrs=thrs)}
         oth = {"agnostic": None,
-               "active": match(gt, dets, {ACTIVE}, {ACTIVE}, (all_cats | {UNCERTAIN}) - {ACTIVE},
+               "active": match(gt, ranked, {ACTIVE}, {ACTIVE}, (all_cats | {UNCERTAIN}) - {ACTIVE},
                                iou_thrs=np.array([LOC_IOU])),
-               "latent": match(gt, dets, {LATENT}, {LATENT}, (all_cats | {UNCERTAIN}) - {LATENT},
+               "latent": match(gt, ranked, {LATENT}, {LATENT}, (all_cats | {UNCERTAIN}) - {LATENT},
                                iou_thrs=np.array([LOC_IOU]))}
         for mode in self.modes:
             self.rows[mode] = {}
@@ -276,6 +276,8 @@ def compare(gt_path: str | Path, pred_a: str | Path, pred_b: str | Path,
 def write_result(result: dict[str, Any], json_path: str | Path, cfg: BenchConfig) -> Path:
     """Write the result JSON (atomic) and ``<stem>.provenance.json`` beside it (one per result, so
     a second ``--json`` into the same folder keeps the first one's record)."""
+    from tbx.provenance import write_provenance  # not at import: keeps `tbx bench` start-up small
+
     json_path = Path(json_path)
     atomic_write_json(json_path, result)
     write_provenance(json_path.parent, cfg, cfg.seed, name=f"{json_path.stem}.provenance.json",

@@ -12,9 +12,12 @@ prediction writer can call them directly.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import itertools
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,18 +173,60 @@ def _check_entry(d: Any, valid_images: set[int] | None, valid_cats: set[int] | N
     return None
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while ~10⁵ small dicts are built and converted.
+
+    A detection file is a flat tree of new containers; the collector would traverse it again and
+    again while it grows (about 3× the parse time) and finds nothing to free.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _loads(raw: bytes) -> Any:
+    """``json.loads``, through orjson when installed (3-5× faster on a 100k-detection file).
+
+    orjson rejects the non-standard ``NaN``/``Infinity`` literals that ``json`` accepts; such a
+    file goes through ``json`` so that the entry check names the offending detection.
+    """
+    try:
+        import orjson
+    except ImportError:
+        return json.loads(_text(raw))
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(_text(raw))
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
 def read_bbox_arrays(path: str | Path, valid_image_ids: Iterable[int] | None = None,
                      valid_category_ids: Iterable[int] | None = None) -> Detections:
     """Read and validate ``bbox_result.json`` into :class:`Detections` (file order kept)."""
     path = Path(path)
     if not path.is_file():
         raise TbxError("detection result file not found", path, f"write COCO results ('{BBOX_RESULT}')")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if not text.strip():
+    raw = path.read_bytes()  # decoded only when orjson is absent or an error must name a line
+    if not raw or raw.isspace():
         raise TbxError("detection result file is empty", where(path, 1),
                        "write a JSON list of detections ('[]' when there are none)")
+    with _gc_paused():
+        return _read_bbox_bytes(path, raw, valid_image_ids, valid_category_ids)
+
+
+def _read_bbox_bytes(path: Path, raw: bytes, valid_image_ids: Iterable[int] | None,
+                     valid_category_ids: Iterable[int] | None) -> Detections:
     try:
-        data = json.loads(text)
+        data = _loads(raw)
     except json.JSONDecodeError as e:
         raise TbxError(f"invalid JSON: {e.msg}", where(path, e.lineno),
                        "regenerate the file (a JSON list of COCO detections)") from None
@@ -196,11 +241,15 @@ def read_bbox_arrays(path: str | Path, valid_image_ids: Iterable[int] | None = N
     try:  # fast vectorised path; any irregularity falls back to the per-entry check below
         img = np.array([d["image_id"] for d in data])
         cat = np.array([d["category_id"] for d in data])
-        box = np.array([d["bbox"] for d in data], dtype=np.float64)
-        sc = np.array([d["score"] for d in data], dtype=np.float64)
+        bbox = [d["bbox"] for d in data]
+        if set(map(type, bbox)) != {list} or set(map(len, bbox)) != {4}:
+            raise ValueError("a bbox that is not a list of 4 values")
+        box = np.fromiter(itertools.chain.from_iterable(bbox), np.float64, 4 * len(bbox)).reshape(-1, 4)
+        sc_list = [d["score"] for d in data]
+        sc = np.array(sc_list, dtype=np.float64)
         ok = (img.dtype.kind == "i" and cat.dtype.kind == "i" and box.shape == (len(data), 4)
               and np.isfinite(box).all() and (box[:, 2:] >= 0).all() and np.isfinite(sc).all()
-              and not any(isinstance(d["score"], bool) for d in data))
+              and bool not in set(map(type, sc_list)))
         if ok and vimg is not None:
             ok = bool(np.isin(img, np.fromiter(vimg, np.int64, len(vimg))).all())
         if ok and vcat is not None:
@@ -214,7 +263,7 @@ def read_bbox_arrays(path: str | Path, valid_image_ids: Iterable[int] | None = N
     for i, d in enumerate(data):
         why = _check_entry(d, vimg, vcat)
         if why is not None:
-            line = _line_of_entry(text, i)
+            line = _line_of_entry(_text(raw), i)
             loc = f"{where(path, line)} (detection #{i})" if line else f"{path} (detection #{i})"
             raise TbxError(why, loc, "fix or regenerate the detection results (SPEC §4.1)")
     raise AssertionError("unreachable")  # pragma: no cover

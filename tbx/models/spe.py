@@ -144,7 +144,9 @@ def warp_half(half: Tensor, theta: Tensor) -> Tensor:
     if torch.onnx.is_in_onnx_export():  # ONNX AffineGrid needs opset 20; GridSample has 16
         grid = affine_grid_matmul(theta.to(half.dtype), int(half.shape[-2]), int(half.shape[-1]))
     else:
-        grid = F.affine_grid(theta.to(half.dtype), list(half.shape), align_corners=False)
+        # the grid in fp32 (bit-identical for fp32 inputs): CPU affine_grid has no bf16 kernel, and a
+        # bf16 grid would put the sampling points ~1/256 of the image off
+        grid = F.affine_grid(theta.float(), list(half.shape), align_corners=False).to(half.dtype)
     return F.grid_sample(half, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
