@@ -10,8 +10,8 @@
    target ≤ 1.0 (≤ 0.9 against torchvision run channels_last).  Ours runs as ``tbx predict``
    runs it (:func:`tbx.models.inference.prepare_for_inference`: BatchNorm folded into the
    convolutions, channels_last); torchvision's as shipped, and also with channels_last.  Ours
-   carries the SPEC §2.6 classification head (≈ 3 GMACs at 512) and builds P6 from C5 (2048 ch,
-   SPEC §2.1) where torchvision builds it from P5, so the detection path alone (no classification
+   carries the docs/models.md §2.6 classification head (≈ 3 GMACs at 512) and builds P6 from C5 (2048 ch,
+   docs/models.md §2.1) where torchvision builds it from P5, so the detection path alone (no classification
    head) is printed too.
 3. The deformable sampling core ``ms_deform_sample`` (forward + backward) vs a naive reference
    that loops in Python over heads × levels × points with explicit bilinear gathers, at the

@@ -1,4 +1,4 @@
-"""Benchmark `tbx dataset split` on a metadata-only 11,200-record fixture (SPEC §1.1 counts).
+"""Benchmark `tbx dataset split` on a metadata-only 11,200-record fixture (docs/dataset.md §1.1 counts).
 
 Target: the whole split (read annotations, plan, write every official view + 4 folds, report)
 in < 5 s for 11,200 images, from metadata alone (no image decoding).  Reference measured in the same
@@ -22,7 +22,7 @@ from tbx.provenance import versions
 
 COUNTS = {("healthy", "none"): 5000, ("sick", "none"): 5000, ("tb", "active"): 924,
           ("tb", "latent"): 211, ("tb", "unknown"): 1, ("tb", "active+latent"): 54,
-          ("tb", "uncertain"): 10}  # SPEC §1.1
+          ("tb", "uncertain"): 10}  # docs/dataset.md §1.1
 FOLDER = {"healthy": "health", "sick": "sick", "tb": "tb"}
 CATS = {"active": [1], "latent": [2], "active+latent": [1, 2], "uncertain": [3], "unknown": []}
 

@@ -8,7 +8,7 @@ stages take ≤ 900 s of wall time with 2 threads on a 2-core machine; ``passed`
 
 The default dataset keeps the release's class mix (healthy = sick, TB a minority: 1,776 images,
 376 TB = 21 %, the release has 11 %, more TB here so that stage I sees a few hundred boxed images)
-at 256 px; SPEC §2.6's class weights [1, 1, 4] assume such a mix.  Times are wall seconds and CPU
+at 256 px; docs/models.md §2.6's class weights [1, 1, 4] assume such a mix.  Times are wall seconds and CPU
 seconds (this process + its finished DataLoader workers, ``os.times``).
 
     python benchmarks/bench_train_synth.py --out /tmp/bench_synth [--seed 0 1 2] [--threads 2] [--set k=v ...]

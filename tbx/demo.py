@@ -125,7 +125,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None,
                        checks / "validation.json")
     outputs["validation"] = checks / "validation.json"
 
-    step(4, "dataset statistics (SPEC §1.2 table)")
+    step(4, "dataset statistics (docs/dataset.md §1.2 table)")
     atomic_write_json(checks / "stats.json", stats_of(root))
     outputs["stats"] = checks / "stats.json"
 
@@ -147,7 +147,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None,
     preds = predict(run, root, ann, run / "predictions", workers=cfg.workers)
     outputs["predictions"] = preds
 
-    step(8, f"benchmark (SPEC §4: all-cxr + tb-only, {cfg.bootstrap} bootstrap resamples)")
+    step(8, f"benchmark (docs/protocol.md §4: all-cxr + tb-only, {cfg.bootstrap} bootstrap resamples)")
     bcfg = BenchConfig(mode="both", bootstrap=cfg.bootstrap, seed=cfg.seed)
     bench = evaluate(ann, preds, bcfg)
     outputs["bench"] = write_result(bench, run / "bench" / "all_test.json", bcfg)

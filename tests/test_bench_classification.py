@@ -1,4 +1,4 @@
-"""Classification metrics (SPEC §4.2) against scikit-learn, the paper's counts, brute force and
+"""Classification metrics (docs/protocol.md §4.2) against scikit-learn, the paper's counts, brute force and
 a slow O(n²) DeLong; bootstrap determinism."""
 
 from __future__ import annotations
@@ -55,14 +55,14 @@ def test_class_never_predicted_counts_zero_like_sklearn():
 
 
 def test_paper_counts():
-    """SPEC §4.2: TP 589, FN 58, FP 86, TN 2,569 → Sens 91.0, Spec 96.8."""
+    """docs/protocol.md §4.2: TP 589, FN 58, FP 86, TN 2,569 → Sens 91.0, Spec 96.8."""
     conf = np.zeros((3, 3))
     conf[2, 2], conf[2, 0] = 589, 58  # TB images: 589 predicted TB, 58 not
     conf[0, 2], conf[0, 0] = 86, 2569  # non-TB images
     m = metrics_from_confusion(conf)
     assert round(100 * float(m["sensitivity"]), 1) == 91.0
     assert round(100 * float(m["specificity"]), 1) == 96.8
-    # F1 = 2TP / (2TP + FP + FN) = 1178 / 1322 = 0.89107 — SPEC quotes 89.0, the counts give 89.1
+    # F1 = 2TP / (2TP + FP + FN) = 1178 / 1322 = 0.89107 — the paper quotes 89.0, the counts give 89.1
     assert float(m["f1"]) == pytest.approx(1178 / 1322, abs=1e-12)
     assert round(100 * float(m["f1"]), 1) == 89.1
     assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (589, 58, 86, 2569)

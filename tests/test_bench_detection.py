@@ -1,4 +1,4 @@
-"""Detection metrics (SPEC §4.3) against direct pycocotools calls on fixtures built from the real
+"""Detection metrics (docs/protocol.md §4.3) against direct pycocotools calls on fixtures built from the real
 TBX11K boxes, plus hand-made cases for the all-cxr filter, the uncertain rule, FROC and the error
 analysis."""
 

@@ -1,4 +1,4 @@
-"""Prediction files (SPEC §4.1): writers, readers, the authors' published outputs, bad input."""
+"""Prediction files (docs/protocol.md §4.1): writers, readers, the authors' published outputs, bad input."""
 
 from __future__ import annotations
 

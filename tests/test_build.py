@@ -500,7 +500,7 @@ def test_boxes_csv_difficult_and_rgb_output(tmp_path):
     assert any("disagrees" in w for w in rep.warnings)  # manifest said active, boxes say latent
     im = Image.open(tmp_path / "out" / "imgs" / mapping["scans/he_0.png"])
     assert im.mode == "RGB" and im.size == (SIZE, SIZE)
-    # a difficult box is ignored (SPEC §1.3)
+    # a difficult box is ignored (docs/dataset.md §1.3)
     src2 = tmp_path / "src2"
     make_export(src2)
     _xml(src2 / "xml" / "tb_0.xml", "tb_0.png", 96, 80,

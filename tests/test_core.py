@@ -117,7 +117,7 @@ def test_provenance(tmp_path):
     assert "git_commit" in data and "command" in data
 
 
-# --- path rules (SPEC §1.3) ---------------------------------------------------------------------
+# --- path rules (docs/dataset.md §1.3) ---------------------------------------------------------------------
 @pytest.mark.parametrize("path,label,source", [
     ("health/h0001.png", "healthy", "tbx11k"),
     ("sick/s0001.png", "sick", "tbx11k"),

@@ -1,4 +1,4 @@
-"""Deformable DETR / SymFormer w/ Deformable DETR (SPEC §3), the Hungarian matcher and GIoU."""
+"""Deformable DETR / SymFormer w/ Deformable DETR (docs/models.md §3), the Hungarian matcher and GIoU."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _batch(n: int = 2):
 
 
 # ---------------------------------------------------------------------------------------------
-# parameter budget (SPEC §2.5)
+# parameter budget (docs/models.md §2.5)
 
 
 def _trainable(model) -> int:
@@ -58,7 +58,7 @@ def test_r50_parameter_targets_include_the_cls_head():
     ddetr = build("deformable_detr", ModelConfig(backbone="resnet50", pretrained="none"))
     n = _trainable(ddetr)
     head = sum(p.numel() for p in ddetr.cls_head.parameters())
-    assert head == 12_849_667  # SPEC §2.5
+    assert head == 12_849_667  # docs/models.md §2.5
     assert abs(n - 52.67e6) / 52.67e6 < 0.005, n
     # the other accounting (without the head) would miss the target by ~25 %
     assert abs((n - head) - 52.67e6) / 52.67e6 > 0.2
@@ -68,7 +68,7 @@ def test_r50_parameter_targets_include_the_cls_head():
     sym = build("symformer_deformable_detr", ModelConfig(backbone="resnet50", pretrained="none"))
     n_sym = _trainable(sym)
     assert abs(n_sym - 52.69e6) / 52.69e6 < 0.005, n_sym
-    assert n_sym - n == 20_280  # only the SPE's STN is new (SPEC §2.5)
+    assert n_sym - n == 20_280  # only the SPE's STN is new (docs/models.md §2.5)
 
 
 @pytest.mark.slow
@@ -76,7 +76,7 @@ def test_r50_parameter_targets_include_the_cls_head():
 def test_r50_macs_match_the_paper(name, gmacs):
     from tbx.models.info import model_info
 
-    info = model_info(name, latency_runs=0)  # mmcv-style counting at 512×512 (SPEC §2.5)
+    info = model_info(name, latency_runs=0)  # mmcv-style counting at 512×512 (docs/models.md §2.5)
     assert info["gmacs"] == pytest.approx(gmacs, rel=0.005)
 
 
@@ -274,7 +274,7 @@ def test_paired_giou_matches_torchvision():
 
 
 def test_optimizer_gives_sampling_offsets_the_backbone_lr():
-    """SPEC §3 (official recipe): backbone and the sampling-offset / reference-point Linears at lr × 0.1."""
+    """docs/models.md §3 (official recipe): backbone and the sampling-offset / reference-point Linears at lr × 0.1."""
     from tbx.engine.schedule import StageConfig, param_groups
 
     model = build("deformable_detr", ModelConfig(backbone="resnet18", pretrained="none", input_size=128,

@@ -1,4 +1,4 @@
-"""RetinaNet / SymFormer-RetinaNet (SPEC §2): parameter budget, MACs, anchors, assignment, losses,
+"""RetinaNet / SymFormer-RetinaNet (docs/models.md §2): parameter budget, MACs, anchors, assignment, losses,
 the Detector contract (both stages), overfitting, backbone weights and the `tbx models` commands."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tbx.models.info import count_macs, count_params
 from tbx.models.registry import MODELS, build
 from tbx.models.retinanet import AnchorGenerator, RetinaNet, max_iou_assign
 
-# SPEC §2.5 component counts (ResNet-50, 2 box classes)
+# docs/models.md §2.5 component counts (ResNet-50, 2 box classes)
 R50_COMPONENTS = {"backbone": 23_508_032, "fpn": 7_997_440, "sym_attention": 682_848, "spe": 20_280,
                   "head": 4_845_110, "cls_head": 12_849_667}
 
@@ -62,7 +62,7 @@ def test_ablation_switches_reach_the_sas_block(pos, att):
 
 
 def test_cls_head_macs_match_hand_count():
-    """mmcv-style counting (conv MACs + bias, ReLU, pooling) of the SPEC §2.6 head at 16×16."""
+    """mmcv-style counting (conv MACs + bias, ReLU, pooling) of the docs/models.md §2.6 head at 16×16."""
     head = ClsHead(2048, 512, 3)
     macs, functional = count_macs(head, torch.randn(1, 2048, 16, 16))
     e18, e9 = 18 * 18 * 512, 9 * 9 * 512
@@ -146,7 +146,7 @@ def test_box_head_init_paper_and_kaiming():
 
 
 def test_symformer_retinanet_r50_macs_at_512():
-    """SPEC §2.5: 59.14 GMACs (mmcv counting) at 512×512, classifier included (counted on the
+    """docs/models.md §2.5: 59.14 GMACs (mmcv counting) at 512×512, classifier included (counted on the
     meta device: shapes only, no compute)."""
     from tbx.models.info import model_info
 
@@ -300,7 +300,7 @@ def test_stage2_trains_only_the_cls_head(small_models, name):
             assert p.grad is not None and p.grad.abs().sum() > 0
         else:
             assert p.grad is None, n
-    # the value is the class-weighted cross-entropy (SPEC §2.6) of the head on C5 (all in eval mode)
+    # the value is the class-weighted cross-entropy (docs/models.md §2.6) of the head on C5 (all in eval mode)
     with torch.no_grad():
         logp = F.log_softmax(model.cls_head(model.backbone(images)[-1]), -1)
     w = torch.tensor(CLS_LOSS_WEIGHTS)
@@ -417,7 +417,7 @@ def test_cli_models_list_and_info(cli):
 
 
 def test_norm_eval_switch_for_from_scratch_presets():
-    """SPEC §2.1 keeps backbone BN in eval; `model.norm_eval: false` lets it train (from scratch)."""
+    """docs/models.md §2.1 keeps backbone BN in eval; `model.norm_eval: false` lets it train (from scratch)."""
     import torch.nn as nn
 
     for norm_eval in (True, False):
@@ -466,7 +466,7 @@ def test_stage2_trainable_prefixes():
 
 
 def test_anchor_scale_scales_the_anchors():
-    """SPEC §2.4 anchors are 4·2^(k/3)·stride; anchor_scale replaces the 4 (CPU presets only)."""
+    """docs/models.md §2.4 anchors are 4·2^(k/3)·stride; anchor_scale replaces the 4 (CPU presets only)."""
     widths = []
     for scale in (4.0, 1.0):
         m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", cls_channels=32,
@@ -474,12 +474,12 @@ def test_anchor_scale_scales_the_anchors():
         p3 = m.anchor_generator.base_anchors[0]  # stride 8, (9, 4)
         widths.append(sorted(float(w) for w in (p3[:, 2] - p3[:, 0])))
     assert widths[0] == pytest.approx([4 * w for w in widths[1]])
-    square = [8 * 4 * 2 ** (k / 3) for k in range(3)]  # ratio 1 anchors at stride 8, SPEC §2.4
+    square = [8 * 4 * 2 ** (k / 3) for k in range(3)]  # ratio 1 anchors at stride 8, docs/models.md §2.4
     assert all(any(abs(w - s) < 1e-3 for w in widths[0]) for s in square)
 
 
 def test_joint_loss_weights(small_models):
-    """StageConfig loss weights: stage 1 may add weight × the SPEC §2.6 weighted cross-entropy to
+    """StageConfig loss weights: stage 1 may add weight × the docs/models.md §2.6 weighted cross-entropy to
     the detector losses (images without boxes are negatives); stage 2 may keep the detector losses."""
     model = copy.deepcopy(small_models["symformer_retinanet"])
     model.set_stage(1, loss_weights=(1.0, 0.5))

@@ -1,4 +1,4 @@
-"""torchvision baselines (Faster R-CNN, FCOS, SSD512) wrapped in the Detector contract (SPEC §3).
+"""torchvision baselines (Faster R-CNN, FCOS, SSD512) wrapped in the Detector contract (docs/models.md §3).
 
 Small ResNet-18 models at 128 px keep the default run fast; SSD512's VGG-16 needs ≥ 384 px, so its
 training / inference checks are marked slow and its architecture is checked on the meta device.
@@ -168,8 +168,8 @@ def test_r50_architecture_matches_torchvision(name, builder, tv_builder, classes
     ref = tv_builder(weights=None, weights_backbone=None, num_classes=classes)
     n_ours = sum(p.numel() for p in ours.parameters()) - sum(p.numel() for p in ours.cls_head.parameters())
     assert n_ours == sum(p.numel() for p in ref.parameters())
-    assert sum(p.numel() for p in ours.cls_head.parameters()) == 12_849_667  # SPEC §2.5
-    # nothing frozen in stage 1 (SPEC §2.1 policy); backbone BN in eval mode
+    assert sum(p.numel() for p in ours.cls_head.parameters()) == 12_849_667  # docs/models.md §2.5
+    # nothing frozen in stage 1 (docs/models.md §2.1 policy); backbone BN in eval mode
     assert all(p.requires_grad for p in ours.parameters())
     ours.train()
     bns = [m for n, m in ours.named_modules() if isinstance(m, nn.BatchNorm2d)]

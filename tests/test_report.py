@@ -229,7 +229,7 @@ def test_classification_csv_and_published_rows(built):
         assert float(ours[k]) == pytest.approx(100 * full[k], abs=1e-3)
         assert float(ours[f"{k}_ci_lo"]) == pytest.approx(100 * (full[k] - 0.02), abs=1e-3)
     published = [r for r in rows if r["kind"] == "published"]
-    assert len(published) == 8  # SPEC §4.4: three TPAMI rows + P2T-Small (§2.5) + four CVPR baselines
+    assert len(published) == 8  # docs/protocol.md §4.4: three TPAMI rows + P2T-Small (§2.5) + four CVPR baselines
     sym = next(r for r in published if r["method"].startswith("SymFormer w/ RetinaNet"))
     assert "(published)" in sym["method"]
     assert [float(sym[k]) for k in ("accuracy", "auc", "sensitivity", "specificity", "ap", "ar")] == \
@@ -307,7 +307,7 @@ def test_complexity_table(built):
     assert float(ours["fps"]) == pytest.approx(31.5)
     sym = next(r for r in rows
                if r["kind"] == "published" and r["method"].startswith("SymFormer w/ RetinaNet"))
-    # SPEC §4.2: TP 589, TN 2569, FP 86, FN 58 of 3302 → 17.8 / 77.8 / 2.6 / 1.8 %; F1 89.0, FPS 24.3.
+    # docs/protocol.md §4.2: TP 589, TN 2569, FP 86, FN 58 of 3302 → 17.8 / 77.8 / 2.6 / 1.8 %; F1 89.0, FPS 24.3.
     assert [float(sym[k]) for k in ("tp", "tn", "fp", "fn", "f1", "fps")] == \
         [17.8, 77.8, 2.6, 1.8, 89.0, 24.3]
 

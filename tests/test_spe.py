@@ -1,4 +1,4 @@
-"""Symmetric positional encoding + STN (SPEC §2.3), checked against a hand-written DETR encoding."""
+"""Symmetric positional encoding + STN (docs/models.md §2.3), checked against a hand-written DETR encoding."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tbx.models.spe import STN, SymmetricPositionalEncoding
 
 
 def _sine_ref(h: int, w: int, num_feats: int = 128, temperature: float = 10000.0) -> np.ndarray:
-    """DETR sine encoding (2·num_feats, H, W) written independently with numpy (SPEC §2.3)."""
+    """DETR sine encoding (2·num_feats, H, W) written independently with numpy (docs/models.md §2.3)."""
     out = np.zeros((2 * num_feats, h, w))
     for axis, n in ((0, h), (1, w)):
         pos = (np.arange(n) + 0.5) / n * 2 * math.pi
@@ -99,7 +99,7 @@ def test_spe_without_stn_has_no_parameters_and_mirrors():
 
 def test_stn_architecture_and_init():
     stn = STN(256)
-    assert sum(p.numel() for p in stn.parameters()) == 20_280  # SPEC §2.5
+    assert sum(p.numel() for p in stn.parameters()) == 20_280  # docs/models.md §2.5
     assert stn.fc_loc[2].weight.abs().sum() == 0
     for size in (4, 8, 64):  # P7..P3 at 512 — the adaptive pool makes every level work
         theta = stn(torch.randn(3, 256, size, size))
@@ -111,7 +111,7 @@ def test_one_stn_shared_across_levels():
     block = SASBlock(256, "spe", "symmetric")
     stns = [m for m in block.modules() if isinstance(m, STN)]
     assert len(stns) == 1
-    # both levels push gradient into the same STN parameters.  At the SPEC init nothing flows
+    # both levels push gradient into the same STN parameters.  At the paper's init nothing flows
     # (zero offset/weight layers ignore the query, zero last STN layer ignores the feature), so
     # perturb those first, as training does after the first step.
     with torch.no_grad():

@@ -1,5 +1,5 @@
 """tbx dataset split: exact stratified counts (hand-computed largest remainder), the published
-table (SPEC §1.2), patient grouping, folds, determinism, all-or-nothing writes and CLI errors."""
+table (docs/dataset.md §1.2), patient grouping, folds, determinism, all-or-nothing writes and CLI errors."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def make_records(counts: dict[tuple[str, str], int], source: str = "tbx11k",
     return recs
 
 
-# SPEC §1.1 class counts; the release's 212 latent include tb1199 (TB without a box).
+# docs/dataset.md §1.1 class counts; the release's 212 latent include tb1199 (TB without a box).
 PUBLISHED_COUNTS = {("healthy", "none"): 5000, ("sick", "none"): 5000, ("tb", "active"): 924,
                     ("tb", "latent"): 211, ("tb", "unknown"): 1, ("tb", "active+latent"): 54,
                     ("tb", "uncertain"): 10}
@@ -64,13 +64,13 @@ def test_largest_remainder_hand_cases():
     assert largest_remainder(7, [3, 2, 1]) == [4, 2, 1]  # 3.5 2.33 1.17 → +1 to train
     assert largest_remainder(10, [1, 1, 1]) == [4, 3, 3]  # tie → earlier split
     assert largest_remainder(2, [1, 1, 1]) == [1, 1, 0]
-    assert largest_remainder(5000, [15, 4, 6]) == [3000, 800, 1200]  # SPEC §1.2
+    assert largest_remainder(5000, [15, 4, 6]) == [3000, 800, 1200]  # docs/dataset.md §1.2
     assert largest_remainder(5, [0, 1, 1]) == [0, 3, 2]
     assert largest_remainder(0, [3, 2, 1]) == [0, 0, 0]
 
 
 def test_controlled_rounding_published_tb():
-    # 1190 TB images of known type into train/val/test quotas 600/200/390 (SPEC §1.2, 3:1:2 with
+    # 1190 TB images of known type into train/val/test quotas 600/200/390 (docs/dataset.md §1.2, 3:1:2 with
     # the 10 uncertain in test).  Proportional shares: active 465.88/155.29/302.82, latent
     # 106.89/35.63/69.48, both 27.23/9.08/17.70; floors leave 2/1/2 units for train/val/test and
     # 2/2/1 for active/latent/both; the best placement (sum of fractions 3.924) is active→train,
@@ -93,8 +93,8 @@ def test_parse_ratio_errors():
 
 
 def test_published_table_with_ratio_312():
-    """``--published`` (3:1:2 over the TB class, 15:4:6) on the published class counts (SPEC §1.1)
-    reproduces every row and column total of SPEC §1.2 exactly.  The per-type TB cells of the published table
+    """``--published`` (3:1:2 over the TB class, 15:4:6) on the published class counts (docs/dataset.md §1.1)
+    reproduces every row and column total of docs/dataset.md §1.2 exactly.  The per-type TB cells of the published table
     are not proportional (active 473/924 = 51.2 % train, both 23/54 = 42.6 %), so no stratified rule
     yields them; ours are the controlled rounding of the proportional shares (hand-computed in
     test_controlled_rounding_published_tb)."""

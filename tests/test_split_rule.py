@@ -16,7 +16,7 @@ from tbx.data.split import SplitConfig, split_records
 from tbx.errors import TbxError
 
 TYPES = {"active": 924, "latent": 212, "active+latent": 54}  # latent includes the boxless tb1199
-PUBLISHED_TABLE = {  # SPEC §1.2 Table 2 (train, val, test)
+PUBLISHED_TABLE = {  # docs/dataset.md §1.2 Table 2 (train, val, test)
     "healthy": (3000, 800, 1200),
     "sick": (3000, 800, 1200),
     "active": (473, 157, 294),

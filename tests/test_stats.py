@@ -19,7 +19,7 @@ TYPE_ROW = {frozenset({1}): "active TB", frozenset({2}): "latent TB", frozenset(
 
 
 def _json_counts(path: Path) -> tuple[Counter, Counter]:
-    """Rows of the SPEC §1.2 table and boxes per category, straight from a COCO file."""
+    """Rows of the docs/dataset.md §1.2 table and boxes per category, straight from a COCO file."""
     data = json.loads(path.read_text())
     cats: dict[int, set[int]] = {}
     boxes = Counter()
@@ -73,7 +73,7 @@ def test_real_area_histograms(shared_data: Path):
             expect["<=384^2" if a <= 384 ** 2 else "(384^2,960^2]" if a <= 960 ** 2 else ">960^2"] += 1
     got = s["area_original"]["all"]
     assert {k: got[k] for k in expect} == dict(expect) and got["no original size"] == 0
-    # SPEC §1.1: most TB boxes lie in (384², 960²]
+    # docs/dataset.md §1.1: most TB boxes lie in (384², 960²]
     assert got["(384^2,960^2]"] > sum(expect.values()) / 2
     data = json.loads((shared_data / META / "TBX11K_train.json").read_text())
     coco = Counter("small" if a["bbox"][2] * a["bbox"][3] < 32 ** 2 else

@@ -1,4 +1,4 @@
-"""SymAttention (SPEC §2.2): mirrored sampling, init, gradients — checked against hand computations."""
+"""SymAttention (docs/models.md §2.2): mirrored sampling, init, gradients — checked against hand computations."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def test_layout_composition_and_boxes(synth_root: Path):
         for xmin, ymin, xmax, ymax, _ in boxes:
             assert 1 <= xmin < xmax <= 256 and 1 <= ymin < ymax <= 256
         types[type_of({b[4] for b in boxes})] += 1
-        # official conversion (SPEC §1.3): scale (×1 here), subtract 1 → the JSON boxes
+        # official conversion (docs/dataset.md §1.3): scale (×1 here), subtract 1 → the JSON boxes
         expect = sorted((c, [x0 - 1, y0 - 1, x1 - x0, y1 - y0]) for x0, y0, x1, y1, c in boxes)
         got = sorted((c, [round(v, 6) for v in b]) for c, b in json_boxes[f"tb/{p.stem}.png"])
         assert got == expect

@@ -156,7 +156,7 @@ def test_stage1_trains_detector_and_keeps_bn_stats(root, tmp_path):
     final = load_checkpoint(res.final[1])["model"]
     torch.manual_seed(cfg.seed + 1000)  # the trainer seeds this before building the model
     assert not torch.equal(TinyDetector().state_dict()["box_reg.weight"], final["box_reg.weight"])
-    # backbone BN stays in eval mode (SPEC §2.1): running statistics keep their initial values
+    # backbone BN stays in eval mode (docs/models.md §2.1): running statistics keep their initial values
     assert torch.equal(final["backbone.1.running_mean"], torch.zeros(8))
     assert torch.equal(final["backbone.1.running_var"], torch.ones(8))
     assert "cls_head.4.weight" in final
@@ -203,7 +203,7 @@ def test_stage2_needs_stage1_weights_and_same_model(root, tmp_path):
 
 def test_stage_loss_weights_resolve_and_are_checked(root, tmp_path):
     sc = StageConfig()
-    assert sc.loss_weights(1) == (1.0, 0.0) and sc.loss_weights(2) == (0.0, 1.0)  # SPEC §2.7
+    assert sc.loss_weights(1) == (1.0, 0.0) and sc.loss_weights(2) == (0.0, 1.0)  # docs/models.md §2.7
     assert StageConfig(image_cls_weight=0.5).loss_weights(1) == (1.0, 0.5)
     zero, joint = _cfg(root), _cfg(root)
     zero.stage1.detection_weight = 0.0
@@ -216,7 +216,7 @@ def test_stage_loss_weights_resolve_and_are_checked(root, tmp_path):
 
 
 def test_lr_schedule_matches_paper_formula():
-    sc = StageConfig()  # SPEC §2.7: warm-up 500 from 0.001, ×0.1 at epochs 16 and 22
+    sc = StageConfig()  # docs/models.md §2.7: warm-up 500 from 0.001, ×0.1 at epochs 16 and 22
     ipe = 100
     assert lr_factor(0, ipe, sc) == pytest.approx(0.001)
     assert lr_factor(250, ipe, sc) == pytest.approx(1 - 0.5 * 0.999)

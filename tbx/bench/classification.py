@@ -1,4 +1,4 @@
-"""Image classification metrics of the TBX11K protocol (SPEC §4.2) and screening operating points.
+"""Image classification metrics of the TBX11K protocol (docs/protocol.md §4.2) and screening operating points.
 
 Predicted class = arg-max of ``p(healthy) p(sick) p(TB)``; TB is class 2.  Everything is computed
 from *image weights* (1 per image for the point estimate, bootstrap counts for a resample), so one

@@ -29,7 +29,7 @@ COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#00
 LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 1)))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 CLASS_NAMES = ("healthy", "sick (non-TB)", "TB")
-# Overlay categories (SPEC §1.1): 1 active green, 2 latent red, 3 uncertain blue; line styles for grayscale.
+# Overlay categories (docs/dataset.md §1.1): 1 active green, 2 latent red, 3 uncertain blue; line styles for grayscale.
 CAT_STYLE = {1: ("#1a9e1a", "-", "active"), 2: ("#d62728", "--", "latent"), 3: ("#1f5fd6", ":", "uncertain")}
 ERROR_TYPES = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
 ERROR_LABELS = {"C75": "C75 (IoU .75)", "C50": "C50 (IoU .50)", "Loc": "Loc (IoU .10, loc. errors)",

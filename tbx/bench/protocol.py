@@ -1,10 +1,10 @@
-"""The TBX11K evaluation protocol (SPEC §4): which images, which boxes, which rows.
+"""The TBX11K evaluation protocol (docs/protocol.md §4): which images, which boxes, which rows.
 
 ``evaluate(gt_path, pred_dir, cfg)`` scores a prediction folder (``cls_result.txt`` and/or
-``bbox_result.json``, SPEC §4.1) against a COCO annotation file and returns the JSON-ready dict;
+``bbox_result.json``, docs/protocol.md §4.1) against a COCO annotation file and returns the JSON-ready dict;
 ``compare(gt_path, pred_a, pred_b, cfg)`` gives paired differences.
 
-Protocol decisions (SPEC §4.2–4.3):
+Protocol decisions (docs/protocol.md §4.2–4.3):
 
 - Classification runs over every image of the annotation file, in its order; the image label comes
   from the path rules (:func:`tbx.data.layout.label_from_path`), extra-dataset non-TB images count
@@ -48,7 +48,7 @@ MODES = {"all-cxr": ("all_cxr",), "tb-only": ("tb_only",), "both": ("all_cxr", "
 
 @dataclass
 class BenchConfig:
-    """Options of ``tbx bench`` (SPEC §4)."""
+    """Options of ``tbx bench`` (docs/protocol.md §4)."""
 
     mode: Literal["all-cxr", "tb-only", "both"] = "both"
     bootstrap: int = 0  # number of bootstrap resamples (0 = no percentile CIs)
@@ -146,7 +146,7 @@ class _Scored:
         n_extra = int((~np.isin(dets.image_id, truth.gt.image_ids)).sum())
         if n_extra:
             self.notes.append(f"{n_extra} detections on extra-dataset images ignored (detection is "
-                              "scored on TBX11K images only, SPEC §4.3)")
+                              "scored on TBX11K images only, docs/protocol.md §4.3)")
         self._build_rows(dets)
 
     def _build_rows(self, dets: Detections) -> None:

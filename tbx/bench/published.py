@@ -1,12 +1,12 @@
-"""Published numbers placed beside ours by ``tbx report --reference paper`` (SPEC §4.4).
+"""Published numbers placed beside ours by ``tbx report --reference paper`` (docs/protocol.md §4.4).
 
 All values are **percentages** exactly as printed in the papers (one decimal), never recomputed.
 Reports mark every row built from here as "(published)" with a footnote citing :data:`CITATION`
 (or :data:`CVPR_CITATION` for the CVPR 2020 baselines).
 
 Beyond the §4.4 headline rows, the complexity table uses the paper's parameter / FLOP accounting
-(SPEC §2.5: mmcv counts multiply-accumulates at 512×512, classifier included) and the TP/TN/FP/FN
-counts of SPEC §4.2 (SymFormer-RetinaNet on the 3,302-image ``all_test`` list).
+(docs/models.md §2.5: mmcv counts multiply-accumulates at 512×512, classifier included) and the TP/TN/FP/FN
+counts of docs/protocol.md §4.2 (SymFormer-RetinaNet on the 3,302-image ``all_test`` list).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ class PublishedRow:
     detection: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
     fps: float | None = None
     fps_note: str | None = None
-    params_paper_m: float | None = None  # paper accounting (SPEC §2.5), millions
-    gmacs: float | None = None  # "GFLOPs" in the paper = multiply-accumulates (SPEC §2.5)
+    params_paper_m: float | None = None  # paper accounting (docs/models.md §2.5), millions
+    gmacs: float | None = None  # "GFLOPs" in the paper = multiply-accumulates (docs/models.md §2.5)
     f1: float | None = None
-    shares: dict[str, float] | None = None  # tp/tn/fp/fn as % of all images (SPEC §4.2)
+    shares: dict[str, float] | None = None  # tp/tn/fp/fn as % of all images (docs/protocol.md §4.2)
 
 
 def _cls(values: tuple[float, ...]) -> dict[str, float]:
@@ -54,12 +54,12 @@ def _det(all_cxr: tuple[Pair, ...], tb_only: tuple[Pair, ...] | None = None) -> 
     return out
 
 
-# SPEC §4.2: TP 589, FN 58, FP 86, TN 2,569 over 3,302 images → shares of the total.
+# docs/protocol.md §4.2: TP 589, FN 58, FP 86, TN 2,569 over 3,302 images → shares of the total.
 _SYM_COUNTS = {"tp": 589, "tn": 2569, "fp": 86, "fn": 58}
 _SYM_SHARES = {k: round(100.0 * v / 3302, 1) for k, v in _SYM_COUNTS.items()}
 
-# SPEC §4.4 (TPAMI; P2T-Small: docs/models.md §2.5) and the CVPR 2020 baselines; params / GMACs
-# from SPEC §2.5.
+# docs/protocol.md §4.4 (TPAMI; P2T-Small: docs/models.md §2.5) and the CVPR 2020 baselines; params / GMACs
+# from docs/models.md §2.5.
 PUBLISHED_ROWS: tuple[PublishedRow, ...] = (
     PublishedRow("SymFormer w/ RetinaNet R50", CITATION,
                  _cls((94.5, 98.9, 91.0, 96.8, 93.3, 94.0)),
@@ -87,6 +87,6 @@ PUBLISHED_ROWS: tuple[PublishedRow, ...] = (
     PublishedRow("FCOS R50", CVPR_CITATION, _cls((88.9, 92.4, 87.3, 89.9, 86.6, 89.2))),
 )
 
-# SPEC §1.5 / §4.4: one radiologist on 400 test images.
+# docs/dataset.md §1.5 / docs/protocol.md §4.4: one radiologist on 400 test images.
 PUBLISHED_RADIOLOGIST = {"name": "Radiologist", "accuracy_3class": 84.8, "accuracy_types": 68.7,
                          "citation": CITATION}

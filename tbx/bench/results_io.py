@@ -1,4 +1,4 @@
-"""Prediction files in the authors' format (SPEC §4.1): read, validate and write.
+"""Prediction files in the authors' format (docs/protocol.md §4.1): read, validate and write.
 
 - ``cls_result.txt``: one line per image of the evaluated annotation file, in its image order, three
   probabilities ``p(healthy) p(sick) p(TB)`` separated by white space (softmax of the head's logits).
@@ -54,7 +54,7 @@ def read_cls_result(path: str | Path, n_expected: int | None = None) -> np.ndarr
     path = Path(path)
     if not path.is_file():
         raise TbxError("classification result file not found", path,
-                       f"write one line per image ('{CLS_RESULT}', see SPEC §4.1)")
+                       f"write one line per image ('{CLS_RESULT}', see docs/protocol.md §4.1)")
     text = path.read_text(encoding="utf-8", errors="replace")
     lines = text.splitlines()
     while lines and not lines[-1].strip():  # tolerate trailing blank lines
@@ -265,7 +265,7 @@ def _read_bbox_bytes(path: Path, raw: bytes, valid_image_ids: Iterable[int] | No
         if why is not None:
             line = _line_of_entry(_text(raw), i)
             loc = f"{where(path, line)} (detection #{i})" if line else f"{path} (detection #{i})"
-            raise TbxError(why, loc, "fix or regenerate the detection results (SPEC §4.1)")
+            raise TbxError(why, loc, "fix or regenerate the detection results (docs/protocol.md §4.1)")
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -22,7 +22,7 @@ from typing import Any, TypedDict
 from tbx.errors import TbxError
 
 SCHEMA = "tbx.bench/1"
-DET_MODES = ("all_cxr", "tb_only")  # detection modes (SPEC §4.3)
+DET_MODES = ("all_cxr", "tb_only")  # detection modes (docs/protocol.md §4.3)
 DET_ROWS = ("agnostic", "active", "latent")  # detection rows of each mode
 DET_ROW_LABELS = {"agnostic": "Category-agnostic TB", "active": "Active TB", "latent": "Latent TB"}
 

@@ -1,4 +1,4 @@
-"""The radiologist reading study (SPEC §1.5): sample cases, a reading form, and the comparison.
+"""The radiologist reading study (docs/dataset.md §1.5): sample cases, a reading form, and the comparison.
 
 A study directory (``STUDY_DIR``) holds:
 
@@ -7,7 +7,7 @@ A study directory (``STUDY_DIR``) holds:
 * ``key.csv`` — ``case_id,label,tb_type,file_name,image_id``: the gold standard and where each case
   comes from (never give it to a reader); ``study.json`` — the dataset root, the annotation JSON the
   cases were drawn from (its image ids match the lines of a ``cls_result.txt`` predicted for that
-  file, SPEC §4.1), the seed and the composition;
+  file, docs/protocol.md §4.1), the seed and the composition;
 * after :func:`write_sheet`: ``reading_form.html`` (self-contained, images embedded as data URIs, no
   network; one case at a time, keys 1–5, window/level, zoom, reading time per case, answers kept in
   the browser; "Export reads" downloads ``reads_<reader>.csv`` = ``case_id,label,comment,seconds``)
@@ -20,14 +20,14 @@ Each step writes its provenance: ``provenance.json`` (sample), ``provenance_shee
 Reader answers (``label`` column, case-insensitive): ``healthy``, ``sick`` (sick but non-TB),
 ``active``, ``latent``, ``active+latent`` (both TB types seen); ``tb`` (TB, type not given) is also
 accepted.  An optional ``seconds`` column (the form's reading time per case; blank = not timed)
-gives each reader's median and total reading time.  Scoring (SPEC §1.5):
+gives each reader's median and total reading time.  Scoring (docs/dataset.md §1.5):
 
 * **accuracy with TB types** — a case is right when the reader's class is right and, for TB, the
   reader's set of TB types equals the gold set ({active}, {latent}, {active, latent}); for gold
   *uncertain-type* TB any TB answer is right;
 * **3-class accuracy** — healthy / sick / TB, ignoring the active/latent distinction (the paper's
   84.8 %); **sensitivity** = recall of TB, **specificity** = recall of non-TB (healthy ∪ sick,
-  SPEC §4.2); **Cohen's kappa** vs gold on the 3 classes; 3×3 confusion (rows gold, columns reader)
+  docs/protocol.md §4.2); **Cohen's kappa** vs gold on the 3 classes; 3×3 confusion (rows gold, columns reader)
   and a type-level confusion;
 * bootstrap 95 % percentile CIs over cases (seeded, :func:`tbx.bench.stats.bootstrap_counts`);
 * inter-reader agreement: Fleiss' kappa (3 classes) with ≥ 3 readers, Cohen's kappa with 2; the
@@ -73,7 +73,7 @@ TEMPLATE = "reads_template.csv"
 COMPARE_JSON = "study_compare.json"
 SIMULATED = "reads_simulated_reader.csv"
 
-CLASSES = ("healthy", "sick", "tb")  # 3-class index 0/1/2 (CLASS_INDEX, SPEC §4.1)
+CLASSES = ("healthy", "sick", "tb")  # 3-class index 0/1/2 (CLASS_INDEX, docs/protocol.md §4.1)
 TB_MIX_TYPES = ("active", "latent", "active+latent", "uncertain")
 ANSWERS = ("healthy", "sick", "active", "latent", "active+latent", "tb")
 FORM_CHOICES = (("healthy", "healthy"), ("sick", "sick, non-TB"), ("active", "active TB"),
@@ -99,7 +99,7 @@ _SYNONYMS = {
 
 @dataclass
 class StudyConfig:
-    """``tbx study sample`` options (defaults = the paper's study, SPEC §1.5)."""
+    """``tbx study sample`` options (defaults = the paper's study, docs/dataset.md §1.5)."""
 
     split: str = "test"
     n_healthy: int = 140
@@ -422,7 +422,7 @@ def class_index(answer: str) -> int:
 
 
 def type_correct(answer: str, label: str, tb_type: str) -> bool:
-    """SPEC §1.5 rule: right class and, for TB, the same set of TB types (uncertain gold: any TB)."""
+    """docs/dataset.md §1.5 rule: right class and, for TB, the same set of TB types (uncertain gold: any TB)."""
     if label != "tb":
         return answer == label
     if answer not in _TYPE_SET:
@@ -540,7 +540,7 @@ class CompareConfig:
 def _load_predictions(pred: Path, cases: list[Case], meta: dict[str, Any]) -> tuple[np.ndarray, str]:
     """p(healthy, sick, TB) per case from a prediction dir (or ``cls_result.txt``) for the study's
     source annotation file; when the line count does not fit that file, the ``all_<split>.json``
-    of the same root is tried (the authors evaluate over all_test, SPEC §4.2)."""
+    of the same root is tried (the authors evaluate over all_test, docs/protocol.md §4.2)."""
     from tbx.bench.results_io import CLS_RESULT, read_cls_result
 
     path = pred / CLS_RESULT if pred.is_dir() else pred
@@ -552,7 +552,7 @@ def _load_predictions(pred: Path, cases: list[Case], meta: dict[str, Any]) -> tu
                        "re-create the study with tbx study sample")
     candidates = [ann_rel, f"{ANN_JSON}/all_{meta.get('split', 'test')}.json"]
     n_src = meta.get("n_images_in_annotation")
-    for rel in candidates:  # line i ↔ i-th image of the evaluated file (SPEC §4.1)
+    for rel in candidates:  # line i ↔ i-th image of the evaluated file (docs/protocol.md §4.1)
         f = root / rel
         if not f.is_file():
             continue
@@ -683,7 +683,7 @@ def simulate_reader(study_dir: str | Path, accuracy: float = 0.848, type_accurac
     """Write ``reads_<name>.csv``: a SIMULATED reader (not a radiologist) for demos.
 
     Exactly ``round(accuracy·n)`` cases are right on the 3 classes and ``round(type_accuracy·n)``
-    with TB types (defaults: the paper's radiologist, 84.8 % / 68.7 %, SPEC §1.5), as far as the
+    with TB types (defaults: the paper's radiologist, 84.8 % / 68.7 %, docs/dataset.md §1.5), as far as the
     study allows.  Error pattern: the type errors (active ↔ latent, a missed or extra type) are
     the largest group; 3-class errors are chosen at random over all cases and are mostly healthy ↔
     sick confusions, TB is called non-TB (or vice versa) less often.

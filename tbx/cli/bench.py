@@ -1,4 +1,4 @@
-"""`tbx bench` — score predictions with the TBX11K protocol (SPEC §4); `tbx bench compare A B`."""
+"""`tbx bench` — score predictions with the TBX11K protocol (docs/protocol.md §4); `tbx bench compare A B`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tbx.bench.protocol import BenchConfig, compare, evaluate, write_result
 from tbx.bench.schema import DET_ROW_LABELS
 from tbx.errors import TbxError
 
-app = typer.Typer(help="Score predictions with the TBX11K protocol (SPEC §4): classification, "
+app = typer.Typer(help="Score predictions with the TBX11K protocol (docs/protocol.md §4): classification, "
                   "detection (all-cxr / tb-only), screening operating points, bootstrap CIs.",
                   no_args_is_help=True)
 
@@ -45,7 +45,7 @@ def _print_result(res: dict[str, Any], console: Console) -> None:
     cls = res.get("classification")
     if cls:
         t = Table(title=f"Image classification — {cls['n_images']} images, {cls['n_tb']} TB "
-                  "(%, SPEC §4.2)")
+                  "(%, docs/protocol.md §4.2)")
         keys = [("accuracy", "Accuracy"), ("auc", "AUC"), ("sensitivity", "Sensitivity"),
                 ("specificity", "Specificity"), ("ap", "AP"), ("ar", "AR"), ("f1", "F1")]
         for _, name in keys:
@@ -81,7 +81,7 @@ def _print_result(res: dict[str, Any], console: Console) -> None:
         console.print(o)
     det = res.get("detection")
     if det:
-        t = Table(title="TB area detection (%, SPEC §4.3)",
+        t = Table(title="TB area detection (%, docs/protocol.md §4.3)",
                   caption="AP = COCO AP@[.5:.95]; AR@100 = COCO AR; FROC = mean sensitivity at "
                   "1/8, 1/4, 1/2, 1, 2, 4, 8 FP per image (IoU ≥ .5)")
         for col in ("Data", "Target", "AP50", "AP", "AR@100", "FROC"):
@@ -163,7 +163,7 @@ def bench(
                                                "RUN/operating_points.json (for tbx screen); bench a "
                                                "validation set."),
 ) -> None:
-    """Score predictions against ANN.json with the paper's protocol (SPEC §4)."""
+    """Score predictions against ANN.json with the paper's protocol (docs/protocol.md §4)."""
     if ctx.invoked_subcommand is not None:
         return
     if gt is None or pred is None:

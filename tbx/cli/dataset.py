@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-app = typer.Typer(help="Curate TBX11K-layout datasets: synth, build, validate, stats, split (SPEC §1).",
+app = typer.Typer(help="Curate TBX11K-layout datasets: synth, build, validate, stats, split (docs/dataset.md §1).",
                   no_args_is_help=True)
 
 
@@ -58,7 +58,7 @@ def synth(
 def _stats_tables(s: dict) -> list[Table]:
     cols = [*s["splits"], "total"]
     tables = []
-    t = Table(title="classes (SPEC §1.2)")
+    t = Table(title="classes (docs/dataset.md §1.2)")
     t.add_column("class")
     for c in cols:
         t.add_column(c, justify="right")
@@ -104,7 +104,7 @@ def stats(
     json_out: Path = typer.Option(None, "--json", help="Also write the statistics as JSON here "
                                   "(+ <name>.provenance.json beside it)."),
 ) -> None:
-    """Class × split table (SPEC §1.2, incl. TB types and TB without box), boxes per category and
+    """Class × split table (docs/dataset.md §1.2, incl. TB types and TB without box), boxes per category and
     box-area histograms (COCO bins at 512, the paper's bins at original resolution)."""
     from tbx.data.stats import stats_of
     from tbx.io import atomic_write_json

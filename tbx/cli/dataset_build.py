@@ -38,7 +38,7 @@ def build(
                                  "equal channels (byte layout of the release's PNGs)."),
     workers: int = typer.Option(1, "--workers", min=1, help="Decoding processes."),
     seed: int = typer.Option(0, "--seed", help="Split seed (raw exports without a split column)."),
-    ratio: str = typer.Option("3:2:1", "--ratio", help="TB train:val:test for the split (SPEC §1.2)."),
+    ratio: str = typer.Option("3:2:1", "--ratio", help="TB train:val:test for the split (docs/dataset.md §1.2)."),
     salt: str = typer.Option(None, "--salt", help="Secret for the patient-id HMAC (never written). "
                              "Default: a fixed public constant (reproducible, not secret)."),
     mapping: Path = typer.Option(None, "--mapping", help="Write the CSV original → new file name "
@@ -54,7 +54,7 @@ def build(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT (unchanged "
                                    "images are reused, not decoded again)."),
 ) -> None:
-    """Build the TBX11K layout (SPEC §1.3) from a raw hospital export or an official release root.
+    """Build the TBX11K layout (docs/dataset.md §1.3) from a raw hospital export or an official release root.
 
     Raw exports: images (PNG/JPEG/DICOM, any size) become 512×512 8-bit PNGs with generated names;
     boxes are converted with the official rule; patient ids are replaced by salted hashes; one

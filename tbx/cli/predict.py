@@ -1,4 +1,4 @@
-"""`tbx predict` — a trained model → the official prediction files (SPEC §4.1)."""
+"""`tbx predict` — a trained model → the official prediction files (docs/protocol.md §4.1)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ def report(
     format: str = typer.Option("md,tex,csv,html", "--format", "-f",
                                help="Comma-separated table formats: md, tex, csv, html."),
     reference: str = typer.Option("paper", "--reference", help="'paper': put the published numbers "
-                                  "(SPEC §4.4) beside ours; 'none'."),
+                                  "(docs/protocol.md §4.4) beside ours; 'none'."),
     study: Path | None = typer.Option(None, "--study", help="Directory of `tbx study compare` "
                                       "(study_compare.json) for reader rows and ROC points."),
     overlays: int = typer.Option(6, "--overlays", min=0,

@@ -37,7 +37,7 @@ def split(
                              "(default: ROOT)."),
     force: bool = typer.Option(False, "--force", help="Replace existing split files."),
 ) -> None:
-    """Stratified, patient-grouped train/val/test split (SPEC §1.2), from annotation metadata only.
+    """Stratified, patient-grouped train/val/test split (docs/dataset.md §1.2), from annotation metadata only.
 
     Each TB type (active only, latent only, both) is split train:val:test by --ratio (default 3:2:1,
     as asked); uncertain-type TB always goes to test, on top; healthy and sick by --non-tb-ratio

@@ -1,4 +1,4 @@
-"""`tbx study` commands: the radiologist reading study (SPEC §1.5)."""
+"""`tbx study` commands: the radiologist reading study (docs/dataset.md §1.5)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rich.table import Table
 from tbx.bench.study import (CompareConfig, StudyConfig, load_study, run_compare, sample_study,
                              write_sheet)
 
-app = typer.Typer(help="The radiologist reading study (SPEC §1.5): sample → sheet → compare.",
+app = typer.Typer(help="The radiologist reading study (docs/dataset.md §1.5): sample → sheet → compare.",
                   no_args_is_help=True)
 
 

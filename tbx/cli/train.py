@@ -1,4 +1,4 @@
-"""`tbx train` — the two-stage schedule (SPEC §2.7) on CPU or CUDA, one or many GPUs."""
+"""`tbx train` — the two-stage schedule (docs/models.md §2.7) on CPU or CUDA, one or many GPUs."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def train(
     val_every: int = typer.Option(None, "--val-every", min=1,
                                   help="Epochs between validations (default 1)."),
 ) -> None:
-    """Train a detector + classification head with the paper's two-stage schedule (SPEC §2.7).
+    """Train a detector + classification head with the paper's two-stage schedule (docs/models.md §2.7).
 
     Stage 1 trains detection on TBX11K_trainval_only_tb.json; stage 2 loads the stage-1 weights,
     freezes everything but the classification head and trains it on all_trainval.json. Writes

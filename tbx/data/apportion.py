@@ -1,7 +1,7 @@
 """Apportionment: integers that add up, as close as possible to given proportions.
 
-Used by the split (SPEC §1.4: per-stratum counts, the TB-type table) and by the reading study's
-case sampling (SPEC §1.5).
+Used by the split (docs/dataset.md §1.4: per-stratum counts, the TB-type table) and by the reading study's
+case sampling (docs/dataset.md §1.5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`tbx dataset build SRC OUT` — turn a source into the TBX11K layout (SPEC §1.3).
+"""`tbx dataset build SRC OUT` — turn a source into the TBX11K layout (docs/dataset.md §1.3).
 
 Two kinds of source:
 
@@ -92,11 +92,11 @@ DATASET_KIND = "dataset"  # the output marker of a TBX11K-layout folder (tbx.io.
 
 @dataclass
 class BuildConfig:
-    size: int = 512  # output images are size×size (SPEC §1.1: the release is 512×512)
+    size: int = 512  # output images are size×size (docs/dataset.md §1.1: the release is 512×512)
     channels: int = 1  # 1 = 8-bit grayscale PNG; 3 = RGB with equal channels (the release's PNGs)
     workers: int = 1
     seed: int = 0  # split seed (raw exports without a split column)
-    ratio: str = "3:2:1"  # TB split ratio train:val:test (SPEC §1.2), passed to SplitConfig
+    ratio: str = "3:2:1"  # TB split ratio train:val:test (docs/dataset.md §1.2), passed to SplitConfig
     salt: str | None = None  # patient-id HMAC salt; None → DEFAULT_SALT (documented above)
     mapping: str | None = None  # CSV original → new file name (must lie outside OUT)
     name_pattern: str = "{prefix}{n:04d}"  # generated stems for healthy/sick/tb (+ ".png")
@@ -389,10 +389,10 @@ def _convert_item_boxes(it: _Item, width: int, height: int, size: int) -> tuple[
         if xmin < 0 or ymin < 0 or xmax > width or ymax > height:
             raise TbxError(f"box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) lies outside the "
                            f"{width}×{height} image", at, "fix or delete the box")
-        if difficult:  # SPEC §1.3: difficult boxes are ignored
+        if difficult:  # docs/dataset.md §1.3: difficult boxes are ignored
             continue
         conv = convert_voc_box(xmin, ymin, xmax, ymax, width, height, size)
-        if conv is None:  # SPEC §1.3: narrower than 1 px after scaling
+        if conv is None:  # docs/dataset.md §1.3: narrower than 1 px after scaling
             continue
         out.append(Box(*conv, cat))
         orig.append(Box(xmin, ymin, xmax - xmin, ymax - ymin, cat))

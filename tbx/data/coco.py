@@ -1,4 +1,4 @@
-"""COCO JSON ↔ records (the official TBX11K annotation format, SPEC §1.3)."""
+"""COCO JSON ↔ records (the official TBX11K annotation format, docs/dataset.md §1.3)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The torch side of the data: a Dataset over a TBX11K layout + one COCO annotation file,
-box-consistent transforms (SPEC §2.7), a deterministic epoch sampler and the batch collate.
+box-consistent transforms (docs/models.md §2.7), a deterministic epoch sampler and the batch collate.
 
-Pipeline (SPEC §2.7): decode the PNG (grayscale → 3 channels), resize to fit ``input_size`` ×
+Pipeline (docs/models.md §2.7): decode the PNG (grayscale → 3 channels), resize to fit ``input_size`` ×
 ``input_size`` keeping the aspect ratio, horizontal flip with p = 0.5 (training only, boxes flipped
 too), pad to a multiple of 32 at the bottom/right, ImageNet normalisation.
 
@@ -34,21 +34,21 @@ from tbx.data.layout import IMGS, resolve_inside
 from tbx.data.records import CLASS_INDEX, UNCERTAIN, Record
 from tbx.errors import TbxError
 
-# ImageNet statistics, RGB (SPEC §2.1).
+# ImageNet statistics, RGB (docs/models.md §2.1).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SIZE_DIVISOR = 32  # SPEC §2.7: pad to a multiple of 32
+SIZE_DIVISOR = 32  # docs/models.md §2.7: pad to a multiple of 32
 
 
 def resized_shape(h: int, w: int, input_size: int) -> tuple[int, int]:
-    """Shape after resizing to fit ``input_size`` × ``input_size`` keeping the aspect (SPEC §2.7)."""
+    """Shape after resizing to fit ``input_size`` × ``input_size`` keeping the aspect (docs/models.md §2.7)."""
     scale = min(input_size / h, input_size / w)
     return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
 
 
 def input_image(im: Image.Image, input_size: int) -> Tensor:
     """An RGB image → the network's ``(3, h, w)`` uint8 image: resized (bilinear) to fit
-    ``input_size`` × ``input_size`` keeping the aspect (SPEC §2.7).  Padding and normalisation
+    ``input_size`` × ``input_size`` keeping the aspect (docs/models.md §2.7).  Padding and normalisation
     follow in :func:`collate` and :func:`normalize_batch`."""
     h, w = resized_shape(im.height, im.width, input_size)
     if (h, w) != (im.height, im.width):
@@ -101,7 +101,7 @@ class TBXDataset(Dataset):
 
     ``ann`` is a path (absolute or relative to ``root``).  Boxes are read in the annotation frame
     (the file's ``width`` × ``height``) and mapped to the resized input frame; :attr:`Sample.scale`
-    maps them back.  ``train=True`` drops category-3 (uncertain) boxes (SPEC §4.3 / contract) and
+    maps them back.  ``train=True`` drops category-3 (uncertain) boxes (docs/protocol.md §4.3 / contract) and
     requires every image to have a derivable label; otherwise images of unknown label (``test/``)
     are allowed and get ``cls_label = -1``.
 

@@ -4,7 +4,7 @@
   extension, and always returns an H×W ``uint8`` array.  16-bit PNGs are mapped linearly from their
   min..max; colour images are converted to luminance (Pillow's ITU-R 601 ``L`` conversion).
 - :func:`resize_gray8` stretches to the target size per axis (the release's images are 512×512
-  regardless of the original aspect, and its boxes are scaled per axis, SPEC §1.3) with Pillow's
+  regardless of the original aspect, and its boxes are scaled per axis, docs/dataset.md §1.3) with Pillow's
   antialiased bilinear filter.
 - :func:`encode_png` is deterministic (no timestamps, no text chunks, fixed compression), so a
   rebuild produces the same bytes.

@@ -1,4 +1,4 @@
-"""The TBX11K folder conventions (SPEC §1.3) — the only place that parses paths into labels.
+"""The TBX11K folder conventions (docs/dataset.md §1.3) — the only place that parses paths into labels.
 
 Labels come from path *components* relative to ``imgs/`` (never from a substring search over the
 whole path, which is what mislabels data roots containing "tb" or "sick" in the official code).
@@ -75,7 +75,7 @@ def list_name(split: str, prefix: str = "TBX11K") -> str:
 
 
 def extra_source(stem: str, group: str) -> str:
-    """Which public dataset an image under ``extra/<group>/`` comes from (SPEC §1.4)."""
+    """Which public dataset an image under ``extra/<group>/`` comes from (docs/dataset.md §1.4)."""
     low = stem.lower()
     if group == "da+db":
         return "db" if low.startswith(("px", "nx")) else "da"
@@ -89,7 +89,7 @@ def extra_source(stem: str, group: str) -> str:
 
 
 def label_from_path(file_name: str) -> tuple[str, str]:
-    """``(label, source)`` of an image from its path relative to ``imgs/`` (SPEC §1.3).
+    """``(label, source)`` of an image from its path relative to ``imgs/`` (docs/dataset.md §1.3).
 
     ``health/…`` → healthy, ``sick/…`` → sick, ``tb/…`` → tb; ``extra/da+db/<split>/NAME``: TB when
     NAME starts with ``p``/``px``, else healthy; ``extra/mc+shenzhen/<split>/NAME``: TB when the

@@ -11,16 +11,16 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-# Image-level labels and TB types (SPEC §1.1).  "unknown" = a TB image without any box (the real
+# Image-level labels and TB types (docs/dataset.md §1.1).  "unknown" = a TB image without any box (the real
 # data has one: tb/tb1199.png), whose type therefore cannot be derived.
 LABELS = ("healthy", "sick", "tb")
 TB_TYPES = ("none", "active", "latent", "active+latent", "uncertain", "unknown")
-# the SPEC §1.2 table row of a TB image of each type ("unknown": a TB image without boxes)
+# the docs/dataset.md §1.2 table row of a TB image of each type ("unknown": a TB image without boxes)
 TB_TYPE_ROWS = {"active": "active TB", "latent": "latent TB", "active+latent": "active & latent TB",
                 "uncertain": "uncertain TB", "unknown": "TB without box"}
 SPLITS = ("train", "val", "test")
 
-# Box categories (SPEC §1.1): official COCO ids and names.
+# Box categories (docs/dataset.md §1.1): official COCO ids and names.
 ACTIVE, LATENT, UNCERTAIN = 1, 2, 3
 CATEGORIES = (
     {"id": ACTIVE, "name": "ActiveTuberculosis", "supercategory": "Tuberculosis"},
@@ -30,7 +30,7 @@ CATEGORIES = (
 CATEGORY_BY_NAME = {c["name"]: c["id"] for c in CATEGORIES}
 CATEGORY_SHORT = {ACTIVE: "active", LATENT: "latent", UNCERTAIN: "uncertain"}
 
-# Class index used by the classification head and cls_result.txt (SPEC §4.1): healthy, sick, TB.
+# Class index used by the classification head and cls_result.txt (docs/protocol.md §4.1): healthy, sick, TB.
 CLASS_INDEX = {"healthy": 0, "sick": 1, "tb": 2}
 
 
@@ -94,7 +94,7 @@ _RECORD_FIELDS = {f.name for f in dataclasses.fields(Record)}
 
 
 def tb_type_from_categories(categories: Iterable[int]) -> str:
-    """TB type of a TB image from its box categories (SPEC §1.1)."""
+    """TB type of a TB image from its box categories (docs/dataset.md §1.1)."""
     cats = set(categories)
     if not cats:
         return "unknown"

@@ -1,13 +1,13 @@
-"""Stratified, patient-grouped train/val/test split of a TBX11K-layout dataset (SPEC §1.2, §1.4).
+"""Stratified, patient-grouped train/val/test split of a TBX11K-layout dataset (docs/dataset.md §1.2, §1.4).
 
 Strata (the *allocation stratum* of a record, see :func:`allocation_stratum`):
 
 * ``healthy``, ``sick`` (TBX11K) — split by ``non_tb_ratio`` (default 15:4:6 = the published
-  3000/800/1200, SPEC §1.2).
+  3000/800/1200, docs/dataset.md §1.2).
 * ``tb:active``, ``tb:latent``, ``tb:active+latent`` (TBX11K TB with known type) — split by
   ``ratio`` (default 3:2:1 as the user asked, each TB type on its own; :meth:`SplitConfig.published`
   gives the published table's totals).
-* ``tb:uncertain`` — always test (its type cannot be learned, SPEC §1.2).
+* ``tb:uncertain`` — always test (its type cannot be learned, docs/dataset.md §1.2).
 * TB images without any box (type ``unknown``; the release has one, ``tb/tb1199.png``) are
   allocated with the latent stratum by default (``unknown_tb_as="latent"``): the published table
   counts tb1199 among the 104 latent training images (the real train metadata holds 103 latent-only
@@ -15,7 +15,7 @@ Strata (the *allocation stratum* of a record, see :func:`allocation_stratum`):
   to test like uncertain TB.
 * every extra source × label (``da:healthy``, ``shenzhen:tb``, …) — split by ``extra_ratio``; by
   default half of each to train+val (in ``ratio``'s train:val proportion) and half to test, as the
-  authors did (SPEC §1.4): ``3:2:1`` → ``3:2:5``, ``3:1:2`` → ``3:1:4``.
+  authors did (docs/dataset.md §1.4): ``3:2:1`` → ``3:2:5``, ``3:1:2`` → ``3:1:4``.
 
 How counts are decided (exact up to rounding):
 
@@ -37,7 +37,7 @@ How counts are decided (exact up to rounding):
    every split keeps its TB total, maximising the summed fractional parts; ties are broken by the
    preference order (fractional part desc, stratum size desc, split order).
    Hence with :meth:`SplitConfig.published` on a dataset with the published class counts every row
-   total (healthy, sick, TB, uncertain TB) and every column total (6600/1800/2800) of SPEC §1.2 is
+   total (healthy, sick, TB, uncertain TB) and every column total (6600/1800/2800) of docs/dataset.md §1.2 is
    reproduced exactly.  The individual active/latent/both cells of
    the published table (473/157/294, 104/36/72, 23/7/24) are *not* proportional to any ratio
    (active 51.2 % train vs both 42.6 %), i.e. the authors' split was not exactly stratified per type;
@@ -93,8 +93,8 @@ UNKNOWN_TB_CHOICES = ("latent", "own", "test")
 class SplitConfig:
     """Options of ``tbx dataset split`` (ratios are ``train:val:test`` strings)."""
 
-    ratio: str = "3:2:1"  # TB (SPEC §1.2 "the ratio question": the user's 3:2:1; 3:1:2 = published)
-    non_tb_ratio: str = "15:4:6"  # healthy and sick (SPEC §1.2: 3000/800/1200)
+    ratio: str = "3:2:1"  # TB (docs/dataset.md §1.2 "the ratio question": the user's 3:2:1; 3:1:2 = published)
+    non_tb_ratio: str = "15:4:6"  # healthy and sick (docs/dataset.md §1.2: 3000/800/1200)
     extra_ratio: str | None = None  # extra sources; None → half to test, train:val as in `ratio`
     seed: int = 0
     folds: int = 0  # K > 1: stratified K-fold of train+val
@@ -123,7 +123,7 @@ class SplitConfig:
         return cls.published(**given)
 
 
-# the published split (SPEC §1.2 Table 2): every row and column total reproduced exactly
+# the published split (docs/dataset.md §1.2 Table 2): every row and column total reproduced exactly
 PUBLISHED = {"ratio": "3:1:2", "non_tb_ratio": "15:4:6", "tb_quota": "class"}
 
 
@@ -155,7 +155,7 @@ def format_ratio(r: Sequence[Fraction]) -> str:
 
 
 def default_extra_ratio(ratio: Sequence[Fraction]) -> tuple[Fraction, Fraction, Fraction]:
-    """Half to train+val (in ``ratio``'s train:val proportion), half to test (SPEC §1.4)."""
+    """Half to train+val (in ``ratio``'s train:val proportion), half to test (docs/dataset.md §1.4)."""
     tr, va = Fraction(ratio[0]), Fraction(ratio[1])
     if tr + va == 0:
         return (Fraction(0), Fraction(0), Fraction(1))
@@ -293,7 +293,7 @@ class SplitPlan:
     fold_strata: list[dict[str, Any]] | None = None
 
     def table(self) -> dict[str, dict[str, int]]:
-        """``{row: {train, val, test, total}}`` in the layout of SPEC §1.2 (TBX11K + extras).
+        """``{row: {train, val, test, total}}`` in the layout of docs/dataset.md §1.2 (TBX11K + extras).
 
         Rows are allocation strata, so TB images without boxes appear in the row they were
         allocated with (latent by default, as tb1199 in the published table)."""
@@ -437,7 +437,7 @@ def plan_split(records: Sequence[Record], cfg: SplitConfig | None = None) -> Spl
                             else f"{format_ratio(tb_w)} (TB {cfg.tb_quota})",
                             targets[s], achieved[s])
         if kind == "test_only":
-            rep.notes.append("uncertain TB type: always test (SPEC §1.2)")
+            rep.notes.append("uncertain TB type: always test (docs/dataset.md §1.2)")
         if n_unknown.get(s):
             rep.notes.append(f"includes {n_unknown[s]} TB image(s) without boxes (type unknown), "
                              f"allocated as '{s}' (unknown_tb_as={cfg.unknown_tb_as})")
@@ -496,7 +496,7 @@ def fold_records(records: Sequence[Record], folds: Sequence[int | None], k: int)
 # ----------------------------------------------------------------------------------------------
 # reading a dataset root and writing the split (all-or-nothing)
 
-# Files a split owns (SPEC §1.3 official names + fold files); --force replaces/removes only these.
+# Files a split owns (docs/dataset.md §1.3 official names + fold files); --force replaces/removes only these.
 _SPLIT_JSON = re.compile(r"^(TBX11K_(train|val|trainval|test)(_only_tb)?|all_(train|val|trainval|test)"
                          r"|fold\d+_(all_)?(train|val)(_only_tb)?)\.json$")
 _SPLIT_LIST = re.compile(r"^(TBX11K_(train|val|trainval|test)|all_(train|val|trainval|test)"

@@ -1,18 +1,18 @@
-"""Dataset statistics (SPEC §1.2 table, box counts, box-area histograms).
+"""Dataset statistics (docs/dataset.md §1.2 table, box counts, box-area histograms).
 
 Records come from :func:`tbx.data.views.load_dataset` (any layout root, annotation folder or
 COCO JSON).
 
 :func:`dataset_stats` summarises records:
 
-* ``classes`` — SPEC §1.2 Table 2 for TBX11K images: rows healthy, sick, active TB, latent TB,
+* ``classes`` — docs/dataset.md §1.2 Table 2 for TBX11K images: rows healthy, sick, active TB, latent TB,
   active & latent TB, uncertain TB, TB without box (a TB image with no box; the real train set has
   one, ``tb/tb1199.png``), unlabelled (only if present) and total; columns = splits + total;
 * ``extra`` — images of the extra datasets (DA, DB, Montgomery, Shenzhen) per source × label;
 * ``boxes`` — boxes per category (active, latent, uncertain) × split;
 * ``area_512`` — COCO-style area bins in the 512 frame of the JSON boxes: small < 32²,
   medium [32², 96²), large ≥ 96² (pycocotools' ``areaRng``);
-* ``area_original`` — the paper's bins at the *original* scanner resolution (SPEC §1.1): ≤ 384²,
+* ``area_original`` — the paper's bins at the *original* scanner resolution (docs/dataset.md §1.1): ≤ 384²,
   (384², 960²], > 960².  An original area is the box's JSON area × (W/w)·(H/h), with W×H the
   original size read from the image's VOC XML ``<size>`` (``annotations/xml/<stem>.xml`` or
   ``xml/<stem>.xml`` beside the JSON); boxes of images without an XML are counted under
@@ -44,7 +44,7 @@ CLASS_ROWS = ("healthy", "sick", *TB_TYPE_ROWS.values())
 COCO_BINS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2),
              ("large", 96.0 ** 2, float("inf")))  # [lo, hi) in the 512 frame
 PAPER_BINS = (("<=384^2", 0.0, 384.0 ** 2), ("(384^2,960^2]", 384.0 ** 2, 960.0 ** 2),
-              (">960^2", 960.0 ** 2, float("inf")))  # (lo, hi] at original resolution, SPEC §1.1
+              (">960^2", 960.0 ** 2, float("inf")))  # (lo, hi] at original resolution, docs/dataset.md §1.1
 NO_SIZE = "no original size"
 
 
@@ -78,8 +78,8 @@ def original_sizes(path: str | Path, records: list[Record]) -> dict[str, tuple[i
 
 
 def class_row(r: Record) -> str:
-    """The SPEC §1.2 row of a record ("unlabelled" for images without a label); the TB type comes
-    from the record's box categories (SPEC §1.1), so a TB image without boxes is "TB without box"."""
+    """The docs/dataset.md §1.2 row of a record ("unlabelled" for images without a label); the TB type comes
+    from the record's box categories (docs/dataset.md §1.1), so a TB image without boxes is "TB without box"."""
     if r.label in ("healthy", "sick"):
         return r.label
     if r.label == "tb":

@@ -11,9 +11,9 @@ per-pixel Python loops):
 * **acquisition** — the whole thorax is rotated (±5°), shifted (±5 % sideways, −7…+5 %
   vertically) and scaled (0.86–1.08), as a patient is positioned differently in every exposure:
   the two lungs are bilaterally symmetric *up to a small affine transform*, which is exactly what
-  SymFormer's STN absorbs (SPEC §2.3); habitus (soft-tissue thickness, arms in the field or not),
+  SymFormer's STN absorbs (docs/models.md §2.3); habitus (soft-tissue thickness, arms in the field or not),
   contrast, brightness, gamma and quantum noise vary per image;
-* **findings** (SPEC §1.1 classes):
+* **findings** (docs/dataset.md §1.1 classes):
   - healthy: none;
   - sick but non-TB: one or two of *diffuse* bilateral reticulonodular opacities, *lower-zone*
     airspace opacities, *cardiomegaly* (cardiothoracic ratio > 0.5) and a pleural *effusion*
@@ -51,7 +51,7 @@ Output 1 — TBX11K layout (default), at ``size`` × ``size``::
   The split is assigned by :func:`tbx.data.split.split_records` with ``SplitConfig(seed=seed)``;
   patient ids are ``SYN-000001`` … (one image per patient).  VOC coordinates are 1-based pixel
   indices (``xmin = first column + 1``, ``xmax = last column + 1``) so that the official
-  conversion (scale to 512, subtract 1, SPEC §1.3) gives exactly the JSON boxes.
+  conversion (scale to 512, subtract 1, docs/dataset.md §1.3) gives exactly the JSON boxes.
 
 Output 2 — ``raw=True``: a hospital-style export, the input of ``tbx dataset build SRC OUT``::
 
@@ -817,7 +817,7 @@ def generate(case: Case, cfg: SynthConfig, root: str | Path) -> Record:
         path.write_bytes(_png_bytes(np.rint(img * 255).astype(np.uint8), compress_level=1))
         width, height, file_name = cfg.size, cfg.size, case.file_name
         xml_filename = Path(case.file_name).stem  # the release writes the stem
-    if case.xml_name:  # VOC: 1-based pixel indices (SPEC §1.3 conversion subtracts 1)
+    if case.xml_name:  # VOC: 1-based pixel indices (docs/dataset.md §1.3 conversion subtracts 1)
         write_voc(root / case.xml_name, xml_filename, width, height,
                   [Box(b.x + 1, b.y + 1, b.w, b.h, b.category) for b in out_boxes])
     return Record(image_id=case.index + 1, file_name=file_name, width=width, height=height,

@@ -6,7 +6,7 @@ message):
 - ``json``: every COCO file parses; image ids, annotation ids and file names are unique; every
   annotation refers to an image; category ids are the official 1/2/3; boxes are non-degenerate and
   inside the declared image frame (tolerance 1 px on the low side for the release's −1 offset,
-  SPEC §1.3);
+  docs/dataset.md §1.3);
 - ``labels``: TB images have ≥ 1 box (a TB image without any is a *warning*: the release has one,
   ``tb/tb1199.png``), non-TB images have none, ``*_only_tb`` files hold only boxed TB images;
 - ``images``: every listed image exists, decodes and has the declared size (when images are
@@ -15,7 +15,7 @@ message):
 - ``lists``: each list file equals the file order of its JSON;
 - ``splits``: train / val / test are disjoint (file names and, when recorded, patient ids), and
   trainval = train + val;
-- ``patients``: one image per patient (SPEC §1.1), when the JSONs record pseudonymous patient ids
+- ``patients``: one image per patient (docs/dataset.md §1.1), when the JSONs record pseudonymous patient ids
   (``tbx dataset build`` writes them);
 - ``xml``: boxes of the JSONs equal the VOC XMLs converted with the official rule (≤ 1e-3 px);
 - ``near-duplicates``: 64-bit perceptual hashes (DCT pHash, 32×32) of all images propose pairs
@@ -48,7 +48,7 @@ from tbx.errors import TbxError
 SEVERITIES = ("error", "warning", "info")
 VALID_CATEGORIES = {c["id"] for c in CATEGORIES}
 _SPLIT_RE = re.compile(r"^(TBX11K|all)_(train|val|trainval|test)(_only_tb)?$")
-BOX_TOL = 1.0  # px, SPEC §1.3: 1-based VOC boxes become x ≥ −1 after the −1 offset
+BOX_TOL = 1.0  # px, docs/dataset.md §1.3: 1-based VOC boxes become x ≥ −1 after the −1 offset
 
 
 @dataclass
@@ -271,7 +271,7 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig | None = None,
                         split_of[s_][m.group(2)].add(lp.name)
     _check_splits(split_of, patient_split, files, col, jdir)
     for pid, fns in sorted(patient_files.items()):
-        if len(fns) > 1:  # SPEC §1.1: one CXR per person
+        if len(fns) > 1:  # docs/dataset.md §1.1: one CXR per person
             col.add("warning", "patients", pid, f"patient has {len(fns)} images: "
                     f"{', '.join(sorted(fns)[:4])}", "multi")
     report.stats["xml_checked"] = _check_xml(root, boxes_by_file, declared, col)

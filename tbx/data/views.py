@@ -1,4 +1,4 @@
-"""The official annotation views of a split dataset: list files and COCO JSONs (SPEC §1.3).
+"""The official annotation views of a split dataset: list files and COCO JSONs (docs/dataset.md §1.3).
 
 Given records whose ``split`` is set, :func:`annotation_views` names every official file and the
 records it holds, in order; :func:`write_views` writes them all.  Image ids are positional within

@@ -101,7 +101,7 @@ def convert_voc_box(xmin: float, ymin: float, xmax: float, ymax: float, width: i
                     size: int | tuple[int, int] = 512) -> tuple[float, float, float, float] | None:
     """A VOC box at the original ``width``×``height`` → COCO ``(x, y, w, h)`` in the resized frame.
 
-    SPEC §1.3: scale x by size/width and y by size/height, subtract 1 (0-based), drop boxes
+    docs/dataset.md §1.3: scale x by size/width and y by size/height, subtract 1 (0-based), drop boxes
     narrower (or lower) than 1 px after scaling.  Bit-exact with the release: the corners are
     computed in float64, stored as float32, and w/h are float32 differences (this reproduces all
     902 boxes of ``TBX11K_train.json`` exactly; see :func:`official_area` for the area).

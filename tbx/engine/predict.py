@@ -1,4 +1,4 @@
-"""Inference → the official prediction files (SPEC §4.1).
+"""Inference → the official prediction files (docs/protocol.md §4.1).
 
 ``predict(checkpoint, data_root, ann, out_dir)`` writes into ``out_dir``:
 
@@ -108,8 +108,8 @@ def write_predictions(out_dir: str | Path, probs: np.ndarray, dets: list[dict[st
 
 def evaluate_predictions(gt_path: str | Path, pred_dir: str | Path) -> dict[str, float]:
     """Score a prediction folder with the bench library (``tbx.bench.protocol.evaluate``) and
-    flatten the headline numbers: ``accuracy``, ``auc`` (classification, SPEC §4.2) and
-    ``cat_agnostic_ap50`` / ``cat_agnostic_ap`` (tb-only mode, category-agnostic, SPEC §4.3)."""
+    flatten the headline numbers: ``accuracy``, ``auc`` (classification, docs/protocol.md §4.2) and
+    ``cat_agnostic_ap50`` / ``cat_agnostic_ap`` (tb-only mode, category-agnostic, docs/protocol.md §4.3)."""
     from tbx.bench.protocol import BenchConfig, evaluate
 
     res = evaluate(gt_path, pred_dir, BenchConfig(mode="tb-only"))

@@ -1,11 +1,11 @@
-"""The two training stages (SPEC §2.7): typed training config, presets, optimiser and LR schedule.
+"""The two training stages (docs/models.md §2.7): typed training config, presets, optimiser and LR schedule.
 
 Stage I trains the detector on the TB images with boxes (``TBX11K_trainval_only_tb.json``);
 stage II loads the stage-I weights, freezes everything except the classification head and trains
 it on every train+val CXR (``all_trainval.json``).  Both stages default to the paper schedule:
 SGD lr 0.001, momentum 0.9, wd 1e-4, linear warm-up over 500 iterations from ratio 0.001, batch 8,
 ×0.1 steps at epochs 16/22 (stage I, 24 epochs) and 8/11 (stage II, 12 epochs).  DETR-family
-presets use AdamW 2e-4, backbone lr ×0.1, grad-clip 0.1, 50 epochs with a drop at 40 (SPEC §3).
+presets use AdamW 2e-4, backbone lr ×0.1, grad-clip 0.1, 50 epochs with a drop at 40 (docs/models.md §3).
 
 Presets are YAML files in ``tbx/configs/`` (the repo's ``configs/`` points there); a preset name
 or any YAML path is loaded with :func:`load_train_config` plus ``--set key=value`` overrides.
@@ -26,12 +26,12 @@ from tbx.models.config import ModelConfig, check_sections
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
-# `tbx train symformer` → the default model (SPEC §2).
+# `tbx train symformer` → the default model (docs/models.md §2).
 MODEL_ALIASES = {"symformer": "symformer_retinanet", "symformer_detr": "symformer_deformable_detr",
                  "detr": "deformable_detr", "symformer_p2t": "symformer_retinanet"}
 # Aliases that also pick a preset other than the model's default (`tbx train symformer_p2t`).
 ALIAS_PRESETS = {"symformer_p2t": "symformer_retinanet_p2t"}
-# The paper preset of each model (SPEC §2.7, §3).
+# The paper preset of each model (docs/models.md §2.7, §3).
 DEFAULT_PRESETS = {
     "symformer_retinanet": "symformer_retinanet_r50",
     "retinanet": "retinanet_r50",
@@ -46,7 +46,7 @@ DEFAULT_PRESETS = {
 @dataclass
 class DataConfig:
     root: str = ""
-    # SPEC §2.7: stage I on TB images with boxes, stage II on all train+val CXRs (extras included).
+    # docs/models.md §2.7: stage I on TB images with boxes, stage II on all train+val CXRs (extras included).
     stage1_ann: str = "annotations/json/TBX11K_trainval_only_tb.json"
     stage2_ann: str = "annotations/json/all_trainval.json"
     flip_prob: float = bounded(0.5, **PROBABILITY)
@@ -74,13 +74,13 @@ class StageConfig:
     # checkpoints, its validation and the next stage use the average; last.pt keeps both for resume.
     ema_decay: float = bounded(0.0, ge=0, lt=1)
     init_from: str | None = None  # weights to start from (stage 2: the stage-1 final by default)
-    # stage 2: module prefixes that train (SPEC §2.7: the classification head only); from-scratch
+    # stage 2: module prefixes that train (docs/models.md §2.7: the classification head only); from-scratch
     # CPU presets may add "backbone" (it never saw ImageNet, so its frozen features are weak)
     trainable: list[str] = field(default_factory=lambda: ["cls_head"])
     # Loss weights of the stage; None = the paper (stage I: detection 1, image classification 0;
     # stage II: detection 0, classification 1).  Both > 0 trains jointly: the detector losses on
     # every image of the stage's annotation file (images without boxes are negatives) plus the
-    # SPEC §2.6 cross-entropy — e.g. a stage II that trains the backbone keeps its detector in tune
+    # docs/models.md §2.6 cross-entropy — e.g. a stage II that trains the backbone keeps its detector in tune
     # (list the detector modules in `trainable` then).  RetinaNet models only.
     detection_weight: float | None = None
     image_cls_weight: float | None = None
@@ -93,13 +93,13 @@ class StageConfig:
 
 
 def _stage2_default() -> StageConfig:
-    return StageConfig(epochs=12, lr_steps=[8, 11])  # SPEC §2.7
+    return StageConfig(epochs=12, lr_steps=[8, 11])  # docs/models.md §2.7
 
 
 @dataclass
 class TrainConfig:
     model_name: str = "symformer_retinanet"
-    # backbone, pretrained, input_size (the data pipeline resizes to fit it, SPEC §2.7), family sections
+    # backbone, pretrained, input_size (the data pipeline resizes to fit it, docs/models.md §2.7), family sections
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     stage1: StageConfig = field(default_factory=StageConfig)

@@ -1,4 +1,4 @@
-"""The training loop: the two stages of SPEC §2.7 on CPU or CUDA, one or many processes.
+"""The training loop: the two stages of docs/models.md §2.7 on CPU or CUDA, one or many processes.
 
 ``train(cfg, out_dir, stage="both")`` runs stage I (detection, on the TB images with boxes) then
 stage II (the classification head alone, every other weight frozen, starting from the stage-I
@@ -331,7 +331,7 @@ def _stage_init_weights(cfg: TrainConfig, s: int, out: Path) -> Path | None:
         p = Path(sc.init_from)
         return p / "stage1" / "final.pt" if p.is_dir() else p
     if s == 2:
-        # SPEC §2.7: stage II starts from the stage-I weights (the official R50 config forgot to).
+        # docs/models.md §2.7: stage II starts from the stage-I weights (the official R50 config forgot to).
         p = out / "stage1" / "final.pt"
         if not p.is_file():
             raise TbxError("stage 2 needs the stage-1 weights, but there is no stage1/final.pt", out,

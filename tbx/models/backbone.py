@@ -1,8 +1,8 @@
-"""ResNet trunk (torchvision) and the RetinaNet-style FPN (SPEC §2.1), plus backbone weights loading.
+"""ResNet trunk (torchvision) and the RetinaNet-style FPN (docs/models.md §2.1), plus backbone weights loading.
 
 * :class:`ResNetBackbone` — torchvision ResNet-18/34/50/101 without ``avgpool``/``fc``; returns
   C2..C5.  Its BatchNorm layers are plain ``BatchNorm2d`` whose affine parameters train while the
-  running statistics stay frozen (the detector keeps them in eval mode, SPEC §2.1).
+  running statistics stay frozen (the detector keeps them in eval mode, docs/models.md §2.1).
 * :class:`FPN` — 1×1 laterals on C3..C5, nearest top-down, 3×3 outputs, no norm/activation;
   P6 = 3×3 stride-2 conv on **C5**, P7 = 3×3 stride-2 conv on P6 with **no ReLU** in between
   (mmdetection's ``add_extra_convs="on_input"``; torchvision's ``LastLevelP6P7`` puts a ReLU
@@ -66,7 +66,7 @@ class ResNetBackbone(nn.Module):
 
 
 class FPN(nn.Module):
-    """FPN on C3..C5 with P6 (from C5) and P7 (from P6, no ReLU): ``[P3..P7]`` (SPEC §2.1)."""
+    """FPN on C3..C5 with P6 (from C5) and P7 (from P6, no ReLU): ``[P3..P7]`` (docs/models.md §2.1)."""
 
     def __init__(self, in_channels: list[int], out_channels: int = 256):
         super().__init__()

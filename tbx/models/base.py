@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tbx.models.cls_head import ClsHead
 from tbx.models.backbone import WeightsReport
 
-# SPEC §2.6: cross-entropy class weights for healthy, sick, TB.
+# docs/models.md §2.6: cross-entropy class weights for healthy, sick, TB.
 CLS_LOSS_WEIGHTS = (1.0, 1.0, 4.0)
 
 
@@ -40,25 +40,25 @@ class Prediction:
 
 
 class Detector(nn.Module):
-    """Base class: a detector with the shared image-classification head (SPEC §2.6).
+    """Base class: a detector with the shared image-classification head (docs/models.md §2.6).
 
-    Subclasses set ``self.backbone`` (whose BN layers stay in eval mode, SPEC §2.1) and
-    ``self.cls_head`` (SPEC §2.6, on the last backbone stage), and implement ``forward`` and
+    Subclasses set ``self.backbone`` (whose BN layers stay in eval mode, docs/models.md §2.1) and
+    ``self.cls_head`` (docs/models.md §2.6, on the last backbone stage), and implement ``forward`` and
     ``predict`` with the contract of this module's docstring.  In stage 2, ``forward`` should
     compute only what the classification head needs (backbone + head).
     """
 
-    cls_head: ClsHead  # set by every subclass (SPEC §2.6)
+    cls_head: ClsHead  # set by every subclass (docs/models.md §2.6)
     stage: int = 1
     #: what the backbone weights file gave (loaded / missing / unexpected); None: random init
     pretrained_report: WeightsReport | None = None
-    #: Backbone BatchNorm in eval mode with frozen running statistics (SPEC §2.1, right for
+    #: Backbone BatchNorm in eval mode with frozen running statistics (docs/models.md §2.1, right for
     #: ImageNet-initialised backbones).  CPU presets training from scratch set it False
     #: (``model.norm_eval: false``): frozen statistics of a random network do not normalise.
     norm_eval: bool = True
 
     stage2_trainable: tuple[str, ...] = ("cls_head",)
-    #: ``(detection, image classification)`` loss weights of the current stage (SPEC §2.7:
+    #: ``(detection, image classification)`` loss weights of the current stage (docs/models.md §2.7:
     #: stage 1 ``(1, 0)``, stage 2 ``(0, 1)``).
     loss_weights: tuple[float, float] = (1.0, 0.0)
     #: Whether the training forward honours other loss weights (joint detection + classification).
@@ -67,7 +67,7 @@ class Detector(nn.Module):
     def set_stage(self, stage: int, stage2_trainable: tuple[str, ...] | list[str] = ("cls_head",),
                   loss_weights: tuple[float, float] | None = None) -> None:
         """Stage 1: train the detector (classification head frozen is *not* required, it simply
-        receives no loss). Stage 2: freeze everything except ``cls_head`` (SPEC §2.7).
+        receives no loss). Stage 2: freeze everything except ``cls_head`` (docs/models.md §2.7).
 
         ``stage2_trainable``: module-name prefixes that stay trainable in stage 2 (the paper: only
         ``cls_head``; a from-scratch CPU preset may add ``backbone``, whose features it never
@@ -102,7 +102,7 @@ class Detector(nn.Module):
 
     def train(self, mode: bool = True) -> Detector:
         super().train(mode)
-        # Frozen statistics: backbone BN always in eval (SPEC §2.1); in stage 2 every module
+        # Frozen statistics: backbone BN always in eval (docs/models.md §2.1); in stage 2 every module
         # outside the classification head is frozen, so it runs in eval mode entirely.
         for name, m in self.named_modules():
             if not name:

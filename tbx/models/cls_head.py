@@ -1,4 +1,4 @@
-"""The image classification head shared by every detector (SPEC §2.6).
+"""The image classification head shared by every detector (docs/models.md §2.6).
 
 Input: the last backbone stage (C5; 2048 ch and 16×16 for ResNet-50 at 512).  Conv 1×1 → 512
 **with padding 1** (16×16 → 18×18) + ReLU; 3 × (Conv 3×3 512, pad 1, + ReLU); MaxPool 2 (→ 9×9);
@@ -20,7 +20,7 @@ from tbx.models.config import HeadInit
 
 
 class ClsHead(nn.Module):
-    """``forward(c5 (N, in_channels, H, W)) → logits (N, num_classes)`` (SPEC §2.6)."""
+    """``forward(c5 (N, in_channels, H, W)) → logits (N, num_classes)`` (docs/models.md §2.6)."""
 
     def __init__(self, in_channels: int = 2048, mid_channels: int = 512, num_classes: int = 3,
                  init: HeadInit = "paper"):

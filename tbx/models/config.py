@@ -27,15 +27,15 @@ Attention = Literal["symmetric", "deformable"]
 
 @dataclass
 class RetinaNetConfig:
-    """``model.retinanet``: the RetinaNet family (SPEC §2.1, §2.4).
+    """``model.retinanet``: the RetinaNet family (docs/models.md §2.1, §2.4).
 
     Attributes:
-        width: FPN / head / SAS channels (SPEC §2.1: 256).  Narrower widths are for the CPU
+        width: FPN / head / SAS channels (docs/models.md §2.1: 256).  Narrower widths are for the CPU
             ``tiny`` preset only; the paper's models keep 256.
-        anchor_scale: anchor octave base scale (SPEC §2.4: 4); smaller for presets that shrink the
+        anchor_scale: anchor octave base scale (docs/models.md §2.4: 4); smaller for presets that shrink the
             input and hence the lesions.
         nms_class_agnostic: NMS across active/latent boxes (paper: class-wise).
-        box_loss: ``"l1"`` on the encoded deltas (the paper, SPEC §2.4) or ``"giou"`` on the decoded
+        box_loss: ``"l1"`` on the encoded deltas (the paper, docs/models.md §2.4) or ``"giou"`` on the decoded
             boxes (mmdetection's ``reg_decoded_bbox`` + ``GIoULoss``).
         box_loss_weight: weight of the box loss (paper: 1 with L1).
         cls_backbone: the classification head on its own ResNet, forked from the detector's when
@@ -43,7 +43,7 @@ class RetinaNetConfig:
             stage II must train backbone features without moving the detector.
         cls_input_size: with ``cls_backbone``, the classification ResNet sees the input downscaled
             to this side when ``input_size`` is larger (0: never).
-        head_init: the box head's conv towers, ``"paper"`` (N(0, 0.01), SPEC §2.4) or ``"kaiming"``
+        head_init: the box head's conv towers, ``"paper"`` (N(0, 0.01), docs/models.md §2.4) or ``"kaiming"``
             (He normal; the output convs keep N(0, 0.01) and the prior bias).
     """
 
@@ -59,7 +59,7 @@ class RetinaNetConfig:
 
 @dataclass
 class SymFormerConfig:
-    """``model.symformer``: the SymFormer ablation switches (SPEC §2.3)."""
+    """``model.symformer``: the SymFormer ablation switches (docs/models.md §2.3)."""
 
     pos_encoding: PosEncoding = "spe"
     attention: Attention = "symmetric"
@@ -67,7 +67,7 @@ class SymFormerConfig:
 
 @dataclass
 class DetrConfig:
-    """``model.detr``: Deformable DETR (SPEC §3: 300 queries, 6 + 6 layers, 4 feature levels)."""
+    """``model.detr``: Deformable DETR (docs/models.md §3: 300 queries, 6 + 6 layers, 4 feature levels)."""
 
     num_queries: int = bounded(300, ge=1)
     num_encoder_layers: int = bounded(6, ge=0)
@@ -85,11 +85,11 @@ class ModelConfig:
         pretrained: ``"imagenet"`` (torchvision weights, cached in ``$TORCH_HOME``), ``"none"``
             (from scratch) or a path to a backbone ``state_dict`` / tbx checkpoint.
         num_classes: box classes (2: active TB, latent TB).
-        input_size: the network input side in pixels (SPEC §2.1: 512).
-        cls_channels: classification-head width (SPEC §2.6: 512).
+        input_size: the network input side in pixels (docs/models.md §2.1: 512).
+        cls_channels: classification-head width (docs/models.md §2.6: 512).
         cls_head_init: classification-head initialisation, ``"paper"`` (torch's default, as the
             paper's code) or ``"kaiming"`` (He normal; see :mod:`tbx.models.cls_head`).
-        norm_eval: keep backbone BatchNorm in eval mode (SPEC §2.1); False only for from-scratch
+        norm_eval: keep backbone BatchNorm in eval mode (docs/models.md §2.1); False only for from-scratch
             CPU presets (see :attr:`tbx.models.base.Detector.norm_eval`).
         retinanet / symformer / detr: the family sections (None: not given → their defaults for a
             model that reads them; an error for one that does not).

@@ -37,7 +37,7 @@ def ms_deform_sample(value: Tensor, spatial_shapes: Sequence[tuple[int, int]] | 
         ``(N, Q, M·D)`` — per query, per head ``Σ_{l,p} w · bilinear(value_l, loc)``, heads concatenated.
 
     Bilinear sampling has the semantics of ``grid_sample(..., align_corners=False,
-    padding_mode="zeros")`` at ``2·loc − 1`` (SPEC §2.2), whichever kernel runs.
+    padding_mode="zeros")`` at ``2·loc − 1`` (docs/models.md §2.2), whichever kernel runs.
     """
     shapes = [(int(h), int(w)) for h, w in (spatial_shapes.tolist() if isinstance(spatial_shapes, Tensor)
                                             else spatial_shapes)]

@@ -1,13 +1,13 @@
-"""Deformable DETR R50 and SymFormer w/ Deformable DETR (SPEC §3), with the shared cls head (SPEC §2.6).
+"""Deformable DETR R50 and SymFormer w/ Deformable DETR (docs/models.md §3), with the shared cls head (docs/models.md §2.6).
 
 Architecture (Zhu et al. 2021, "Deformable DETR", the plain single-stage variant: no iterative box
-refinement, not two-stage — this is the variant whose parameter count matches SPEC §2.5):
+refinement, not two-stage — this is the variant whose parameter count matches docs/models.md §2.5):
 
 * ResNet trunk (:class:`tbx.models.backbone.ResNetBackbone`) → C3, C4, C5 (strides 8, 16, 32).
 * Input projection to 4 levels, ``d_model`` 256: ``Conv 1×1 + GroupNorm(32)`` on C3..C5 and
   ``Conv 3×3 stride 2 + GroupNorm(32)`` on C5 (stride 64).  Xavier init, zero bias.
 * Positional encoding: DETR sine (normalised by each image's valid extent) — or, for SymFormer,
-  the SPE with its STN (SPEC §2.3; one STN shared by all levels) — plus a learned level embedding.
+  the SPE with its STN (docs/models.md §2.3; one STN shared by all levels) — plus a learned level embedding.
 * Encoder: 6 post-norm layers of multi-scale deformable self-attention (8 heads, 4 levels, 4
   points) + FFN 1024, dropout 0.1 (:class:`tbx.models.sym_attention.SymEncoderLayer`);
   ``mirror=False`` for Deformable DETR, ``mirror=True`` (SymAttention) for SymFormer.
@@ -22,9 +22,9 @@ refinement, not two-stage — this is the variant whose parameter count matches 
   (aux losses), after Hungarian matching with the same costs (:mod:`tbx.models.matcher`).
 * Inference: sigmoid scores, top-100 over queries × classes, boxes scaled to input pixels and
   clipped to the valid image.
-* Image classification head (SPEC §2.6) on C5.
+* Image classification head (docs/models.md §2.6) on C5.
 
-Parameter accounting (SPEC §2.5).  The paper's "52.67 M (counting only trainable params: stem,
+Parameter accounting (docs/models.md §2.5).  The paper's "52.67 M (counting only trainable params: stem,
 layer1 and BN frozen)" **includes the classification head**, established by counting:
 
 ===========================================================  ============
@@ -36,7 +36,7 @@ query embedding 300 × 512, reference-point Linear, level emb      155,138
 class Linear 256→2 + box MLP 256→256→256→4                        133,126
 **detector** (the official code prints 39,847,265 for COCO's    39,824,392
 91 classes: + 22,873 for the wider class Linear)
-image classification head (SPEC §2.6)                          12,849,667
+image classification head (docs/models.md §2.6)                          12,849,667
 **total trainable**                                            52,674,059  → 52.67 M
 ===========================================================  ============
 
@@ -44,13 +44,13 @@ SymFormer-Deformable adds only the SPE's STN (20,280; SymAttention has the same 
 deformable attention): 52,694,339 → 52.69 M.  Without the cls head the detector alone would be
 39.82 M, far from 52.67 M, so the paper's count includes the head.  ``tests/test_models_ddetr.py``
 asserts both totals (±0.5 %) under this accounting.  The MACs agree as well: ``tbx.models.info``
-(mmcv-style counting, 512×512, cls head included) gives 54.07 / 54.08 G — SPEC §2.5's 54.07 / 54.08
+(mmcv-style counting, 512×512, cls head included) gives 54.07 / 54.08 G — docs/models.md §2.5's 54.07 / 54.08
 GFLOPs (backbone 21.52, input projections 1.25, encoder 24.67, decoder 3.38, heads 0.24, cls
 head 3.02; plus 0.56 G of functional sampling/attention products that mmcv does not count).
 
 Frozen parts (stage 1, :meth:`DeformableDETR._trainable_in_stage1`): the stem (``conv1``/``bn1``),
 ``layer1`` and every backbone BatchNorm (affine parameters frozen too, running statistics in eval —
-the official code uses FrozenBatchNorm2d).  SPEC §3 training recipe (``configs/deformable_detr_r50.yaml``):
+the official code uses FrozenBatchNorm2d).  docs/models.md §3 training recipe (``configs/deformable_detr_r50.yaml``):
 AdamW 2e-4, backbone lr ×0.1, gradient clipping 0.1, 50 epochs, step at 40; the official code also
 lowers the lr of the sampling-offset and reference-point Linears (:attr:`DeformableDETR.low_lr_keys`).
 """
@@ -139,7 +139,7 @@ class DeformableDecoderLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        # decoder cross-attention is never mirrored (SPEC §3: only the encoder uses SymAttention)
+        # decoder cross-attention is never mirrored (docs/models.md §3: only the encoder uses SymAttention)
         self.cross_attn = SymAttention(d_model, n_heads, n_levels, n_points, mirror=False)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
@@ -181,7 +181,7 @@ class DeformableTransformer(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         # official: Xavier on every matrix, then MSDeformAttn's own init — here SymAttention keeps
-        # its own init (SPEC §2.2), so its parameters are skipped.
+        # its own init (docs/models.md §2.2), so its parameters are skipped.
         attn_params = {id(p) for m in self.modules() if isinstance(m, SymAttention) for p in m.parameters()}
         for p in self.parameters():
             if p.dim() > 1 and id(p) not in attn_params:
@@ -252,12 +252,12 @@ class DeformableTransformer(nn.Module):
 
 
 class DeformableDETR(Detector):
-    """Deformable DETR (``sym=False``) or SymFormer w/ Deformable DETR (``sym=True``), SPEC §3.
+    """Deformable DETR (``sym=False``) or SymFormer w/ Deformable DETR (``sym=True``), docs/models.md §3.
 
     Args:
         backbone: a :class:`ResNetBackbone` (weights already loaded).
         num_classes: detection classes (2: active, latent — category ``c`` ↔ class index ``c − 1``).
-        num_queries, d_model, n_heads, n_points, enc_layers, dec_layers, d_ffn, dropout: SPEC §3
+        num_queries, d_model, n_heads, n_points, enc_layers, dec_layers, d_ffn, dropout: docs/models.md §3
             (300, 256, 8, 4, 6, 6, 1024, 0.1).
         sym: SymAttention (mirror=True) in every encoder layer and SPE+STN instead of the sine PE.
         loss weights: focal 2.0, L1 5.0, GIoU 2.0 (also the matching costs); ``focal_alpha`` 0.25.
@@ -265,7 +265,7 @@ class DeformableDETR(Detector):
     """
 
     #: Parameters the official recipe (and mmdetection's config) trains at the backbone's reduced
-    #: lr (× 0.1, SPEC §3) besides ``backbone.*``: names containing these keys.
+    #: lr (× 0.1, docs/models.md §3) besides ``backbone.*``: names containing these keys.
     low_lr_keys: tuple[str, ...] = ("sampling_offsets", "reference_points")
 
     def __init__(self, backbone: ResNetBackbone, num_classes: int = 2, num_queries: int = 300,
@@ -278,8 +278,8 @@ class DeformableDETR(Detector):
         super().__init__()
         self.backbone = backbone
         self.num_classes, self.num_queries = num_classes, num_queries
-        # SymFormer (SPEC §3): SPE with STN + SymAttention encoder; the ablation switches of
-        # SPEC §2.3 (tbx.models.sas.POS_ENCODINGS / ATTENTIONS) may override either.
+        # SymFormer (docs/models.md §3): SPE with STN + SymAttention encoder; the ablation switches of
+        # docs/models.md §2.3 (tbx.models.sas.POS_ENCODINGS / ATTENTIONS) may override either.
         pos_encoding = pos_encoding or ("spe" if sym else "sine")
         attention = attention or ("symmetric" if sym else "deformable")
         if pos_encoding not in POS_ENCODINGS:
@@ -304,7 +304,7 @@ class DeformableDETR(Detector):
             assert isinstance(conv, nn.Conv2d) and conv.bias is not None
             nn.init.xavier_uniform_(conv.weight, gain=1)
             nn.init.zeros_(conv.bias)
-        # SPEC §2.3 SPE (one STN shared by all levels) or the plain normalised sine encoding
+        # docs/models.md §2.3 SPE (one STN shared by all levels) or the plain normalised sine encoding
         self.pos_encoding = SymmetricPositionalEncoding(d_model // 2, **POS_ENCODINGS[pos_encoding])
         self.transformer = DeformableTransformer(d_model, n_heads, enc_layers, dec_layers, d_ffn, dropout,
                                                  n_levels, n_points, sym_encoder=ATTENTIONS[attention])
@@ -324,7 +324,7 @@ class DeformableDETR(Detector):
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.aux_loss = aux_loss
         self.detections_per_img = detections_per_img
-        # stage-1 freezing (SPEC §2.5): stem, layer1 and every backbone BatchNorm parameter
+        # stage-1 freezing (docs/models.md §2.5): stem, layer1 and every backbone BatchNorm parameter
         self._frozen_names = {f"backbone.{mn}.{pn}" if mn else f"backbone.{pn}"
                               for mn, m in self.backbone.named_modules()
                               if isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -365,7 +365,7 @@ class DeformableDETR(Detector):
             srcs.append(proj(feats[-1] if i == 0 else srcs[-1]))
         masks = [F.interpolate(mask[None].float(), size=s.shape[-2:]).to(torch.bool)[0] for s in srcs]
         # The plain sine encoding is normalised by the valid extent (official Deformable DETR);
-        # SPE variants mirror about the padded map's midline, like SymAttention (SPEC §2.2) and
+        # SPE variants mirror about the padded map's midline, like SymAttention (docs/models.md §2.2) and
         # the SAS block, so they get no mask.
         mirrored = self.pos_encoding.mode in ("spe", "relative")
         pos = [self.pos_encoding(s, None if mirrored else m) for s, m in zip(srcs, masks)]
@@ -490,7 +490,7 @@ class DeformableDETR(Detector):
 
 def _build(cfg: ModelConfig, sym: bool) -> DeformableDETR:
     dc = cfg.detr or DetrConfig()
-    # the ablation switches (SPEC §2.3) apply to the SymFormer variant only
+    # the ablation switches (docs/models.md §2.3) apply to the SymFormer variant only
     sc = (cfg.symformer or SymFormerConfig()) if sym else None
     backbone = ResNetBackbone(cfg.backbone)
     load_backbone_weights(backbone, cfg.pretrained)
@@ -509,10 +509,10 @@ def _build(cfg: ModelConfig, sym: bool) -> DeformableDETR:
 
 
 def build_deformable_detr(cfg: ModelConfig) -> DeformableDETR:
-    """Deformable DETR R50 (single-stage, no box refinement) + classification head (SPEC §3)."""
+    """Deformable DETR R50 (single-stage, no box refinement) + classification head (docs/models.md §3)."""
     return _build(cfg, sym=False)
 
 
 def build_symformer_deformable_detr(cfg: ModelConfig) -> DeformableDETR:
-    """SymFormer w/ Deformable DETR: SymAttention encoder + SPE with STN + cls head (SPEC §3)."""
+    """SymFormer w/ Deformable DETR: SymAttention encoder + SPE with STN + cls head (docs/models.md §3)."""
     return _build(cfg, sym=True)

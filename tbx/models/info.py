@@ -5,11 +5,11 @@ Counting is generic (nothing per model is hard-coded):
 * ``params_live`` — every parameter the model holds; ``params_trainable`` — those with
   ``requires_grad`` after ``set_stage(1)`` (Deformable DETR freezes its stem, layer1 and BN);
   ``params_paper`` — trainable + the model's optional ``dead_params`` attribute: parameters the
-  authors' code creates but never uses (SPEC §2.5: 130,412 for SymFormer-RetinaNet), so that the
+  authors' code creates but never uses (docs/models.md §2.5: 130,412 for SymFormer-RetinaNet), so that the
   figure is comparable with the paper's table.
 * ``gmacs`` — multiply-accumulates of one forward pass at ``input × input``, batch 1 (the model's
   ``macs_forward`` — every layer but post-processing — when it has one, else ``predict``),
-  counted like mmcv's ``get_flops`` (the paper's tool, SPEC §2.5) with forward hooks on modules:
+  counted like mmcv's ``get_flops`` (the paper's tool, docs/models.md §2.5) with forward hooks on modules:
   Conv (k·k·C_in/groups per output element + 1 for the bias), Linear (input elements × out
   features), BatchNorm/GroupNorm/LayerNorm/InstanceNorm (elements, ×2 when affine), the
   activations mmcv hooks (ReLU, ReLU6, PReLU, ELU, LeakyReLU: output elements), pooling modules

@@ -1,4 +1,4 @@
-"""Hungarian matching and box utilities for set-prediction detectors (Deformable DETR, SPEC §3).
+"""Hungarian matching and box utilities for set-prediction detectors (Deformable DETR, docs/models.md §3).
 
 The matcher follows the official Deformable DETR ``HungarianMatcher`` (focal-loss variant): the
 cost between prediction ``i`` and ground truth ``j`` is::
@@ -9,7 +9,7 @@ cost between prediction ``i`` and ground truth ``j`` is::
 
     pos_cost = α (1 − p)^γ (−log p),  neg_cost = (1 − α) p^γ (−log(1 − p)),  p = sigmoid(logit)
 
-with ``w_class = 2``, ``w_bbox = 5``, ``w_giou = 2``, ``α = 0.25``, ``γ = 2`` (SPEC §3: "Hungarian
+with ``w_class = 2``, ``w_bbox = 5``, ``w_giou = 2``, ``α = 0.25``, ``γ = 2`` (docs/models.md §3: "Hungarian
 matching with the same costs" as the loss).  The optimal one-to-one assignment of each image is
 solved with :func:`scipy.optimize.linear_sum_assignment`.
 """
@@ -77,7 +77,7 @@ class HungarianMatcher(nn.Module):
     """One-to-one matching of predictions to ground truth per image (see the module docstring).
 
     Args:
-        cost_class, cost_bbox, cost_giou: weights of the three costs (SPEC §3: 2, 5, 2).
+        cost_class, cost_bbox, cost_giou: weights of the three costs (docs/models.md §3: 2, 5, 2).
         alpha, gamma: focal parameters of the class cost (0.25, 2).
     """
 

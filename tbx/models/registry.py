@@ -22,12 +22,12 @@ from tbx.models.tv_detectors import build_faster_rcnn, build_fcos, build_ssd
 Builder = Callable[[ModelConfig], Detector]
 
 MODELS: dict[str, Builder] = {
-    "symformer_retinanet": build_symformer_retinanet,  # the paper's model (SPEC §2)
+    "symformer_retinanet": build_symformer_retinanet,  # the paper's model (docs/models.md §2)
     "retinanet": build_retinanet,
-    # Deformable DETR and SymFormer w/ Deformable DETR (SPEC §3)
+    # Deformable DETR and SymFormer w/ Deformable DETR (docs/models.md §3)
     "deformable_detr": build_deformable_detr,
     "symformer_deformable_detr": build_symformer_deformable_detr,
-    # torchvision-based baselines with the classification head (SPEC §3)
+    # torchvision-based baselines with the classification head (docs/models.md §3)
     "faster_rcnn": build_faster_rcnn,
     "fcos": build_fcos,
     "ssd": build_ssd,

@@ -1,14 +1,14 @@
-"""RetinaNet and SymFormer-RetinaNet (SPEC §2.1–2.4), one class with a ``sas`` switch.
+"""RetinaNet and SymFormer-RetinaNet (docs/models.md §2.1–2.4), one class with a ``sas`` switch.
 
 Data flow: ResNet → C2..C5 → FPN P3..P7 → [SAS block, shared over levels] → RetinaNet head;
-classification head (SPEC §2.6) on C5 — of the same ResNet (the paper), or, with
+classification head (docs/models.md §2.6) on C5 — of the same ResNet (the paper), or, with
 ``cls_backbone=True`` (from-scratch CPU presets), of a second ResNet that stage II forks from the
 stage-I one and trains with the head, so that stage II leaves the detector exactly as stage I
 made it; that ResNet may then also see a smaller copy of the input (``cls_scale``), since an
 image-level label needs less resolution than lesion boxes.  Conventions follow the authors'
 mmdetection 2.16 code:
 
-* Anchors (SPEC §2.4): per level of stride ``s``, sizes ``4·2^(k/3)·s`` (k = 0, 1, 2) × ratios
+* Anchors (docs/models.md §2.4): per level of stride ``s``, sizes ``4·2^(k/3)·s`` (k = 0, 1, 2) × ratios
   h/w 0.5, 1, 2 → 9 per location, centred at ``(j·s, i·s)`` (mmdetection v2, centre offset 0) and
   **not rounded**.  torchvision's ``AnchorGenerator`` rounds the base anchors to integers, so we
   generate them here (cached per feature size/device/dtype); the difference is < 0.5 px.
@@ -28,9 +28,9 @@ mmdetection 2.16 code:
   valid image size; class-wise NMS IoU 0.5 (``batched_nms``); ≤ 100 per image.  Optionally
   class-agnostic NMS (mmdetection's ``nms=dict(class_agnostic=True)``): one lesion then keeps
   one box even when the detector hesitates between active and latent, which the
-  category-agnostic rows of SPEC §4.3 would otherwise count as a false positive.
+  category-agnostic rows of docs/protocol.md §4.3 would otherwise count as a false positive.
 * Init: head convs N(0, 0.01), zero bias; classification bias ``−log((1 − 0.01)/0.01)`` (prior
-  0.01, SPEC §2.4).
+  0.01, docs/models.md §2.4).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from tbx.models.config import HeadInit, ModelConfig, RetinaNetConfig, SymFormerC
 from tbx.models.p2t import P2T, P2T_VARIANTS, load_p2t_weights
 from tbx.models.sas import SASBlock
 
-STRIDES = (8, 16, 32, 64, 128)  # P3..P7 (SPEC §2.1)
+STRIDES = (8, 16, 32, 64, 128)  # P3..P7 (docs/models.md §2.1)
 
 
 def make_backbone(name: str, pretrained: str) -> tuple[ResNetBackbone | P2T, WeightsReport | None]:
@@ -69,7 +69,7 @@ def make_backbone(name: str, pretrained: str) -> tuple[ResNetBackbone | P2T, Wei
 
 
 class AnchorGenerator(nn.Module):
-    """mmdetection-v2 anchors (SPEC §2.4): 9 per location, unrounded, centre offset 0."""
+    """mmdetection-v2 anchors (docs/models.md §2.4): 9 per location, unrounded, centre offset 0."""
 
     def __init__(self, strides=STRIDES, octave_base_scale: float = 4.0, scales_per_octave: int = 3,
                  ratios=(0.5, 1.0, 2.0)):
@@ -107,7 +107,7 @@ class AnchorGenerator(nn.Module):
 
 
 def max_iou_assign(gt_boxes: Tensor, anchors: Tensor, pos_iou: float = 0.5, neg_iou: float = 0.4) -> Tensor:
-    """mmdetection ``MaxIoUAssigner`` (SPEC §2.4) → ``(A,)`` int64: −1 ignore, 0 background,
+    """mmdetection ``MaxIoUAssigner`` (docs/models.md §2.4) → ``(A,)`` int64: −1 ignore, 0 background,
     ``k + 1`` = assigned to GT ``k``."""
     assigned = torch.full((anchors.shape[0],), -1, dtype=torch.long, device=anchors.device)
     if gt_boxes.numel() == 0:
@@ -154,7 +154,7 @@ class RetinaHead(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         assert self.retina_cls.bias is not None
-        nn.init.constant_(self.retina_cls.bias, -math.log((1 - prior_prob) / prior_prob))  # SPEC §2.4
+        nn.init.constant_(self.retina_cls.bias, -math.log((1 - prior_prob) / prior_prob))  # docs/models.md §2.4
 
     def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Per level: logits ``(N, H·W·A, C)`` and deltas ``(N, H·W·A, 4)``."""
@@ -169,7 +169,7 @@ class RetinaHead(nn.Module):
 
 
 class RetinaNet(Detector):
-    """RetinaNet-FPN with the SPEC §2.6 classification head; ``sas=True`` → SymFormer-RetinaNet.
+    """RetinaNet-FPN with the docs/models.md §2.6 classification head; ``sas=True`` → SymFormer-RetinaNet.
 
     Args:
         backbone: ``resnet18 | resnet34 | resnet50 | resnet101 | p2t_small`` (:func:`make_backbone`).
@@ -177,11 +177,11 @@ class RetinaNet(Detector):
             :func:`tbx.models.p2t.load_p2t_weights`); what was loaded: ``pretrained_report``.
         num_classes: box classes (2: active, latent).
         sas: insert the SAS block (SPE + SymAttention encoder layer) after the FPN.
-        pos_encoding / attention: SAS ablation switches (SPEC §2.3), ignored without ``sas``.
-        width: FPN / head / SAS channels (SPEC §2.1: 256; narrower only for CPU presets; must be a
+        pos_encoding / attention: SAS ablation switches (docs/models.md §2.3), ignored without ``sas``.
+        width: FPN / head / SAS channels (docs/models.md §2.1: 256; narrower only for CPU presets; must be a
             multiple of 16 — 8 heads, and the sine encoding needs an even number per axis).
-        cls_channels: classification-head width (SPEC §2.6: 512).
-        anchor_scale: anchor octave base scale (SPEC §2.4: 4, i.e. 32–50 px at stride 8); CPU
+        cls_channels: classification-head width (docs/models.md §2.6: 512).
+        anchor_scale: anchor octave base scale (docs/models.md §2.4: 4, i.e. 32–50 px at stride 8); CPU
             presets that shrink the input (and so the lesions) scale the anchors with it.
         class_agnostic_nms: NMS across the box classes (the paper: class-wise, False).
         box_loss / box_loss_weight: ``"l1"`` (the paper) or ``"giou"``, and the term's weight.
@@ -222,12 +222,12 @@ class RetinaNet(Detector):
         self.cls_backbone = make_backbone(backbone, "none")[0] if cls_backbone else None
         self.cls_head = ClsHead(self.backbone.out_channels[-1], cls_channels, 3)
         self.anchor_generator = AnchorGenerator(octave_base_scale=anchor_scale)
-        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))  # SPEC §2.4: means 0, stds 1
+        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))  # docs/models.md §2.4: means 0, stds 1
         self.num_classes = num_classes
         self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
         self.topk_per_level, self.max_dets = topk_per_level, max_dets
         self.class_agnostic_nms = class_agnostic_nms
-        if sas:  # paper accounting (SPEC §2.5): parameters the authors' model holds but never uses
+        if sas:  # paper accounting (docs/models.md §2.5): parameters the authors' model holds but never uses
             self.dead_params = 130_412
 
     # -- paper components (for `tbx models info`) --------------------------------------------
@@ -334,7 +334,7 @@ class RetinaNet(Detector):
     def detection_loss(self, logits: Tensor, deltas: Tensor, anchors: Tensor,
                        targets: list[dict]) -> dict[str, Tensor]:
         """Focal + L1 (or GIoU) over the batch, normalised by the number of positive anchors
-        (SPEC §2.4)."""
+        (docs/models.md §2.4)."""
         cls_t: list[Tensor] = []
         box_t: list[Tensor] = []
         assigned_all: list[Tensor] = []
@@ -468,7 +468,7 @@ def build_retinanet(cfg: ModelConfig) -> RetinaNet:
 
 
 def build_symformer_retinanet(cfg: ModelConfig) -> RetinaNet:
-    """SymFormer w/ RetinaNet (the paper's default model, SPEC §2)."""
+    """SymFormer w/ RetinaNet (the paper's default model, docs/models.md §2)."""
     sc = cfg.symformer or SymFormerConfig()
     return RetinaNet(sas=True, pos_encoding=sc.pos_encoding, attention=sc.attention,
                      **_retinanet_kwargs(cfg))

@@ -1,15 +1,15 @@
-"""The SAS block of SymFormer (SPEC §2.1 step 3): SPE + one SymAttention encoder layer.
+"""The SAS block of SymFormer (docs/models.md §2.1 step 3): SPE + one SymAttention encoder layer.
 
 Applied to **each** FPN level separately with **one shared set of weights**::
 
     pe  = SPE(P_l)                        (the SPE module owns one STN, shared by all levels)
     F_l = SymEncoderLayer(P_l, pe)        (8 heads, 4 points, 1 level, FFN 1024, dropout 0.1)
 
-and ``F_l`` replaces ``P_l``.  Ablations (SPEC §2.3, Table 8) choose the positional encoding and
+and ``F_l`` replaces ``P_l``.  Ablations (docs/models.md §2.3, Table 8) choose the positional encoding and
 whether the attention mirrors (SymAttention) or not (vanilla deformable attention).
 
 The positional encoding is computed over the whole (padded) map, consistent with mirroring about
-the padded map's midline (SPEC §2.2); padded positions are excluded from the attention *values*
+the padded map's midline (docs/models.md §2.2); padded positions are excluded from the attention *values*
 through ``value_padding_mask``.
 """
 
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tbx.models.spe import SymmetricPositionalEncoding
 from tbx.models.sym_attention import SymEncoderLayer, reference_points_for
 
-# ModelConfig.pos_encoding → SymmetricPositionalEncoding arguments (SPEC §2.3 ablations)
+# ModelConfig.pos_encoding → SymmetricPositionalEncoding arguments (docs/models.md §2.3 ablations)
 POS_ENCODINGS: dict[str, dict[str, Any]] = {
     "none": dict(mode="none"),
     "sine": dict(mode="sine"),

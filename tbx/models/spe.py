@@ -1,9 +1,9 @@
-"""Symmetric positional encoding (SPE) with a spatial transformer (STN), SPEC §2.3.
+"""Symmetric positional encoding (SPE) with a spatial transformer (STN), docs/models.md §2.3.
 
 Base encoding: DETR sine, ``num_feats`` (128) per axis, positions ``((i + 0.5)/H)·2π`` and
 ``((j + 0.5)/W)·2π``, temperature 10000, interleaved sin/cos, ``[y, x]`` concatenated → 256 ch.
 (With a padding ``mask``, positions are normalised by each image's *valid* extent, as DETR and
-Deformable DETR do; without one, by the map size — exactly the SPEC formula.)
+Deformable DETR do; without one, by the map size — exactly the docs/models.md §2.3 formula.)
 
 Symmetric part (``mode="spe"``, ``direction="right_to_left"``): the right half of the encoding
 (columns ``⌈W/2⌉ … W−1``) is warped by an affine ``θ`` predicted per image by the STN from the
@@ -12,7 +12,7 @@ right half — with the centre column when ``W`` is odd — keeps the plain enco
 ``θ`` the encoding is exactly mirror-symmetric.  ``direction="left_to_right"`` transfers the left
 half onto the right instead (ablation).  ``stn=False`` mirrors without warping (ablation).
 
-Other ablation modes (SPEC §2.3, Table 8):
+Other ablation modes (docs/models.md §2.3, Table 8):
 
 * ``"none"`` — zeros (no positional information);
 * ``"sine"`` — the plain DETR encoding;
@@ -23,7 +23,7 @@ Other ablation modes (SPEC §2.3, Table 8):
   attention: a learned relative-position *bias* over (query, key) pairs cannot be applied because
   deformable attention never forms a query–key score matrix (its weights come from the query alone).
 
-The module owns ONE :class:`STN`, shared by every level it is applied to (SPEC §2.3).
+The module owns ONE :class:`STN`, shared by every level it is applied to (docs/models.md §2.3).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ DIRECTIONS = ("right_to_left", "left_to_right")
 
 
 class STN(nn.Module):
-    """The small spatial transformer of SPEC §2.3: feature ``(N, C, H, W)`` → ``θ (N, 2, 3)``.
+    """The small spatial transformer of docs/models.md §2.3: feature ``(N, C, H, W)`` → ``θ (N, 2, 3)``.
 
     AdaptiveMaxPool(8) → Conv C→8 k3 (no pad) → MaxPool 2 → ReLU → Conv 8→10 k2 → ReLU → flatten
     (40) → Linear 40→32 → ReLU → Linear 32→6 (weight 0, bias = identity ``[1, 0, 0, 0, 1, 0]``).
@@ -58,7 +58,7 @@ class STN(nn.Module):
         hidden = nn.Linear(10 * 2 * 2, 32)
         theta = nn.Linear(32, 6)
         self.fc_loc = nn.Sequential(hidden, nn.ReLU(inplace=True), theta)
-        with torch.no_grad():  # start at the identity transform (SPEC §2.3)
+        with torch.no_grad():  # start at the identity transform (docs/models.md §2.3)
             nn.init.zeros_(theta.weight)
             theta.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
 
@@ -95,7 +95,7 @@ _SINE_CACHE: dict[tuple, Tensor] = {}
 def sine_encoding(n: int, h: int, w: int, num_feats: int = 128, temperature: float = 10000.0,
                   mask: Tensor | None = None, device: torch.device | None = None,
                   dtype: torch.dtype = torch.float32) -> Tensor:
-    """DETR sine encoding ``(N, 2·num_feats, H, W)`` at pixel centres (SPEC §2.3).
+    """DETR sine encoding ``(N, 2·num_feats, H, W)`` at pixel centres (docs/models.md §2.3).
 
     ``mask`` ``(N, H, W)`` True = padding: positions are then normalised by the valid extent.
     Without a mask the encoding depends on the size only and is cached (an expanded view of one
@@ -168,7 +168,7 @@ class SymmetricPositionalEncoding(nn.Module):
         temperature: sine temperature (10000).
         mode: ``"none" | "sine" | "relative" | "spe"`` (see module docstring).
         stn: with ``mode="spe"``, warp the transferred half by the STN's ``θ`` (False: plain mirror).
-        direction: ``"right_to_left"`` (SPEC default) or ``"left_to_right"``.
+        direction: ``"right_to_left"`` (the paper's, docs/models.md §2.3) or ``"left_to_right"``.
     """
 
     def __init__(self, num_feats: int = 128, temperature: float = 10000, mode: str = "spe",

@@ -1,6 +1,6 @@
 """SymAttention: multi-scale deformable attention that samples around the mirrored position.
 
-SPEC §2.2.  Each query ``q`` at reference point ``r = (x, y)`` (normalised, ``[0, 1]``) predicts per
+docs/models.md §2.2.  Each query ``q`` at reference point ``r = (x, y)`` (normalised, ``[0, 1]``) predicts per
 head ``m``, level ``l`` and point ``k`` an offset ``Δ`` (in pixels of level ``l``) and a weight
 (softmax over the ``L·K`` samples of the head).  The sampling location is::
 
@@ -8,14 +8,14 @@ head ``m``, level ``l`` and point ``k`` an offset ``Δ`` (in pixels of level ``l
     loc.x ← 1 − loc.x                 (SymAttention: mirror about the vertical midline; mirror=True)
 
 so that with zero offsets the query at pixel ``(i, j)`` reads the bilaterally symmetric pixel
-``(i, W−1−j)``.  With ``mirror=False`` this is plain deformable attention (ablation, SPEC §2.3).
+``(i, W−1−j)``.  With ``mirror=False`` this is plain deformable attention (ablation, docs/models.md §2.3).
 
-Mirroring is about the midline of the (possibly padded) feature map, as SPEC §2.2 states; images
+Mirroring is about the midline of the (possibly padded) feature map, as docs/models.md §2.2 states; images
 are padded bottom/right only, so for a padded image the mirror of a valid pixel may fall in the
 padding (whose values are zeroed by ``value_padding_mask``).  Training batches of TBX11K images are
 square 512 × 512, so in practice nothing is padded.
 
-Initialisation follows the *intent* of the official code (SPEC §2.2): offset-layer weight zero and
+Initialisation follows the *intent* of the official code (docs/models.md §2.2): offset-layer weight zero and
 bias pointing head ``h`` along angle ``2πh/M`` (normalised so ``max(|cos|, |sin|) = 1``) with point
 ``k`` scaled by ``k + 1``; attention-weight layer weight and bias zero (uniform weights); value and
 output projections Xavier-uniform with zero bias.  (The official code overwrote the first two with
@@ -41,7 +41,7 @@ def _shape_list(spatial_shapes: Sequence[tuple[int, int]] | Tensor) -> list[tupl
 
 
 class SymAttention(nn.Module):
-    """Multi-scale deformable attention; ``mirror=True`` makes it SymAttention (SPEC §2.2).
+    """Multi-scale deformable attention; ``mirror=True`` makes it SymAttention (docs/models.md §2.2).
 
     Args:
         d_model: channels ``C`` (256).
@@ -68,7 +68,7 @@ class SymAttention(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        # SPEC §2.2: zero offset weight, directional offset bias, zero attention-weight layer.
+        # docs/models.md §2.2: zero offset weight, directional offset bias, zero attention-weight layer.
         nn.init.zeros_(self.sampling_offsets.weight)
         thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
         grid = torch.stack([thetas.cos(), thetas.sin()], -1)
@@ -121,7 +121,7 @@ class SymAttention(nn.Module):
                                   device=offsets.device)  # (L, 2) = (W, H)
         loc = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         if self.mirror:
-            # SPEC §2.2: mirror about the vertical midline, y unchanged
+            # docs/models.md §2.2: mirror about the vertical midline, y unchanged
             loc = torch.cat([1.0 - loc[..., :1], loc[..., 1:]], -1)
         out = ms_deform_sample(v, shape_list, loc, weights)
         return self.output_proj(out)
@@ -130,7 +130,7 @@ class SymAttention(nn.Module):
 def reference_points_for(spatial_shapes: Sequence[tuple[int, int]], device: torch.device | None = None,
                          dtype: torch.dtype = torch.float32) -> Tensor:
     """Pixel-centre reference points of every position of every level, ``(S, 2)`` as ``(x, y)``:
-    ``((j + 0.5) / W_l, (i + 0.5) / H_l)`` (SPEC §2.2), levels concatenated row-major."""
+    ``((j + 0.5) / W_l, (i + 0.5) / H_l)`` (docs/models.md §2.2), levels concatenated row-major."""
     refs = []
     for h, w in spatial_shapes:
         ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h
@@ -141,7 +141,7 @@ def reference_points_for(spatial_shapes: Sequence[tuple[int, int]], device: torc
 
 
 class SymEncoderLayer(nn.Module):
-    """One post-norm encoder layer with (Sym)Attention, SPEC §2.2::
+    """One post-norm encoder layer with (Sym)Attention, docs/models.md §2.2::
 
         y   = LN(x + Drop(Attn(query = x + pe, value = x)))
         out = LN(y + Drop(FFN(y)))          FFN: Linear 256→1024, ReLU, Drop, Linear 1024→256

@@ -1,4 +1,4 @@
-"""torchvision baselines with the shared classification head (SPEC §3): Faster R-CNN R50-FPN,
+"""torchvision baselines with the shared classification head (docs/models.md §3): Faster R-CNN R50-FPN,
 FCOS R50-FPN and SSD512 (VGG-16).
 
 Each model *is* the torchvision detector (``class FasterRCNNDetector(Detector, FasterRCNN)`` …):
@@ -15,8 +15,8 @@ and this module only adds what the Detector contract (:mod:`tbx.models.base`) ne
   VGG-16 via :func:`load_vgg16_weights` (torchvision's ``VGG16_Weights.IMAGENET1K_V1`` — the
   mean/std-normalised ImageNet weights, matching our pipeline; torchvision's own SSD uses the
   caffe-style ``IMAGENET1K_FEATURES`` that expects un-normalised 0–255 input).
-* **Classification head** (SPEC §2.6) on the last backbone stage: C5 for the ResNets; for SSD on
-  VGG's ``fc7`` (1024 ch, stride 16 — "in SSD the head sits on VGG features", SPEC §3).  In
+* **Classification head** (docs/models.md §2.6) on the last backbone stage: C5 for the ResNets; for SSD on
+  VGG's ``fc7`` (1024 ch, stride 16 — "in SSD the head sits on VGG features", docs/models.md §3).  In
   stage 2 only the trunk up to that stage runs (no FPN, no detector head).
 * **Labels**: category 1 active / 2 latent.  Faster R-CNN and SSD use a softmax over
   ``num_classes = 3`` (0 = background), so torchvision's labels 1/2 are our categories.  FCOS is a
@@ -24,7 +24,7 @@ and this module only adds what the Detector contract (:mod:`tbx.models.base`) ne
   are shifted to 0/1 and predictions back to 1/2 — a background logit would be trained to
   always say "no".
 * BatchNorm of the ResNet trunks stays in eval mode with trainable affine parameters and nothing
-  is frozen — the same policy as the project's RetinaNet (SPEC §2.1).  (torchvision freezes the
+  is frozen — the same policy as the project's RetinaNet (docs/models.md §2.1).  (torchvision freezes the
   stem + layer1 and uses FrozenBatchNorm2d only when *it* loads pretrained detection weights.)
 
 Loss names: Faster R-CNN ``loss_rpn_cls``, ``loss_rpn_box``, ``loss_cls``, ``loss_box``; FCOS
@@ -149,7 +149,7 @@ class _FPNDetectorMixin:
         if targets is None:
             return self.predict(images, image_sizes)
         if self.stage == 2:
-            with self.backbone_grad():  # frozen in stage 2 unless listed trainable (SPEC §2.7)
+            with self.backbone_grad():  # frozen in stage 2 unless listed trainable (docs/models.md §2.7)
                 c5 = self._c5(images)
             return self.image_cls_loss(c5, targets)
         return self._detection_losses(images, targets, image_sizes)
@@ -161,7 +161,7 @@ class _FPNDetectorMixin:
 
 class FasterRCNNDetector(_FPNDetectorMixin, Detector, FasterRCNN):
     """torchvision Faster R-CNN (FPN, RPN, RoI heads, defaults of ``fasterrcnn_resnet50_fpn``)
-    + the SPEC §2.6 classification head on C5."""
+    + the docs/models.md §2.6 classification head on C5."""
 
     def __init__(self, backbone: BackboneWithFPN, num_classes: int = 3, input_size: int = 512,
                  cls_channels: int = 512, **kwargs):
@@ -203,7 +203,7 @@ class FasterRCNNDetector(_FPNDetectorMixin, Detector, FasterRCNN):
 
 class FCOSDetector(_FPNDetectorMixin, Detector, FCOS):
     """torchvision FCOS (P3–P7, P6/P7 from P5, centre sampling 1.5, GIoU + centre-ness, defaults
-    of ``fcos_resnet50_fpn``) + the SPEC §2.6 classification head on C5.  2 sigmoid classes."""
+    of ``fcos_resnet50_fpn``) + the docs/models.md §2.6 classification head on C5.  2 sigmoid classes."""
 
     def __init__(self, backbone: BackboneWithFPN, num_classes: int = 2, input_size: int = 512,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, cls_channels: int = 512, **kwargs):
@@ -340,7 +340,7 @@ def load_vgg16_weights(features: nn.Sequential, pretrained: str | Path) -> None:
 
 class SSDDetector(Detector, SSD):
     """torchvision SSD (hard-negative mining 3:1, smooth-L1, defaults of ``ssd300_vgg16``) with the
-    SSD512 extractor and anchors + the SPEC §2.6 classification head on VGG fc7."""
+    SSD512 extractor and anchors + the docs/models.md §2.6 classification head on VGG fc7."""
 
     def __init__(self, backbone: SSD512FeatureExtractor, num_classes: int = 3, input_size: int = 512,
                  score_thresh: float = 0.02, nms_thresh: float = 0.45, detections_per_img: int = 100,
@@ -350,7 +350,7 @@ class SSDDetector(Detector, SSD):
         # at 512 px (every map divides the input), and still aligned at other input sizes
         anchor_generator = DefaultBoxGenerator([list(r) for r in SSD512_RATIOS], scales=scales)
         head = SSDHead(backbone.out_channels, anchor_generator.num_anchors_per_location(), num_classes)
-        # score 0.02, NMS 0.45: mmdetection's SSD test settings; ≤ 100 boxes (SPEC §2.4, COCO maxDets)
+        # score 0.02, NMS 0.45: mmdetection's SSD test settings; ≤ 100 boxes (docs/models.md §2.4, COCO maxDets)
         super().__init__(backbone, anchor_generator, (input_size, input_size), num_classes,
                          image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0], head=head,
                          score_thresh=score_thresh, nms_thresh=nms_thresh,
@@ -422,7 +422,7 @@ def _check_resnet(cfg: ModelConfig) -> None:
 
 
 def build_faster_rcnn(cfg: ModelConfig) -> FasterRCNNDetector:
-    """Faster R-CNN R50-FPN (torchvision) + classification head (SPEC §3)."""
+    """Faster R-CNN R50-FPN (torchvision) + classification head (docs/models.md §3)."""
     _check_resnet(cfg)
     bb = resnet_fpn_backbone(cfg.backbone, cfg.pretrained, [1, 2, 3, 4], LastLevelMaxPool())
     return FasterRCNNDetector(bb, num_classes=cfg.num_classes + 1, input_size=cfg.input_size,
@@ -430,7 +430,7 @@ def build_faster_rcnn(cfg: ModelConfig) -> FasterRCNNDetector:
 
 
 def build_fcos(cfg: ModelConfig) -> FCOSDetector:
-    """FCOS R50-FPN (torchvision) + classification head (SPEC §3)."""
+    """FCOS R50-FPN (torchvision) + classification head (docs/models.md §3)."""
     _check_resnet(cfg)
     bb = resnet_fpn_backbone(cfg.backbone, cfg.pretrained, [2, 3, 4], LastLevelP6P7(256, 256))
     return FCOSDetector(bb, num_classes=cfg.num_classes, input_size=cfg.input_size,
@@ -438,7 +438,7 @@ def build_fcos(cfg: ModelConfig) -> FCOSDetector:
 
 
 def build_ssd(cfg: ModelConfig) -> SSDDetector:
-    """SSD512 VGG-16 (torchvision SSD, original SSD512 extras) + classification head (SPEC §3).
+    """SSD512 VGG-16 (torchvision SSD, original SSD512 extras) + classification head (docs/models.md §3).
 
     SSD's backbone is always VGG-16: ``backbone: vgg16``; a ResNet name (the ModelConfig default)
     is ignored with a warning."""
@@ -448,7 +448,7 @@ def build_ssd(cfg: ModelConfig) -> SSDDetector:
         warnings.warn(f"SSD always uses VGG-16; backbone {cfg.backbone!r} ignored", stacklevel=2)
     if cfg.input_size < 384:
         raise TbxError(f"SSD512 needs an input of at least 384 px, got input_size {cfg.input_size}",
-                       fix="use input_size 512 (SPEC §2.7)")
+                       fix="use input_size 512 (docs/models.md §2.7)")
     features = vgg16_features()
     load_vgg16_weights(features, cfg.pretrained)
     return SSDDetector(SSD512FeatureExtractor(features), num_classes=cfg.num_classes + 1,

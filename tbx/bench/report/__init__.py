@@ -20,7 +20,7 @@ Run directory contract
     plotted.  When ``iteration`` restarts with a new stage, the curves continue on a global step
     axis.  A truncated last line (run still writing) is skipped with a note.
 ``predictions/``
-    ``cls_result.txt`` (SPEC §4.1, one ``p(healthy) p(sick) p(TB)`` line per image in the order of
+    ``cls_result.txt`` (docs/protocol.md §4.1, one ``p(healthy) p(sick) p(TB)`` line per image in the order of
     the annotation file's ``images``), ``bbox_result.json`` (COCO results), ``manifest.json`` with at
     least ``ann`` (or ``annotations``: the annotation JSON used for prediction) and ``model``;
     ``data_root`` when present locates the images, else the root is the parent of

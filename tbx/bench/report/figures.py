@@ -261,7 +261,7 @@ def overlay_score(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray,
 
 
 def _dataset_root(ann: Path) -> Path:
-    # The layout root is the parent of annotations/json/ (SPEC §1.3).
+    # The layout root is the parent of annotations/json/ (docs/dataset.md §1.3).
     if ann.parent.name == "json" and ann.parent.parent.name == "annotations":
         return ann.parent.parent.parent
     return ann.parent

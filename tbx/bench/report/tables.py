@@ -116,7 +116,7 @@ def classification_table(runs: list[Run], groups: list[list[Run]], reference: bo
                 cites.add(p.citation)
         t.footnotes.append(_published_footnote(cites))
     t.footnotes.append("Acc: 3-class accuracy; AUC, Sens, Spec: TB vs non-TB; AP / AR: macro-averaged "
-                       "per-class precision / recall of the arg-max predictions (SPEC §4.2). Intervals: "
+                       "per-class precision / recall of the arg-max predictions (docs/protocol.md §4.2). Intervals: "
                        "bootstrap percentile (tbx bench --bootstrap); AUC without bootstrap: DeLong.")
     return t
 
@@ -177,9 +177,9 @@ def complexity_table(runs: list[Run], groups: list[list[Run]], reference: bool) 
                               [Cell(v, digits=d) for v, (_, _, d) in zip(vals, cols)], kind="published"))
             cites.add(p.citation)
         t.footnotes.append(_published_footnote(cites) + " Paper FPS measured on one TITAN XP; params / "
-                           "GMACs in the paper's mmcv accounting (SPEC §2.5); shares from SPEC §4.2.")
+                           "GMACs in the paper's mmcv accounting (docs/models.md §2.5); shares from docs/protocol.md §4.2.")
     t.footnotes.append("GMACs at 512×512 (multiply-accumulates, the paper's \"GFLOPs\"); Params: live "
-                       "parameters, and the paper's accounting incl. dead parameters (SPEC §2.5); FPS: "
+                       "parameters, and the paper's accounting incl. dead parameters (docs/models.md §2.5); FPS: "
                        "model_info.json's fps, else 1000 / latency_ms (batch 1, its device); "
                        "TP/TN/FP/FN: TB vs non-TB, % of all images.")
     return t
@@ -222,7 +222,7 @@ def detection_table(runs: list[Run], groups: list[list[Run]], reference: bool) -
     if reference and cites:
         t.footnotes.append(_published_footnote(cites))
     t.footnotes.append("ALL: every test CXR, boxes of images not classified as TB discarded; Only TB: TB "
-                       "images only (SPEC §4.3).")
+                       "images only (docs/protocol.md §4.3).")
     return t
 
 
@@ -356,7 +356,7 @@ def reader_table(runs: list[Run], study: dict[str, Any] | None, reference: bool)
         cells_p = [Cell(p["accuracy_3class"]), Cell(p["accuracy_types"]), Cell(), Cell()]
         t.rows.append(Row([_published_label(p["name"])], cells_p, kind="published"))
         t.footnotes.append(_published_footnote({p["citation"]})
-                           + " One radiologist on 400 test images (SPEC §1.5).")
+                           + " One radiologist on 400 test images (docs/dataset.md §1.5).")
     t.footnotes.append("Acc (TB types): a TB case counts as right only with the right set of TB types; "
                        "a model has no TB type. Intervals: bootstrap over cases.")
     return t
