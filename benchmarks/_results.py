@@ -18,14 +18,21 @@ import subprocess
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-_HEADER = ("# Benchmark results\n\nWritten by the scripts in `benchmarks/` (one section each, replaced on "
-           "every run); ratios are measured side by side in one process.\n")
+_HEADER = (
+    "# Benchmark results\n\nWritten by the scripts in `benchmarks/` (one section each, replaced on "
+    "every run); ratios are measured side by side in one process.\n"
+)
 
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS.parent, capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=RESULTS.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -33,8 +40,10 @@ def _commit() -> str:
 
 def update_results(section: str, lines: list[str], path: Path = RESULTS) -> Path:
     """Replace the ``## section`` block of ``path`` with ``lines`` (Markdown), stamped; return the path."""
-    stamp = (f"_{_dt.date.today().isoformat()} · commit {_commit()} · {platform.machine()} · "
-             f"{os.cpu_count()} CPUs · `python benchmarks/{section}.py`_")
+    stamp = (
+        f"_{_dt.date.today().isoformat()} · commit {_commit()} · {platform.machine()} · "
+        f"{os.cpu_count()} CPUs · `python benchmarks/{section}.py`_"
+    )
     block = f"## {section}\n\n{stamp}\n\n" + "\n".join(lines).rstrip() + "\n"
     text = path.read_text() if path.exists() else _HEADER
     pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)

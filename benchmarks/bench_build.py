@@ -33,8 +33,9 @@ def make_export(root: Path, n: int, side: int, dicom: bool) -> None:
     for i in range(n):
         h, w = side, int(side * rng.uniform(0.85, 1.0))
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        lungs = np.exp(-(((xx - w * 0.3) / (w * 0.15)) ** 2 + ((yy - h * 0.5) / (h * 0.3)) ** 2)) + \
-            np.exp(-(((xx - w * 0.7) / (w * 0.15)) ** 2 + ((yy - h * 0.5) / (h * 0.3)) ** 2))
+        lungs = np.exp(-(((xx - w * 0.3) / (w * 0.15)) ** 2 + ((yy - h * 0.5) / (h * 0.3)) ** 2)) + np.exp(
+            -(((xx - w * 0.7) / (w * 0.15)) ** 2 + ((yy - h * 0.5) / (h * 0.3)) ** 2)
+        )
         img = 0.8 - 0.5 * lungs + rng.normal(0, 0.03, (h, w)).astype(np.float32)
         if dicom:
             from pydicom.dataset import FileDataset, FileMetaDataset
@@ -58,8 +59,9 @@ def make_export(root: Path, n: int, side: int, dicom: bool) -> None:
         else:
             name = f"img/{i:05d}.png"
             Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8)).save(root / name)
-        rows.append([name, f"P{i:05d}", ("healthy", "sick")[i % 2], "none", "bench",
-                     ("train", "val", "test")[i % 3]])
+        rows.append(
+            [name, f"P{i:05d}", ("healthy", "sick")[i % 2], "none", "bench", ("train", "val", "test")[i % 3]]
+        )
     with open(root / "manifest.csv", "w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(["file", "patient_id", "label", "tb_type", "source", "split"])

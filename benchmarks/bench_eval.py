@@ -59,8 +59,16 @@ def make_fixture(out: Path, boxes_per_image: int = 30, seed: int = 0, meta: Path
         iid += 1
         images.append({"id": iid, "file_name": fn, "width": 512, "height": 512})
         for b, c in boxes:
-            annotations.append({"id": len(annotations) + 1, "image_id": iid, "category_id": c,
-                                "bbox": list(b), "area": b[2] * b[3], "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": iid,
+                    "category_id": c,
+                    "bbox": list(b),
+                    "area": b[2] * b[3],
+                    "iscrowd": 0,
+                }
+            )
 
     order = rng.permutation(2800)  # interleave the classes like a real test list
     kinds = ["h"] * 1200 + ["s"] * 1200 + ["t"] * 400
@@ -81,10 +89,15 @@ def make_fixture(out: Path, boxes_per_image: int = 30, seed: int = 0, meta: Path
             add(f"extra/mc+shenzhen/val/CHNCXR_{j:04d}_{j % 4 // 2}.png")
         else:
             add(f"extra/da+db/val/{'p' if j % 4 == 0 else 'n'}{j:04d}.png")
-    gt = {"images": images, "annotations": annotations,
-          "categories": [{"id": 1, "name": "ActiveTuberculosis", "supercategory": "Tuberculosis"},
-                         {"id": 2, "name": "ObsoletePulmonaryTuberculosis", "supercategory": "Tuberculosis"},
-                         {"id": 3, "name": "PulmonaryTuberculosis", "supercategory": "Tuberculosis"}]}
+    gt = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": 1, "name": "ActiveTuberculosis", "supercategory": "Tuberculosis"},
+            {"id": 2, "name": "ObsoletePulmonaryTuberculosis", "supercategory": "Tuberculosis"},
+            {"id": 3, "name": "PulmonaryTuberculosis", "supercategory": "Tuberculosis"},
+        ],
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "gt.json").write_text(json.dumps(gt))
     # classification: noisy softmax leaning to the true class
@@ -108,16 +121,30 @@ def make_fixture(out: Path, boxes_per_image: int = 30, seed: int = 0, meta: Path
                 cat = a["category_id"] if a["category_id"] != 3 else int(rng.integers(1, 3))
                 if rng.random() < 0.2:
                     cat = 3 - cat
-                dets.append({"image_id": im["id"], "category_id": cat,
-                             "bbox": [x + j[0], yy + j[1], max(w + j[2], 1.0), max(h + j[3], 1.0)],
-                             "score": float(rng.beta(4, 2))})
+                dets.append(
+                    {
+                        "image_id": im["id"],
+                        "category_id": cat,
+                        "bbox": [x + j[0], yy + j[1], max(w + j[2], 1.0), max(h + j[3], 1.0)],
+                        "score": float(rng.beta(4, 2)),
+                    }
+                )
                 n_tp += 1
         for _ in range(max(boxes_per_image - n_tp, 0)):
             w, h = rng.uniform(20, 200, 2)
-            dets.append({"image_id": im["id"], "category_id": int(rng.integers(1, 3)),
-                         "bbox": [float(rng.uniform(0, 512 - w)), float(rng.uniform(0, 512 - h)), float(w),
-                                  float(h)],
-                         "score": float(rng.beta(1.5, 5))})
+            dets.append(
+                {
+                    "image_id": im["id"],
+                    "category_id": int(rng.integers(1, 3)),
+                    "bbox": [
+                        float(rng.uniform(0, 512 - w)),
+                        float(rng.uniform(0, 512 - h)),
+                        float(w),
+                        float(h),
+                    ],
+                    "score": float(rng.beta(1.5, 5)),
+                }
+            )
     pred = out / "pred"
     write_cls_result(pred / "cls_result.txt", probs)
     write_bbox_result(pred / "bbox_result.json", dets)
@@ -147,8 +174,12 @@ def _coco_rows(gt_path: Path, pred: Path, keep_uncertain: bool = False):
             if cat is None:
                 for a in g["annotations"]:
                     a["category_id"] = 1
-            dd = [dict(d) for d in dets if (cat is None or d["category_id"] == cat)
-                  and (mode == "tb_only" or d["image_id"] in pred_tb)]
+            dd = [
+                dict(d)
+                for d in dets
+                if (cat is None or d["category_id"] == cat)
+                and (mode == "tb_only" or d["image_id"] in pred_tb)
+            ]
             if cat is None:
                 for d in dd:
                     d["category_id"] = 1
@@ -254,8 +285,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5, help="interleaved runs of each process")
     ap.add_argument("--boot", type=int, default=1000)
-    ap.add_argument("--ref-resamples", type=int, default=0,
-                    help="pycocotools bootstrap resamples to time and extrapolate (0 = skip; ~10 s each)")
+    ap.add_argument(
+        "--ref-resamples",
+        type=int,
+        default=0,
+        help="pycocotools bootstrap resamples to time and extrapolate (0 = skip; ~10 s each)",
+    )
     ap.add_argument("--boxes", type=int, default=30)
     ap.add_argument("--reference", nargs=2, metavar=("GT", "PRED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -269,11 +304,23 @@ def main() -> None:
         n_img = len(json.loads(gt_path.read_text())["images"])
         n_det = len(json.loads((pred / "bbox_result.json").read_text()))
         print(f"fixture: {n_img} images, {n_det} detections ({time.perf_counter() - t0:.1f} s to build)")
-        tbx = [sys.executable, "-m", "tbx", "bench", "--gt", str(gt_path), "--pred", str(pred),
-               "--mode", "both"]
-        cmds = {"tbx": tbx,  # timed as the issue states it; the numbers come from one more run below
-                "fce": [sys.executable, __file__, "--reference", str(gt_path), str(pred)],
-                "boot": tbx + ["--bootstrap", str(args.boot)]}
+        tbx = [
+            sys.executable,
+            "-m",
+            "tbx",
+            "bench",
+            "--gt",
+            str(gt_path),
+            "--pred",
+            str(pred),
+            "--mode",
+            "both",
+        ]
+        cmds = {
+            "tbx": tbx,  # timed as the issue states it; the numbers come from one more run below
+            "fce": [sys.executable, __file__, "--reference", str(gt_path), str(pred)],
+            "boot": tbx + ["--bootstrap", str(args.boot)],
+        }
         runs: dict[str, list[tuple[float, float]]] = {k: [] for k in cmds}
         fce_out = ""
         for _ in range(args.repeats):
@@ -281,8 +328,10 @@ def main() -> None:
                 wall, cpu, out = _timed(cmd)
                 runs[k].append((wall, cpu))
                 fce_out = out if k == "fce" else fce_out
-        med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
-               for k, v in runs.items()}
+        med = {
+            k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+            for k, v in runs.items()
+        }
         low = {k: (min(w for w, _ in v), min(c for _, c in v)) for k, v in runs.items()}
         _timed(tbx + ["--json", str(Path(tmp) / "point.json")])  # (+ provenance.json: git calls)
         res = json.loads((Path(tmp) / "point.json").read_text())
@@ -293,38 +342,51 @@ def main() -> None:
         d_coco = max(abs(a - b) for k in ref for a, b in zip(ref[k], ours[k], strict=True))
         d_fce = max(abs(a - b) for k in fce for a, b in zip(fce[k], ours[k], strict=True))
         for k in ("tbx", "fce", "boot"):
-            print(f"{k:5s} wall median {med[k][0]:6.2f} s (min {low[k][0]:5.2f}) · "
-                  f"CPU median {med[k][1]:5.2f} s "
-                  f"(min {low[k][1]:5.2f})")
+            print(
+                f"{k:5s} wall median {med[k][0]:6.2f} s (min {low[k][0]:5.2f}) · "
+                f"CPU median {med[k][1]:5.2f} s "
+                f"(min {low[k][1]:5.2f})"
+            )
         r_wall, r_cpu = med["tbx"][0] / med["fce"][0], med["tbx"][1] / med["fce"][1]
         b_wall, b_cpu = med["boot"][0] / med["tbx"][0], med["boot"][1] / med["tbx"][1]
         print(f"tbx / faster-coco-eval: {r_cpu:.2f} (CPU) / {r_wall:.2f} (wall), target ≤ 0.5")
         print(f"bootstrap {args.boot} / point: {b_cpu:.2f} (CPU) / {b_wall:.2f} (wall), target ≤ 2")
         print(f"max |Δ AP, AP50| vs pycocotools {d_coco:.1e}, vs faster-coco-eval {d_fce:.1e}")
-        lines = [f"Fixture: {n_img} images (2,800 TBX11K + 502 extra), {n_det:,} detections; "
-                 "whole processes, "
-                 f"{args.repeats} interleaved runs each, medians (CPU = user + sys of the process; "
-                 "the machine is shared, so wall time is noisier).", "",
-                 "| process | wall s (median / min) | CPU s (median / min) |", "|---|---|---|",
-                 f"| `tbx bench --mode both` | {med['tbx'][0]:.2f} / {low['tbx'][0]:.2f} | "
-                 f"{med['tbx'][1]:.2f} / {low['tbx'][1]:.2f} |",
-                 f"| faster-coco-eval, same six rows | {med['fce'][0]:.2f} / {low['fce'][0]:.2f} | "
-                 f"{med['fce'][1]:.2f} / {low['fce'][1]:.2f} |",
-                 f"| `tbx bench --mode both --bootstrap {args.boot}` | "
-                 f"{med['boot'][0]:.2f} / {low['boot'][0]:.2f} | "
-                 f"{med['boot'][1]:.2f} / {low['boot'][1]:.2f} |", "",
-                 "| ratio | CPU | wall | target |", "|---|---|---|---|",
-                 f"| tbx / faster-coco-eval | {r_cpu:.2f} | {r_wall:.2f} | ≤ 0.5 |",
-                 f"| bootstrap {args.boot} / point | {b_cpu:.2f} | {b_wall:.2f} | ≤ 2 |", "",
-                 f"Six rows' AP and AP50: max |Δ| vs pycocotools = {d_coco:.1e}, "
-                 f"vs faster-coco-eval = {d_fce:.1e}."]
+        lines = [
+            f"Fixture: {n_img} images (2,800 TBX11K + 502 extra), {n_det:,} detections; "
+            "whole processes, "
+            f"{args.repeats} interleaved runs each, medians (CPU = user + sys of the process; "
+            "the machine is shared, so wall time is noisier).",
+            "",
+            "| process | wall s (median / min) | CPU s (median / min) |",
+            "|---|---|---|",
+            f"| `tbx bench --mode both` | {med['tbx'][0]:.2f} / {low['tbx'][0]:.2f} | "
+            f"{med['tbx'][1]:.2f} / {low['tbx'][1]:.2f} |",
+            f"| faster-coco-eval, same six rows | {med['fce'][0]:.2f} / {low['fce'][0]:.2f} | "
+            f"{med['fce'][1]:.2f} / {low['fce'][1]:.2f} |",
+            f"| `tbx bench --mode both --bootstrap {args.boot}` | "
+            f"{med['boot'][0]:.2f} / {low['boot'][0]:.2f} | "
+            f"{med['boot'][1]:.2f} / {low['boot'][1]:.2f} |",
+            "",
+            "| ratio | CPU | wall | target |",
+            "|---|---|---|---|",
+            f"| tbx / faster-coco-eval | {r_cpu:.2f} | {r_wall:.2f} | ≤ 0.5 |",
+            f"| bootstrap {args.boot} / point | {b_cpu:.2f} | {b_wall:.2f} | ≤ 2 |",
+            "",
+            f"Six rows' AP and AP50: max |Δ| vs pycocotools = {d_coco:.1e}, "
+            f"vs faster-coco-eval = {d_fce:.1e}.",
+        ]
         if args.ref_resamples > 0:
             t_ref, c_ref = _pycocotools_bootstrap(rows, args.ref_resamples, args.boot)
-            print(f"pycocotools bootstrap (extrapolated from {args.ref_resamples} resamples): "
-                  f"{t_ref:.0f} s wall, "
-                  f"{c_ref:.0f} s CPU")
-            lines.append(f"A plain pycocotools bootstrap (COCOeval per row and resample, extrapolated from "
-                         f"{args.ref_resamples} resamples to {args.boot}) would take {c_ref:.0f} s CPU.")
+            print(
+                f"pycocotools bootstrap (extrapolated from {args.ref_resamples} resamples): "
+                f"{t_ref:.0f} s wall, "
+                f"{c_ref:.0f} s CPU"
+            )
+            lines.append(
+                f"A plain pycocotools bootstrap (COCOeval per row and resample, extrapolated from "
+                f"{args.ref_resamples} resamples to {args.boot}) would take {c_ref:.0f} s CPU."
+            )
     from _results import update_results
 
     update_results("bench_eval", lines)

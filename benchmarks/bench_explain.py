@@ -27,8 +27,8 @@ from tbx.data.dataset import normalize_batch
 from tbx.data.imageio import read_gray8, resize_gray8
 from tbx.explain import explain_images
 from tbx.explain.maps import batch_from_images
-from tbx.models.inference import prepare_for_inference
 from tbx.models.config import ModelConfig
+from tbx.models.inference import prepare_for_inference
 from tbx.models.registry import build
 
 METHODS = ("gradcam", "gradcam++", "layercam", "eigencam", "features")

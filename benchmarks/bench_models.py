@@ -68,8 +68,16 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
 
     def tv_retinanet():
         return torchvision.models.detection.retinanet_resnet50_fpn(
-            weights=None, weights_backbone=None, num_classes=2, min_size=size, max_size=size,
-            score_thresh=0.05, nms_thresh=0.5, detections_per_img=100, topk_candidates=1000).eval()
+            weights=None,
+            weights_backbone=None,
+            num_classes=2,
+            min_size=size,
+            max_size=size,
+            score_thresh=0.05,
+            nms_thresh=0.5,
+            detections_per_img=100,
+            topk_candidates=1000,
+        ).eval()
 
     tv = tv_retinanet()
     tv_cl = tv_retinanet().to(memory_format=torch.channels_last)
@@ -83,24 +91,40 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
             cls_out, reg_out = model.head(feats)
             anchors = model.anchor_generator([f.shape[-2:] for f in feats], x.device)
             model.postprocess([c[0] for c in cls_out], [r[0] for r in reg_out], anchors, sizes[0])
+
         return run
 
     with torch.inference_mode():
-        t = median_times({"sym": lambda: sym.predict(x_cl, sizes), "ret": lambda: ret.predict(x_cl, sizes),
-                          "ret_det": ours_detection_only(ret), "tv": lambda: tv([x[0]]),
-                          "tv_cl": lambda: tv_cl([x_cl[0]])}, runs, clock=clock)
+        t = median_times(
+            {
+                "sym": lambda: sym.predict(x_cl, sizes),
+                "ret": lambda: ret.predict(x_cl, sizes),
+                "ret_det": ours_detection_only(ret),
+                "tv": lambda: tv([x[0]]),
+                "tv_cl": lambda: tv_cl([x_cl[0]]),
+            },
+            runs,
+            clock=clock,
+        )
     t_sym, t_ret, t_ret_det, t_tv, t_tv_cl = t["sym"], t["ret"], t["ret_det"], t["tv"], t["tv_cl"]
     # MACs for context (mmcv-style hooks; torchvision's FrozenBatchNorm2d is not counted)
     ret_macs, _ = count_macs(ret, x)
     sym_macs, _ = count_macs(sym, x)
     tv_macs, _ = count_macs(tv, x)
-    gmacs = {"retinanet": sum(ret_macs.values()) / 1e9, "symformer_retinanet": sum(sym_macs.values()) / 1e9,
-             "retinanet_detection_only": (sum(ret_macs.values()) - ret_macs["cls_head"]) / 1e9,
-             "torchvision_retinanet": sum(tv_macs.values()) / 1e9}
+    gmacs = {
+        "retinanet": sum(ret_macs.values()) / 1e9,
+        "symformer_retinanet": sum(sym_macs.values()) / 1e9,
+        "retinanet_detection_only": (sum(ret_macs.values()) - ret_macs["cls_head"]) / 1e9,
+        "torchvision_retinanet": sum(tv_macs.values()) / 1e9,
+    }
     return {
-        "latency_ms": {"symformer_retinanet": t_sym * 1e3, "retinanet": t_ret * 1e3,
-                       "retinanet_detection_only": t_ret_det * 1e3, "torchvision_retinanet": t_tv * 1e3,
-                       "torchvision_retinanet_channels_last": t_tv_cl * 1e3},
+        "latency_ms": {
+            "symformer_retinanet": t_sym * 1e3,
+            "retinanet": t_ret * 1e3,
+            "retinanet_detection_only": t_ret_det * 1e3,
+            "torchvision_retinanet": t_tv * 1e3,
+            "torchvision_retinanet_channels_last": t_tv_cl * 1e3,
+        },
         "gmacs": gmacs,
         "symformer_over_retinanet": t_sym / t_ret,
         "retinanet_over_torchvision": t_ret / t_tv,
@@ -117,7 +141,7 @@ def naive_ms_deform_sample(value, shapes, loc, weights):
     out = value.new_zeros(n, q, m, d)
     start = 0
     for lvl, (h, w) in enumerate(shapes):
-        v_l = value[:, start:start + h * w]  # (N, HW, M, D)
+        v_l = value[:, start : start + h * w]  # (N, HW, M, D)
         start += h * w
         for hd in range(m):
             v = v_l[:, :, hd]  # (N, HW, D)
@@ -156,11 +180,15 @@ def deform_case(size: int, heads: int = 8, device: str | torch.device = "cpu"):
             for t in (value, loc, wts):
                 t.grad = None
             fn(value, shapes, loc, wts).backward(grad_out)
+
         return run
 
     with torch.no_grad():
-        err = (ms_deform_sample(value, shapes, loc, wts)
-               - naive_ms_deform_sample(value, shapes, loc, wts)).abs().max()
+        err = (
+            (ms_deform_sample(value, shapes, loc, wts) - naive_ms_deform_sample(value, shapes, loc, wts))
+            .abs()
+            .max()
+        )
     return {"core": fwd_bwd(ms_deform_sample), "naive": fwd_bwd(naive_ms_deform_sample)}, float(err), s
 
 
@@ -168,29 +196,46 @@ def bench_deform_core(size: int, runs: int, clock: str = "wall") -> dict:
     fns, err, queries = deform_case(size)
     t = median_times(fns, runs, warmup=1, clock=clock)
     t_core, t_naive = t["core"], t["naive"]
-    return {"deform_core_ms": t_core * 1e3, "naive_loop_ms": t_naive * 1e3, "speedup": t_naive / t_core,
-            "max_abs_diff": err, "queries": queries}
+    return {
+        "deform_core_ms": t_core * 1e3,
+        "naive_loop_ms": t_naive * 1e3,
+        "speedup": t_naive / t_core,
+        "max_abs_diff": err,
+        "queries": queries,
+    }
 
 
 def run_once(size: int, runs: int, clock: str) -> dict:
     """Every benchmark of this file at the current torch thread count (printed as it goes)."""
-    res = {"size": size, "runs": runs, "threads": torch.get_num_threads(),
-           "clock": clock, "torch": torch.__version__, "torchvision": torchvision.__version__}
+    res = {
+        "size": size,
+        "runs": runs,
+        "threads": torch.get_num_threads(),
+        "clock": clock,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+    }
     res["detectors"] = det = bench_detectors(size, runs, clock)
     for k, v in det["latency_ms"].items():
         print(f"latency {k:28s} {v:9.1f} ms")
     for k, v in det["gmacs"].items():
         print(f"GMACs   {k:28s} {v:9.2f}")
     print(f"symformer_retinanet / retinanet        = {det['symformer_over_retinanet']:.3f}  (target ≤ 1.08)")
-    print(f"retinanet / torchvision retinanet      = {det['retinanet_over_torchvision']:.3f}  "
-          "(target ≤ 1.0; ours incl. classification head)")
-    print(f"retinanet / torchvision channels_last  = {det['retinanet_over_torchvision_channels_last']:.3f}"
-          "  (target ≤ 0.9)")
+    print(
+        f"retinanet / torchvision retinanet      = {det['retinanet_over_torchvision']:.3f}  "
+        "(target ≤ 1.0; ours incl. classification head)"
+    )
+    print(
+        f"retinanet / torchvision channels_last  = {det['retinanet_over_torchvision_channels_last']:.3f}"
+        "  (target ≤ 0.9)"
+    )
     print(f"retinanet detection path / torchvision = {det['retinanet_detection_only_over_torchvision']:.3f}")
     res["deform_core"] = dc = bench_deform_core(size, runs, clock)
-    print(f"ms_deform_sample fwd+bwd {dc['deform_core_ms']:.1f} ms vs naive loop {dc['naive_loop_ms']:.1f} "
-          f"ms → speedup {dc['speedup']:.1f}×  (target ≥ 8 at 1 thread; "
-          f"max |diff| {dc['max_abs_diff']:.2e})")
+    print(
+        f"ms_deform_sample fwd+bwd {dc['deform_core_ms']:.1f} ms vs naive loop {dc['naive_loop_ms']:.1f} "
+        f"ms → speedup {dc['speedup']:.1f}×  (target ≥ 8 at 1 thread; "
+        f"max |diff| {dc['max_abs_diff']:.2e})"
+    )
     return res
 
 
@@ -198,10 +243,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--threads", default="0",
-                    help="torch threads, or a comma list run in turn, e.g. 1,2 (0: torch's default)")
-    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                    help="wall time, or process CPU time (robust on a shared machine; use with --threads 1)")
+    ap.add_argument(
+        "--threads",
+        default="0",
+        help="torch threads, or a comma list run in turn, e.g. 1,2 (0: torch's default)",
+    )
+    ap.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall time, or process CPU time (robust on a shared machine; use with --threads 1)",
+    )
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--results", action="store_true", help="write the ratios into benchmarks/RESULTS.md")
     args = ap.parse_args()
@@ -213,6 +265,7 @@ def main() -> None:
         all_res.append(run_once(args.size, args.runs, args.clock))
     if args.json:
         from tbx.io import atomic_write_json
+
         atomic_write_json(args.json, all_res[0] if len(all_res) == 1 else all_res)
     if args.results:
         _write_results(all_res)
@@ -223,33 +276,56 @@ def _write_results(all_res: list[dict]) -> None:
     from _results import update_results
 
     r0 = all_res[0]
-    lines = [f"{r0['size']} px, batch 1, {r0['clock']} clock, median of {r0['runs']} interleaved runs; "
-             f"torch {r0['torch']}, torchvision {r0['torchvision']}.", "",
-             "| ratio | " + " | ".join(f"{r['threads']} thread(s)" for r in all_res) + " | target |",
-             "|---|" + "---|" * len(all_res) + "---|"]
+    lines = [
+        f"{r0['size']} px, batch 1, {r0['clock']} clock, median of {r0['runs']} interleaved runs; "
+        f"torch {r0['torch']}, torchvision {r0['torchvision']}.",
+        "",
+        "| ratio | " + " | ".join(f"{r['threads']} thread(s)" for r in all_res) + " | target |",
+        "|---|" + "---|" * len(all_res) + "---|",
+    ]
 
     def row(name, fmt, target):
         lines.append(f"| {name} | " + " | ".join(fmt(r) for r in all_res) + f" | {target} |")
 
-    row("SymFormer-RetinaNet / RetinaNet latency",
-        lambda r: f"{r['detectors']['symformer_over_retinanet']:.3f}", "≤ 1.08")
-    row("(their MAC ratio)", lambda r: f"{r['detectors']['gmacs']['symformer_retinanet']:.2f} / "
-        f"{r['detectors']['gmacs']['retinanet']:.2f}", "")
-    row("RetinaNet / torchvision RetinaNet", lambda r: f"{r['detectors']['retinanet_over_torchvision']:.3f}",
-        "≤ 1.0")
-    row("RetinaNet / torchvision RetinaNet, channels_last",
-        lambda r: f"{r['detectors']['retinanet_over_torchvision_channels_last']:.3f}", "≤ 0.9")
-    row("deformable core vs naive loop, fwd + bwd", lambda r: f"{r['deform_core']['speedup']:.1f}×",
-        "≥ 8× (1 thread)")
+    row(
+        "SymFormer-RetinaNet / RetinaNet latency",
+        lambda r: f"{r['detectors']['symformer_over_retinanet']:.3f}",
+        "≤ 1.08",
+    )
+    row(
+        "(their MAC ratio)",
+        lambda r: (
+            f"{r['detectors']['gmacs']['symformer_retinanet']:.2f} / "
+            f"{r['detectors']['gmacs']['retinanet']:.2f}"
+        ),
+        "",
+    )
+    row(
+        "RetinaNet / torchvision RetinaNet",
+        lambda r: f"{r['detectors']['retinanet_over_torchvision']:.3f}",
+        "≤ 1.0",
+    )
+    row(
+        "RetinaNet / torchvision RetinaNet, channels_last",
+        lambda r: f"{r['detectors']['retinanet_over_torchvision_channels_last']:.3f}",
+        "≤ 0.9",
+    )
+    row(
+        "deformable core vs naive loop, fwd + bwd",
+        lambda r: f"{r['deform_core']['speedup']:.1f}×",
+        "≥ 8× (1 thread)",
+    )
     row("deformable core max abs diff", lambda r: f"{r['deform_core']['max_abs_diff']:.1e}", "≤ 1e-5")
     lines.append("")
     for r in all_res:
         lat = r["detectors"]["latency_ms"]
         dc = r["deform_core"]
-        lines.append(f"{r['threads']} thread(s), latency (ms): "
-                     + ", ".join(f"{k} {v:.0f}" for k, v in lat.items())
-                     + f"; deformable core {dc['deform_core_ms']:.0f} ms vs naive "
-                     f"{dc['naive_loop_ms']:.0f} ms ({dc['queries']} queries).")
+        lines.append(
+            f"{r['threads']} thread(s), latency (ms): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in lat.items())
+            + f"; deformable core {dc['deform_core_ms']:.0f} ms vs naive "
+            f"{dc['naive_loop_ms']:.0f} ms ({dc['queries']} queries)."
+        )
     update_results("bench_models", lines)
 
 

@@ -20,9 +20,9 @@ import torch
 from _results import update_results
 from bench_models import CLOCKS, median_times
 
+from tbx.models.config import ModelConfig
 from tbx.models.inference import prepare_for_inference
 from tbx.models.info import count_macs_detail
-from tbx.models.config import ModelConfig
 from tbx.models.registry import build
 
 PAPER_FPS = {"p2t_small": 17.9, "resnet50": 24.3}  # one TITAN XP (TPAMI 2023)

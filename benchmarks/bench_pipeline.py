@@ -47,17 +47,23 @@ def main() -> int:
         from tbx.data.synth import SynthConfig, synthesize
 
         root = Path(tempfile.mkdtemp()) / "synth"
-        synthesize(root, SynthConfig(n_healthy=40, n_sick=40, n_active=40, n_latent=12, n_both=6,
-                                     size=256, seed=0))
+        synthesize(
+            root, SynthConfig(n_healthy=40, n_sick=40, n_active=40, n_latent=12, n_both=6, size=256, seed=0)
+        )
     cfg = load_train_config(None, args.config, [f"data.root={root}", *args.overrides])
     workers = cfg.data.workers if args.workers is None else args.workers
     sc = cfg.stage1
     ds = TBXDataset(root, cfg.data.stage2_ann, cfg.model.input_size, train=True)  # all images
 
     sampler = EpochBatchSampler(len(ds), sc.batch_size, seed=0)
-    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-                        persistent_workers=workers > 0,
-                        prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None)
+    loader = DataLoader(
+        ds,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
+    )
     n_img, t0, batches = 0, None, []
     epoch = 0
     while len(batches) < args.loader_batches + 1:
@@ -98,17 +104,33 @@ def main() -> int:
         step(b)
         n += len(b)
     train_ips = n / (time.perf_counter() - t)
-    res = {"loader_img_s": loader_ips, "train_img_s": train_ips, "ratio": loader_ips / train_ips,
-           "target_ratio": 3.0, "passed": loader_ips / train_ips >= 3.0, "workers": workers,
-           "threads": args.threads, "input_size": cfg.model.input_size,
-           "batch_size": sc.batch_size, "model": cfg.model_name, "backbone": cfg.model.backbone,
-           "loadavg": os.getloadavg()}
+    res = {
+        "loader_img_s": loader_ips,
+        "train_img_s": train_ips,
+        "ratio": loader_ips / train_ips,
+        "target_ratio": 3.0,
+        "passed": loader_ips / train_ips >= 3.0,
+        "workers": workers,
+        "threads": args.threads,
+        "input_size": cfg.model.input_size,
+        "batch_size": sc.batch_size,
+        "model": cfg.model_name,
+        "backbone": cfg.model.backbone,
+        "loadavg": os.getloadavg(),
+    }
     print(json.dumps(res, indent=2))
-    update_results("bench_pipeline", [
-        f"Preset `{args.config}` ({cfg.model_name}, {cfg.model.backbone}, {cfg.model.input_size} px, batch "
-        f"{sc.batch_size}), {workers} loader workers, {args.threads} threads.", "",
-        "| loader img/s | training img/s | loader / training | target | passed |", "|---|---|---|---|---|",
-        f"| {loader_ips:.1f} | {train_ips:.1f} | {loader_ips / train_ips:.2f} | ≥ 3.0 | {res['passed']} |"])
+    update_results(
+        "bench_pipeline",
+        [
+            f"Preset `{args.config}` ({cfg.model_name}, {cfg.model.backbone}, {cfg.model.input_size} px, "
+            f"batch {sc.batch_size}), {workers} loader workers, {args.threads} threads.",
+            "",
+            "| loader img/s | training img/s | loader / training | target | passed |",
+            "|---|---|---|---|---|",
+            f"| {loader_ips:.1f} | {train_ips:.1f} | {loader_ips / train_ips:.2f} | ≥ 3.0 "
+            f"| {res['passed']} |",
+        ],
+    )
     return 0
 
 

@@ -58,8 +58,9 @@ def main() -> None:
 
     def mix(n: int) -> SynthConfig:  # the default class mix, scaled to n images
         k = max(1, n // 124)
-        return SynthConfig(n_healthy=40 * k, n_sick=40 * k, n_active=24 * k, n_latent=12 * k,
-                           n_both=6 * k, n_uncertain=2 * k)
+        return SynthConfig(
+            n_healthy=40 * k, n_sick=40 * k, n_active=24 * k, n_latent=12 * k, n_both=6 * k, n_uncertain=2 * k
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         ref = rate(reference, args.n)
@@ -76,8 +77,10 @@ def main() -> None:
     for name, (wall, cpu) in results.items():
         print(f"{name:<{width}}  {wall:10.1f}  {cpu:10.1f}  {cpu / ref[1]:24.2f}")
     cpu512 = results["layout 512 px"][1]
-    print(f"target ≥ 20 images/s at 512 px on one core (CPU-time rate {cpu512:.1f}): "
-          f"{'met' if cpu512 >= 20 else 'NOT met'}")
+    print(
+        f"target ≥ 20 images/s at 512 px on one core (CPU-time rate {cpu512:.1f}): "
+        f"{'met' if cpu512 >= 20 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

@@ -64,10 +64,20 @@ def main() -> int:
         root = args.out / "synth"
         if not (root / "annotations" / "json" / "all_test.json").is_file():
             t = time.perf_counter()
-            synthesize(root, SynthConfig(n_healthy=args.n_healthy, n_sick=args.n_sick,
-                                         n_active=args.n_active, n_latent=args.n_latent,
-                                         n_both=args.n_both, n_uncertain=args.n_uncertain,
-                                         size=args.size, seed=args.data_seed, workers=args.threads))
+            synthesize(
+                root,
+                SynthConfig(
+                    n_healthy=args.n_healthy,
+                    n_sick=args.n_sick,
+                    n_active=args.n_active,
+                    n_latent=args.n_latent,
+                    n_both=args.n_both,
+                    n_uncertain=args.n_uncertain,
+                    size=args.size,
+                    seed=args.data_seed,
+                    workers=args.threads,
+                ),
+            )
             synth_s = time.perf_counter() - t
 
     def cpu_s() -> float:
@@ -89,27 +99,42 @@ def main() -> int:
         times["train_total_s"] = times["train_stage1_s"] + times["train_stage2_s"]
         times["train_total_cpu_s"] = times["train_stage1_cpu_s"] + times["train_stage2_cpu_s"]
         t = time.perf_counter()
-        pred = predict(res.checkpoint, root, ann, run / "predictions", batch_size=16, workers=2,
-                       progress=False)
+        pred = predict(
+            res.checkpoint, root, ann, run / "predictions", batch_size=16, workers=2, progress=False
+        )
         times["predict_s"] = time.perf_counter() - t
         scores = evaluate_predictions(ann, pred)
         runs[str(seed)] = {
-            "metrics": scores, "times": times, "loadavg_at_end": os.getloadavg(),
-            "passed": bool(scores.get("accuracy", 0) >= targets["accuracy"]
-                           and scores.get("cat_agnostic_ap50", 0) >= targets["cat_agnostic_ap50"]
-                           and times["train_total_s"] <= targets["train_total_s"]),
+            "metrics": scores,
+            "times": times,
+            "loadavg_at_end": os.getloadavg(),
+            "passed": bool(
+                scores.get("accuracy", 0) >= targets["accuracy"]
+                and scores.get("cat_agnostic_ap50", 0) >= targets["cat_agnostic_ap50"]
+                and times["train_total_s"] <= targets["train_total_s"]
+            ),
         }
-        print(f"seed {seed}: accuracy {scores.get('accuracy', 0):.3f}, "
-              f"AP50 {scores.get('cat_agnostic_ap50', 0):.3f}, train {times['train_total_s']:.0f} s, "
-              f"passed {runs[str(seed)]['passed']}", flush=True)
+        print(
+            f"seed {seed}: accuracy {scores.get('accuracy', 0):.3f}, "
+            f"AP50 {scores.get('cat_agnostic_ap50', 0):.3f}, train {times['train_total_s']:.0f} s, "
+            f"passed {runs[str(seed)]['passed']}",
+            flush=True,
+        )
     result = {
         "passed": all(r["passed"] for r in runs.values()),
-        "worst": {"accuracy": min(r["metrics"].get("accuracy", 0) for r in runs.values()),
-                  "cat_agnostic_ap50": min(r["metrics"].get("cat_agnostic_ap50", 0) for r in runs.values()),
-                  "train_total_s": max(r["times"]["train_total_s"] for r in runs.values())},
-        "targets": targets, "runs": runs, "synthesize_s": synth_s,
-        "threads": args.threads, "cpu_count": os.cpu_count(),
-        "config": args.config, "overrides": args.overrides, "data": str(root),
+        "worst": {
+            "accuracy": min(r["metrics"].get("accuracy", 0) for r in runs.values()),
+            "cat_agnostic_ap50": min(r["metrics"].get("cat_agnostic_ap50", 0) for r in runs.values()),
+            "train_total_s": max(r["times"]["train_total_s"] for r in runs.values()),
+        },
+        "targets": targets,
+        "runs": runs,
+        "synthesize_s": synth_s,
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "config": args.config,
+        "overrides": args.overrides,
+        "data": str(root),
     }
     (args.out / "bench_train_synth.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
@@ -120,17 +145,21 @@ def main() -> int:
 def results_lines(result: dict) -> list[str]:
     """The Markdown rows of ``benchmarks/RESULTS.md`` for one run of this script."""
     sets = "".join(f" `--set {o}`" for o in result["overrides"])
-    lines = [f"Preset `{result['config']}`{sets}, {result['threads']} threads; "
-             f"targets: accuracy ≥ {result['targets']['accuracy']}, tb-only category-agnostic AP50 ≥ "
-             f"{result['targets']['cat_agnostic_ap50']}, training ≤ {result['targets']['train_total_s']} s.",
-             "",
-             "| seed | accuracy | AP50 (tb-only, agnostic) | stage I s | stage II s | training s | passed |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Preset `{result['config']}`{sets}, {result['threads']} threads; "
+        f"targets: accuracy ≥ {result['targets']['accuracy']}, tb-only category-agnostic AP50 ≥ "
+        f"{result['targets']['cat_agnostic_ap50']}, training ≤ {result['targets']['train_total_s']} s.",
+        "",
+        "| seed | accuracy | AP50 (tb-only, agnostic) | stage I s | stage II s | training s | passed |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for seed, r in result["runs"].items():
         m, t = r["metrics"], r["times"]
-        lines.append(f"| {seed} | {m.get('accuracy', 0):.3f} | {m.get('cat_agnostic_ap50', 0):.3f} | "
-                     f"{t['train_stage1_s']:.0f} | {t['train_stage2_s']:.0f} | {t['train_total_s']:.0f} | "
-                     f"{r['passed']} |")
+        lines.append(
+            f"| {seed} | {m.get('accuracy', 0):.3f} | {m.get('cat_agnostic_ap50', 0):.3f} | "
+            f"{t['train_stage1_s']:.0f} | {t['train_stage2_s']:.0f} | {t['train_total_s']:.0f} | "
+            f"{r['passed']} |"
+        )
     return lines
 
 

@@ -56,8 +56,8 @@ sys.path.insert(0, str(HERE))
 
 from bench_models import deform_case  # noqa: E402
 
-from tbx.models.inference import prepare_for_inference  # noqa: E402
 from tbx.models.config import ModelConfig  # noqa: E402
+from tbx.models.inference import prepare_for_inference  # noqa: E402
 from tbx.models.registry import build  # noqa: E402
 
 GOALS = {"inference_fps_b8": 500.0, "train_img_s": 400.0, "bf16_fp32_rel_diff": 5e-2}

@@ -35,12 +35,22 @@ class Range:
         return " and ".join(f"{op} {v:g}" for op, v in bounds if v is not None)
 
     def ok(self, v: float) -> bool:
-        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
-                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+        return (
+            (self.ge is None or v >= self.ge)
+            and (self.gt is None or v > self.gt)
+            and (self.le is None or v <= self.le)
+            and (self.lt is None or v < self.lt)
+        )
 
 
-def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-            lt: float | None = None) -> Any:
+def bounded(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
     """A dataclass field with a value range, checked whenever a config is loaded
     (:func:`from_dict` / :func:`load_config`) or by :func:`check_fields`::
 
@@ -64,8 +74,10 @@ def check_fields(cfg: Any, prefix: str = "") -> None:
         rng = f.metadata.get("range")
         if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
             if value != value or not rng.ok(value):  # NaN is never in range
-                raise TbxError(f"'{prefix}{f.name}' must be {rng.text()}, got {value!r}",
-                               fix=f"set {prefix}{f.name} to a value {rng.text()}")
+                raise TbxError(
+                    f"'{prefix}{f.name}' must be {rng.text()}, got {value!r}",
+                    fix=f"set {prefix}{f.name} to a value {rng.text()}",
+                )
         check_fields(value, f"{prefix}{f.name}.")
 
 
@@ -145,8 +157,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     names = {f.name for f in dataclasses.fields(typing.cast(Any, cls))}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise TbxError(f"unknown config key '{prefix}{unknown[0]}'",
-                       fix=f"valid keys here: {', '.join(sorted(names))}")
+        raise TbxError(
+            f"unknown config key '{prefix}{unknown[0]}'", fix=f"valid keys here: {', '.join(sorted(names))}"
+        )
     kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
     try:
         obj = cls(**kwargs)
@@ -200,8 +213,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> T:
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> T:
     """Defaults of ``cls`` ← ``base`` ← YAML file ← ``--set`` overrides."""
     data = dict(base or {})
     if path is not None:

@@ -69,12 +69,17 @@ def _study_sizes(test_records) -> dict[str, object]:
     c = Counter((r.label, r.tb_type) for r in test_records)
     half = lambda n: max(1, n // 2) if n else 0  # noqa: E731
     mix = [half(c[("tb", t)]) for t in ("active", "latent", "active+latent", "uncertain")]
-    return {"n_healthy": half(c[("healthy", "none")]), "n_sick": half(c[("sick", "none")]),
-            "n_tb": sum(mix), "tb_mix": ":".join(map(str, mix))}
+    return {
+        "n_healthy": half(c[("healthy", "none")]),
+        "n_sick": half(c[("sick", "none")]),
+        "n_tb": sum(mix),
+        "tb_mix": ":".join(map(str, mix)),
+    }
 
 
-def run_demo(out: str | Path, cfg: DemoConfig | None = None,
-             say: Callable[[str], None] = print) -> dict[str, Path]:
+def run_demo(
+    out: str | Path, cfg: DemoConfig | None = None, say: Callable[[str], None] = print
+) -> dict[str, Path]:
     """Run every step; returns the main outputs by name."""
     from tbx.bench.protocol import BenchConfig, evaluate, write_result
     from tbx.bench.report import ReportConfig, make_report
@@ -103,10 +108,22 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None,
 
     step(1, "synthesise a hospital-style DICOM export (original resolution, fake PHI in headers)")
     raw = out / "raw"
-    synthesize(raw, SynthConfig(n_healthy=cfg.n_healthy, n_sick=cfg.n_sick, n_active=cfg.n_active,
-                                n_latent=cfg.n_latent, n_both=cfg.n_both,
-                                n_uncertain=cfg.n_uncertain, seed=cfg.seed, raw=True, dicom=True,
-                                raw_width=cfg.raw_width, workers=cfg.workers))
+    synthesize(
+        raw,
+        SynthConfig(
+            n_healthy=cfg.n_healthy,
+            n_sick=cfg.n_sick,
+            n_active=cfg.n_active,
+            n_latent=cfg.n_latent,
+            n_both=cfg.n_both,
+            n_uncertain=cfg.n_uncertain,
+            seed=cfg.seed,
+            raw=True,
+            dicom=True,
+            raw_width=cfg.raw_width,
+            workers=cfg.workers,
+        ),
+    )
     outputs["raw export"] = raw
 
     step(2, "build the TBX11K layout (512×512 PNGs, official JSONs/lists, no PHI)")
@@ -121,8 +138,9 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None,
     atomic_write_json(checks / "validation.json", val.to_dict())
     say(f"      {len(val.errors)} error(s), {len(val.warnings)} warning(s)")
     if val.errors:
-        raise TbxError(f"the built dataset failed validation: {val.errors[0].message}",
-                       checks / "validation.json")
+        raise TbxError(
+            f"the built dataset failed validation: {val.errors[0].message}", checks / "validation.json"
+        )
     outputs["validation"] = checks / "validation.json"
 
     step(4, "dataset statistics (docs/dataset.md §1.2 table)")
@@ -153,8 +171,10 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None,
     outputs["bench"] = write_result(bench, run / "bench" / "all_test.json", bcfg)
     c = bench["classification"]
     det = bench["detection"]["tb_only"]["agnostic"]
-    say(f"      accuracy {c['accuracy']:.3f}  AUC {c['auc']:.3f}  sensitivity {c['sensitivity']:.3f}"
-        f"  specificity {c['specificity']:.3f}  tb-only AP50 {det['ap50']:.3f}")
+    say(
+        f"      accuracy {c['accuracy']:.3f}  AUC {c['auc']:.3f}  sensitivity {c['sensitivity']:.3f}"
+        f"  specificity {c['specificity']:.3f}  tb-only AP50 {det['ap50']:.3f}"
+    )
 
     step(9, "model size and cost of the trained model (params, MACs, CPU latency)")
     info = model_info(tcfg.model_name, tcfg.model, latency_runs=3)  # random weights (pretrained none)

@@ -105,8 +105,10 @@ def as_user_error(exc: BaseException) -> TbxError | None:
         kind, msg = orig
         if kind == "TbxError":
             return TbxError(msg)  # the worker's one_line(): what [where] — fix, already joined
-        return TbxError(f"{kind} in a data-loading worker: {msg}",
-                        fix="check the file named (rerun with --debug for the traceback)")
+        return TbxError(
+            f"{kind} in a data-loading worker: {msg}",
+            fix="check the file named (rerun with --debug for the traceback)",
+        )
     if isinstance(exc, TbxError):
         return exc
     if isinstance(exc, OSError):
@@ -122,8 +124,12 @@ def as_user_error(exc: BaseException) -> TbxError | None:
         text = str(exc)
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
         if "out of memory" in first.lower():
-            return TbxError(f"{type(exc).__name__}: {first[:160]}",
-                            fix="lower the batch size (--batch, --set stageN.batch_size=…) or input size")
-        return TbxError(f"{type(exc).__name__}: {first}",
-                        fix="check the inputs and options named (rerun with --debug for the traceback)")
+            return TbxError(
+                f"{type(exc).__name__}: {first[:160]}",
+                fix="lower the batch size (--batch, --set stageN.batch_size=…) or input size",
+            )
+        return TbxError(
+            f"{type(exc).__name__}: {first}",
+            fix="check the inputs and options named (rerun with --debug for the traceback)",
+        )
     return None

@@ -118,22 +118,32 @@ def check_replaceable(dest: str | Path, kind: str | None = None, inputs: Sequenc
     for inp in inputs:
         i = Path(inp).resolve()
         if _within(i, real) or _within(real, i):
-            raise TbxError("the output folder holds or lies inside the command's input "
-                           f"'{inp}'; replacing it would delete the input", dest,
-                           "choose an output folder outside the inputs")
+            raise TbxError(
+                "the output folder holds or lies inside the command's input "
+                f"'{inp}'; replacing it would delete the input",
+                dest,
+                "choose an output folder outside the inputs",
+            )
     if not any(dest.iterdir()):
         return
     have = output_kind(dest)
     if have is None:
-        raise TbxError("the output folder is not empty and was not created by tbx (tbx replaces "
-                       "only its own outputs)", dest, "choose another output folder (or empty it yourself)")
+        raise TbxError(
+            "the output folder is not empty and was not created by tbx (tbx replaces only its own outputs)",
+            dest,
+            "choose another output folder (or empty it yourself)",
+        )
     if kind is not None and have != kind:
-        raise TbxError(f"the output folder holds a tbx {have}, not a {kind}; tbx will not replace it",
-                       dest, "choose another output folder")
+        raise TbxError(
+            f"the output folder holds a tbx {have}, not a {kind}; tbx will not replace it",
+            dest,
+            "choose another output folder",
+        )
 
 
-def replace_dir(src: Path, dest: Path, overwrite: bool = False, kind: str | None = None,
-                inputs: Sequence[str | Path] = ()) -> None:
+def replace_dir(
+    src: Path, dest: Path, overwrite: bool = False, kind: str | None = None, inputs: Sequence[str | Path] = ()
+) -> None:
     """Move the finished directory ``src`` to ``dest``; an existing ``dest`` is replaced (removed
     only after the new one is in place) when ``overwrite`` and :func:`check_replaceable` allows
     it, else :class:`FileExistsError`.  ``kind``: mark ``src`` as tbx's output of that kind."""
@@ -175,8 +185,9 @@ def clean_stale_tmp(folder: str | Path, recursive: bool = True) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, overwrite: bool = False, kind: str | None = None,
-               inputs: Sequence[str | Path] = ()) -> Iterator[Path]:
+def atomic_dir(
+    path: str | Path, overwrite: bool = False, kind: str | None = None, inputs: Sequence[str | Path] = ()
+) -> Iterator[Path]:
     """Build a directory in a temporary sibling, then move it to ``path`` on success.
 
     With ``overwrite`` an existing ``path`` is replaced (removed only after the new one is
@@ -236,8 +247,11 @@ def read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str,
         raise TbxError("empty CSV file", path, f"write a header line: {','.join(required)}") from None
     missing = [c for c in required if c not in header]
     if missing:
-        raise TbxError(f"missing column(s) {', '.join(missing)} in the CSV header", where(path, 1),
-                       f"the header must contain {','.join(required)}")
+        raise TbxError(
+            f"missing column(s) {', '.join(missing)} in the CSV header",
+            where(path, 1),
+            f"the header must contain {','.join(required)}",
+        )
     rows = []
     for row in reader:
         if not any(v.strip() for v in row):

@@ -19,12 +19,18 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
     """The current commit of the tbx source tree (``+dirty`` when modified), or None."""
     cwd = Path(cwd) if cwd else Path(tbx.__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
         if not sha:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -54,8 +60,13 @@ def provenance(config: Any = None, seed: int | None = None, **extra: Any) -> dic
     }
 
 
-def write_provenance(out_dir: str | Path, config: Any = None, seed: int | None = None,
-                     name: str = "provenance.json", **extra: Any) -> Path:
+def write_provenance(
+    out_dir: str | Path,
+    config: Any = None,
+    seed: int | None = None,
+    name: str = "provenance.json",
+    **extra: Any,
+) -> Path:
     """Write ``provenance.json`` into ``out_dir`` (atomic) and return its path."""
     path = Path(out_dir) / name
     atomic_write_json(path, provenance(config, seed, **extra))

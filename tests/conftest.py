@@ -48,6 +48,10 @@ def synth_root(tmp_path_factory) -> Path:
     from tbx.data.synth import SynthConfig, synthesize
 
     root = tmp_path_factory.mktemp("synth") / "TBX11K"
-    synthesize(root, SynthConfig(n_healthy=12, n_sick=12, n_active=12, n_latent=6, n_both=4,
-                                 n_uncertain=2, size=256, seed=0))
+    synthesize(
+        root,
+        SynthConfig(
+            n_healthy=12, n_sick=12, n_active=12, n_latent=6, n_both=4, n_uncertain=2, size=256, seed=0
+        ),
+    )
     return root

@@ -26,14 +26,23 @@ class TinyDetector(Detector):
     def __init__(self, width: int = 8, nan_after: int | None = None):
         super().__init__()
         self.backbone = nn.Sequential(
-            nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.Conv2d(3, width, 3, stride=2, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
         )
         self.neck = nn.Conv2d(2 * width, 2 * width, 3, padding=1)
         self.box_reg = nn.Linear(2 * width, 4)
         self.obj = nn.Linear(2 * width, 1)
-        self.cls_head = nn.Sequential(nn.Conv2d(2 * width, 2 * width, 1), nn.ReLU(),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 3))
+        self.cls_head = nn.Sequential(
+            nn.Conv2d(2 * width, 2 * width, 1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(2 * width, 3),
+        )
         self.nan_after = nan_after
         self.calls = 0
 
@@ -57,8 +66,7 @@ class TinyDetector(Detector):
             else:
                 has.append(0.0)
         loss_box = torch.stack(l1).mean() if l1 else box.sum() * 0
-        loss_obj = nn.functional.binary_cross_entropy_with_logits(
-            obj, torch.tensor(has, device=obj.device))
+        loss_obj = nn.functional.binary_cross_entropy_with_logits(obj, torch.tensor(has, device=obj.device))
         if self.nan_after is not None and self.calls > self.nan_after:
             loss_box = loss_box * float("nan")
         return {"loss_box": loss_box, "loss_obj": 0.1 * loss_obj}
@@ -75,8 +83,14 @@ class TinyDetector(Detector):
             b = box[k] * torch.tensor([w, h, w, h], dtype=torch.float32)
             x1, x2 = torch.minimum(b[0], b[2]), torch.maximum(b[0], b[2])
             y1, y2 = torch.minimum(b[1], b[3]), torch.maximum(b[1], b[3])
-            out.append(Prediction(probs[k], torch.stack([x1, y1, x2, y2])[None], score[k:k + 1],
-                                  torch.ones(1, dtype=torch.int64)))
+            out.append(
+                Prediction(
+                    probs[k],
+                    torch.stack([x1, y1, x2, y2])[None],
+                    score[k : k + 1],
+                    torch.ones(1, dtype=torch.int64),
+                )
+            )
         return out
 
 
@@ -104,9 +118,18 @@ class OracleDetector(Detector):
         return out
 
 
-def make_layout(root: Path, n_tb: int = 8, n_healthy: int = 4, n_sick: int = 4, size: int = 64,
-                ann_scale: float = 1.0, seed: int = 0, name: str = "TBX11K_trainval_only_tb.json",
-                all_name: str = "all_trainval.json", uncertain_on_first: bool = False) -> Path:
+def make_layout(
+    root: Path,
+    n_tb: int = 8,
+    n_healthy: int = 4,
+    n_sick: int = 4,
+    size: int = 64,
+    ann_scale: float = 1.0,
+    seed: int = 0,
+    name: str = "TBX11K_trainval_only_tb.json",
+    all_name: str = "all_trainval.json",
+    uncertain_on_first: bool = False,
+) -> Path:
     """Write a tiny TBX11K layout: TB images with one bright lesion each (box in the annotation
     frame, which is ``ann_scale`` × the PNG size), plus healthy/sick images.  Returns ``root``."""
     rng = np.random.default_rng(seed)
@@ -120,16 +143,22 @@ def make_layout(root: Path, n_tb: int = 8, n_healthy: int = 4, n_sick: int = 4, 
         if lesion:
             bw, bh = rng.integers(size // 6, size // 3, 2)
             x0, y0 = rng.integers(2, size - bw - 2), rng.integers(2, size - bh - 2)
-            arr[y0:y0 + bh, x0:x0 + bw] = 220
+            arr[y0 : y0 + bh, x0 : x0 + bw] = 220
             cat = 3 if (uncertain_on_first and k == 0) else (1 if k % 3 else 2)
-            boxes.append(Box(float(x0) * ann_scale, float(y0) * ann_scale, float(bw) * ann_scale,
-                             float(bh) * ann_scale, cat))
+            boxes.append(
+                Box(
+                    float(x0) * ann_scale,
+                    float(y0) * ann_scale,
+                    float(bw) * ann_scale,
+                    float(bh) * ann_scale,
+                    cat,
+                )
+            )
         fname = f"{folder}/{folder[0]}{k}.png"
         (root / "imgs" / folder).mkdir(parents=True, exist_ok=True)
         Image.fromarray(arr.astype(np.uint8), mode="L").save(root / "imgs" / fname)
         iid += 1
-        records.append(Record(iid, fname, int(size * ann_scale), int(size * ann_scale), label,
-                              boxes=boxes))
+        records.append(Record(iid, fname, int(size * ann_scale), int(size * ann_scale), label, boxes=boxes))
 
     for k in range(n_tb):
         add("tb", "tb", k, True)
@@ -156,8 +185,15 @@ def ddp_worker(rank: int, world: int, port: int, cfg, out: str, stage: str) -> N
     """Entry point of one spawned DDP process (gloo on CPU), as torchrun would start it."""
     import os
 
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     torch.set_num_threads(1)
     from tbx.engine.trainer import train
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_score, recall_score,
-                             roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from tbx.bench.classification import ClassificationEval, confusion_weighted, metrics_from_confusion
 from tbx.bench.stats import bootstrap_counts, ci_tree, delong_ci, delong_test, fast_delong, midrank
@@ -48,7 +54,9 @@ def test_against_sklearn(seed, quantise):
 
 def test_class_never_predicted_counts_zero_like_sklearn():
     y = np.array([0, 0, 1, 1, 2, 2])
-    p = np.array([[.8, .1, .1], [.1, .8, .1], [.7, .2, .1], [.2, .7, .1], [.6, .3, .1], [.1, .1, .8]])
+    p = np.array(
+        [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]]
+    )
     cls, _ = ClassificationEval(p, y).point()
     pred = p.argmax(1)
     assert cls["ap"] == pytest.approx(precision_score(y, pred, average="macro", zero_division=0))
@@ -107,10 +115,12 @@ def slow_delong(scores, y):
         psi = (pos[r][:, None] > neg[r][None, :]) + 0.5 * (pos[r][:, None] == neg[r][None, :])
         aucs[r] = psi.mean()
         v10[r], v01[r] = psi.mean(axis=1), psi.mean(axis=0)
-    s10 = np.array([[np.sum((v10[a] - aucs[a]) * (v10[b] - aucs[b])) / (m - 1) for b in range(k)]
-                    for a in range(k)])
-    s01 = np.array([[np.sum((v01[a] - aucs[a]) * (v01[b] - aucs[b])) / (n - 1) for b in range(k)]
-                    for a in range(k)])
+    s10 = np.array(
+        [[np.sum((v10[a] - aucs[a]) * (v10[b] - aucs[b])) / (m - 1) for b in range(k)] for a in range(k)]
+    )
+    s01 = np.array(
+        [[np.sum((v01[a] - aucs[a]) * (v01[b] - aucs[b])) / (n - 1) for b in range(k)] for a in range(k)]
+    )
     return aucs, s10 / m + s01 / n
 
 
@@ -161,8 +171,10 @@ def test_weighted_metrics_equal_duplicated_data():
         assert ops_s["specificity_at_sensitivity"]["specificity"][b] == pytest.approx(sp)
     # confusion with weights = confusion of the copies
     idx = np.repeat(np.arange(200), counts[0])
-    np.testing.assert_array_equal(confusion_weighted(y, p.argmax(1), counts[0]),
-                                  confusion_matrix(y[idx], p[idx].argmax(1), labels=[0, 1, 2]))
+    np.testing.assert_array_equal(
+        confusion_weighted(y, p.argmax(1), counts[0]),
+        confusion_matrix(y[idx], p[idx].argmax(1), labels=[0, 1, 2]),
+    )
 
 
 def test_bootstrap_deterministic_and_contains_point():

@@ -24,17 +24,49 @@ def make_case(root: Path, seed: int = 0, n: int = 90, quality: float = 1.5) -> t
             for _ in range(int(rng.integers(1, 3))):
                 x, y = rng.uniform(0, 400, 2)
                 cat = 3 if i == 2 else int(rng.integers(1, 3))
-                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "iscrowd": 0,
-                             "bbox": [float(x), float(y), 60.0, 50.0], "area": 3000.0})
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": i + 1,
+                        "category_id": cat,
+                        "iscrowd": 0,
+                        "bbox": [float(x), float(y), 60.0, 50.0],
+                        "area": 3000.0,
+                    }
+                )
     for j in range(10):
-        images.append({"id": n + j + 1, "file_name": f"extra/da+db/test/{'p' if j < 4 else 'n'}{j}.png",
-                       "width": 512, "height": 512})
+        images.append(
+            {
+                "id": n + j + 1,
+                "file_name": f"extra/da+db/test/{'p' if j < 4 else 'n'}{j}.png",
+                "width": 512,
+                "height": 512,
+            }
+        )
     gt = root / "gt.json"
-    gt.write_text(json.dumps({"images": images, "annotations": anns, "categories": [
-        {"id": 1, "name": "ActiveTuberculosis"}, {"id": 2, "name": "ObsoletePulmonaryTuberculosis"},
-        {"id": 3, "name": "PulmonaryTuberculosis"}]}))
-    y = np.array([2 if "tb/" in im["file_name"] or "/p" in im["file_name"] else
-                  1 if "sick" in im["file_name"] else 0 for im in images])
+    gt.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [
+                    {"id": 1, "name": "ActiveTuberculosis"},
+                    {"id": 2, "name": "ObsoletePulmonaryTuberculosis"},
+                    {"id": 3, "name": "PulmonaryTuberculosis"},
+                ],
+            }
+        )
+    )
+    y = np.array(
+        [
+            2
+            if "tb/" in im["file_name"] or "/p" in im["file_name"]
+            else 1
+            if "sick" in im["file_name"]
+            else 0
+            for im in images
+        ]
+    )
     preds = []
     for k, q in enumerate((quality, quality / 2)):
         logits = rng.normal(0, 1, (len(images), 3))
@@ -43,13 +75,23 @@ def make_case(root: Path, seed: int = 0, n: int = 90, quality: float = 1.5) -> t
         dets = []
         for a in anns:
             x, yy, w, h = a["bbox"]
-            dets.append({"image_id": a["image_id"], "category_id": min(a["category_id"], 2),
-                         "bbox": [x + rng.normal(0, 4 * (k + 1)), yy + rng.normal(0, 4), w, h],
-                         "score": float(rng.uniform(0.3, 1))})
+            dets.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": min(a["category_id"], 2),
+                    "bbox": [x + rng.normal(0, 4 * (k + 1)), yy + rng.normal(0, 4), w, h],
+                    "score": float(rng.uniform(0.3, 1)),
+                }
+            )
         for im in images[:n]:
-            dets.append({"image_id": im["id"], "category_id": int(rng.integers(1, 3)),
-                         "bbox": [float(rng.uniform(0, 400)), float(rng.uniform(0, 400)), 40.0, 40.0],
-                         "score": float(rng.uniform(0, 0.8))})
+            dets.append(
+                {
+                    "image_id": im["id"],
+                    "category_id": int(rng.integers(1, 3)),
+                    "bbox": [float(rng.uniform(0, 400)), float(rng.uniform(0, 400)), 40.0, 40.0],
+                    "score": float(rng.uniform(0, 0.8)),
+                }
+            )
         pred = root / f"pred{k}"
         write_cls_result(pred / "cls_result.txt", probs)
         write_bbox_result(pred / "bbox_result.json", dets)
@@ -75,8 +117,9 @@ def _paths(tree, prefix=""):
 def test_cli_bench_json_and_provenance(cli, case, tmp_path):
     gt, pred, _ = case
     out = tmp_path / "res" / "bench.json"
-    code, stdout, err = cli("bench", "--gt", gt, "--pred", pred, "--json", out, "--bootstrap", "30",
-                            "--seed", "1")
+    code, stdout, err = cli(
+        "bench", "--gt", gt, "--pred", pred, "--json", out, "--bootstrap", "30", "--seed", "1"
+    )
     assert code == 0, err
     assert "Image classification" in stdout and "TB area detection" in stdout
     assert "Screening operating points" in stdout
@@ -84,8 +127,25 @@ def test_cli_bench_json_and_provenance(cli, case, tmp_path):
     prov = json.loads((out.parent / f"{out.stem}.provenance.json").read_text())
     assert prov["seed"] == 1 and prov["config"]["bootstrap"] == 30
     c = res["classification"]
-    for k in ("accuracy", "auc", "sensitivity", "specificity", "ap", "ar", "f1", "confusion", "tp", "tn",
-              "fp", "fn", "tp_share", "tn_share", "fp_share", "fn_share", "roc"):
+    for k in (
+        "accuracy",
+        "auc",
+        "sensitivity",
+        "specificity",
+        "ap",
+        "ar",
+        "f1",
+        "confusion",
+        "tp",
+        "tn",
+        "fp",
+        "fn",
+        "tp_share",
+        "tn_share",
+        "fp_share",
+        "fn_share",
+        "roc",
+    ):
         assert k in c
     assert all(0 <= c[k] <= 1 for k in ("accuracy", "auc", "sensitivity", "specificity", "ap", "ar", "f1"))
     assert c["tp"] + c["tn"] + c["fp"] + c["fn"] == 100 == sum(map(sum, c["confusion"]))
@@ -128,7 +188,8 @@ def test_cli_compare(cli, case, tmp_path):
     d = res["diff"]["classification"]["accuracy"]
     assert d == pytest.approx(ra["classification"]["accuracy"] - rb["classification"]["accuracy"])
     assert res["diff"]["detection"]["tb_only"]["active"]["ap50"] == pytest.approx(
-        ra["detection"]["tb_only"]["active"]["ap50"] - rb["detection"]["tb_only"]["active"]["ap50"])
+        ra["detection"]["tb_only"]["active"]["ap50"] - rb["detection"]["tb_only"]["active"]["ap50"]
+    )
     lo, hi = res["ci"]["classification"]["auc"]
     assert lo <= res["diff"]["classification"]["auc"] <= hi
     dl = res["delong"]

@@ -20,9 +20,11 @@ from tbx.bench.protocol import BenchConfig, GroundTruthSet, _Scored, evaluate
 from tbx.bench.results_io import Detections, write_bbox_result, write_cls_result
 from tbx.bench.stats import bootstrap_counts
 
-CATS = [{"id": 1, "name": "ActiveTuberculosis", "supercategory": "Tuberculosis"},
-        {"id": 2, "name": "ObsoletePulmonaryTuberculosis", "supercategory": "Tuberculosis"},
-        {"id": 3, "name": "PulmonaryTuberculosis", "supercategory": "Tuberculosis"}]
+CATS = [
+    {"id": 1, "name": "ActiveTuberculosis", "supercategory": "Tuberculosis"},
+    {"id": 2, "name": "ObsoletePulmonaryTuberculosis", "supercategory": "Tuberculosis"},
+    {"id": 3, "name": "PulmonaryTuberculosis", "supercategory": "Tuberculosis"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,16 @@ def real_fixture(shared_data, tmp_path_factory):
             fn = f"tb/{Path(im['file_name']).name}"
             for a in anns[im["id"]]:
                 cat = 3 if k < 4 else a["category_id"]  # 4 uncertain-type TB images
-                annotations.append({"id": len(annotations) + 1, "image_id": iid, "category_id": cat,
-                                    "bbox": a["bbox"], "area": a["bbox"][2] * a["bbox"][3], "iscrowd": 0})
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": iid,
+                        "category_id": cat,
+                        "bbox": a["bbox"],
+                        "area": a["bbox"][2] * a["bbox"][3],
+                        "iscrowd": 0,
+                    }
+                )
         elif kind == "h":
             fn = f"health/h{k:04d}.png"
         elif kind == "s":
@@ -65,17 +75,40 @@ def real_fixture(shared_data, tmp_path_factory):
                 x, y, w, h = a["bbox"]
                 j = rng.normal(0, 0.12, 4) * [w, h, w, h]
                 cat = int(rng.integers(1, 3)) if rng.random() < 0.3 else min(a["category_id"], 2)
-                dets.append({"image_id": im["id"], "category_id": cat,
-                             "bbox": [x + j[0], y + j[1], max(w + j[2], 1.0), max(h + j[3], 1.0)],
-                             "score": round(float(rng.uniform(0.2, 1.0)), 2)})  # rounded → ties
+                dets.append(
+                    {
+                        "image_id": im["id"],
+                        "category_id": cat,
+                        "bbox": [x + j[0], y + j[1], max(w + j[2], 1.0), max(h + j[3], 1.0)],
+                        "score": round(float(rng.uniform(0.2, 1.0)), 2),
+                    }
+                )  # rounded → ties
         n_fp = 150 if n == 5 else int(rng.integers(0, 8))
         for _ in range(n_fp):
             w, h = rng.uniform(10, 150, 2)
-            dets.append({"image_id": im["id"], "category_id": int(rng.integers(1, 3)),
-                         "bbox": [float(rng.uniform(0, 500 - w)), float(rng.uniform(0, 500 - h)), float(w),
-                                  float(h)], "score": round(float(rng.uniform(0, 0.9)), 2)})
-    y = np.array([0 if "health" in im["file_name"] or "_0" in im["file_name"] else
-                  1 if "sick" in im["file_name"] else 2 for im in images])
+            dets.append(
+                {
+                    "image_id": im["id"],
+                    "category_id": int(rng.integers(1, 3)),
+                    "bbox": [
+                        float(rng.uniform(0, 500 - w)),
+                        float(rng.uniform(0, 500 - h)),
+                        float(w),
+                        float(h),
+                    ],
+                    "score": round(float(rng.uniform(0, 0.9)), 2),
+                }
+            )
+    y = np.array(
+        [
+            0
+            if "health" in im["file_name"] or "_0" in im["file_name"]
+            else 1
+            if "sick" in im["file_name"]
+            else 2
+            for im in images
+        ]
+    )
     logits = rng.normal(0, 1, (len(images), 3))
     logits[np.arange(len(images)), y] += 1.5
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
@@ -86,8 +119,7 @@ def real_fixture(shared_data, tmp_path_factory):
     return root / "gt.json", root / "pred", gt, dets, probs
 
 
-def coco_eval(gt: dict, dets: list, img_ids: list[int], cat: int | None,
-              iou_thrs=None) -> COCOeval:
+def coco_eval(gt: dict, dets: list, img_ids: list[int], cat: int | None, iou_thrs=None) -> COCOeval:
     """Plain pycocotools: category-agnostic (cat None) = every GT and detection relabelled 1."""
     g = copy.deepcopy(gt)
     dd = [dict(d) for d in dets if cat is None or d["category_id"] == cat]
@@ -163,17 +195,26 @@ def test_accumulate_equals_cocoeval_accumulate(real_fixture):
     gt_path, _, gt, dets, _ = real_fixture
     ids = sorted(im["id"] for im in gt["images"])
     e = coco_eval(gt, dets, ids, 1)
-    g = GroundTruth.build((im["id"], [(*a["bbox"], a["category_id"]) for a in gt["annotations"]
-                                      if a["image_id"] == im["id"]]) for im in gt["images"])
-    d = Detections(np.array([x["image_id"] for x in dets]), np.array([x["category_id"] for x in dets]),
-                   np.array([x["bbox"] for x in dets], float), np.array([x["score"] for x in dets], float))
+    g = GroundTruth.build(
+        (im["id"], [(*a["bbox"], a["category_id"]) for a in gt["annotations"] if a["image_id"] == im["id"]])
+        for im in gt["images"]
+    )
+    d = Detections(
+        np.array([x["image_id"] for x in dets]),
+        np.array([x["category_id"] for x in dets]),
+        np.array([x["bbox"] for x in dets], float),
+        np.array([x["score"] for x in dets], float),
+    )
     m = match(g, d, {1}, {1})
     prec, rec = accumulate(m)
     np.testing.assert_allclose(prec, e.eval["precision"][:, :, 0, 0, 2], atol=1e-12)
     np.testing.assert_allclose(rec, e.eval["recall"][:, 0, 0, 2], atol=1e-12)
     # matches of evaluateImg, image by image (dtMatches ≠ 0 ⇔ TP here, no ignored GT)
-    n_tp = sum(int((ev["dtMatches"] > 0).sum()) for ev in e.evalImgs if ev is not None and ev["aRng"][0] == 0
-               and ev["aRng"][1] > 1e9)
+    n_tp = sum(
+        int((ev["dtMatches"] > 0).sum())
+        for ev in e.evalImgs
+        if ev is not None and ev["aRng"][0] == 0 and ev["aRng"][1] > 1e9
+    )
     assert n_tp == int(m.tp.sum())
 
 
@@ -219,8 +260,9 @@ def test_bootstrap_weights_equal_cocoeval_on_duplicated_images(real_fixture, fas
                     for a in ann_by.get(iid, []):
                         new_anns.append({**a, "id": len(new_anns) + 1, "image_id": nid})
                     new_dets += [{**x, "image_id": nid} for x in dd_by.get(iid, [])]
-            e = coco_eval({"images": new_imgs, "annotations": new_anns, "categories": CATS}, new_dets,
-                          new_ids, cat)
+            e = coco_eval(
+                {"images": new_imgs, "annotations": new_anns, "categories": CATS}, new_dets, new_ids, cat
+            )
             assert s["ap"][b] == pytest.approx(e.stats[0], abs=1e-9)
             assert s["ap50"][b] == pytest.approx(e.stats[1], abs=1e-9)
             assert s["ar100"][b] == pytest.approx(e.stats[8], abs=1e-9)
@@ -228,16 +270,22 @@ def test_bootstrap_weights_equal_cocoeval_on_duplicated_images(real_fixture, fas
 
 # --------------------------------------------------------------------------- hand-made cases
 def small_case(tmp_path: Path, images, anns, dets, probs) -> tuple[Path, Path]:
-    gt = {"images": [{"id": i, "file_name": fn, "width": 512, "height": 512} for i, fn in images],
-          "annotations": [{"id": k + 1, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3],
-                           "iscrowd": 0} for k, (i, c, b) in enumerate(anns)],
-          "categories": CATS}
+    gt = {
+        "images": [{"id": i, "file_name": fn, "width": 512, "height": 512} for i, fn in images],
+        "annotations": [
+            {"id": k + 1, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+            for k, (i, c, b) in enumerate(anns)
+        ],
+        "categories": CATS,
+    }
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     pred = tmp_path / "pred"
     if probs is not None:
         write_cls_result(pred / "cls_result.txt", np.array(probs, float))
-    write_bbox_result(pred / "bbox_result.json",
-                      [{"image_id": i, "category_id": c, "bbox": b, "score": s} for i, c, b, s in dets])
+    write_bbox_result(
+        pred / "bbox_result.json",
+        [{"image_id": i, "category_id": c, "bbox": b, "score": s} for i, c, b, s in dets],
+    )
     return tmp_path / "gt.json", pred
 
 
@@ -355,20 +403,28 @@ def test_loc_counts_loose_boxes(tmp_path):
 
 def test_match_thresholds_vectorised_like_cocoeval():
     """Two GT, detections competing for them: our vectorised matching = COCOeval per threshold."""
-    gt = {"images": [{"id": 1, "width": 512, "height": 512, "file_name": "a"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 100], "area": 1e4,
-                           "iscrowd": 0},
-                          {"id": 2, "image_id": 1, "category_id": 1, "bbox": [20, 0, 100, 100], "area": 1e4,
-                           "iscrowd": 0}],
-          "categories": CATS}
-    dets = [{"image_id": 1, "category_id": 1, "bbox": [10, 0, 100, 100], "score": 0.9},
-            {"image_id": 1, "category_id": 1, "bbox": [0, 0, 95, 100], "score": 0.8},
-            {"image_id": 1, "category_id": 1, "bbox": [25, 5, 100, 100], "score": 0.8},
-            {"image_id": 1, "category_id": 1, "bbox": [10, 0, 100, 100], "score": 0.7}]
+    gt = {
+        "images": [{"id": 1, "width": 512, "height": 512, "file_name": "a"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 100], "area": 1e4, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [20, 0, 100, 100], "area": 1e4, "iscrowd": 0},
+        ],
+        "categories": CATS,
+    }
+    dets = [
+        {"image_id": 1, "category_id": 1, "bbox": [10, 0, 100, 100], "score": 0.9},
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 95, 100], "score": 0.8},
+        {"image_id": 1, "category_id": 1, "bbox": [25, 5, 100, 100], "score": 0.8},
+        {"image_id": 1, "category_id": 1, "bbox": [10, 0, 100, 100], "score": 0.7},
+    ]
     e = coco_eval(gt, dets, [1], 1)
     g = GroundTruth.build([(1, [(*a["bbox"], 1) for a in gt["annotations"]])])
-    d = Detections(np.ones(4, int), np.ones(4, int), np.array([x["bbox"] for x in dets], float),
-                   np.array([x["score"] for x in dets]))
+    d = Detections(
+        np.ones(4, int),
+        np.ones(4, int),
+        np.array([x["bbox"] for x in dets], float),
+        np.array([x["score"] for x in dets]),
+    )
     m = match(g, d, None, None)
     ev = e.evalImgs[0]
     np.testing.assert_array_equal(m.tp[:, np.argsort(-m.score, kind="mergesort")], ev["dtMatches"] > 0)
@@ -387,8 +443,13 @@ def test_edge_cases_empty_detections_and_no_tbx11k_images(tmp_path):
     dumps_json(res)  # JSON-clean (no NaN)
     sub = tmp_path / "extra_only"
     sub.mkdir()
-    gt, pred = small_case(sub, [(1, "extra/da+db/test/p1.png"), (2, "extra/da+db/test/n2.png")], [],
-                          [(1, 1, A, 0.5)], [TB_P, NON_P])
+    gt, pred = small_case(
+        sub,
+        [(1, "extra/da+db/test/p1.png"), (2, "extra/da+db/test/n2.png")],
+        [],
+        [(1, 1, A, 0.5)],
+        [TB_P, NON_P],
+    )
     res = evaluate(gt, pred, BenchConfig())
     assert res["detection"]["all_cxr"]["agnostic"]["ap"] is None
     assert res["detection"]["all_cxr"]["agnostic"]["n_images"] == 0

@@ -9,8 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tbx.bench.results_io import (read_bbox_arrays, read_bbox_result, read_cls_result, write_bbox_result,
-                                  write_cls_result)
+from tbx.bench.results_io import (
+    read_bbox_arrays,
+    read_bbox_result,
+    read_cls_result,
+    write_bbox_result,
+    write_cls_result,
+)
 from tbx.errors import TbxError
 
 
@@ -21,12 +26,25 @@ def all_test_gt(path: Path) -> Path:
         folder = ("health/h", "sick/s", "tb/tb")[i % 3]
         images.append({"id": i + 1, "file_name": f"{folder}{i:05d}.png", "width": 512, "height": 512})
     for j in range(502):
-        fn = (f"extra/mc+shenzhen/test/CHNCXR_{j:04d}_{j % 2}.png" if j % 2 else
-              f"extra/da+db/test/{'p' if j % 4 == 0 else 'n'}{j:04d}.png")
+        fn = (
+            f"extra/mc+shenzhen/test/CHNCXR_{j:04d}_{j % 2}.png"
+            if j % 2
+            else f"extra/da+db/test/{'p' if j % 4 == 0 else 'n'}{j:04d}.png"
+        )
         images.append({"id": 2801 + j, "file_name": fn, "width": 512, "height": 512})
-    path.write_text(json.dumps({"images": images, "annotations": [], "categories": [
-        {"id": 1, "name": "ActiveTuberculosis"}, {"id": 2, "name": "ObsoletePulmonaryTuberculosis"},
-        {"id": 3, "name": "PulmonaryTuberculosis"}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": [],
+                "categories": [
+                    {"id": 1, "name": "ActiveTuberculosis"},
+                    {"id": 2, "name": "ObsoletePulmonaryTuberculosis"},
+                    {"id": 3, "name": "PulmonaryTuberculosis"},
+                ],
+            }
+        )
+    )
     return path
 
 
@@ -61,8 +79,10 @@ def test_cls_roundtrip(tmp_path):
 
 
 def test_bbox_roundtrip(tmp_path):
-    dets = [{"image_id": 3, "category_id": 1, "bbox": [1.5, 2, 10, 20], "score": 0.9},
-            {"image_id": 4, "category_id": 2, "bbox": [0, 0, 0, 5], "score": 0.1}]
+    dets = [
+        {"image_id": 3, "category_id": 1, "bbox": [1.5, 2, 10, 20], "score": 0.9},
+        {"image_id": 4, "category_id": 2, "bbox": [0, 0, 0, 5], "score": 0.1},
+    ]
     write_bbox_result(tmp_path / "b.json", dets)
     back = read_bbox_result(tmp_path / "b.json", [3, 4], [1, 2])
     assert back == [{**d, "bbox": [float(v) for v in d["bbox"]]} for d in dets]
@@ -96,12 +116,23 @@ def test_cls_bad_input(tmp_path, text, loc, msg):
 
 
 BBOX_CASES = [
-    ('[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5},\n'
-     ' {"image_id": 99, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}]', ":2", "unknown image_id 99"),
-    ('[{"image_id": 1, "category_id": 7, "bbox": [0, 0, 1, 1], "score": 0.5}]', ":1",
-     "unknown category_id 7"),
-    ('[\n{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5},\n'
-     '{"image_id": 1, "category_id": 1, "bbox": [0, 0, -1, 1], "score": 0.5}\n]', ":3", "negative box size"),
+    (
+        '[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5},\n'
+        ' {"image_id": 99, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}]',
+        ":2",
+        "unknown image_id 99",
+    ),
+    (
+        '[{"image_id": 1, "category_id": 7, "bbox": [0, 0, 1, 1], "score": 0.5}]',
+        ":1",
+        "unknown category_id 7",
+    ),
+    (
+        '[\n{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5},\n'
+        '{"image_id": 1, "category_id": 1, "bbox": [0, 0, -1, 1], "score": 0.5}\n]',
+        ":3",
+        "negative box size",
+    ),
     ('[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1], "score": 0.5}]', ":1", "bbox must be"),
     ('[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}]', ":1", "missing key 'score'"),
     ('[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": NaN}]', ":1", "score must be"),
@@ -123,8 +154,16 @@ def test_bbox_bad_input(tmp_path, text, loc, msg):
 
 def test_bad_input_exit_code_2(cli, tmp_path):
     gt = tmp_path / "gt.json"
-    gt.write_text(json.dumps({"images": [{"id": i, "file_name": f"health/h{i}.png", "width": 512,
-                                          "height": 512} for i in (1, 2)], "annotations": []}))
+    gt.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"id": i, "file_name": f"health/h{i}.png", "width": 512, "height": 512} for i in (1, 2)
+                ],
+                "annotations": [],
+            }
+        )
+    )
     pred = tmp_path / "pred"
     pred.mkdir()
     (pred / "cls_result.txt").write_text("0.2 0.3 0.5\n")

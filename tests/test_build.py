@@ -33,15 +33,24 @@ def _image(seed: int, w: int = 96, h: int = 80) -> np.ndarray:
     return np.clip(base + rng.normal(0, 8, (h, w)), 0, 255).astype(np.uint8)
 
 
-def _xml(path: Path, filename: str, w: int, h: int, objects: list[tuple[str, int, int, int, int]],
-         difficult: tuple[int, ...] = ()) -> None:
+def _xml(
+    path: Path,
+    filename: str,
+    w: int,
+    h: int,
+    objects: list[tuple[str, int, int, int, int]],
+    difficult: tuple[int, ...] = (),
+) -> None:
     objs = "".join(
         f"<object><name>{n}</name><difficult>{int(i in difficult)}</difficult><bndbox><xmin>{a}</xmin>"
         f"<ymin>{b}</ymin><xmax>{c}</xmax><ymax>{d}</ymax></bndbox></object>"
-        for i, (n, a, b, c, d) in enumerate(objects))
+        for i, (n, a, b, c, d) in enumerate(objects)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"<annotation><filename>{filename}</filename><size><width>{w}</width>"
-                    f"<height>{h}</height></size>{objs}</annotation>")
+    path.write_text(
+        f"<annotation><filename>{filename}</filename><size><width>{w}</width>"
+        f"<height>{h}</height></size>{objs}</annotation>"
+    )
 
 
 HEADER = ["file", "patient_id", "label", "tb_type", "source", "split"]
@@ -65,8 +74,16 @@ def make_export(root: Path, n: int = 3, split: bool = True) -> list[list[str]]:
                     objs.append(("ObsoletePulmonaryTuberculosis", 50, 20, 90, 70))
                     tb_type = "active+latent"
                 _xml(root / "xml" / f"tb_{i}.xml", f"tb_{i}.png", 96, 80, objs)
-            rows.append([name, f"PAT{k:03d}", label, tb_type, "hospital",
-                         ("train", "val", "test")[i % 3] if split else ""])
+            rows.append(
+                [
+                    name,
+                    f"PAT{k:03d}",
+                    label,
+                    tb_type,
+                    "hospital",
+                    ("train", "val", "test")[i % 3] if split else "",
+                ]
+            )
     write_manifest(root, rows)
     return rows
 
@@ -80,8 +97,11 @@ def write_manifest(root: Path, rows: list[list[str]], header: list[str] = HEADER
 
 def all_bytes(root: Path) -> dict[str, bytes]:
     """Every output file's bytes except the run records (provenance time, reuse counts)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name not in ("provenance.json", "build_report.json")}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in ("provenance.json", "build_report.json")
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,8 +122,11 @@ def test_convert_rule_is_bit_exact_on_published_boxes(shared_data):
         if not img["file_name"].startswith("tb/"):
             continue
         ann = read_voc(shared_data / "tbx11k-meta" / "xml" / (Path(img["file_name"]).stem + ".xml"))
-        conv = [convert_voc_box(o.xmin, o.ymin, o.xmax, o.ymax, ann.width, ann.height)
-                for o in ann.objects if not o.difficult]
+        conv = [
+            convert_voc_box(o.xmin, o.ymin, o.xmax, o.ymax, ann.width, ann.height)
+            for o in ann.objects
+            if not o.difficult
+        ]
         pub = [a["bbox"] for a in anns.get(img["id"], [])]
         assert [list(c) for c in conv if c is not None] == pub  # bit-exact, in XML order
         n += len(pub)
@@ -133,8 +156,12 @@ def test_release_root_regenerates_official_jsons(tmp_path, shared_data):
         assert [[i[k] for k in key] for i in mine["images"]] == [[i[k] for k in key] for i in off["images"]]
         assert len(mine["annotations"]) == len(off["annotations"])
         for a, b in zip(mine["annotations"], off["annotations"]):
-            assert (a["id"], a["image_id"], a["category_id"], a["iscrowd"]) == \
-                (b["id"], b["image_id"], b["category_id"], b["iscrowd"])
+            assert (a["id"], a["image_id"], a["category_id"], a["iscrowd"]) == (
+                b["id"],
+                b["image_id"],
+                b["category_id"],
+                b["iscrowd"],
+            )
             assert max(abs(p - q) for p, q in zip(a["bbox"], b["bbox"])) <= 1e-3
             assert a["area"] == b["area"]  # incl. tb0862's float32 area (59896, not int(w·h) = 59895)
     listed = (tmp_path / "out" / "lists" / "TBX11K_train.txt").read_text().split()
@@ -156,8 +183,9 @@ def test_release_root_with_images_links_them(tmp_path, shared_data):
     off = _official(shared_data, "TBX11K_train.json")["annotations"][0]["bbox"]
     assert [r.file_name for r in recs] == ["tb/tb0005.png", "health/h0001.png"]
     assert [recs[0].boxes[0].x, recs[0].boxes[0].y, recs[0].boxes[0].w, recs[0].boxes[0].h] == off
-    assert (tmp_path / "out" / "imgs" / "sick" / "s0002.png").read_bytes() == \
-        (root / "imgs" / "sick" / "s0002.png").read_bytes()
+    assert (tmp_path / "out" / "imgs" / "sick" / "s0002.png").read_bytes() == (
+        root / "imgs" / "sick" / "s0002.png"
+    ).read_bytes()
     assert validate_dataset(tmp_path / "out").errors == []
 
 
@@ -189,8 +217,10 @@ def test_raw_png_build_layout_boxes_and_views(tmp_path):
     assert arr.shape == (SIZE, SIZE) and arr.dtype == np.uint8 and np.array_equal(arr, ref)
     # the manifest's split column is used; names are generated per class
     assert sorted(mapping.values()) == sorted(
-        [f"health/h000{i}.png" for i in (1, 2, 3)] + [f"sick/s000{i}.png" for i in (1, 2, 3)]
-        + [f"tb/tb000{i}.png" for i in (1, 2, 3)])
+        [f"health/h000{i}.png" for i in (1, 2, 3)]
+        + [f"sick/s000{i}.png" for i in (1, 2, 3)]
+        + [f"tb/tb000{i}.png" for i in (1, 2, 3)]
+    )
     val = (out / "lists" / "TBX11K_val.txt").read_text().split()
     assert sorted(val) == sorted(mapping[f"scans/{c}_1.png"] for c in ("he", "si", "tb"))
     assert mapping["scans/tb_2.png"] in test
@@ -200,7 +230,8 @@ def test_raw_png_build_layout_boxes_and_views(tmp_path):
     assert [(o.xmin, o.xmax) for o in ann.objects] == [(10, 40), (50, 90)]
     # patient ids: salted hash in the JSON
     assert r1.patient_id == patient_hash("PAT008", None) and "PAT008" not in json.dumps(
-        json.loads((out / "annotations" / "json" / "TBX11K_trainval.json").read_text()))
+        json.loads((out / "annotations" / "json" / "TBX11K_trainval.json").read_text())
+    )
     assert (out / "provenance.json").is_file() and (out / "build_report.json").is_file()
     assert validate_dataset(out).errors == []
 
@@ -228,23 +259,56 @@ def test_dicom_export_has_no_phi_anywhere(tmp_path, cli):
     (src / "dcm").mkdir(parents=True)
     rng = np.random.default_rng(0)
     rows = []
-    for i, (label, phot, bits) in enumerate([("healthy", "MONOCHROME1", 12), ("sick", "MONOCHROME2", 16),
-                                              ("tb", "MONOCHROME2", 12)]):
-        arr = rng.integers(0, 2 ** bits, (70, 90)).astype(np.uint16)
+    for i, (label, phot, bits) in enumerate(
+        [("healthy", "MONOCHROME1", 12), ("sick", "MONOCHROME2", 16), ("tb", "MONOCHROME2", 12)]
+    ):
+        arr = rng.integers(0, 2**bits, (70, 90)).astype(np.uint16)
         name = f"dcm/ZQPHI_Smith_Johanna_{i}.dcm"
-        write_dicom(src / name, arr, bits_stored=bits, photometric=phot, window=(2 ** (bits - 1), 2 ** bits),
-                    phi={**PHI, "PatientID": f"ZQPHIID471{i}"})
-        rows.append([name, f"ZQPHIID471{i}", label, "active" if label == "tb" else "none", "ZQPHI CLINIC",
-                     "train"])
-    _xml(src / "xml" / "ZQPHI_Smith_Johanna_2.xml", "ZQPHI_Smith_Johanna_2.dcm", 90, 70,
-         [("ActiveTuberculosis", 5, 5, 40, 40)])
+        write_dicom(
+            src / name,
+            arr,
+            bits_stored=bits,
+            photometric=phot,
+            window=(2 ** (bits - 1), 2**bits),
+            phi={**PHI, "PatientID": f"ZQPHIID471{i}"},
+        )
+        rows.append(
+            [name, f"ZQPHIID471{i}", label, "active" if label == "tb" else "none", "ZQPHI CLINIC", "train"]
+        )
+    _xml(
+        src / "xml" / "ZQPHI_Smith_Johanna_2.xml",
+        "ZQPHI_Smith_Johanna_2.dcm",
+        90,
+        70,
+        [("ActiveTuberculosis", 5, 5, 40, 40)],
+    )
     write_manifest(src, rows)
     out = tmp_path / "out"
-    code, stdout, err = cli("dataset", "build", src, out, "--size", SIZE, "--salt", "ZQSALTSECRET",
-                            "--mapping", tmp_path / "private" / "map.csv")
+    code, stdout, err = cli(
+        "dataset",
+        "build",
+        src,
+        out,
+        "--size",
+        SIZE,
+        "--salt",
+        "ZQSALTSECRET",
+        "--mapping",
+        tmp_path / "private" / "map.csv",
+    )
     assert code == 0, err
-    secrets = [*PHI.values(), "ZQPHI", "Smith", "Johanna", "ZQPHIID", "ZQSALTSECRET", str(src), "ZQACC",
-               "DOE", "19450203"]
+    secrets = [
+        *PHI.values(),
+        "ZQPHI",
+        "Smith",
+        "Johanna",
+        "ZQPHIID",
+        "ZQSALTSECRET",
+        str(src),
+        "ZQACC",
+        "DOE",
+        "19450203",
+    ]
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) >= 10
     for p in files:
@@ -264,21 +328,35 @@ def test_monochrome1_dicom_pixels_through_build(tmp_path):
     ramp = np.tile(np.linspace(0, 4095, 128).astype(np.uint16), (128, 1))
     write_dicom(src / "d" / "a.dcm", ramp, photometric="MONOCHROME1")
     write_dicom(src / "d" / "b.dcm", ramp, photometric="MONOCHROME2")
-    write_manifest(src, [["d/a.dcm", "1", "healthy", "none", "", "train"],
-                         ["d/b.dcm", "2", "sick", "none", "", "train"]])
+    write_manifest(
+        src, [["d/a.dcm", "1", "healthy", "none", "", "train"], ["d/b.dcm", "2", "sick", "none", "", "train"]]
+    )
     build_dataset(src, tmp_path / "out", BuildConfig(size=SIZE))
     m1 = np.asarray(Image.open(tmp_path / "out" / "imgs" / "health" / "h0001.png"), dtype=int)
     m2 = np.asarray(Image.open(tmp_path / "out" / "imgs" / "sick" / "s0001.png"), dtype=int)
-    expect = np.asarray(Image.fromarray(np.rint(ramp / 4095 * 255).astype(np.uint8)).resize(
-        (SIZE, SIZE), Image.BILINEAR), dtype=int)
+    expect = np.asarray(
+        Image.fromarray(np.rint(ramp / 4095 * 255).astype(np.uint8)).resize((SIZE, SIZE), Image.BILINEAR),
+        dtype=int,
+    )
     assert np.array_equal(m2, expect) and np.array_equal(m1, 255 - expect)
 
 
 def test_synth_raw_dicom_end_to_end(tmp_path):
     synth = pytest.importorskip("tbx.data.synth")
-    cfg = synth.SynthConfig(n_healthy=2, n_sick=2, n_active=2, n_latent=1, n_both=1, n_uncertain=0,
-                            size=96, seed=1, raw=True, dicom=True, raw_width=(150, 220),
-                            n_repeat_patients=1)
+    cfg = synth.SynthConfig(
+        n_healthy=2,
+        n_sick=2,
+        n_active=2,
+        n_latent=1,
+        n_both=1,
+        n_uncertain=0,
+        size=96,
+        seed=1,
+        raw=True,
+        dicom=True,
+        raw_width=(150, 220),
+        n_repeat_patients=1,
+    )
     truth = synth.synthesize(tmp_path / "src", cfg)
     out = tmp_path / "out"
     rep = build_dataset(tmp_path / "src", out, BuildConfig(size=SIZE, mapping=str(tmp_path / "map.csv")))
@@ -296,8 +374,16 @@ def test_synth_raw_dicom_end_to_end(tmp_path):
         r = built[mapping[t.file_name]]
         assert r.label == t.label
         # synth's VOC boxes are 1-based (xmin = first column + 1); official rule: scale, then −1
-        exp = [((b.x + 1) * SIZE / t.width - 1, (b.y + 1) * SIZE / t.height - 1, b.w * SIZE / t.width,
-                b.h * SIZE / t.height, b.category) for b in t.boxes]
+        exp = [
+            (
+                (b.x + 1) * SIZE / t.width - 1,
+                (b.y + 1) * SIZE / t.height - 1,
+                b.w * SIZE / t.width,
+                b.h * SIZE / t.height,
+                b.category,
+            )
+            for b in t.boxes
+        ]
         got = [(b.x, b.y, b.w, b.h, b.category) for b in r.boxes]
         assert len(got) == len(exp)
         if exp:
@@ -330,8 +416,12 @@ def test_bad_unsupported_transfer_syntax(tmp_path, cli):
 
     src = tmp_path / "src"
     make_export(src)
-    write_dicom(src / "scans" / "jls.dcm", np.zeros((8, 8), np.uint16), transfer_syntax=JPEGLSLossless,
-                pixel_bytes=b"\xff\xd8\xff\xf7" + b"\0" * 60)
+    write_dicom(
+        src / "scans" / "jls.dcm",
+        np.zeros((8, 8), np.uint16),
+        transfer_syntax=JPEGLSLossless,
+        pixel_bytes=b"\xff\xd8\xff\xf7" + b"\0" * 60,
+    )
     rows = list(csv.reader(open(src / "manifest.csv")))[1:]
     rows.append(["scans/jls.dcm", "X1", "healthy", "none", "", "train"])
     write_manifest(src, rows)
@@ -448,8 +538,10 @@ def test_duplicate_patients_and_pixels(tmp_path):
     rows.append(["scans/copy.png", "OTHER", "healthy", "none", "hospital", "train"])
     write_manifest(src, rows)
     rep = build_dataset(src, tmp_path / "out", BuildConfig(size=SIZE))
-    assert [(d["kind"], d["manifest_line"], d["duplicate_of_line"], d["action"]) for d in rep.duplicates] \
-        == [("patient", 6, 5, "dropped"), ("pixels", 11, 2, "dropped")]
+    assert [(d["kind"], d["manifest_line"], d["duplicate_of_line"], d["action"]) for d in rep.duplicates] == [
+        ("patient", 6, 5, "dropped"),
+        ("pixels", 11, 2, "dropped"),
+    ]
     assert rep.n_images == 8
     rep = build_dataset(src, tmp_path / "out2", BuildConfig(size=SIZE, allow_multi_per_patient=True))
     assert rep.n_images == 9 and [d["action"] for d in rep.duplicates] == ["kept", "dropped"]
@@ -478,16 +570,19 @@ def test_boxes_csv_difficult_and_rgb_output(tmp_path):
     src = tmp_path / "src"
     rows = make_export(src)
     shutil.rmtree(src / "xml")
-    (src / "boxes.csv").write_text("file,xmin,ymin,xmax,ymax,label\n"
-                                   "scans/tb_0.png,10,12,40,50,active\n"
-                                   "scans/tb_1.png,20,20,60,60,ObsoletePulmonaryTuberculosis\n"
-                                   "scans/tb_2.png,5,5,30,30,uncertain\n")
+    (src / "boxes.csv").write_text(
+        "file,xmin,ymin,xmax,ymax,label\n"
+        "scans/tb_0.png,10,12,40,50,active\n"
+        "scans/tb_1.png,20,20,60,60,ObsoletePulmonaryTuberculosis\n"
+        "scans/tb_2.png,5,5,30,30,uncertain\n"
+    )
     for r in rows:
         if r[2] == "tb":
             r[3] = "active"
     write_manifest(src, rows)
-    rep = build_dataset(src, tmp_path / "out", BuildConfig(size=SIZE, channels=3,
-                                                           mapping=str(tmp_path / "m.csv")))
+    rep = build_dataset(
+        src, tmp_path / "out", BuildConfig(size=SIZE, channels=3, mapping=str(tmp_path / "m.csv"))
+    )
     mapping = {r["original"]: r["new"] for r in csv.DictReader(open(tmp_path / "m.csv"))}
     recs = {}
     for n in ("TBX11K_trainval", "TBX11K_test"):
@@ -503,9 +598,14 @@ def test_boxes_csv_difficult_and_rgb_output(tmp_path):
     # a difficult box is ignored (docs/dataset.md §1.3)
     src2 = tmp_path / "src2"
     make_export(src2)
-    _xml(src2 / "xml" / "tb_0.xml", "tb_0.png", 96, 80,
-         [("ActiveTuberculosis", 10, 10, 40, 40), ("ObsoletePulmonaryTuberculosis", 50, 10, 90, 60)],
-         difficult=(1,))
+    _xml(
+        src2 / "xml" / "tb_0.xml",
+        "tb_0.png",
+        96,
+        80,
+        [("ActiveTuberculosis", 10, 10, 40, 40), ("ObsoletePulmonaryTuberculosis", 50, 10, 90, 60)],
+        difficult=(1,),
+    )
     build_dataset(src2, tmp_path / "out2", BuildConfig(size=SIZE))
     tb = read_coco(tmp_path / "out2" / "annotations" / "json" / "TBX11K_train.json")
     assert [[b.category for b in r.boxes] for r in tb if r.file_name == "tb/tb0001.png"] == [[1]]
@@ -519,16 +619,20 @@ def test_extra_sources_keep_their_naming_rules(tmp_path):
         for label in ("healthy", "tb"):
             k += 1
             Image.fromarray(_image(k)).save(src / "scans" / f"x{k}.png")
-            rows.append([f"scans/x{k}.png", f"E{k}", label, "unknown" if label == "tb" else "none",
-                         source, "train"])
+            rows.append(
+                [f"scans/x{k}.png", f"E{k}", label, "unknown" if label == "tb" else "none", source, "train"]
+            )
     write_manifest(src, rows)
     rep = build_dataset(src, tmp_path / "out", BuildConfig(size=SIZE))
     assert rep.counts["by_source"] == {"tbx11k": 9, "da": 2, "shenzhen": 2}
     recs = read_coco(tmp_path / "out" / "annotations" / "json" / "all_train.json")
     extra = sorted((r.file_name, r.label, r.source) for r in recs if r.source != "tbx11k")
-    assert extra == [("extra/da+db/train/n1.png", "healthy", "da"), ("extra/da+db/train/p2.png", "tb", "da"),
-                     ("extra/mc+shenzhen/train/CHNCXR_0001_0.png", "healthy", "shenzhen"),
-                     ("extra/mc+shenzhen/train/CHNCXR_0002_1.png", "tb", "shenzhen")]
+    assert extra == [
+        ("extra/da+db/train/n1.png", "healthy", "da"),
+        ("extra/da+db/train/p2.png", "tb", "da"),
+        ("extra/mc+shenzhen/train/CHNCXR_0001_0.png", "healthy", "shenzhen"),
+        ("extra/mc+shenzhen/train/CHNCXR_0002_1.png", "tb", "shenzhen"),
+    ]
     tbx_only = read_coco(tmp_path / "out" / "annotations" / "json" / "TBX11K_train.json")
     assert all(r.source == "tbx11k" for r in tbx_only)
     assert not any("without any box" in w for w in rep.warnings)  # extras have no boxes by design

@@ -9,17 +9,32 @@ import pytest
 import torch
 from engine_fixtures import OracleDetector, TinyDetector
 
-from tbx.engine.checkpoint import (find_checkpoint, load_checkpoint, load_model_weights, rng_state,
-                                   save_checkpoint, set_rng_state)
+from tbx.engine.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    load_model_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from tbx.errors import TbxError
 
 
 def _save(path, model=None, name="tiny"):
     model = model or TinyDetector()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    return save_checkpoint(path, model=model, model_name=name, config={"model_name": name},
-                           stage=1, epoch=2, batch=3, iteration=7, optimizer=opt,
-                           sampler={"seed": 0, "epoch": 2, "batch": 3})
+    return save_checkpoint(
+        path,
+        model=model,
+        model_name=name,
+        config={"model_name": name},
+        stage=1,
+        epoch=2,
+        batch=3,
+        iteration=7,
+        optimizer=opt,
+        sampler={"seed": 0, "epoch": 2, "batch": 3},
+    )
 
 
 def test_round_trip_weights_only(tmp_path):

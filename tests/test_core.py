@@ -90,9 +90,14 @@ def test_config_yaml_and_overrides(tmp_path):
     assert "lr: 0.0001" in dump_yaml(cfg)
 
 
-@pytest.mark.parametrize("override,msg", [("optim.lrr=1", "unknown config key 'optim.lrr'"),
-                                          ("seed=abc", "bad value 'abc' for 'seed'"),
-                                          ("novalue", "bad override")])
+@pytest.mark.parametrize(
+    "override,msg",
+    [
+        ("optim.lrr=1", "unknown config key 'optim.lrr'"),
+        ("seed=abc", "bad value 'abc' for 'seed'"),
+        ("novalue", "bad override"),
+    ],
+)
 def test_config_errors(override, msg):
     with pytest.raises(TbxError, match=msg):
         load_config(_Cfg, None, [override])
@@ -118,18 +123,21 @@ def test_provenance(tmp_path):
 
 
 # --- path rules (docs/dataset.md §1.3) ---------------------------------------------------------------------
-@pytest.mark.parametrize("path,label,source", [
-    ("health/h0001.png", "healthy", "tbx11k"),
-    ("sick/s0001.png", "sick", "tbx11k"),
-    ("tb/tb0005.png", "tb", "tbx11k"),
-    ("imgs/tb/tb0005.png", "tb", "tbx11k"),
-    ("extra/da+db/train/p12.png", "tb", "da"),
-    ("extra/da+db/train/n11.png", "healthy", "da"),
-    ("extra/da+db/val/px19.jpg", "tb", "db"),
-    ("extra/da+db/val/nx3.jpg", "healthy", "db"),
-    ("extra/mc+shenzhen/train/MCUCXR_0350_1.png", "tb", "montgomery"),
-    ("extra/mc+shenzhen/train/CHNCXR_0004_0.png", "healthy", "shenzhen"),
-])
+@pytest.mark.parametrize(
+    "path,label,source",
+    [
+        ("health/h0001.png", "healthy", "tbx11k"),
+        ("sick/s0001.png", "sick", "tbx11k"),
+        ("tb/tb0005.png", "tb", "tbx11k"),
+        ("imgs/tb/tb0005.png", "tb", "tbx11k"),
+        ("extra/da+db/train/p12.png", "tb", "da"),
+        ("extra/da+db/train/n11.png", "healthy", "da"),
+        ("extra/da+db/val/px19.jpg", "tb", "db"),
+        ("extra/da+db/val/nx3.jpg", "healthy", "db"),
+        ("extra/mc+shenzhen/train/MCUCXR_0350_1.png", "tb", "montgomery"),
+        ("extra/mc+shenzhen/train/CHNCXR_0004_0.png", "healthy", "shenzhen"),
+    ],
+)
 def test_label_from_path(path, label, source):
     assert label_from_path(path) == (label, source)
 
@@ -157,8 +165,14 @@ def test_read_real_train_json(shared_data):
     for r in recs:
         key = r.tb_type if r.is_tb else r.label
         by[key] = by.get(key, 0) + 1
-    assert by == {"healthy": 3000, "sick": 3000, "active": 473, "latent": 103, "active+latent": 23,
-                  "unknown": 1}
+    assert by == {
+        "healthy": 3000,
+        "sick": 3000,
+        "active": 473,
+        "latent": 103,
+        "active+latent": 23,
+        "unknown": 1,
+    }
     assert next(r for r in recs if r.tb_type == "unknown").file_name == "tb/tb1199.png"
 
 
@@ -185,9 +199,15 @@ def _rec(i, label, split, source="tbx11k", boxes=()):
 
 def test_views_names_membership_and_positional_ids(tmp_path):
     box = Box(10, 10, 20, 20, 1)
-    recs = [_rec(1, "tb", "train", boxes=[box]), _rec(2, "healthy", "train"), _rec(3, "tb", "val"),
-            _rec(4, "sick", "test"), _rec(5, "tb", "test", boxes=[box]), _rec(6, "healthy", "val", "da"),
-            _rec(7, "tb", "test", "da")]
+    recs = [
+        _rec(1, "tb", "train", boxes=[box]),
+        _rec(2, "healthy", "train"),
+        _rec(3, "tb", "val"),
+        _rec(4, "sick", "test"),
+        _rec(5, "tb", "test", boxes=[box]),
+        _rec(6, "healthy", "val", "da"),
+        _rec(7, "tb", "test", "da"),
+    ]
     views = annotation_views(recs)
     ids = {k: [r.image_id for r in v] for k, v in views.items()}
     assert ids["TBX11K_train"] == [1, 2]

@@ -9,8 +9,15 @@ from engine_fixtures import make_layout
 from PIL import Image
 
 from tbx.data.coco import write_coco
-from tbx.data.dataset import (IMAGENET_MEAN, IMAGENET_STD, EpochBatchSampler, TBXDataset, collate,
-                              normalize_batch, resized_shape)
+from tbx.data.dataset import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EpochBatchSampler,
+    TBXDataset,
+    collate,
+    normalize_batch,
+    resized_shape,
+)
 from tbx.data.records import Box, Record
 from tbx.errors import TbxError
 
@@ -19,11 +26,17 @@ def _one_image_layout(root, w=100, h=60, ann_scale=1.0, box=(20, 10, 30, 20), ca
     """One TB image w×h (gray 50) with a white rectangle at ``box`` (x, y, bw, bh, PNG pixels)."""
     arr = np.full((h, w), 50, np.uint8)
     x, y, bw, bh = box
-    arr[y:y + bh, x:x + bw] = 255
+    arr[y : y + bh, x : x + bw] = 255
     (root / "imgs" / "tb").mkdir(parents=True)
     Image.fromarray(arr, "L").save(root / "imgs" / "tb" / "tb0.png")
-    rec = Record(1, "tb/tb0.png", int(w * ann_scale), int(h * ann_scale), "tb",
-                 boxes=[Box(x * ann_scale, y * ann_scale, bw * ann_scale, bh * ann_scale, cat)])
+    rec = Record(
+        1,
+        "tb/tb0.png",
+        int(w * ann_scale),
+        int(h * ann_scale),
+        "tb",
+        boxes=[Box(x * ann_scale, y * ann_scale, bw * ann_scale, bh * ann_scale, cat)],
+    )
     write_coco(root / "ann.json", [rec])
     return root / "ann.json"
 
@@ -72,7 +85,8 @@ def test_collate_pads_to_32_and_normalize_zeroes_padding(tmp_path):
     assert b.image_sizes == [(42, 70), (42, 70)]
     x = normalize_batch(b.images, b.image_sizes)
     ref = (s.image.float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(
-        IMAGENET_STD).view(3, 1, 1)
+        IMAGENET_STD
+    ).view(3, 1, 1)
     torch.testing.assert_close(x[0, :, :42, :70], ref)
     assert x[:, :, 42:, :].abs().sum() == 0 and x[:, :, :, 70:].abs().sum() == 0
     assert b.targets[0]["cls_label"].item() == 2

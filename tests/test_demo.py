@@ -13,9 +13,17 @@ from tbx.errors import TbxError
 
 def test_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    cfg = DemoConfig(n_healthy=8, n_sick=8, n_active=8, n_latent=4, n_both=2, n_uncertain=2,
-                     overrides=["stage1.epochs=1", "stage2.epochs=1", "model.input_size=64"],
-                     bootstrap=10, workers=1)
+    cfg = DemoConfig(
+        n_healthy=8,
+        n_sick=8,
+        n_active=8,
+        n_latent=4,
+        n_both=2,
+        n_uncertain=2,
+        overrides=["stage1.epochs=1", "stage2.epochs=1", "model.input_size=64"],
+        bootstrap=10,
+        workers=1,
+    )
     lines: list[str] = []
     outputs = run_demo(out, cfg, say=lines.append)
     assert sum(ln.startswith("[") for ln in lines) == 11  # every step announced

@@ -13,18 +13,41 @@ import pytest
 from PIL import Image
 
 from tbx.data.dicom import read_dicom_gray8
-from tbx.data.imageio import (decode_gray8, dhash64, encode_png, near_duplicate_pairs, phash64,
-                              read_gray8, resize_gray8)
+from tbx.data.imageio import (
+    decode_gray8,
+    dhash64,
+    encode_png,
+    near_duplicate_pairs,
+    phash64,
+    read_gray8,
+    resize_gray8,
+)
 from tbx.errors import TbxError
 
-PHI = {"PatientName": "ZQPHI^JOHANNA", "PatientID": "ZQPHIID4711", "InstitutionName": "ZQPHI CLINIC",
-       "AccessionNumber": "ZQACC99", "ReferringPhysicianName": "ZQPHYS^ANNA", "PatientBirthDate": "19450203"}
+PHI = {
+    "PatientName": "ZQPHI^JOHANNA",
+    "PatientID": "ZQPHIID4711",
+    "InstitutionName": "ZQPHI CLINIC",
+    "AccessionNumber": "ZQACC99",
+    "ReferringPhysicianName": "ZQPHYS^ANNA",
+    "PatientBirthDate": "19450203",
+}
 
 
-def write_dicom(path: Path, arr: np.ndarray, *, bits_stored: int = 12, photometric: str = "MONOCHROME2",
-                window: tuple[float, float] | None = None, slope: float | None = None,
-                intercept: float | None = None, signed: bool = False, phi: dict | None = None,
-                transfer_syntax=None, pixel_bytes: bytes | None = None) -> Path:
+def write_dicom(
+    path: Path,
+    arr: np.ndarray,
+    *,
+    bits_stored: int = 12,
+    photometric: str = "MONOCHROME2",
+    window: tuple[float, float] | None = None,
+    slope: float | None = None,
+    intercept: float | None = None,
+    signed: bool = False,
+    phi: dict | None = None,
+    transfer_syntax=None,
+    pixel_bytes: bytes | None = None,
+) -> Path:
     """Write a minimal Part-10 DICOM with ``arr`` (uint16/int16) as pixel data."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -83,8 +106,7 @@ def test_monochrome1_is_inverted_min_max_without_window(tmp_path):
 
 
 def test_window_12bit_matches_hand_computation(tmp_path):
-    x = np.array([[0, 700, 750, 751], [1000, 1200, 1249, 1250], [1251, 2000, 3000, 4095]],
-                 dtype=np.uint16)
+    x = np.array([[0, 700, 750, 751], [1000, 1200, 1249, 1250], [1251, 2000, 3000, 4095]], dtype=np.uint16)
     c, w = 1000.0, 500.0
     p = write_dicom(tmp_path / "w.dcm", x, bits_stored=12, window=(c, w))
     got = read_dicom_gray8(p)
@@ -117,8 +139,12 @@ def test_signed_pixels(tmp_path):
 def test_unsupported_transfer_syntax_names_file(tmp_path):
     from pydicom.uid import JPEGLSLossless
 
-    p = write_dicom(tmp_path / "jls.dcm", np.zeros((4, 4), np.uint16), transfer_syntax=JPEGLSLossless,
-                    pixel_bytes=b"\xff\xd8\xff\xf7" + b"\0" * 60)
+    p = write_dicom(
+        tmp_path / "jls.dcm",
+        np.zeros((4, 4), np.uint16),
+        transfer_syntax=JPEGLSLossless,
+        pixel_bytes=b"\xff\xd8\xff\xf7" + b"\0" * 60,
+    )
     with pytest.raises(TbxError) as e:
         read_dicom_gray8(p)
     assert "jls.dcm" in str(e.value) and "transfer syntax" in str(e.value)
@@ -131,7 +157,7 @@ def test_dicom_detected_by_content_not_extension(tmp_path):
 
 
 def test_png_jpeg_16bit_and_rgb(tmp_path):
-    g = (np.arange(64, dtype=np.uint8).reshape(8, 8) * 4)
+    g = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
     Image.fromarray(g).save(tmp_path / "g.png")
     np.testing.assert_array_equal(read_gray8(tmp_path / "g.png"), g)
     rgb = np.stack([g, g, g], axis=2)
@@ -185,8 +211,12 @@ def test_near_duplicate_pairs_equals_brute_force(radius):
     flips = [np.uint64(1) << np.uint64(int(b)) for b in rng.integers(0, 64, 80)]
     near = np.array([base[i % 40] ^ flips[i] ^ flips[(i * 7) % 80] for i in range(60)], dtype=np.uint64)
     h = np.concatenate([base, near, base[:3]])
-    brute = {(i, j, bin(int(h[i]) ^ int(h[j])).count("1")) for i in range(len(h))
-             for j in range(i + 1, len(h)) if bin(int(h[i]) ^ int(h[j])).count("1") <= radius}
+    brute = {
+        (i, j, bin(int(h[i]) ^ int(h[j])).count("1"))
+        for i in range(len(h))
+        for j in range(i + 1, len(h))
+        if bin(int(h[i]) ^ int(h[j])).count("1") <= radius
+    }
     assert set(near_duplicate_pairs(h, radius)) == brute
     assert brute  # the exact copies at least
 

@@ -11,14 +11,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
-CITATION = re.compile(r"docs/(?P<page>[a-z_]+)\.md((?P<secs>(?:[ ,/and–-]*§+(?:[A-Z]\.)?[0-9]+(?:\.[0-9]+)*)+))?")
+CITATION = re.compile(
+    r"docs/(?P<page>[a-z_]+)\.md((?P<secs>(?:[ ,/and–-]*§+(?:[A-Z]\.)?[0-9]+(?:\.[0-9]+)*)+))?"
+)
 SECTION = re.compile(r"§+(?P<num>(?:[A-Z]\.)?[0-9]+(?:\.[0-9]+)*)")
 
 
 def _sources() -> list[Path]:
     files = [REPO / "README.md", REPO / "CONTRIBUTING.md"]
     for folder in ("tbx", "tests", "benchmarks", "docs"):
-        files += [p for p in (REPO / folder).rglob("*") if p.suffix in {".py", ".yaml", ".md", ".sh", ".html", ".js"}]
+        files += [
+            p
+            for p in (REPO / folder).rglob("*")
+            if p.suffix in {".py", ".yaml", ".md", ".sh", ".html", ".js"}
+        ]
     return [p for p in files if p.is_file()]
 
 
@@ -52,13 +58,20 @@ def test_every_citation_resolves():
     cites = _citations()
     assert len(cites) > 100, "the code should cite the spec pages"
     headings = {p.stem: _headings(p) for p in DOCS.glob("*.md")}
-    bad = [f"{path.relative_to(REPO)}:{line}: docs/{page}.md §{sec}" for path, line, page, sec in cites
-           if page not in headings or (sec is not None and sec not in headings[page])]
+    bad = [
+        f"{path.relative_to(REPO)}:{line}: docs/{page}.md §{sec}"
+        for path, line, page, sec in cites
+        if page not in headings or (sec is not None and sec not in headings[page])
+    ]
     assert not bad, "unresolved citations:\n" + "\n".join(bad[:20])
 
 
 @pytest.mark.parametrize("stale", ["SPEC" + " §", "shared/docs/" + "SPEC"])
 def test_no_citation_points_outside_the_repository(stale):
-    hits = [f"{p.relative_to(REPO)}:{i}" for p in _sources()
-            for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if stale in line]
+    hits = [
+        f"{p.relative_to(REPO)}:{i}"
+        for p in _sources()
+        for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+        if stale in line
+    ]
     assert not hits, f"{stale!r} still cited at: " + ", ".join(hits[:20])

@@ -244,7 +244,9 @@ def test_errors(region_run, tmp_path):
 def tiny_run(tmp_path_factory):
     """An untrained model of the `tiny` preset (symformer_retinanet) saved as a run directory."""
     tmp = tmp_path_factory.mktemp("tiny")
-    cfg = load_train_config(config="tiny", overrides=["model.input_size=96", "model.retinanet.cls_input_size=64"])
+    cfg = load_train_config(
+        config="tiny", overrides=["model.input_size=96", "model.retinanet.cls_input_size=64"]
+    )
     torch.manual_seed(0)
     run = tmp / "run"
     save_checkpoint(
@@ -370,7 +372,9 @@ def test_every_model(name):
         backbone="vgg16" if name == "ssd" else "resnet18",
         pretrained="none",
         input_size=size,
-        detr=DetrConfig(num_encoder_layers=1, num_decoder_layers=1, num_queries=20) if "detr" in name else None,
+        detr=DetrConfig(num_encoder_layers=1, num_decoder_layers=1, num_queries=20)
+        if "detr" in name
+        else None,
     )
     model = build(name, cfg).eval()
     img = np.random.default_rng(0).integers(0, 255, (80, 80) if name == "ssd" else (70, 90), dtype=np.uint8)

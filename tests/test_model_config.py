@@ -13,8 +13,14 @@ from tbx.models.config import SECTIONS, DetrConfig, ModelConfig, RetinaNetConfig
 
 def test_tiny_preset_reads_its_retinanet_section():
     cfg = load_train_config(None, "tiny")
-    assert cfg.model.retinanet == RetinaNetConfig(width=64, anchor_scale=3.0, nms_class_agnostic=True,
-                                                  cls_backbone=True, cls_input_size=112, head_init="kaiming")
+    assert cfg.model.retinanet == RetinaNetConfig(
+        width=64,
+        anchor_scale=3.0,
+        nms_class_agnostic=True,
+        cls_backbone=True,
+        cls_input_size=112,
+        head_init="kaiming",
+    )
     # sections the model reads are filled with their defaults, the others stay absent
     assert cfg.model.symformer is not None and cfg.model.symformer.pos_encoding == "spe"
     assert cfg.model.detr is None
@@ -30,12 +36,15 @@ def test_dotted_overrides_reach_a_section():
     assert d.model.detr == DetrConfig(num_queries=100)
 
 
-@pytest.mark.parametrize("model,sets,section", [
-    ("fcos", ["model.retinanet.width=64"], "retinanet"),
-    ("retinanet", ["model.symformer.pos_encoding=sine"], "symformer"),
-    ("symformer", ["model.detr.num_queries=10"], "detr"),
-    ("deformable_detr", ["model.symformer.attention=deformable"], "symformer"),
-])
+@pytest.mark.parametrize(
+    "model,sets,section",
+    [
+        ("fcos", ["model.retinanet.width=64"], "retinanet"),
+        ("retinanet", ["model.symformer.pos_encoding=sine"], "symformer"),
+        ("symformer", ["model.detr.num_queries=10"], "detr"),
+        ("deformable_detr", ["model.symformer.attention=deformable"], "symformer"),
+    ],
+)
 def test_a_section_the_model_does_not_read_is_an_error(model, sets, section):
     with pytest.raises(TbxError, match=rf"model\.{section} is not read by"):
         load_train_config(model, None, sets)

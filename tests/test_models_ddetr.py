@@ -24,8 +24,12 @@ SIZE = 128
 
 
 def _tiny(name: str, **kw) -> DeformableDETR:
-    cfg = ModelConfig(backbone="resnet18", pretrained="none", **kw,
-                      detr=DetrConfig(num_queries=30, num_encoder_layers=2, num_decoder_layers=2))
+    cfg = ModelConfig(
+        backbone="resnet18",
+        pretrained="none",
+        **kw,
+        detr=DetrConfig(num_queries=30, num_encoder_layers=2, num_decoder_layers=2),
+    )
     return build(name, cfg)
 
 
@@ -34,13 +38,19 @@ def _batch(n: int = 2):
     images = torch.randn(n, 3, SIZE, SIZE) * 0.5
     sizes = [(SIZE, SIZE), (SIZE - 32, SIZE - 64)][:n]
     if n > 1:
-        images[1, :, SIZE - 32:, :] = 0
-        images[1, :, :, SIZE - 64:] = 0
+        images[1, :, SIZE - 32 :, :] = 0
+        images[1, :, :, SIZE - 64 :] = 0
     targets = [
-        {"boxes": torch.tensor([[10.0, 12.0, 70.0, 90.0], [60.0, 20.0, 120.0, 70.0]]),
-         "labels": torch.tensor([1, 2]), "cls_label": torch.tensor(2)},
-        {"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([2]),
-         "cls_label": torch.tensor(1)},
+        {
+            "boxes": torch.tensor([[10.0, 12.0, 70.0, 90.0], [60.0, 20.0, 120.0, 70.0]]),
+            "labels": torch.tensor([1, 2]),
+            "cls_label": torch.tensor(2),
+        },
+        {
+            "boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]),
+            "labels": torch.tensor([2]),
+            "cls_label": torch.tensor(1),
+        },
     ][:n]
     return images, sizes, targets
 
@@ -174,18 +184,21 @@ def test_postprocess_topk_labels_and_pixels():
     model = _tiny("deformable_detr")
     model.detections_per_img = 3
     logits = torch.full((1, 4, 2), -5.0)
-    logits[0, 2, 1] = 3.0   # query 2, latent → best
-    logits[0, 0, 0] = 1.0   # query 0, active
-    logits[0, 3, 0] = 0.0   # query 3, active
-    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.4], [0.1, 0.1, 0.1, 0.1], [0.9, 0.25, 0.4, 0.3],
-                           [0.5, 0.5, 1.0, 1.0]]])
+    logits[0, 2, 1] = 3.0  # query 2, latent → best
+    logits[0, 0, 0] = 1.0  # query 0, active
+    logits[0, 3, 0] = 0.0  # query 3, active
+    boxes = torch.tensor(
+        [[[0.5, 0.5, 0.2, 0.4], [0.1, 0.1, 0.1, 0.1], [0.9, 0.25, 0.4, 0.3], [0.5, 0.5, 1.0, 1.0]]]
+    )
     pred = model.postprocess(logits, boxes, torch.tensor([[0.2, 0.3, 0.5]]), [(100, 200)])[0]
     sig = 1 / (1 + math.exp(-3.0)), 1 / (1 + math.exp(-1.0)), 0.5
     assert torch.allclose(pred.scores, torch.tensor(sig))
     assert pred.labels.tolist() == [2, 1, 1]
     # query 2: cx .9·200=180, w 80 → x 140..220 clipped to 200; cy .25·100=25, h 30 → 10..40
-    assert torch.allclose(pred.boxes, torch.tensor([[140.0, 10.0, 200.0, 40.0], [80.0, 30.0, 120.0, 70.0],
-                                                    [0.0, 0.0, 200.0, 100.0]]))
+    assert torch.allclose(
+        pred.boxes,
+        torch.tensor([[140.0, 10.0, 200.0, 40.0], [80.0, 30.0, 120.0, 70.0], [0.0, 0.0, 200.0, 100.0]]),
+    )
 
 
 def test_reference_points_and_valid_ratios():
@@ -219,8 +232,10 @@ def test_linear_assignment_is_optimal_vs_brute_force():
             assert len(set(rows.tolist())) == len(rows) and len(set(cols.tolist())) == len(cols)
             if k == 0:
                 continue
-            brute = min(sum(cost[qi, j].item() for j, qi in enumerate(perm))
-                        for perm in itertools.permutations(range(q), k))
+            brute = min(
+                sum(cost[qi, j].item() for j, qi in enumerate(perm))
+                for perm in itertools.permutations(range(q), k)
+            )
             assert cost[rows, cols].sum().item() == pytest.approx(brute)
 
 
@@ -232,10 +247,14 @@ def _reference_cost(logits, boxes, labels, tgt_boxes, alpha=0.25, gamma=2.0):
         for j in range(k):
             p = 1 / (1 + math.exp(-float(logits[i, labels[j]])))
             pos = alpha * (1 - p) ** gamma * -math.log(p + 1e-8)
-            neg = (1 - alpha) * p ** gamma * -math.log(1 - p + 1e-8)
+            neg = (1 - alpha) * p**gamma * -math.log(1 - p + 1e-8)
             l1 = float((boxes[i] - tgt_boxes[j]).abs().sum())
-            giou = float(generalized_box_iou(box_convert(boxes[i][None], "cxcywh", "xyxy"),
-                                             box_convert(tgt_boxes[j][None], "cxcywh", "xyxy"))[0, 0])
+            giou = float(
+                generalized_box_iou(
+                    box_convert(boxes[i][None], "cxcywh", "xyxy"),
+                    box_convert(tgt_boxes[j][None], "cxcywh", "xyxy"),
+                )[0, 0]
+            )
             c[i, j] = 2.0 * (pos - neg) + 5.0 * l1 - 2.0 * giou
     return c
 
@@ -245,8 +264,10 @@ def test_hungarian_matcher_minimises_the_official_cost():
     matcher = HungarianMatcher()
     logits = torch.randn(2, 6, 2)
     boxes = torch.cat([torch.rand(2, 6, 2) * 0.6 + 0.2, torch.rand(2, 6, 2) * 0.3 + 0.05], -1)
-    targets = [{"labels": torch.tensor([1, 0, 1]), "boxes": boxes[0, [4, 1, 0]] + 0.01},
-               {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}]
+    targets = [
+        {"labels": torch.tensor([1, 0, 1]), "boxes": boxes[0, [4, 1, 0]] + 0.01},
+        {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)},
+    ]
     out = matcher(logits, boxes, targets)
     assert len(out[1][0]) == 0
     ref = _reference_cost(logits[0], boxes[0], targets[0]["labels"], targets[0]["boxes"])
@@ -263,7 +284,7 @@ def test_paired_giou_matches_torchvision():
     a = torch.cat([xy, xy + torch.rand(50, 2) * 5 + 0.1], 1)
     xy = torch.rand(50, 2) * 10
     b = torch.cat([xy, xy + torch.rand(50, 2) * 5 + 0.1], 1)
-    b[0] = a[0]                                       # identical → 1
+    b[0] = a[0]  # identical → 1
     b[1] = torch.tensor([100.0, 100.0, 101.0, 101.0])  # far apart → close to −1
     b[2] = torch.cat([a[2, :2] + 0.01, a[2, 2:] - 0.01])  # nested
     ours = paired_generalized_box_iou(a, b)
@@ -274,11 +295,19 @@ def test_paired_giou_matches_torchvision():
 
 
 def test_optimizer_gives_sampling_offsets_the_backbone_lr():
-    """docs/models.md §3 (official recipe): backbone and the sampling-offset / reference-point Linears at lr × 0.1."""
+    """docs/models.md §3 (official recipe): backbone and the sampling-offset / reference-point Linears
+    at lr × 0.1."""
     from tbx.engine.schedule import StageConfig, param_groups
 
-    model = build("deformable_detr", ModelConfig(backbone="resnet18", pretrained="none", input_size=128,
-                                                 detr=DetrConfig(num_encoder_layers=1, num_decoder_layers=1)))
+    model = build(
+        "deformable_detr",
+        ModelConfig(
+            backbone="resnet18",
+            pretrained="none",
+            input_size=128,
+            detr=DetrConfig(num_encoder_layers=1, num_decoder_layers=1),
+        ),
+    )
     model.set_stage(1)
     groups = param_groups(model, StageConfig(lr=2e-4, backbone_lr_mult=0.1))
     low = next(g for g in groups if g["lr_mult"] == 0.1)

@@ -26,8 +26,14 @@ from tbx.models.registry import MODELS, build
 from tbx.models.retinanet import AnchorGenerator, RetinaNet, max_iou_assign
 
 # docs/models.md §2.5 component counts (ResNet-50, 2 box classes)
-R50_COMPONENTS = {"backbone": 23_508_032, "fpn": 7_997_440, "sym_attention": 682_848, "spe": 20_280,
-                  "head": 4_845_110, "cls_head": 12_849_667}
+R50_COMPONENTS = {
+    "backbone": 23_508_032,
+    "fpn": 7_997_440,
+    "sym_attention": 682_848,
+    "spe": 20_280,
+    "head": 4_845_110,
+    "cls_head": 12_849_667,
+}
 
 
 def _meta_model(name: str, **kw) -> RetinaNet:
@@ -49,11 +55,19 @@ def test_retinanet_r50_is_symformer_without_sas():
     assert count_params(m) == 49_903_377 - 682_848 - 20_280
 
 
-@pytest.mark.parametrize("pos,att", [("sine", "deformable"), ("spe_no_stn", "symmetric"),
-                                     ("spe_left_to_right", "symmetric"), ("none", "deformable")])
+@pytest.mark.parametrize(
+    "pos,att",
+    [
+        ("sine", "deformable"),
+        ("spe_no_stn", "symmetric"),
+        ("spe_left_to_right", "symmetric"),
+        ("none", "deformable"),
+    ],
+)
 def test_ablation_switches_reach_the_sas_block(pos, att):
-    m = _meta_model("symformer_retinanet", backbone="resnet18",
-                    symformer=SymFormerConfig(pos_encoding=pos, attention=att))
+    m = _meta_model(
+        "symformer_retinanet", backbone="resnet18", symformer=SymFormerConfig(pos_encoding=pos, attention=att)
+    )
     spe = m.sas.spe
     assert spe.mode == {"sine": "sine", "none": "none"}.get(pos, "spe")
     assert (spe.stn is not None) == (pos in ("spe", "spe_left_to_right"))
@@ -66,12 +80,17 @@ def test_cls_head_macs_match_hand_count():
     head = ClsHead(2048, 512, 3)
     macs, functional = count_macs(head, torch.randn(1, 2048, 16, 16))
     e18, e9 = 18 * 18 * 512, 9 * 9 * 512
-    expected = (e18 * 2048 + e18 + e18            # 1×1 conv, pad 1 → 18×18 (+bias) + ReLU
-                + 3 * (e18 * 512 * 9 + e18 + e18)  # 3 × 3×3 conv + ReLU
-                + e18                              # max pool (input elements)
-                + 2 * (e9 * 512 * 9 + e9 + e9)     # 2 × 3×3 conv at 9×9 + ReLU
-                + e9                               # global average pool
-                + 3 * 512 + 3)                     # 1×1 classifier
+    expected = (
+        e18 * 2048
+        + e18
+        + e18  # 1×1 conv, pad 1 → 18×18 (+bias) + ReLU
+        + 3 * (e18 * 512 * 9 + e18 + e18)  # 3 × 3×3 conv + ReLU
+        + e18  # max pool (input elements)
+        + 2 * (e9 * 512 * 9 + e9 + e9)  # 2 × 3×3 conv at 9×9 + ReLU
+        + e9  # global average pool
+        + 3 * 512
+        + 3
+    )  # 1×1 classifier
     assert sum(macs.values()) == expected and functional == 0
 
 
@@ -112,8 +131,13 @@ def test_cls_head_init_paper_default_and_kaiming():
     with pytest.raises(ValueError, match="kaiming"):
         ClsHead(256, 128, 3, init="xavier")
 
-    cfg = ModelConfig(backbone="resnet18", pretrained="none", cls_channels=128, cls_head_init="kaiming",
-                      retinanet=RetinaNetConfig(width=64))
+    cfg = ModelConfig(
+        backbone="resnet18",
+        pretrained="none",
+        cls_channels=128,
+        cls_head_init="kaiming",
+        retinanet=RetinaNetConfig(width=64),
+    )
     m = build("symformer_retinanet", cfg)
     w = m.cls_head.features[2].weight
     assert w.std().item() == pytest.approx(math.sqrt(2 / w[0].numel()), rel=0.03)
@@ -125,12 +149,19 @@ def test_box_head_init_paper_and_kaiming():
     models = {}
     for init in ("paper", "kaiming"):
         torch.manual_seed(3)
-        models[init] = build("symformer_retinanet", ModelConfig(
-            backbone="resnet18", pretrained="none", cls_channels=128,
-            retinanet=RetinaNetConfig(width=64, head_init=init)))
+        models[init] = build(
+            "symformer_retinanet",
+            ModelConfig(
+                backbone="resnet18",
+                pretrained="none",
+                cls_channels=128,
+                retinanet=RetinaNetConfig(width=64, head_init=init),
+            ),
+        )
     for init, m in models.items():
-        for conv in [c for c in m.head.cls_convs if isinstance(c, torch.nn.Conv2d)] + \
-                    [c for c in m.head.reg_convs if isinstance(c, torch.nn.Conv2d)]:
+        for conv in [c for c in m.head.cls_convs if isinstance(c, torch.nn.Conv2d)] + [
+            c for c in m.head.reg_convs if isinstance(c, torch.nn.Conv2d)
+        ]:
             std = math.sqrt(2 / (64 * 9)) if init == "kaiming" else 0.01
             assert conv.weight.std().item() == pytest.approx(std, rel=0.03)
             assert torch.count_nonzero(conv.bias) == 0
@@ -185,12 +216,16 @@ def test_anchors_follow_mmdet_v2_conventions():
 
 def test_max_iou_assigner_hand_example():
     gt = torch.tensor([[0.0, 0, 10, 10], [100, 100, 110, 110]])
-    anchors = torch.tensor([[0.0, 0, 10, 10],     # IoU 1 → gt 1
-                            [0, 0, 10, 20],       # IoU .5 → gt 1 (pos ≥ .5)
-                            [0, 0, 10, 24],       # IoU .417 → ignore
-                            [0, 0, 10, 30],       # IoU .333 → background
-                            [50, 50, 60, 60],     # 0 → background
-                            [100, 100, 110, 125]])  # IoU .4 with gt 2: ignore band, but its best → gt 2
+    anchors = torch.tensor(
+        [
+            [0.0, 0, 10, 10],  # IoU 1 → gt 1
+            [0, 0, 10, 20],  # IoU .5 → gt 1 (pos ≥ .5)
+            [0, 0, 10, 24],  # IoU .417 → ignore
+            [0, 0, 10, 30],  # IoU .333 → background
+            [50, 50, 60, 60],  # 0 → background
+            [100, 100, 110, 125],
+        ]
+    )  # IoU .4 with gt 2: ignore band, but its best → gt 2
     assert max_iou_assign(gt, anchors).tolist() == [1, 1, -1, 0, 0, 2]
     # two GTs share the same best anchor: the later one takes it (mmdetection's loop order)
     gt2 = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 11]])
@@ -213,8 +248,7 @@ def test_postprocess_classwise_nms_and_threshold():
     m = _meta_model("retinanet", backbone="resnet18")
     anchors = [torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10], [50, 50, 60, 60]])]
     logit = lambda p: math.log(p / (1 - p))  # noqa: E731
-    logits = [torch.tensor([[logit(0.9), -9.0], [logit(0.8), -9.0], [-9.0, logit(0.7)],
-                            [logit(0.04), -9.0]])]
+    logits = [torch.tensor([[logit(0.9), -9.0], [logit(0.8), -9.0], [-9.0, logit(0.7)], [logit(0.04), -9.0]])]
     boxes, scores, labels = m.postprocess(logits, [torch.zeros(4, 4)], anchors, (40, 40))
     # B suppressed by A (same class, IoU .82); C kept (other class); D below 0.05; D's box clipped
     torch.testing.assert_close(boxes, torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10]]))
@@ -229,18 +263,26 @@ def test_postprocess_classwise_nms_and_threshold():
 @pytest.fixture(scope="module")
 def small_models():
     torch.manual_seed(0)
-    return {name: build(name, ModelConfig(backbone="resnet18", pretrained="none"))
-            for name in ("retinanet", "symformer_retinanet")}
+    return {
+        name: build(name, ModelConfig(backbone="resnet18", pretrained="none"))
+        for name in ("retinanet", "symformer_retinanet")
+    }
 
 
 def _batch(size: int = 128):
     g = torch.Generator().manual_seed(1)
     images = torch.randn(2, 3, size, size, generator=g)
     targets = [
-        {"boxes": torch.tensor([[10.0, 20, 60, 90], [70, 30, 120, 100]]), "labels": torch.tensor([1, 2]),
-         "cls_label": torch.tensor(2)},
-        {"boxes": torch.tensor([[30.0, 30, 90, 70]]), "labels": torch.tensor([1]),
-         "cls_label": torch.tensor(2)},
+        {
+            "boxes": torch.tensor([[10.0, 20, 60, 90], [70, 30, 120, 100]]),
+            "labels": torch.tensor([1, 2]),
+            "cls_label": torch.tensor(2),
+        },
+        {
+            "boxes": torch.tensor([[30.0, 30, 90, 70]]),
+            "labels": torch.tensor([1]),
+            "cls_label": torch.tensor(2),
+        },
     ]
     return images, targets
 
@@ -250,8 +292,11 @@ def test_stage1_forward_backward(small_models, name):
     model = copy.deepcopy(small_models[name])
     model.set_stage(1)
     model.train()
-    assert all(not m.training for n, m in model.named_modules()
-               if isinstance(m, torch.nn.BatchNorm2d) and n.startswith("backbone"))
+    assert all(
+        not m.training
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.BatchNorm2d) and n.startswith("backbone")
+    )
     images, targets = _batch(160)
     losses = model(images, targets, [(160, 160), (128, 150)])
     assert set(losses) == {"loss_cls", "loss_box"}
@@ -323,10 +368,18 @@ def test_symformer_overfits_a_tiny_batch(small_models):
         p.requires_grad_(False)
     g = torch.Generator().manual_seed(2)
     images = torch.randn(2, 3, 64, 64, generator=g)
-    targets = [{"boxes": torch.tensor([[8.0, 10, 40, 44]]), "labels": torch.tensor([1]),
-                "cls_label": torch.tensor(2)},
-               {"boxes": torch.tensor([[20.0, 4, 60, 30]]), "labels": torch.tensor([2]),
-                "cls_label": torch.tensor(2)}]
+    targets = [
+        {
+            "boxes": torch.tensor([[8.0, 10, 40, 44]]),
+            "labels": torch.tensor([1]),
+            "cls_label": torch.tensor(2),
+        },
+        {
+            "boxes": torch.tensor([[20.0, 4, 60, 30]]),
+            "labels": torch.tensor([2]),
+            "cls_label": torch.tensor(2),
+        },
+    ]
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     history = []
     for _ in range(12):
@@ -355,8 +408,16 @@ def test_pretrained_path_loads_a_torchvision_state_dict(tmp_path):
         assert torch.equal(v, ref_state[k]), k
     # a tbx checkpoint: the model's backbone.* entries
     ckpt = tmp_path / "ckpt.pt"
-    torch.save({"model": {**{f"backbone.{k}": v for k, v in ref_state.items() if not k.startswith("fc.")},
-                          "fpn.p6.weight": torch.zeros(1)}, "epoch": 3}, ckpt)
+    torch.save(
+        {
+            "model": {
+                **{f"backbone.{k}": v for k, v in ref_state.items() if not k.startswith("fc.")},
+                "fpn.p6.weight": torch.zeros(1),
+            },
+            "epoch": 3,
+        },
+        ckpt,
+    )
     bb2 = ResNetBackbone("resnet18")
     load_backbone_weights(bb2, ckpt)
     assert all(torch.equal(v, ref_state[k]) for k, v in bb2.state_dict().items())
@@ -403,8 +464,9 @@ def test_registry():
 def test_cli_models_list_and_info(cli):
     code, out, _ = cli("models", "list")
     assert code == 0 and "symformer_retinanet" in out and "retinanet" in out
-    code, out, _ = cli("models", "info", "retinanet", "--backbone", "resnet18", "--input", "128",
-                       "--runs", "1", "--json")
+    code, out, _ = cli(
+        "models", "info", "retinanet", "--backbone", "resnet18", "--input", "128", "--runs", "1", "--json"
+    )
     assert code == 0
     res = json.loads(out)
     # hand counts: torchvision resnet18 w/o fc; FPN on 128/256/512 ch; head; cls head on 512 ch
@@ -417,16 +479,28 @@ def test_cli_models_list_and_info(cli):
 
 
 def test_norm_eval_switch_for_from_scratch_presets():
-    """docs/models.md §2.1 keeps backbone BN in eval; `model.norm_eval: false` lets it train (from scratch)."""
+    """docs/models.md §2.1 keeps backbone BN in eval; `model.norm_eval: false` lets it train (from
+    scratch)."""
     import torch.nn as nn
 
     for norm_eval in (True, False):
-        m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", cls_channels=32,
-                                           norm_eval=norm_eval, retinanet=RetinaNetConfig(width=32)))
+        m = build(
+            "retinanet",
+            ModelConfig(
+                backbone="resnet18",
+                pretrained="none",
+                cls_channels=32,
+                norm_eval=norm_eval,
+                retinanet=RetinaNetConfig(width=32),
+            ),
+        )
         m.set_stage(1)
         m.train()
-        bns = [mod for name, mod in m.named_modules()
-               if name.startswith("backbone") and isinstance(mod, nn.BatchNorm2d)]
+        bns = [
+            mod
+            for name, mod in m.named_modules()
+            if name.startswith("backbone") and isinstance(mod, nn.BatchNorm2d)
+        ]
         assert bns and all(bn.training == (not norm_eval) for bn in bns)
         m.set_stage(2)
         m.train()
@@ -435,8 +509,16 @@ def test_norm_eval_switch_for_from_scratch_presets():
 
 def test_stage2_trainable_prefixes():
     """Paper: stage 2 trains the cls head only; a from-scratch preset may also train the backbone."""
-    m = build("symformer_retinanet", ModelConfig(backbone="resnet18", pretrained="none", cls_channels=32,
-                                                 norm_eval=False, retinanet=RetinaNetConfig(width=32)))
+    m = build(
+        "symformer_retinanet",
+        ModelConfig(
+            backbone="resnet18",
+            pretrained="none",
+            cls_channels=32,
+            norm_eval=False,
+            retinanet=RetinaNetConfig(width=32),
+        ),
+    )
     m.set_stage(2)
     assert {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad} == {"cls_head"}
     m.set_stage(2, ("cls_head", "backbone"))
@@ -447,8 +529,18 @@ def test_stage2_trainable_prefixes():
     assert not m.fpn.training and not m.sas.training and not m.head.training
     # the stage-2 forward really back-propagates into a trainable backbone
     x = torch.randn(2, 3, 64, 64)
-    loss = m(x, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
-                  "cls_label": torch.tensor(c)} for c in (0, 2)], [(64, 64)] * 2)["loss_img_cls"]
+    loss = m(
+        x,
+        [
+            {
+                "boxes": torch.zeros(0, 4),
+                "labels": torch.zeros(0, dtype=torch.long),
+                "cls_label": torch.tensor(c),
+            }
+            for c in (0, 2)
+        ],
+        [(64, 64)] * 2,
+    )["loss_img_cls"]
     loss.backward()
     assert all(p.grad is not None for p in m.backbone.parameters())
     assert all(p.grad is None for p in m.fpn.parameters())
@@ -456,8 +548,18 @@ def test_stage2_trainable_prefixes():
     m.zero_grad(set_to_none=True)
     m.set_stage(2, ("cls_head", "backbone.layer4"))
     m.train()
-    loss = m(x, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
-                  "cls_label": torch.tensor(c)} for c in (0, 2)], [(64, 64)] * 2)["loss_img_cls"]
+    loss = m(
+        x,
+        [
+            {
+                "boxes": torch.zeros(0, 4),
+                "labels": torch.zeros(0, dtype=torch.long),
+                "cls_label": torch.tensor(c),
+            }
+            for c in (0, 2)
+        ],
+        [(64, 64)] * 2,
+    )["loss_img_cls"]
     loss.backward()
     got = {n for n, p in m.named_parameters() if p.grad is not None}
     assert got and all(n.startswith(("cls_head.", "backbone.layer4.")) for n in got)
@@ -469,8 +571,15 @@ def test_anchor_scale_scales_the_anchors():
     """docs/models.md §2.4 anchors are 4·2^(k/3)·stride; anchor_scale replaces the 4 (CPU presets only)."""
     widths = []
     for scale in (4.0, 1.0):
-        m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", cls_channels=32,
-                                           retinanet=RetinaNetConfig(width=32, anchor_scale=scale)))
+        m = build(
+            "retinanet",
+            ModelConfig(
+                backbone="resnet18",
+                pretrained="none",
+                cls_channels=32,
+                retinanet=RetinaNetConfig(width=32, anchor_scale=scale),
+            ),
+        )
         p3 = m.anchor_generator.base_anchors[0]  # stride 8, (9, 4)
         widths.append(sorted(float(w) for w in (p3[:, 2] - p3[:, 0])))
     assert widths[0] == pytest.approx([4 * w for w in widths[1]])
@@ -485,8 +594,11 @@ def test_joint_loss_weights(small_models):
     model.set_stage(1, loss_weights=(1.0, 0.5))
     model.train()
     images, targets = _batch(128)
-    targets[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
-                  "cls_label": torch.tensor(1)}  # a sick CXR: no boxes, all anchors background
+    targets[1] = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.long),
+        "cls_label": torch.tensor(1),
+    }  # a sick CXR: no boxes, all anchors background
     losses = model(images, targets)
     assert set(losses) == {"loss_cls", "loss_box", "loss_img_cls"}
     sum(losses.values()).backward()
@@ -498,9 +610,13 @@ def test_joint_loss_weights(small_models):
         joint = model(images, targets)
     w, y = torch.tensor(CLS_LOSS_WEIGHTS), torch.tensor([2, 1])
     expected = -0.5 * (w[y] * logp[torch.arange(2), y]).sum() / w[y].sum()
-    assert all(not m.training for n, m in model.named_modules()  # norm_eval: BN as in eval above
-               if isinstance(m, torch.nn.BatchNorm2d) and n.startswith("backbone"))
+    assert all(
+        not m.training
+        for n, m in model.named_modules()  # norm_eval: BN as in eval above
+        if isinstance(m, torch.nn.BatchNorm2d) and n.startswith("backbone")
+    )
     torch.testing.assert_close(joint["loss_img_cls"], expected)
+
     # stage 2 with the detector kept in tune: 2 × the same detection losses + the plain CE
     def losses_at(stage, trainable, weights):
         model.set_stage(stage, trainable, loss_weights=weights)
@@ -519,15 +635,24 @@ def test_joint_loss_weights(small_models):
     assert model.loss_weights == (0.0, 1.0)
     with pytest.raises(ValueError, match="joint"):
         build("faster_rcnn", ModelConfig(backbone="resnet18", pretrained="none")).set_stage(
-            1, loss_weights=(1.0, 1.0))
+            1, loss_weights=(1.0, 1.0)
+        )
 
 
 def test_fold_batchnorm_keeps_outputs_and_removes_every_bn():
     from tbx.models.inference import fold_batchnorm, prepare_for_inference
 
     torch.manual_seed(0)
-    m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", cls_channels=32,
-                                       norm_eval=False, retinanet=RetinaNetConfig(width=32)))
+    m = build(
+        "retinanet",
+        ModelConfig(
+            backbone="resnet18",
+            pretrained="none",
+            cls_channels=32,
+            norm_eval=False,
+            retinanet=RetinaNetConfig(width=32),
+        ),
+    )
     m.train()
     with torch.no_grad():  # non-trivial running statistics and affine parameters
         for _ in range(3):
@@ -560,8 +685,15 @@ def test_fold_batchnorm_keeps_outputs_and_removes_every_bn():
 def test_class_agnostic_nms(agnostic):
     """Two near-identical boxes of different classes: class-wise NMS (the paper) keeps both,
     class-agnostic NMS only the higher-scoring one."""
-    m = build("retinanet", ModelConfig(backbone="resnet18", pretrained="none", cls_channels=32,
-                                       retinanet=RetinaNetConfig(width=32, nms_class_agnostic=agnostic)))
+    m = build(
+        "retinanet",
+        ModelConfig(
+            backbone="resnet18",
+            pretrained="none",
+            cls_channels=32,
+            retinanet=RetinaNetConfig(width=32, nms_class_agnostic=agnostic),
+        ),
+    )
     anchors = [torch.tensor([[10.0, 10.0, 50.0, 50.0], [12.0, 10.0, 52.0, 50.0], [80.0, 80.0, 90.0, 90.0]])]
     p = torch.tensor([[0.9, 0.01], [0.01, 0.8], [0.01, 0.01]])  # sigmoid scores: A active, B latent
     logits = [torch.log(p / (1 - p))]
@@ -579,8 +711,9 @@ def test_class_agnostic_nms(agnostic):
 def test_box_loss_matches_hand_computation(box_loss, weight):
     """One positive anchor (IoU 0.64 with the GT) and one negative: L1 on the encoded deltas (the
     paper) or weight × (1 − GIoU) of the decoded box, over one positive."""
-    m = RetinaNet("resnet18", "none", sas=False, width=32, cls_channels=32, box_loss=box_loss,
-                  box_loss_weight=weight)
+    m = RetinaNet(
+        "resnet18", "none", sas=False, width=32, cls_channels=32, box_loss=box_loss, box_loss_weight=weight
+    )
     anchors = torch.tensor([[0.0, 0.0, 20.0, 20.0], [100.0, 100.0, 120.0, 120.0]])
     gt = [2.0, 1.0, 22.0, 25.0]  # centre (12, 13), 20 × 24
     d = [0.1, -0.05, 0.2, 0.1]
@@ -603,12 +736,22 @@ def test_box_loss_matches_hand_computation(box_loss, weight):
 def test_cls_input_size_downscales_only_the_classification_branch():
     """``cls_input_size``: the classification ResNet sees the input resized to that side (its
     probabilities change), the detector the full input (boxes identical); it needs cls_backbone."""
+
     def make(cls_input_size):
         torch.manual_seed(0)
-        return build("symformer_retinanet", ModelConfig(
-            backbone="resnet18", pretrained="none", cls_channels=32, input_size=96, norm_eval=False,
-            retinanet=RetinaNetConfig(width=32, cls_backbone=True, cls_input_size=cls_input_size,
-                                      anchor_scale=1.0))).eval()
+        return build(
+            "symformer_retinanet",
+            ModelConfig(
+                backbone="resnet18",
+                pretrained="none",
+                cls_channels=32,
+                input_size=96,
+                norm_eval=False,
+                retinanet=RetinaNetConfig(
+                    width=32, cls_backbone=True, cls_input_size=cls_input_size, anchor_scale=1.0
+                ),
+            ),
+        ).eval()
 
     full, small = make(0), make(64)
     assert (full.cls_scale, small.cls_scale, make(128).cls_scale) == (1.0, 64 / 96, 1.0)  # at most
@@ -621,23 +764,39 @@ def test_cls_input_size_downscales_only_the_classification_branch():
     for pa, pb in zip(a, b):
         assert torch.equal(pa.boxes, pb.boxes) and torch.equal(pa.scores, pb.scores)
     assert not torch.equal(a[0].probs, b[0].probs)
+
     # the branch's input is the image downscaled as PIL does it (bilinear, antialiased; float mode)
     def pil(ch):
         return np.asarray(Image.fromarray(ch.numpy(), mode="F").resize((64, 64), Image.BILINEAR))
+
     ref = torch.tensor(np.stack([[pil(ch) for ch in img] for img in x]))
     torch.testing.assert_close(seen[0], ref, rtol=0, atol=1e-5)
     with pytest.raises(TbxError, match="cls_backbone"):
-        build("symformer_retinanet", ModelConfig(backbone="resnet18", pretrained="none", input_size=96,
-                                                 retinanet=RetinaNetConfig(cls_input_size=64)))
+        build(
+            "symformer_retinanet",
+            ModelConfig(
+                backbone="resnet18",
+                pretrained="none",
+                input_size=96,
+                retinanet=RetinaNetConfig(cls_input_size=64),
+            ),
+        )
 
 
 def test_cls_backbone_stage2_leaves_the_detector_unchanged():
     """``cls_backbone``: stage I does not train it, stage II forks it from the detector's backbone
     and trains it with the head — the detections stay bit-identical, the class probabilities move."""
     torch.manual_seed(0)
-    m = build("symformer_retinanet", ModelConfig(backbone="resnet18", pretrained="none", cls_channels=32,
-                                                 norm_eval=False, retinanet=RetinaNetConfig(
-                                                     width=32, cls_backbone=True, anchor_scale=1.0)))
+    m = build(
+        "symformer_retinanet",
+        ModelConfig(
+            backbone="resnet18",
+            pretrained="none",
+            cls_channels=32,
+            norm_eval=False,
+            retinanet=RetinaNetConfig(width=32, cls_backbone=True, anchor_scale=1.0),
+        ),
+    )
     m.set_stage(1)
     assert not any(p.requires_grad for n, p in m.named_parameters() if n.startswith("cls_backbone."))
     m.start_stage(2)
@@ -650,8 +809,10 @@ def test_cls_backbone_stage2_leaves_the_detector_unchanged():
     m.train()
     assert m.cls_backbone.layer4.training and not m.cls_backbone.layer1.training and not m.backbone.training
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
-    targets = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
-                "cls_label": torch.tensor(c)} for c in (1, 2)]
+    targets = [
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "cls_label": torch.tensor(c)}
+        for c in (1, 2)
+    ]
     m(x, targets, [(64, 64)] * 2)["loss_img_cls"].backward()
     grads = {n.split(".")[0] + "." + n.split(".")[1] for n, p in m.named_parameters() if p.grad is not None}
     assert grads == {"cls_backbone.layer4", "cls_head.features", "cls_head.classifier"}

@@ -39,13 +39,19 @@ def _batch(size: int = SIZE, n: int = 2):
     torch.manual_seed(0)
     images = torch.randn(n, 3, size, size) * 0.5
     sizes = [(size, size), (size - 32, size - 64)][:n]  # the second image is padded bottom/right
-    images[1:, :, size - 32:, :] = 0
-    images[1:, :, :, size - 64:] = 0
+    images[1:, :, size - 32 :, :] = 0
+    images[1:, :, :, size - 64 :] = 0
     targets = [
-        {"boxes": torch.tensor([[10.0, 12.0, 70.0, 90.0], [60.0, 20.0, 120.0, 70.0]]),
-         "labels": torch.tensor([1, 2]), "cls_label": torch.tensor(2)},
-        {"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([2]),
-         "cls_label": torch.tensor(1)},
+        {
+            "boxes": torch.tensor([[10.0, 12.0, 70.0, 90.0], [60.0, 20.0, 120.0, 70.0]]),
+            "labels": torch.tensor([1, 2]),
+            "cls_label": torch.tensor(2),
+        },
+        {
+            "boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]),
+            "labels": torch.tensor([2]),
+            "cls_label": torch.tensor(1),
+        },
     ][:n]
     return images, sizes, targets
 
@@ -53,10 +59,17 @@ def _batch(size: int = SIZE, n: int = 2):
 def _faster_rcnn(size: int = SIZE) -> FasterRCNNDetector:
     bb = resnet_fpn_backbone("resnet18", "none", [1, 2, 3, 4], LastLevelMaxPool())
     # fewer proposals/samples than the defaults keep the CPU test fast; the code path is the same
-    return FasterRCNNDetector(bb, num_classes=3, input_size=size, rpn_pre_nms_top_n_train=300,
-                              rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=200,
-                              rpn_post_nms_top_n_test=50, rpn_batch_size_per_image=64,
-                              box_batch_size_per_image=64)
+    return FasterRCNNDetector(
+        bb,
+        num_classes=3,
+        input_size=size,
+        rpn_pre_nms_top_n_train=300,
+        rpn_post_nms_top_n_train=100,
+        rpn_pre_nms_top_n_test=200,
+        rpn_post_nms_top_n_test=50,
+        rpn_batch_size_per_image=64,
+        box_batch_size_per_image=64,
+    )
 
 
 def _fcos(size: int = SIZE):
@@ -64,9 +77,11 @@ def _fcos(size: int = SIZE):
 
 
 BUILDERS = {"faster_rcnn": _faster_rcnn, "fcos": _fcos}
-LOSS_KEYS = {"faster_rcnn": {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box"},
-             "fcos": {"loss_cls", "loss_box", "loss_centerness"},
-             "ssd": {"loss_cls", "loss_box"}}
+LOSS_KEYS = {
+    "faster_rcnn": {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box"},
+    "fcos": {"loss_cls", "loss_box", "loss_centerness"},
+    "ssd": {"loss_cls", "loss_box"},
+}
 
 
 def _check_contract(model, name: str, size: int, n: int = 2) -> None:
@@ -99,8 +114,9 @@ def _check_contract(model, name: str, size: int, n: int = 2) -> None:
     model.set_stage(2)
     model.zero_grad(set_to_none=True)
     detector_parts = [m for k, m in model.components().items() if k not in ("backbone", "cls_head")]
-    hooks = [m.register_forward_hook(lambda *a: pytest.fail("detector ran in stage 2"))
-             for m in detector_parts]
+    hooks = [
+        m.register_forward_hook(lambda *a: pytest.fail("detector ran in stage 2")) for m in detector_parts
+    ]
     out = model(images, targets, sizes)
     for h in hooks:
         h.remove()
@@ -158,10 +174,13 @@ def test_fcos_overfits_one_box_in_input_pixels():
     assert pred.labels[best].item() == 2
 
 
-@pytest.mark.parametrize("name,builder,tv_builder,classes", [
-    ("faster_rcnn", "faster_rcnn", torchvision.models.detection.fasterrcnn_resnet50_fpn, 3),
-    ("fcos", "fcos", torchvision.models.detection.fcos_resnet50_fpn, 2),
-])
+@pytest.mark.parametrize(
+    "name,builder,tv_builder,classes",
+    [
+        ("faster_rcnn", "faster_rcnn", torchvision.models.detection.fasterrcnn_resnet50_fpn, 3),
+        ("fcos", "fcos", torchvision.models.detection.fcos_resnet50_fpn, 2),
+    ],
+)
 def test_r50_architecture_matches_torchvision(name, builder, tv_builder, classes):
     """Our R50-FPN models hold exactly the parameters of torchvision's builders, plus the cls head."""
     ours = build(builder, ModelConfig(backbone="resnet50", pretrained="none"))
@@ -185,12 +204,14 @@ def test_ssd512_feature_maps_and_default_boxes():
     with torch.device("meta"):
         ext = SSD512FeatureExtractor(vgg16_features())
         maps = list(ext(torch.empty(1, 3, 512, 512)).values())
-    assert [tuple(m.shape[1:]) for m in maps] == [(c, s, s) for c, s in zip(
-        [512, 1024, 512, 256, 256, 256, 256], [64, 32, 16, 8, 4, 2, 1])]
+    assert [tuple(m.shape[1:]) for m in maps] == [
+        (c, s, s) for c, s in zip([512, 1024, 512, 256, 256, 256, 256], [64, 32, 16, 8, 4, 2, 1])
+    ]
     assert tuple(ext.fc7(torch.empty(1, 3, 512, 512, device="meta")).shape) == (1, 1024, 32, 32)
 
     from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
     from torchvision.models.detection.image_list import ImageList
+
     gen = DefaultBoxGenerator([list(r) for r in SSD512_RATIOS], scales=[s / 512 for s in SSD512_SIZES])
     assert gen.num_anchors_per_location() == [4, 6, 6, 6, 6, 4, 4]
     feats = [torch.zeros(1, 1, s, s) for s in (64, 32, 16, 8, 4, 2, 1)]
@@ -200,8 +221,14 @@ def test_ssd512_feature_maps_and_default_boxes():
     # its transpose
     first = anchors[:4]
     assert torch.allclose((first[:, :2] + first[:, 2:]) / 2, torch.full((4, 2), 4.0), atol=1e-3)
-    expected = torch.tensor([[20.0, 20.0], [math.sqrt(20 * 51)] * 2,
-                             [20 * math.sqrt(2), 20 / math.sqrt(2)], [20 / math.sqrt(2), 20 * math.sqrt(2)]])
+    expected = torch.tensor(
+        [
+            [20.0, 20.0],
+            [math.sqrt(20 * 51)] * 2,
+            [20 * math.sqrt(2), 20 / math.sqrt(2)],
+            [20 / math.sqrt(2), 20 * math.sqrt(2)],
+        ]
+    )
     assert torch.allclose(first[:, 2:] - first[:, :2], expected, atol=1e-3)
     # the last map (1×1, step 512) is centred in the image: sizes 460 and √(460·542)
     last = anchors[-4:]

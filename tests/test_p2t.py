@@ -5,10 +5,9 @@ formula, shapes, one training step of each stage, presets and `tbx models info`.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,9 +15,9 @@ import torch
 from tbx.engine.schedule import load_train_config
 from tbx.errors import TbxError
 from tbx.models.backbone import load_state_checked
+from tbx.models.config import ModelConfig
 from tbx.models.info import count_params, model_info
 from tbx.models.p2t import P2T, PoolingAttention, p2t_small
-from tbx.models.config import ModelConfig
 from tbx.models.registry import build
 
 # the architecture (docs/models.md §3.1)
@@ -344,7 +343,9 @@ def test_presets_and_alias():
     )
     assert load_train_config(None, "symformer_retinanet_p2t") == sym
     ret = load_train_config(None, "retinanet_p2t")
-    assert ret.model_name == "retinanet" and ret.model == replace(sym.model, symformer=None) and ret.stage1 == s1
+    assert (
+        ret.model_name == "retinanet" and ret.model == replace(sym.model, symformer=None) and ret.stage1 == s1
+    )
 
 
 def test_published_p2t_row():

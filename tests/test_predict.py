@@ -40,16 +40,32 @@ def layout(tmp_path):
 
 def _checkpoint(tmp_path, input_size=64):
     cfg = TrainConfig(model_name="oracle", model=ModelConfig(input_size=input_size))
-    return save_checkpoint(tmp_path / "oracle.pt", model=OracleDetector(), model_name="oracle",
-                           config=to_dict(cfg), stage=2, epoch=1, batch=0, iteration=1)
+    return save_checkpoint(
+        tmp_path / "oracle.pt",
+        model=OracleDetector(),
+        model_name="oracle",
+        config=to_dict(cfg),
+        stage=2,
+        epoch=1,
+        batch=0,
+        iteration=1,
+    )
 
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_predict_order_frame_and_files(layout, tmp_path, batch):
     root, recs, levels = layout
     ckpt = _checkpoint(tmp_path)
-    out = predict(ckpt, root, "ann.json", tmp_path / "pred", batch_size=batch, workers=0,
-                  model_builder=oracle_builder, progress=False)
+    out = predict(
+        ckpt,
+        root,
+        "ann.json",
+        tmp_path / "pred",
+        batch_size=batch,
+        workers=0,
+        model_builder=oracle_builder,
+        progress=False,
+    )
     # cls_result: line i ↔ image i of ann.json; the oracle's p(healthy) = image brightness
     probs = read_cls_result(out / "cls_result.txt", len(recs))
     np.testing.assert_allclose(probs[:, 0], np.array(levels) / 255, atol=2e-3)

@@ -53,11 +53,18 @@ def _cls_bench(seed: int, n: int = 300) -> tuple[dict, np.ndarray, np.ndarray]:
     fp = int(((tb == 0) & (ptb == 1)).sum())
     fn = int(((tb == 1) & (ptb == 0)).sum())
     cls = {
-        "accuracy": float((pred == y).mean()), "auc": float(roc_auc_score(tb, p[:, 2])),
-        "sensitivity": tp / (tp + fn), "specificity": tn / (tn + fp),
+        "accuracy": float((pred == y).mean()),
+        "auc": float(roc_auc_score(tb, p[:, 2])),
+        "sensitivity": tp / (tp + fn),
+        "specificity": tn / (tn + fp),
         "ap": float(precision_score(y, pred, average="macro", zero_division=0)),
-        "ar": float(recall_score(y, pred, average="macro")), "f1": float(f1_score(tb, ptb)),
-        "confusion": cm.tolist(), "tp": tp, "tn": tn, "fp": fp, "fn": fn,
+        "ar": float(recall_score(y, pred, average="macro")),
+        "f1": float(f1_score(tb, ptb)),
+        "confusion": cm.tolist(),
+        "tp": tp,
+        "tn": tn,
+        "fp": fp,
+        "fn": fn,
         "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": np.minimum(thr, 1e6).tolist()},
     }
     return cls, tb, p[:, 2]
@@ -75,8 +82,11 @@ def _det_bench(seed: int, arrays: bool) -> dict:
         det[mode] = {}
         for cat in ("agnostic", "active", "latent"):
             ap50 = float(rng.uniform(0.1, 0.8))
-            d = {"ap": ap50 * float(rng.uniform(0.3, 0.5)), "ap50": ap50,
-                 "ar100": float(rng.uniform(0.3, 0.9))}
+            d = {
+                "ap": ap50 * float(rng.uniform(0.3, 0.5)),
+                "ap50": ap50,
+                "ar100": float(rng.uniform(0.3, 0.9)),
+            }
             if arrays and mode == "tb_only":  # curves for one mode keep the figure count (and time) low
                 p50, p75 = np.asarray(_pr(rng, ap50)), np.asarray(_pr(rng, ap50 * 0.5))
                 p75 = np.minimum(p75, p50)
@@ -88,8 +98,10 @@ def _det_bench(seed: int, arrays: bool) -> dict:
                 ea["FN"] = np.ones(101)
                 d["pr"] = {"iou50": p50.tolist(), "iou75": p75.tolist()}
                 d["error_analysis"] = {k: v.tolist() for k, v in ea.items()}
-                d["froc"] = {"fppi": [0.125, 0.25, 0.5, 1, 2, 4, 8],
-                             "sensitivity": sorted(rng.uniform(0.2, 0.95, 7).tolist())}
+                d["froc"] = {
+                    "fppi": [0.125, 0.25, 0.5, 1, 2, 4, 8],
+                    "sensitivity": sorted(rng.uniform(0.2, 0.95, 7).tolist()),
+                }
             det[mode][cat] = d
     return det
 
@@ -108,25 +120,58 @@ def _write_dataset(root: Path, n_tb: int = 4) -> tuple[Path, list[dict]]:
         Image.fromarray(arr).save(root / "imgs" / fn)
         images.append({"id": i + 1, "file_name": fn, "width": 128, "height": 128})
         if folder == "tb":
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1 + (i % 2),
-                         "bbox": [20.0 + 5 * i, 30.0, 40.0, 50.0], "area": 2000.0, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": 1 + (i % 2),
+                    "bbox": [20.0 + 5 * i, 30.0, 40.0, 50.0],
+                    "area": 2000.0,
+                    "iscrowd": 0,
+                }
+            )
     ann = root / "annotations" / "json" / "TBX11K_val.json"
-    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": [
-        {"id": 1, "name": "ActiveTuberculosis"}, {"id": 2, "name": "ObsoletePulmonaryTuberculosis"},
-        {"id": 3, "name": "PulmonaryTuberculosis"}]}))
+    ann.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [
+                    {"id": 1, "name": "ActiveTuberculosis"},
+                    {"id": 2, "name": "ObsoletePulmonaryTuberculosis"},
+                    {"id": 3, "name": "PulmonaryTuberculosis"},
+                ],
+            }
+        )
+    )
     return ann, anns
 
 
-def make_run(d: Path, *, seed: int, fold: int | None = None, ci: bool = False, arrays: bool = False,
-             detection: bool = True, metrics: bool = False, ann: Path | None = None, model_info: bool = False,
-             study: bool = False, bench: bool = True) -> dict:
+def make_run(
+    d: Path,
+    *,
+    seed: int,
+    fold: int | None = None,
+    ci: bool = False,
+    arrays: bool = False,
+    detection: bool = True,
+    metrics: bool = False,
+    ann: Path | None = None,
+    model_info: bool = False,
+    study: bool = False,
+    bench: bool = True,
+) -> dict:
     d.mkdir(parents=True)
-    cfg = {"model_name": "symformer_retinanet_r50", "optim": {"lr": 0.001},
-           "data": {"root": "/data/TBX11K", **({"fold": fold} if fold is not None else {})},
-           "out": str(d)}
+    cfg = {
+        "model_name": "symformer_retinanet_r50",
+        "optim": {"lr": 0.001},
+        "data": {"root": "/data/TBX11K", **({"fold": fold} if fold is not None else {})},
+        "out": str(d),
+    }
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (d / "provenance.json").write_text(json.dumps({"git_commit": "abc123", "versions": {"tbx": "0.1.0"},
-                                                   "data_hash": "deadbeef"}))
+    (d / "provenance.json").write_text(
+        json.dumps({"git_commit": "abc123", "versions": {"tbx": "0.1.0"}, "data_hash": "deadbeef"})
+    )
     out: dict = {}
     if bench:
         cls, tb, ptb = _cls_bench(seed)
@@ -145,11 +190,26 @@ def make_run(d: Path, *, seed: int, fold: int | None = None, ci: bool = False, a
     if metrics:
         rows = []
         for it in range(0, 60, 5):
-            rows.append({"iteration": it, "epoch": it // 20, "stage": "det", "loss_cls": 2.0 / (1 + it / 10),
-                         "loss_bbox": 1.0 / (1 + it / 20), "lr": 1e-3 * min(1.0, (it + 1) / 20)})
+            rows.append(
+                {
+                    "iteration": it,
+                    "epoch": it // 20,
+                    "stage": "det",
+                    "loss_cls": 2.0 / (1 + it / 10),
+                    "loss_bbox": 1.0 / (1 + it / 20),
+                    "lr": 1e-3 * min(1.0, (it + 1) / 20),
+                }
+            )
         for it in range(0, 30, 5):
-            rows.append({"iteration": it, "epoch": it // 10, "stage": "cls", "loss_img": 1.1 / (1 + it / 5),
-                         "lr": 1e-3})
+            rows.append(
+                {
+                    "iteration": it,
+                    "epoch": it // 10,
+                    "stage": "cls",
+                    "loss_img": 1.1 / (1 + it / 5),
+                    "lr": 1e-3,
+                }
+            )
         (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     if ann is not None:
         pred = d / "predictions"
@@ -160,22 +220,50 @@ def make_run(d: Path, *, seed: int, fold: int | None = None, ci: bool = False, a
         for a in data["annotations"]:
             x, y, w, h = a["bbox"]
             shift = 2 if a["image_id"] == 1 else 30  # image 1: near-perfect; others: poor
-            res.append({"image_id": a["image_id"], "category_id": a["category_id"],
-                        "bbox": [x + shift, y, w, h], "score": 0.9})
+            res.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": a["category_id"],
+                    "bbox": [x + shift, y, w, h],
+                    "score": 0.9,
+                }
+            )
         (pred / "bbox_result.json").write_text(json.dumps(res))
-        ptbs = [0.9, 0.8, 0.52, 0.7] + [0.85 if im["file_name"].startswith("tb/") else 0.15
-                                        for im in data["images"][4:]]
-        (pred / "cls_result.txt").write_text("".join(f"{(1 - p) / 2:.4f} {(1 - p) / 2:.4f} {p:.4f}\n"
-                                                     for p in ptbs))
+        ptbs = [0.9, 0.8, 0.52, 0.7] + [
+            0.85 if im["file_name"].startswith("tb/") else 0.15 for im in data["images"][4:]
+        ]
+        (pred / "cls_result.txt").write_text(
+            "".join(f"{(1 - p) / 2:.4f} {(1 - p) / 2:.4f} {p:.4f}\n" for p in ptbs)
+        )
     if model_info:
-        (d / "model_info.json").write_text(json.dumps({"params_live": 49903377, "params_paper": 50033789,
-                                                       "gmacs": 59.14, "fps": 31.5}))
+        (d / "model_info.json").write_text(
+            json.dumps({"params_live": 49903377, "params_paper": 50033789, "gmacs": 59.14, "fps": 31.5})
+        )
     if study:
-        (d / "study_compare.json").write_text(json.dumps({"n_cases": 400, "readers": [
-            {"name": "R1", "accuracy_types": 0.687, "accuracy_3class": 0.848, "sensitivity": 0.80,
-             "specificity": 0.90, "ci": {"accuracy_3class": [0.81, 0.88]}}],
-            "model": {"accuracy_3class": 0.9, "sensitivity": 0.85, "specificity": 0.95, "auc": 0.93,
-                      "roc": {"fpr": [0, 0.1, 1], "tpr": [0, 0.8, 1]}}}))
+        (d / "study_compare.json").write_text(
+            json.dumps(
+                {
+                    "n_cases": 400,
+                    "readers": [
+                        {
+                            "name": "R1",
+                            "accuracy_types": 0.687,
+                            "accuracy_3class": 0.848,
+                            "sensitivity": 0.80,
+                            "specificity": 0.90,
+                            "ci": {"accuracy_3class": [0.81, 0.88]},
+                        }
+                    ],
+                    "model": {
+                        "accuracy_3class": 0.9,
+                        "sensitivity": 0.85,
+                        "specificity": 0.95,
+                        "auc": 0.93,
+                        "roc": {"fpr": [0, 0.1, 1], "tpr": [0, 0.8, 1]},
+                    },
+                }
+            )
+        )
     return out
 
 
@@ -185,8 +273,9 @@ def built(tmp_path_factory):
     base = tmp_path_factory.mktemp("report")
     ann, _ = _write_dataset(base / "TBX11K")
     runs = base / "runs"
-    full = make_run(runs / "full", seed=1, ci=True, arrays=True, metrics=True, ann=ann, model_info=True,
-                    study=True)
+    full = make_run(
+        runs / "full", seed=1, ci=True, arrays=True, metrics=True, ann=ann, model_info=True, study=True
+    )
     folds = [make_run(runs / f"cv_fold{k}", seed=10 + k, fold=k) for k in range(3)]
     make_run(runs / "empty", seed=99, bench=False)
     dirs = [runs / "full", *(runs / f"cv_fold{k}" for k in range(3)), runs / "empty"]
@@ -199,8 +288,9 @@ def _md_rows(path: Path) -> dict[str, list[str]]:
     for line in path.read_text().splitlines():
         if line.startswith("| ") and not line.startswith("| :--"):
             cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-            rows.setdefault(cells[0] if cells[0] not in ("ALL", "Only TB") else f"{cells[0]}/{cells[1]}",
-                            cells)
+            rows.setdefault(
+                cells[0] if cells[0] not in ("ALL", "Only TB") else f"{cells[0]}/{cells[1]}", cells
+            )
     return rows
 
 
@@ -229,11 +319,19 @@ def test_classification_csv_and_published_rows(built):
         assert float(ours[k]) == pytest.approx(100 * full[k], abs=1e-3)
         assert float(ours[f"{k}_ci_lo"]) == pytest.approx(100 * (full[k] - 0.02), abs=1e-3)
     published = [r for r in rows if r["kind"] == "published"]
-    assert len(published) == 8  # docs/protocol.md §4.4: three TPAMI rows + P2T-Small (§2.5) + four CVPR baselines
+    assert (
+        len(published) == 8
+    )  # docs/protocol.md §4.4: three TPAMI rows + P2T-Small (§2.5) + four CVPR baselines
     sym = next(r for r in published if r["method"].startswith("SymFormer w/ RetinaNet"))
     assert "(published)" in sym["method"]
-    assert [float(sym[k]) for k in ("accuracy", "auc", "sensitivity", "specificity", "ap", "ar")] == \
-        [94.5, 98.9, 91.0, 96.8, 93.3, 94.0]
+    assert [float(sym[k]) for k in ("accuracy", "auc", "sensitivity", "specificity", "ap", "ar")] == [
+        94.5,
+        98.9,
+        91.0,
+        96.8,
+        93.3,
+        94.0,
+    ]
     md = (built["res"].out / "tables" / "classification.md").read_text()
     assert "(published)†" in md and "Revisiting Computer-Aided Tuberculosis Diagnosis" in md
     assert "Rethinking Computer-aided Tuberculosis Diagnosis" in md
@@ -284,8 +382,14 @@ def test_fold_grouping_rules(tmp_path):
     for k in range(2):
         d = tmp_path / f"t_fold{k}"
         d.mkdir()
-        (d / "config.yaml").write_text(yaml.safe_dump({"model_name": "symformer_retinanet", "data": {
-            "root": "/d", "stage1_ann": f"folds/fold{k}/TBX11K_train_only_tb.json"}}))
+        (d / "config.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "model_name": "symformer_retinanet",
+                    "data": {"root": "/d", "stage1_ann": f"folds/fold{k}/TBX11K_train_only_tb.json"},
+                }
+            )
+        )
         (d / "bench").mkdir()
     runs = [load_run(tmp_path / n) for n in ("a_fold0", "a_fold1", "b_fold0", "t_fold0", "t_fold1")]
     assert [r.fold for r in runs] == [0, 1, 0, 0, 1] and runs[3].model == "symformer_retinanet"
@@ -305,11 +409,19 @@ def test_complexity_table(built):
     assert float(ours["params_live"]) == pytest.approx(49.903377, abs=1e-3)
     assert float(ours["gmacs"]) == pytest.approx(59.14)
     assert float(ours["fps"]) == pytest.approx(31.5)
-    sym = next(r for r in rows
-               if r["kind"] == "published" and r["method"].startswith("SymFormer w/ RetinaNet"))
-    # docs/protocol.md §4.2: TP 589, TN 2569, FP 86, FN 58 of 3302 → 17.8 / 77.8 / 2.6 / 1.8 %; F1 89.0, FPS 24.3.
-    assert [float(sym[k]) for k in ("tp", "tn", "fp", "fn", "f1", "fps")] == \
-        [17.8, 77.8, 2.6, 1.8, 89.0, 24.3]
+    sym = next(
+        r for r in rows if r["kind"] == "published" and r["method"].startswith("SymFormer w/ RetinaNet")
+    )
+    # docs/protocol.md §4.2: TP 589, TN 2569, FP 86, FN 58 of 3302 → 17.8 / 77.8 / 2.6 / 1.8 %;
+    # F1 89.0, FPS 24.3.
+    assert [float(sym[k]) for k in ("tp", "tn", "fp", "fn", "f1", "fps")] == [
+        17.8,
+        77.8,
+        2.6,
+        1.8,
+        89.0,
+        24.3,
+    ]
 
 
 def test_screening_operating_points_bruteforce(built):
@@ -371,10 +483,17 @@ def test_latex_is_sound(built, tmp_path):
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex not installed")
     doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\\usepackage[utf8]{inputenc}\\usepackage{booktabs}\n"
-                   "\\begin{document}\n" + "".join(f"\\input{{{p}}}\n" for p in texs) + "\\end{document}\n")
-    r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120)
+    doc.write_text(
+        "\\documentclass{article}\\usepackage[utf8]{inputenc}\\usepackage{booktabs}\n"
+        "\\begin{document}\n" + "".join(f"\\input{{{p}}}\n" for p in texs) + "\\end{document}\n"
+    )
+    r = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout[-2000:]
 
 
@@ -382,8 +501,15 @@ def test_latex_is_sound(built, tmp_path):
 def test_figures_are_valid_images(built):
     res = built["res"]
     names = {p.name for p in res.figures}
-    expected = {"confusion_full", "roc_tb", "pr_tb_only_full", "errors_tb_only_full", "froc_tb_only",
-                "train_full", "overlays_full"}
+    expected = {
+        "confusion_full",
+        "roc_tb",
+        "pr_tb_only_full",
+        "errors_tb_only_full",
+        "froc_tb_only",
+        "train_full",
+        "overlays_full",
+    }
     for stem in expected:
         assert f"{stem}.png" in names and f"{stem}.pdf" in names, stem
     for p in res.figures:
@@ -470,12 +596,22 @@ def test_cli_report_reference_none_and_rerun(tmp_path, cli):
     make_run(tmp_path / "r", seed=3)
     out = tmp_path / "rep"
     for _ in range(2):  # a second run replaces the earlier report
-        code, stdout, err = cli("report", tmp_path / "r", "--out", out, "--format", "md,csv",
-                                "--reference", "none", "--no-figures")
+        code, stdout, err = cli(
+            "report",
+            tmp_path / "r",
+            "--out",
+            out,
+            "--format",
+            "md,csv",
+            "--reference",
+            "none",
+            "--no-figures",
+        )
         assert code == 0, err
     assert "report of 1 run(s)" in stdout
     assert sorted(p.name for p in (out / "tables").iterdir()) == sorted(
-        f"{t}.{e}" for t in ("classification", "complexity", "detection", "screening") for e in ("md", "csv"))
+        f"{t}.{e}" for t in ("classification", "complexity", "detection", "screening") for e in ("md", "csv")
+    )
     assert "(published)" not in (out / "tables" / "classification.md").read_text()
     assert not (out / "report.html").exists() and (out / "report.md").is_file()
     code, _, err = cli("report", tmp_path / "nope", "--out", tmp_path / "x")
@@ -486,24 +622,42 @@ def test_study_option_and_bench_schema(tmp_path):
     make_run(tmp_path / "r", seed=4, detection=False)
     b = json.loads((tmp_path / "r" / "bench" / "test.json").read_text())
     z_det = tmp_path / "r" / "bench" / "z_det.json"
-    for bad, match in (({"detection": {"all-cxr": {"agnostic": {"ap50": 0.5}}}}, "unknown detection mode"),
-                       ({"detection": {"all_cxr": {"category_agnostic": {}}}}, "unknown detection row"),
-                       ({"ci": {"classification": {"auc": {"lo": 0.1, "hi": 0.2}}}}, "not an interval")):
+    for bad, match in (
+        ({"detection": {"all-cxr": {"agnostic": {"ap50": 0.5}}}}, "unknown detection mode"),
+        ({"detection": {"all_cxr": {"category_agnostic": {}}}}, "unknown detection row"),
+        ({"ci": {"classification": {"auc": {"lo": 0.1, "hi": 0.2}}}}, "not an interval"),
+    ):
         z_det.write_text(json.dumps({"schema": "tbx.bench/1", **bad}))
         with pytest.raises(TbxError, match=match):
             load_run(tmp_path / "r")
     z_det.write_text(json.dumps({"detection": {"all_cxr": {"agnostic": {"ap50": 0.5}}}}))
     with pytest.raises(TbxError, match="schema None"):
         load_run(tmp_path / "r")
-    z_det.write_text(json.dumps(
-        {"schema": "tbx.bench/1", "detection": {"all_cxr": {"agnostic": {"ap50": 0.5, "ap": 0.25}}}}))
+    z_det.write_text(
+        json.dumps(
+            {"schema": "tbx.bench/1", "detection": {"all_cxr": {"agnostic": {"ap50": 0.5, "ap": 0.25}}}}
+        )
+    )
     sdir = tmp_path / "study"
     sdir.mkdir()
-    (sdir / "study_compare.json").write_text(json.dumps({"readers": [
-        {"name": "Dr X", "accuracy_types": 0.6, "accuracy_3class": 0.8, "sensitivity": 0.7,
-         "specificity": 0.95}]}))
-    res = make_report([tmp_path / "r"], tmp_path / "out",
-                      ReportConfig(study=sdir, formats="csv", figures=False))
+    (sdir / "study_compare.json").write_text(
+        json.dumps(
+            {
+                "readers": [
+                    {
+                        "name": "Dr X",
+                        "accuracy_types": 0.6,
+                        "accuracy_3class": 0.8,
+                        "sensitivity": 0.7,
+                        "specificity": 0.95,
+                    }
+                ]
+            }
+        )
+    )
+    res = make_report(
+        [tmp_path / "r"], tmp_path / "out", ReportConfig(study=sdir, formats="csv", figures=False)
+    )
     det = list(csv.DictReader(io.StringIO((res.out / "tables" / "detection.csv").read_text())))
     ours = next(r for r in det if r["kind"] == "ours")
     assert (ours["data"], float(ours["agnostic_ap50"]), ours["active_ap50"]) == ("ALL", 50.0, "")
@@ -511,15 +665,22 @@ def test_study_option_and_bench_schema(tmp_path):
     assert float(next(r for r in rd if r["reader"] == "Dr X")["specificity"]) == pytest.approx(95.0)
     cl = list(csv.DictReader(io.StringIO((res.out / "tables" / "classification.csv").read_text())))
     assert float(next(r for r in cl if r["kind"] == "ours")["accuracy"]) == pytest.approx(
-        100 * b["classification"]["accuracy"], abs=1e-3)
+        100 * b["classification"]["accuracy"], abs=1e-3
+    )
     with pytest.raises(TbxError, match="no study_compare.json"):
         make_report([tmp_path / "r"], tmp_path / "out2", ReportConfig(study=tmp_path, figures=False))
 
 
 def test_published_data_is_spec_4_4():
     sym = pub.PUBLISHED_ROWS[0]
-    assert sym.classification == {"accuracy": 94.5, "auc": 98.9, "sensitivity": 91.0, "specificity": 96.8,
-                                  "ap": 93.3, "ar": 94.0}
+    assert sym.classification == {
+        "accuracy": 94.5,
+        "auc": 98.9,
+        "sensitivity": 91.0,
+        "specificity": 96.8,
+        "ap": 93.3,
+        "ar": 94.0,
+    }
     assert sym.detection[("tb_only", "latent")] == (14.7, 4.8)
     assert sym.fps == 24.3
     assert pub.PUBLISHED_RADIOLOGIST["accuracy_3class"] == 84.8
@@ -536,8 +697,11 @@ def test_end_to_end_with_tbx_bench(tmp_path):
     protocol.write_result(res, run / "bench" / "test.json", cfg)  # also writes bench/provenance.json
     rep = make_report([run], tmp_path / "out", ReportConfig(formats="csv", figures=False))
     assert not any("disagree" in n for n in rep.notes)
-    cl = next(r for r in csv.DictReader(io.StringIO((rep.out / "tables" / "classification.csv").read_text()))
-              if r["kind"] == "ours")
+    cl = next(
+        r
+        for r in csv.DictReader(io.StringIO((rep.out / "tables" / "classification.csv").read_text()))
+        if r["kind"] == "ours"
+    )
     for k in ("accuracy", "auc", "sensitivity", "specificity", "ap", "ar"):
         assert float(cl[k]) == pytest.approx(100 * res["classification"][k], abs=1e-3)
         assert float(cl[f"{k}_ci_lo"]) == pytest.approx(100 * res["ci"]["classification"][k][0], abs=1e-3)
@@ -569,8 +733,9 @@ def test_malformed_curves_cost_a_figure_not_the_report(tmp_path):
 
 
 def test_error_curves_accept_bench_and_contract_shapes():
-    bench_style = {"analysis": {"C75": {"ap": 0.2, "precision": [0.3, 0.1]},
-                                "FN": {"ap": 1.0, "precision": [1, 1]}}}
+    bench_style = {
+        "analysis": {"C75": {"ap": 0.2, "precision": [0.3, 0.1]}, "FN": {"ap": 1.0, "precision": [1, 1]}}
+    }
     out = _error_curves(bench_style)
     assert list(out) == ["C75", "FN"] and out["C75"].tolist() == [0.3, 0.1]
     assert _error_curves({"error_analysis": {"C75": 0.2, "C50": 0.4}}) == {"C75": 0.2, "C50": 0.4}

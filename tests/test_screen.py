@@ -419,7 +419,7 @@ def test_exportable_rewrites_equal_the_eager_ops():
     b = RetinaNet._level_masks(images, torch.tensor(sizes), feats)
     for m1, m2, (fh, _) in zip(a, b, RetinaNet.feature_sizes(96, 160), strict=True):
         assert torch.equal(m1, m2) and not m1[0].any()
-        assert m1[1, : -(-50 * fh // 96)].logical_not().all() and m1[1, -(-50 * fh // 96):].all()
+        assert m1[1, : -(-50 * fh // 96)].logical_not().all() and m1[1, -(-50 * fh // 96) :].all()
     cfg = load_train_config("symformer_retinanet", "tiny", ["model.input_size=96"])
     model = build_model(cfg).eval()
     with torch.no_grad():
@@ -448,7 +448,10 @@ def test_heatmaps_beside_the_overlays(run_dir, onnx_file, inputs, tmp_path, cli)
         assert im.mode == "RGB" and min(im.size) > 100 and im.size != overlay.size
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["files"]["heatmaps"] == "heatmaps/"
-    for model, extra, want in ((onnx_file, [], "ONNX"), (run_dir, ["--heatmap-method", "nope"], "unknown explain")):
+    for model, extra, want in (
+        (onnx_file, [], "ONNX"),
+        (run_dir, ["--heatmap-method", "nope"], "unknown explain"),
+    ):
         bad = tmp_path / f"bad-{want.split()[0]}"
         code, _, err = cli("screen", model, files[0], "--out", bad, "--workers", "0", "--heatmaps", *extra)
         assert code == 2 and want in err and len(err.strip().splitlines()) == 1, err

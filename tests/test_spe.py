@@ -64,11 +64,11 @@ def test_translation_theta_moves_the_left_half():
     _set_theta(spe, theta)
     pe = spe(torch.randn(1, 256, h, w)).detach()
     plain = torch.from_numpy(_sine_ref(h, w)).float()[None]
-    right = plain[..., w // 2:]
+    right = plain[..., w // 2 :]
     grid = F.affine_grid(torch.tensor(theta).view(1, 2, 3), [1, 256, h, w // 2], align_corners=False)
     warped = F.grid_sample(right, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     torch.testing.assert_close(pe[..., : w // 2], warped.flip(-1), atol=1e-5, rtol=0)
-    torch.testing.assert_close(pe[..., w // 2:], right, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pe[..., w // 2 :], right, atol=1e-5, rtol=0)
     # it really moved: not symmetric any more
     assert (pe[..., : w // 2] - right.flip(-1)).abs().max() > 0.1
 
@@ -78,7 +78,7 @@ def test_odd_width_centre_column_unchanged_under_any_theta():
     spe = SymmetricPositionalEncoding(mode="spe", stn=True)
     _set_theta(spe, [0.8, 0.1, 0.25, -0.1, 1.1, 0.3])
     pe = spe(torch.randn(1, 256, h, w)).detach()[0].numpy()
-    np.testing.assert_allclose(pe[:, :, w // 2:], _sine_ref(h, w)[:, :, w // 2:], atol=1e-6)
+    np.testing.assert_allclose(pe[:, :, w // 2 :], _sine_ref(h, w)[:, :, w // 2 :], atol=1e-6)
 
 
 def test_left_to_right_direction():

@@ -24,8 +24,7 @@ FOLDER = {"healthy": "health", "sick": "sick", "tb": "tb"}
 BOX_CATS = {"active": [1], "latent": [2], "active+latent": [1, 2], "uncertain": [3], "unknown": []}
 
 
-def make_records(counts: dict[tuple[str, str], int], source: str = "tbx11k",
-                 start: int = 0) -> list[Record]:
+def make_records(counts: dict[tuple[str, str], int], source: str = "tbx11k", start: int = 0) -> list[Record]:
     """Metadata-only records: ``{(label, tb_type): n}``; TB records get boxes of their type."""
     recs = []
     i = start
@@ -37,15 +36,31 @@ def make_records(counts: dict[tuple[str, str], int], source: str = "tbx11k",
             else:
                 fname = f"extra/mc+shenzhen/train/CHNCXR_{i:04d}_{int(label == 'tb')}.png"
             boxes = [Box(10, 10, 50, 50, c) for c in BOX_CATS.get(tb_type, [])]
-            recs.append(Record(i, fname, 512, 512, label, tb_type if label == "tb" else "none",
-                               source=source, boxes=boxes))
+            recs.append(
+                Record(
+                    i,
+                    fname,
+                    512,
+                    512,
+                    label,
+                    tb_type if label == "tb" else "none",
+                    source=source,
+                    boxes=boxes,
+                )
+            )
     return recs
 
 
 # docs/dataset.md §1.1 class counts; the release's 212 latent include tb1199 (TB without a box).
-PUBLISHED_COUNTS = {("healthy", "none"): 5000, ("sick", "none"): 5000, ("tb", "active"): 924,
-                    ("tb", "latent"): 211, ("tb", "unknown"): 1, ("tb", "active+latent"): 54,
-                    ("tb", "uncertain"): 10}
+PUBLISHED_COUNTS = {
+    ("healthy", "none"): 5000,
+    ("sick", "none"): 5000,
+    ("tb", "active"): 924,
+    ("tb", "latent"): 211,
+    ("tb", "unknown"): 1,
+    ("tb", "active+latent"): 54,
+    ("tb", "uncertain"): 10,
+}
 
 
 def split_table(records: list[Record]) -> dict[str, tuple[int, int, int]]:
@@ -82,8 +97,13 @@ def test_controlled_rounding_published_tb():
 def test_parse_ratio_errors():
     assert parse_ratio("3:2:1") == (3, 2, 1)
     assert parse_ratio("1.5:1:0") == (Fraction(3, 2), 1, 0)
-    for bad, msg in (("3:2", "three parts"), ("a:b:c", "not numeric"), ("-1:2:3", "negative"),
-                     ("0:0:0", "all zero"), ("3:2:1:1", "three parts")):
+    for bad, msg in (
+        ("3:2", "three parts"),
+        ("a:b:c", "not numeric"),
+        ("-1:2:3", "negative"),
+        ("0:0:0", "all zero"),
+        ("3:2:1:1", "three parts"),
+    ):
         with pytest.raises(TbxError, match=msg):
             parse_ratio(bad)
 
@@ -94,7 +114,8 @@ def test_parse_ratio_errors():
 
 def test_published_table_with_ratio_312():
     """``--published`` (3:1:2 over the TB class, 15:4:6) on the published class counts (docs/dataset.md §1.1)
-    reproduces every row and column total of docs/dataset.md §1.2 exactly.  The per-type TB cells of the published table
+    reproduces every row and column total of docs/dataset.md §1.2 exactly.  The per-type TB cells of the
+    published table
     are not proportional (active 473/924 = 51.2 % train, both 23/54 = 42.6 %), so no stratified rule
     yields them; ours are the controlled rounding of the proportional shares (hand-computed in
     test_controlled_rounding_published_tb)."""
@@ -121,8 +142,9 @@ def test_published_table_with_ratio_312():
 def test_tb_quota_type_on_published_counts():
     # each TB type by 3:1:2 on its own: 924 → 462/154/308; 212 → 106/35.33/70.67 → 106/35/71;
     # 54 → 27/9/18; the 10 uncertain on top in test
-    t = split_table(split_records(make_records(PUBLISHED_COUNTS),
-                                  SplitConfig(ratio="3:1:2", tb_quota="type")))
+    t = split_table(
+        split_records(make_records(PUBLISHED_COUNTS), SplitConfig(ratio="3:1:2", tb_quota="type"))
+    )
     assert t["active"] == (462, 154, 308)
     assert t["latent"] == (106, 35, 71)
     assert t["active+latent"] == (27, 9, 18)
@@ -154,20 +176,47 @@ def real_train(shared_data):
     return read_coco(shared_data / "tbx11k-meta" / "TBX11K_train.json")
 
 
-@pytest.mark.parametrize("ratio,non_tb,expected", [
-    # TB 600 (473 active, 103 latent + tb1199, 23 both) → 300/200/100. Floors active 236/157/78,
-    # latent 52/34/17, both 11/7/3; leftover units: rows 2/1/2, columns 1/2/2; two placements tie
-    # at 3.5 — the preference order (largest fraction, larger stratum first) picks active→val,test.
-    ("3:2:1", "15:4:6", {"active": (236, 158, 79), "latent": (52, 35, 17),
-                         "active+latent": (12, 7, 4), "healthy": (1800, 480, 720)}),
-    # 300/100/200: floors 236/78/157, 52/17/34, 11/3/7; latent→test, active→val,test, both→train,val
-    ("3:1:2", "1:1:1", {"active": (236, 79, 158), "latent": (52, 17, 35),
-                        "active+latent": (12, 4, 7), "healthy": (1000, 1000, 1000)}),
-    # 200/200/200: every fraction is 2/3; active (largest) takes train,val; then latent train,test;
-    # both val,test.
-    ("1:1:1", "3:1:1", {"active": (158, 158, 157), "latent": (35, 34, 35),
-                        "active+latent": (7, 8, 8), "healthy": (1800, 600, 600)}),
-])
+@pytest.mark.parametrize(
+    "ratio,non_tb,expected",
+    [
+        # TB 600 (473 active, 103 latent + tb1199, 23 both) → 300/200/100. Floors active 236/157/78,
+        # latent 52/34/17, both 11/7/3; leftover units: rows 2/1/2, columns 1/2/2; two placements tie
+        # at 3.5 — the preference order (largest fraction, larger stratum first) picks active→val,test.
+        (
+            "3:2:1",
+            "15:4:6",
+            {
+                "active": (236, 158, 79),
+                "latent": (52, 35, 17),
+                "active+latent": (12, 7, 4),
+                "healthy": (1800, 480, 720),
+            },
+        ),
+        # 300/100/200: floors 236/78/157, 52/17/34, 11/3/7; latent→test, active→val,test, both→train,val
+        (
+            "3:1:2",
+            "1:1:1",
+            {
+                "active": (236, 79, 158),
+                "latent": (52, 17, 35),
+                "active+latent": (12, 4, 7),
+                "healthy": (1000, 1000, 1000),
+            },
+        ),
+        # 200/200/200: every fraction is 2/3; active (largest) takes train,val; then latent train,test;
+        # both val,test.
+        (
+            "1:1:1",
+            "3:1:1",
+            {
+                "active": (158, 158, 157),
+                "latent": (35, 34, 35),
+                "active+latent": (7, 8, 8),
+                "healthy": (1800, 600, 600),
+            },
+        ),
+    ],
+)
 def test_exact_counts_on_real_train_metadata(real_train, ratio, non_tb, expected):
     cfg = SplitConfig(ratio=ratio, non_tb_ratio=non_tb, tb_quota="class")
     t = split_table(split_records(real_train, cfg))
@@ -178,8 +227,7 @@ def test_exact_counts_on_real_train_metadata(real_train, ratio, non_tb, expected
 
 def test_extra_sources_default_half_to_test():
     recs = make_records({("healthy", "none"): 30, ("tb", "active"): 12})
-    recs += make_records({("healthy", "none"): 20, ("tb", "unknown"): 11}, source="shenzhen",
-                         start=100)
+    recs += make_records({("healthy", "none"): 20, ("tb", "unknown"): 11}, source="shenzhen", start=100)
     plan = plan_split(recs, SplitConfig(ratio="3:2:1"))
     t = split_table(plan.records)
     # default extra ratio 3:2:5: 20 → 6/4/10; 11 → 3.3/2.2/5.5 → floors 3/2/5, +1 test (0.5)
@@ -216,16 +264,22 @@ def test_unknown_label_and_unknown_tb_as():
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.sampled_from(["healthy", "sick", "active", "latent", "uncertain"]),
-                          st.integers(0, 25)), min_size=1, max_size=120),
-       st.integers(0, 3))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["healthy", "sick", "active", "latent", "uncertain"]), st.integers(0, 25)),
+        min_size=1,
+        max_size=120,
+    ),
+    st.integers(0, 3),
+)
 def test_patients_never_separated(items, seed):
     recs = []
     for i, (kind, pid) in enumerate(items):
         label = kind if kind in ("healthy", "sick") else "tb"
         tb_type = "none" if label != "tb" else kind
-        recs.append(Record(i + 1, f"{FOLDER[label]}/x{i:04d}.png", 512, 512, label, tb_type,
-                           patient_id=f"p{pid}"))
+        recs.append(
+            Record(i + 1, f"{FOLDER[label]}/x{i:04d}.png", 512, 512, label, tb_type, patient_id=f"p{pid}")
+        )
     plan = plan_split(recs, SplitConfig(seed=seed))
     by_patient = defaultdict(set)
     for r in plan.records:
@@ -274,8 +328,16 @@ def test_singleton_patients_exact_and_groups_reported():
 
 
 def test_folds_disjoint_cover_trainval_and_stratified():
-    recs = make_records({("healthy", "none"): 200, ("sick", "none"): 200, ("tb", "active"): 61,
-                         ("tb", "latent"): 22, ("tb", "active+latent"): 9, ("tb", "uncertain"): 3})
+    recs = make_records(
+        {
+            ("healthy", "none"): 200,
+            ("sick", "none"): 200,
+            ("tb", "active"): 61,
+            ("tb", "latent"): 22,
+            ("tb", "active+latent"): 9,
+            ("tb", "uncertain"): 3,
+        }
+    )
     plan = plan_split(recs, SplitConfig(folds=4, seed=3))
     trainval = {r.file_name for r in plan.records if r.split in ("train", "val")}
     vals = []
@@ -305,13 +367,23 @@ def make_root(tmp_path: Path, recs: list[Record], name: str = "root") -> Path:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "provenance_split.json"}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "provenance_split.json"
+    }
 
 
 def test_determinism_and_seed(tmp_path):
-    recs = make_records({("healthy", "none"): 40, ("sick", "none"): 40, ("tb", "active"): 20,
-                         ("tb", "latent"): 6, ("tb", "uncertain"): 1})
+    recs = make_records(
+        {
+            ("healthy", "none"): 40,
+            ("sick", "none"): 40,
+            ("tb", "active"): 20,
+            ("tb", "latent"): 6,
+            ("tb", "uncertain"): 1,
+        }
+    )
     recs += make_records({("healthy", "none"): 8, ("tb", "unknown"): 6}, "shenzhen", 500)
     a, b, c = (make_root(tmp_path, recs, n) for n in "abc")
     shuffled = list(reversed(recs))  # input order must not matter
@@ -367,8 +439,9 @@ def test_force_and_all_or_nothing(tmp_path, monkeypatch):
 
 
 def test_cli_split_and_errors(tmp_path, cli):
-    recs = make_records({("healthy", "none"): 30, ("sick", "none"): 30, ("tb", "active"): 12,
-                         ("tb", "uncertain"): 1})
+    recs = make_records(
+        {("healthy", "none"): 30, ("sick", "none"): 30, ("tb", "active"): 12, ("tb", "uncertain"): 1}
+    )
     src = tmp_path / "src.json"
     write_coco(src, recs)
     root = tmp_path / "root"
@@ -408,8 +481,9 @@ def test_written_views_equal_official_writer(tmp_path):
     """The split writes its views with fast positional ids; they must equal write_views' files."""
     from tbx.data.views import write_views
 
-    recs = make_records({("healthy", "none"): 20, ("sick", "none"): 20, ("tb", "active"): 9,
-                         ("tb", "active+latent"): 3})
+    recs = make_records(
+        {("healthy", "none"): 20, ("sick", "none"): 20, ("tb", "active"): 9, ("tb", "active+latent"): 3}
+    )
     recs += make_records({("healthy", "none"): 6, ("tb", "unknown"): 4}, "shenzhen", 300)
     root = make_root(tmp_path, recs)
     res = run_split(root, SplitConfig(seed=4), force=True)

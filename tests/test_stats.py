@@ -43,8 +43,16 @@ def test_real_metadata_dir(shared_data: Path):
     s = stats_of(shared_data / META)
     assert s["splits"] == ["train"]
     got = {k: v["train"] for k, v in s["classes"].items()}
-    assert got == {"healthy": 3000, "sick": 3000, "active TB": 473, "latent TB": 103,
-                   "active & latent TB": 23, "uncertain TB": 0, "TB without box": 1, "total": 6600}
+    assert got == {
+        "healthy": 3000,
+        "sick": 3000,
+        "active TB": 473,
+        "latent TB": 103,
+        "active & latent TB": 23,
+        "uncertain TB": 0,
+        "TB without box": 1,
+        "total": 6600,
+    }
     rows, boxes = _json_counts(shared_data / META / "TBX11K_train.json")
     assert {k: got[k] for k in rows} == dict(rows)
     assert s["boxes"]["active"]["train"] == boxes[1] and s["boxes"]["latent"]["train"] == boxes[2]
@@ -70,15 +78,20 @@ def test_real_area_histograms(shared_data: Path):
             w = float(bb.find("xmax").text) - float(bb.find("xmin").text)
             h = float(bb.find("ymax").text) - float(bb.find("ymin").text)
             a = w * h
-            expect["<=384^2" if a <= 384 ** 2 else "(384^2,960^2]" if a <= 960 ** 2 else ">960^2"] += 1
+            expect["<=384^2" if a <= 384**2 else "(384^2,960^2]" if a <= 960**2 else ">960^2"] += 1
     got = s["area_original"]["all"]
     assert {k: got[k] for k in expect} == dict(expect) and got["no original size"] == 0
     # docs/dataset.md §1.1: most TB boxes lie in (384², 960²]
     assert got["(384^2,960^2]"] > sum(expect.values()) / 2
     data = json.loads((shared_data / META / "TBX11K_train.json").read_text())
-    coco = Counter("small" if a["bbox"][2] * a["bbox"][3] < 32 ** 2 else
-                   "medium" if a["bbox"][2] * a["bbox"][3] < 96 ** 2 else "large"
-                   for a in data["annotations"])
+    coco = Counter(
+        "small"
+        if a["bbox"][2] * a["bbox"][3] < 32**2
+        else "medium"
+        if a["bbox"][2] * a["bbox"][3] < 96**2
+        else "large"
+        for a in data["annotations"]
+    )
     assert {k: s["area_512"]["all"][k] for k in coco} == dict(coco)
 
 
@@ -98,8 +111,12 @@ def test_synthetic_layout(synth_root: Path):
             if folder == "tb":
                 root = ET.parse(synth_root / "annotations/xml" / f"{file[:-4]}.xml").getroot()
                 names = [o.find("name").text for o in root.findall("object")]
-                cats = {{"ActiveTuberculosis": 1, "ObsoletePulmonaryTuberculosis": 2,
-                         "PulmonaryTuberculosis": 3}[n] for n in names}
+                cats = {
+                    {"ActiveTuberculosis": 1, "ObsoletePulmonaryTuberculosis": 2, "PulmonaryTuberculosis": 3}[
+                        n
+                    ]
+                    for n in names
+                }
                 row = "uncertain TB" if 3 in cats else TYPE_ROW.get(frozenset(cats), "TB without box")
                 for n in names:
                     box_expect[(split, n)] += 1

@@ -21,9 +21,15 @@ from tbx.data.records import Box, Record
 from tbx.errors import TbxError
 
 # test split of a mini layout: enough of every stratum for the paper's 400-case study
-COUNTS = {("healthy", "none"): 150, ("sick", "none"): 150, ("tb", "active"): 70,
-          ("tb", "latent"): 45, ("tb", "active+latent"): 16, ("tb", "uncertain"): 2,
-          ("tb", "unknown"): 1}
+COUNTS = {
+    ("healthy", "none"): 150,
+    ("sick", "none"): 150,
+    ("tb", "active"): 70,
+    ("tb", "latent"): 45,
+    ("tb", "active+latent"): 16,
+    ("tb", "uncertain"): 2,
+    ("tb", "unknown"): 1,
+}
 FOLDER = {"healthy": "health", "sick": "sick", "tb": "tb"}
 CATS = {"active": [1], "latent": [2], "active+latent": [1, 2], "uncertain": [3], "unknown": []}
 
@@ -40,12 +46,16 @@ def mini_root(tmp_path_factory) -> Path:
             name = f"{FOLDER[label]}/{label[0]}{i:04d}.png"
             (root / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
             (root / "imgs" / name).write_bytes(png.getvalue())
-            recs.append(Record(i, name, 8, 8, label, t, split="test",
-                               boxes=[Box(1, 1, 3, 3, c) for c in CATS.get(t, [])]))
+            recs.append(
+                Record(
+                    i, name, 8, 8, label, t, split="test", boxes=[Box(1, 1, 3, 3, c) for c in CATS.get(t, [])]
+                )
+            )
     # file order interleaved (not grouped by class), positional ids as in the release
     order = sorted(recs, key=lambda r: (r.image_id * 7919) % 433)
-    write_coco(root / "annotations/json/TBX11K_test.json",
-               [r.replace(image_id=k + 1) for k, r in enumerate(order)])
+    write_coco(
+        root / "annotations/json/TBX11K_test.json", [r.replace(image_id=k + 1) for k, r in enumerate(order)]
+    )
     return root
 
 
@@ -86,7 +96,13 @@ def test_sample_composition_and_files(study_dir, mini_root, tmp_path):
     assert set(cases[0]) == {"case_id", "image"}  # no gold in what the reader sees
     kinds = [k["tb_type"] if k["label"] == "tb" else k["label"] for k in key]
     assert {k: kinds.count(k) for k in set(kinds)} == {
-        "healthy": 140, "sick": 140, "active": 63, "latent": 41, "active+latent": 15, "uncertain": 1}
+        "healthy": 140,
+        "sick": 140,
+        "active": 63,
+        "latent": 41,
+        "active+latent": 15,
+        "uncertain": 1,
+    }
     # reading order is randomised: the first 140 cases are not all one class
     assert len(set(kinds[:140])) > 2
     assert all((study_dir / c["image"]).is_file() for c in cases)
@@ -113,8 +129,7 @@ def test_sample_errors(mini_root, tmp_path):
         st.sample_study(mini_root, tmp_path / "x", st.StudyConfig(split="val"))
     assert not (tmp_path / "x").exists()
     # proportional mix: 12 TB by 63:41:15:1 → 6.3/4.1/1.5/0.1 → 6/4/2/0 (largest remainder)
-    assert st.tb_counts(12, "63:41:15:1") == {"active": 6, "latent": 4, "active+latent": 2,
-                                              "uncertain": 0}
+    assert st.tb_counts(12, "63:41:15:1") == {"active": 6, "latent": 4, "active+latent": 2, "uncertain": 0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,8 +143,9 @@ def test_sheet_html_and_template(study_dir):
     html, template = st.write_sheet(study_dir)
     text = html.read_text()
     cases = read_rows(study_dir / "cases.csv")
-    data = json.loads(re.search(r'<script type="application/json" id="study-data">(.*?)</script>',
-                                text, re.S).group(1))
+    data = json.loads(
+        re.search(r'<script type="application/json" id="study-data">(.*?)</script>', text, re.S).group(1)
+    )
     # every case in reading order, its image inlined byte for byte
     assert [c["id"] for c in data["cases"]] == [c["case_id"] for c in cases]
     for c, row in zip(data["cases"], cases):
@@ -178,12 +194,22 @@ def test_kappas_against_references():
     assert st.cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b), abs=1e-12)
     # Fleiss: the classic 10 subjects × 14 raters × 5 categories example (Fleiss 1971 / Wikipedia):
     # P̄ = 0.378, P̄e = 0.2133 → κ = 0.2099
-    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-             [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    table = [
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
+    ]
     ratings = np.array([[j for j, n in enumerate(row) for _ in range(n)] for row in table])
     p_bar = np.mean([(sum(n * n for n in row) - 14) / (14 * 13) for row in table])
     p_j = np.array(table).sum(axis=0) / 140
-    hand = (p_bar - (p_j ** 2).sum()) / (1 - (p_j ** 2).sum())
+    hand = (p_bar - (p_j**2).sum()) / (1 - (p_j**2).sum())
     assert hand == pytest.approx(0.2099, abs=1e-4)
     assert st.fleiss_kappa(ratings, k=5) == pytest.approx(hand, abs=1e-12)
 
@@ -231,8 +257,12 @@ def _known_reads(study: Path) -> tuple[list[tuple[str, str]], dict[str, float]]:
             counters["typeswap"] -= 1
             ans = "latent TB"
         answers[k["case_id"]] = ans
-    expected = {"accuracy_3class": 337 / 400, "accuracy_types": 327 / 400,
-                "sensitivity": 112 / 120, "specificity": 275 / 280}
+    expected = {
+        "accuracy_3class": 337 / 400,
+        "accuracy_types": 327 / 400,
+        "sensitivity": 112 / 120,
+        "specificity": 275 / 280,
+    }
     rows = [(c["case_id"], answers[c["case_id"]]) for c in read_rows(study / "cases.csv")]
     return rows, expected
 
@@ -264,8 +294,9 @@ def test_compare_known_reader_and_model(study_dir, mini_root, tmp_path):
     pred_dir = tmp_path / "pred"
     pred_dir.mkdir()
     (pred_dir / "cls_result.txt").write_text("".join(f"{a} {b} {c}\n" for a, b, c in probs))
-    res, out = st.run_compare(study_dir, [reads], pred_dir, tmp_path / "cmp.json",
-                              st.CompareConfig(n_boot=200, seed=0))
+    res, out = st.run_compare(
+        study_dir, [reads], pred_dir, tmp_path / "cmp.json", st.CompareConfig(n_boot=200, seed=0)
+    )
     (r,) = res["readers"]
     assert r["name"] == "alice"
     for k, v in expected.items():
@@ -299,8 +330,15 @@ def test_compare_known_reader_and_model(study_dir, mini_root, tmp_path):
 def test_compare_agreement_two_and_three_readers(study_dir, tmp_path):
     rows, _ = _known_reads(study_dir)
     key = {k["case_id"]: k for k in gold_of(study_dir)}
-    perfect = [(c, key[c]["tb_type"] if key[c]["label"] == "tb" and key[c]["tb_type"] != "uncertain"
-                else ("active" if key[c]["label"] == "tb" else key[c]["label"])) for c, _ in rows]
+    perfect = [
+        (
+            c,
+            key[c]["tb_type"]
+            if key[c]["label"] == "tb" and key[c]["tb_type"] != "uncertain"
+            else ("active" if key[c]["label"] == "tb" else key[c]["label"]),
+        )
+        for c, _ in rows
+    ]
     all_healthy = [(c, "healthy") for c, _ in rows]
     fa = write_reads(tmp_path / "reads_a.csv", rows)
     fb = write_reads(tmp_path / "reads_b.csv", perfect)
@@ -320,9 +358,9 @@ def test_compare_agreement_two_and_three_readers(study_dir, tmp_path):
     # hand Fleiss over the three readers
     ratings = np.array([a3, b3, c3]).T
     counts = np.stack([(ratings == j).sum(1) for j in range(3)], 1)
-    p_bar = ((counts ** 2).sum(1) - 3).mean() / 6
+    p_bar = ((counts**2).sum(1) - 3).mean() / 6
     pj = counts.sum(0) / (3 * len(rows))
-    assert ag["kappa"] == pytest.approx((p_bar - (pj ** 2).sum()) / (1 - (pj ** 2).sum()))
+    assert ag["kappa"] == pytest.approx((p_bar - (pj**2).sum()) / (1 - (pj**2).sum()))
     c = res3["readers"][2]
     assert c["sensitivity"] == 0 and c["specificity"] == 1.0
     assert c["accuracy_3class"] == pytest.approx(140 / 400)
@@ -357,8 +395,11 @@ def test_key_cases_mismatch(study_dir, tmp_path):
     shutil.copytree(study_dir, d, ignore=shutil.ignore_patterns("images", "*.html"))
     lines = (d / "key.csv").read_text().splitlines()
     (d / "key.csv").write_text("\n".join(lines[:-1] + ["case_999,healthy,none,x.png,1"]) + "\n")
-    with pytest.raises(TbxError, match=r"do not match.*case_400' has no row in key.csv.*"
-                                       r"key.csv:401: case 'case_999' is not in cases.csv"):
+    with pytest.raises(
+        TbxError,
+        match=r"do not match.*case_400' has no row in key.csv.*"
+        r"key.csv:401: case 'case_999' is not in cases.csv",
+    ):
         st.load_study(d)
 
 
@@ -372,8 +413,12 @@ def test_simulated_reader(study_dir):
     assert r["accuracy_3class"] == pytest.approx(round(0.848 * 400) / 400)  # 339 / 400
     assert r["accuracy_types"] == pytest.approx(round(0.687 * 400) / 400)  # 275 / 400
     ct = r["confusion_types"]
-    type_errors = sum(ct[g][a] for g in ("active", "latent", "active+latent")
-                      for a in ("active", "latent", "active+latent") if a != g)
+    type_errors = sum(
+        ct[g][a]
+        for g in ("active", "latent", "active+latent")
+        for a in ("active", "latent", "active+latent")
+        if a != g
+    )
     tb_vs_non = r["confusion"][2][0] + r["confusion"][2][1] + r["confusion"][0][2] + r["confusion"][1][2]
     assert type_errors == 339 - 275 and type_errors > tb_vs_non
     with pytest.raises(TbxError):
@@ -382,8 +427,21 @@ def test_simulated_reader(study_dir):
 
 def test_cli_study_flow(mini_root, tmp_path, cli):
     d = tmp_path / "cli_study"
-    code, out, err = cli("study", "sample", mini_root, "--out", d, "--n-healthy", "10", "--n-sick",
-                         "10", "--n-tb", "8", "--seed", "4")
+    code, out, err = cli(
+        "study",
+        "sample",
+        mini_root,
+        "--out",
+        d,
+        "--n-healthy",
+        "10",
+        "--n-sick",
+        "10",
+        "--n-tb",
+        "8",
+        "--seed",
+        "4",
+    )
     assert code == 0, err
     key = gold_of(d)
     assert len(key) == 28 and sum(k["label"] == "tb" for k in key) == 8
@@ -391,8 +449,9 @@ def test_cli_study_flow(mini_root, tmp_path, cli):
     assert code == 2 and "--force" in err
     code, out, err = cli("study", "sheet", d)
     assert code == 0 and (d / "reading_form.html").is_file()
-    reads = write_reads(tmp_path / "reads_r1.csv",
-                        [(k["case_id"], k["label"] if k["label"] != "tb" else "tb") for k in key])
+    reads = write_reads(
+        tmp_path / "reads_r1.csv", [(k["case_id"], k["label"] if k["label"] != "tb" else "tb") for k in key]
+    )
     code, out, err = cli("study", "compare", d, reads, "--n-boot", "50")
     assert code == 0, err
     res = json.loads((d / "study_compare.json").read_text())
@@ -422,12 +481,17 @@ def test_compare_reading_time(study_dir, tmp_path, cli):
     plain = write_reads(tmp_path / "reads_plain.csv", rows)
     res = st.compare(study_dir, [timed, plain], cfg=st.CompareConfig(n_boot=20))
     a, b = res["readers"]
-    assert a["reading_time"] == {"median_s": pytest.approx(16.2), "total_s": pytest.approx(5942.4),
-                                 "n_timed": 396, "n_cases": 400}
+    assert a["reading_time"] == {
+        "median_s": pytest.approx(16.2),
+        "total_s": pytest.approx(5942.4),
+        "n_timed": 396,
+        "n_cases": 400,
+    }
     assert b["reading_time"] is None
     assert a["accuracy_3class"] == b["accuracy_3class"] == pytest.approx(expected["accuracy_3class"])
-    code, out, err = cli("study", "compare", study_dir, timed, plain, "--n-boot", "20", "--json",
-                         tmp_path / "c.json")
+    code, out, err = cli(
+        "study", "compare", study_dir, timed, plain, "--n-boot", "20", "--json", tmp_path / "c.json"
+    )
     assert code == 0, err
     line = next(x for x in out.splitlines() if "timed" in x and "16.2" in x)
     assert "1:39:02" in line

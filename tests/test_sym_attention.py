@@ -1,4 +1,5 @@
-"""SymAttention (docs/models.md §2.2): mirrored sampling, init, gradients — checked against hand computations."""
+"""SymAttention (docs/models.md §2.2): mirrored sampling, init, gradients — checked against hand
+computations."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def test_matches_naive_per_point_reference(mirror):
                     if mirror:
                         x = 1.0 - x
                     acc += wts[b, q, m, k] * _bilinear(v[b, :, :, m], x, y)
-                expected[b, q, m * (c // heads):(m + 1) * (c // heads)] = acc
+                expected[b, q, m * (c // heads) : (m + 1) * (c // heads)] = acc
     with torch.no_grad():
         expected_t = att.output_proj(torch.from_numpy(expected).float()).numpy()
     np.testing.assert_allclose(out, expected_t, atol=1e-5)
@@ -130,7 +131,7 @@ def test_gradients_reach_every_projection():
     torch.manual_seed(3)
     att = SymAttention(16, 2, 1, 4, mirror=True)
     out = _run(att, torch.randn(2, 5, 7, 16))
-    (out ** 2).sum().backward()
+    (out**2).sum().backward()
     for lin in (att.sampling_offsets, att.attention_weights, att.value_proj, att.output_proj):
         assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
 

@@ -28,21 +28,29 @@ def xml_boxes(path: Path) -> tuple[int, int, list[tuple[int, int, int, int, int]
     out = []
     for obj in root.findall("object"):
         bb = obj.find("bndbox")
-        out.append((*(int(bb.find(t).text) for t in ("xmin", "ymin", "xmax", "ymax")),
-                    CAT_NAMES[obj.find("name").text]))
+        out.append(
+            (
+                *(int(bb.find(t).text) for t in ("xmin", "ymin", "xmax", "ymax")),
+                CAT_NAMES[obj.find("name").text],
+            )
+        )
     return w, h, out
 
 
 def type_of(cats: set[int]) -> str:
     if 3 in cats:
         return "uncertain"
-    return {frozenset({1}): "active", frozenset({2}): "latent",
-            frozenset({1, 2}): "active+latent"}.get(frozenset(cats), "unknown")
+    return {frozenset({1}): "active", frozenset({2}): "latent", frozenset({1, 2}): "active+latent"}.get(
+        frozenset(cats), "unknown"
+    )
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "provenance.json"}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "provenance.json"
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,8 +126,9 @@ def test_lesion_laterality_controlled():
 
 
 def test_default_unilateral_share_and_sizes():
-    cfg = SynthConfig(n_healthy=0, n_sick=0, n_active=40, n_latent=20, n_both=20, n_uncertain=0,
-                      size=256, seed=5)
+    cfg = SynthConfig(
+        n_healthy=0, n_sick=0, n_active=40, n_latent=20, n_both=20, n_uncertain=0, size=256, seed=5
+    )
     multi, sizes = [], {1: [], 2: []}
     for case in plan_cases(cfg):
         img, boxes = render(case, cfg)
@@ -131,8 +140,10 @@ def test_default_unilateral_share_and_sizes():
     assert 0.7 <= share <= 0.97, share  # 85 % of TB images unilateral
     # calibrated on the real release (TBX11K_train.json, 724 active / 178 latent boxes, √area
     # at 512: median 124 / 108, 5–95 % 54–195 / 45–173): ±25 % on the medians
-    assert 93 <= np.median(sizes[1]) <= 155 and 81 <= np.median(sizes[2]) <= 135, \
-        (np.median(sizes[1]), np.median(sizes[2]))
+    assert 93 <= np.median(sizes[1]) <= 155 and 81 <= np.median(sizes[2]) <= 135, (
+        np.median(sizes[1]),
+        np.median(sizes[2]),
+    )
     assert np.percentile(sizes[1], 5) >= 35 and np.percentile(sizes[1], 95) <= 260
 
 
@@ -146,8 +157,9 @@ def test_box_sizes_follow_the_real_release(shared_data: Path):
 
 def test_lesion_contrast_and_tight_boxes():
     """Render each TB image with and without its lesions: the difference is the lesion itself."""
-    cfg = SynthConfig(n_healthy=0, n_sick=0, n_active=8, n_latent=6, n_both=2, n_uncertain=2,
-                      size=256, seed=7)
+    cfg = SynthConfig(
+        n_healthy=0, n_sick=0, n_active=8, n_latent=6, n_both=2, n_uncertain=2, size=256, seed=7
+    )
     peaks, mirror_clean = [], []
     for case in plan_cases(cfg):
         img, boxes = render(case, cfg)
@@ -156,18 +168,23 @@ def test_lesion_contrast_and_tight_boxes():
         diff = np.abs(img - bare)
         inside = np.zeros(img.shape, bool)
         for b in boxes:
-            inside[int(b.y):int(b.y + b.h) + 1, int(b.x):int(b.x + b.w) + 1] = True
-            patch = diff[int(b.y):int(b.y + b.h) + 1, int(b.x):int(b.x + b.w) + 1]
-            overlapped = any(o is not b and o.x <= b.x + b.w and b.x <= o.x + o.w
-                             and o.y <= b.y + b.h and b.y <= o.y + o.h for o in boxes)
+            inside[int(b.y) : int(b.y + b.h) + 1, int(b.x) : int(b.x + b.w) + 1] = True
+            patch = diff[int(b.y) : int(b.y + b.h) + 1, int(b.x) : int(b.x + b.w) + 1]
+            overlapped = any(
+                o is not b and o.x <= b.x + b.w and b.x <= o.x + o.w and o.y <= b.y + b.h and b.y <= o.y + o.h
+                for o in boxes
+            )
             # tight: the lesion still shows on every edge row/column of its box (a box that
             # touches another lesion's box may have its peak from that lesion: not checked)
-            assert overlapped or min(patch[0].max(), patch[-1].max(), patch[:, 0].max(), patch[:, -1].max()) \
+            assert (
+                overlapped
+                or min(patch[0].max(), patch[-1].max(), patch[:, 0].max(), patch[:, -1].max())
                 > 0.1 * patch.max()
+            )
         if len({b.x + b.w / 2 < 128 for b in boxes}) == 1:  # unilateral: the mirror is lesion-free,
             for b in boxes:  # so comparing a region with its mirror isolates the lesion
                 x0, x1 = int(b.x), int(b.x + b.w) + 1
-                mirror = diff[int(b.y):int(b.y + b.h) + 1, 256 - x1:256 - x0]
+                mirror = diff[int(b.y) : int(b.y + b.h) + 1, 256 - x1 : 256 - x0]
                 mirror_clean.append(mirror.max() < 0.1 * diff.max())
         # the boxes hold the lesions: only faint tails outside (quantum noise is identical, same RNG
         # stream), most of the lesion's signal inside
@@ -192,8 +209,9 @@ def test_class_intensity_patterns():
 
 
 def test_determinism_and_workers(tmp_path: Path):
-    cfg = dict(n_healthy=2, n_sick=2, n_active=2, n_latent=1, n_both=1, n_uncertain=1,
-               n_tb_no_box=1, size=128)
+    cfg = dict(
+        n_healthy=2, n_sick=2, n_active=2, n_latent=1, n_both=1, n_uncertain=1, n_tb_no_box=1, size=128
+    )
     synthesize(tmp_path / "a", SynthConfig(**cfg, seed=3))
     synthesize(tmp_path / "b", SynthConfig(**cfg, seed=3, workers=2))
     synthesize(tmp_path / "c", SynthConfig(**cfg, seed=4))
@@ -217,13 +235,42 @@ def test_refuses_existing_output(tmp_path: Path, cli):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    code, _, err = cli("dataset", "synth", out, "--n-healthy", "1", "--n-sick", "0", "--n-active",
-                       "0", "--n-latent", "0", "--n-both", "0", "--n-uncertain", "0")
+    code, _, err = cli(
+        "dataset",
+        "synth",
+        out,
+        "--n-healthy",
+        "1",
+        "--n-sick",
+        "0",
+        "--n-active",
+        "0",
+        "--n-latent",
+        "0",
+        "--n-both",
+        "0",
+        "--n-uncertain",
+        "0",
+    )
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "--force" in err
     assert (out / "keep.txt").read_text() == "x"
-    small = ["--size", "96", "--n-healthy", "1", "--n-sick", "1", "--n-active", "1", "--n-latent", "0",
-             "--n-both", "0", "--n-uncertain", "0"]
+    small = [
+        "--size",
+        "96",
+        "--n-healthy",
+        "1",
+        "--n-sick",
+        "1",
+        "--n-active",
+        "1",
+        "--n-latent",
+        "0",
+        "--n-both",
+        "0",
+        "--n-uncertain",
+        "0",
+    ]
     # --force replaces only tbx's own output, never a folder of the user's files
     code, _, err = cli("dataset", "synth", out, "--force", *small)
     assert code == 2 and "not created by tbx" in err and (out / "keep.txt").read_text() == "x"
@@ -241,8 +288,18 @@ def test_refuses_existing_output(tmp_path: Path, cli):
 # ---------------------------------------------------------------------------------------------
 # raw exports
 
-RAW = dict(n_healthy=3, n_sick=3, n_active=2, n_latent=1, n_both=1, n_uncertain=1, size=96,
-           raw_width=(240, 420), raw=True, seed=2)
+RAW = dict(
+    n_healthy=3,
+    n_sick=3,
+    n_active=2,
+    n_latent=1,
+    n_both=1,
+    n_uncertain=1,
+    size=96,
+    raw_width=(240, 420),
+    raw=True,
+    seed=2,
+)
 
 
 def _manifest(root: Path) -> list[dict[str, str]]:
@@ -256,7 +313,11 @@ def _check_export(root: Path) -> list[dict[str, str]]:
     rows = _manifest(root)
     assert Counter(r["label"] for r in rows) == {"healthy": 3, "sick": 3, "tb": 5}
     assert Counter(r["tb_type"] for r in rows if r["label"] == "tb") == {
-        "active": 2, "latent": 1, "active+latent": 1, "uncertain": 1}
+        "active": 2,
+        "latent": 1,
+        "active+latent": 1,
+        "uncertain": 1,
+    }
     assert {r["source"] for r in rows} == {"tbx11k"}
     for r in rows:
         assert re.fullmatch(r"exports/20\d\d/CXR_\d{6}\.(png|dcm)", r["file"])
@@ -265,7 +326,8 @@ def _check_export(root: Path) -> list[dict[str, str]]:
     assert sorted(per_patient.values()).count(2) == 2  # two repeat patients
     xml_dir = root / "xml"
     assert sorted(p.stem for p in xml_dir.iterdir()) == sorted(
-        Path(r["file"]).stem for r in rows if r["label"] == "tb")
+        Path(r["file"]).stem for r in rows if r["label"] == "tb"
+    )
     return rows
 
 
@@ -302,7 +364,7 @@ def test_raw_dicom_export(tmp_path: Path):
         assert ds.BitsAllocated == 16 and ds.HighBit == ds.BitsStored - 1
         assert "WindowCenter" in ds and "WindowWidth" in ds
         arr = ds.pixel_array.astype(np.int64)
-        assert arr.shape == (ds.Rows, ds.Columns) and arr.max() < 2 ** ds.BitsStored
+        assert arr.shape == (ds.Rows, ds.Columns) and arr.max() < 2**ds.BitsStored
         # fake PHI is present (the build must strip it)
         assert re.fullmatch(r"[A-Z]+\^[A-Z]+", str(ds.PatientName))
         assert ds.PatientID == r["patient_id"]

@@ -31,12 +31,17 @@ def root(tmp_path_factory):
 
 def _cfg(root, workers=0, **kw) -> TrainConfig:
     cfg = TrainConfig(
-        model_name="tiny", model=ModelConfig(input_size=48),
+        model_name="tiny",
+        model=ModelConfig(input_size=48),
         data=DataConfig(root=str(root), workers=workers, prefetch_factor=2),
         stage1=StageConfig(epochs=2, batch_size=4, lr=0.05, warmup_iters=2, lr_steps=[1]),
-        stage2=StageConfig(epochs=2, batch_size=4, optimizer="adamw", lr=0.01, warmup_iters=1,
-                           lr_steps=[1], grad_clip=1.0),
-        log_every=1, ckpt_every_iters=1, seed=5)
+        stage2=StageConfig(
+            epochs=2, batch_size=4, optimizer="adamw", lr=0.01, warmup_iters=1, lr_steps=[1], grad_clip=1.0
+        ),
+        log_every=1,
+        ckpt_every_iters=1,
+        seed=5,
+    )
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
@@ -62,18 +67,25 @@ def test_resume_is_exact(root, tmp_path, kill_at, workers):
             raise Kill
 
     with pytest.raises(Kill):
-        train(_cfg(root, workers), tmp_path / "b", model_builder=tiny_builder, callback=killer,
-              progress=False)
+        train(
+            _cfg(root, workers), tmp_path / "b", model_builder=tiny_builder, callback=killer, progress=False
+        )
     st = load_checkpoint(tmp_path / "b" / f"stage{kill_at[0]}" / "last.pt")
     assert st["iteration"] == kill_at[1]
-    resumed = train(_cfg(root, workers), tmp_path / "b", resume=True, model_builder=tiny_builder,
-                    progress=False)
+    resumed = train(
+        _cfg(root, workers), tmp_path / "b", resume=True, model_builder=tiny_builder, progress=False
+    )
     for s in (1, 2):
         _assert_same_weights(straight.final[s], resumed.final[s])
+
     # metrics.jsonl of the resumed run has each iteration once, like the straight run
     def iters(run):
-        return [(r["stage"], r["iteration"]) for r in map(json.loads, (run / "metrics.jsonl").open())
-                if r["kind"] == "train"]
+        return [
+            (r["stage"], r["iteration"])
+            for r in map(json.loads, (run / "metrics.jsonl").open())
+            if r["kind"] == "train"
+        ]
+
     assert iters(tmp_path / "b") == iters(tmp_path / "a")
 
 
@@ -140,8 +152,10 @@ def test_stage2_freezes_everything_but_cls_head(root, tmp_path):
     head = {id(p) for p in m.cls_head.parameters()}
     assert {id(p) for g in opt.param_groups for p in g["params"]} == head
     x = torch.randn(2, 3, 32, 32)
-    t = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
-          "cls_label": torch.tensor(c)} for c in (0, 2)]
+    t = [
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "cls_label": torch.tensor(c)}
+        for c in (0, 2)
+    ]
     sum(m(x, t, [(32, 32)] * 2).values()).backward()
     for name, p in m.named_parameters():
         assert (p.grad is not None) == name.startswith("cls_head."), name
@@ -164,8 +178,7 @@ def test_stage1_trains_detector_and_keeps_bn_stats(root, tmp_path):
 
 def test_nan_loss_stops_with_clear_error(root, tmp_path):
     with pytest.raises(TbxError, match=r"non-finite loss at stage 1, epoch 2, iteration 4") as e:
-        train(_cfg(root), tmp_path / "r", model_builder=lambda c: TinyDetector(nan_after=3),
-              progress=False)
+        train(_cfg(root), tmp_path / "r", model_builder=lambda c: TinyDetector(nan_after=3), progress=False)
     assert "last good checkpoint" in str(e.value)
     assert load_checkpoint(tmp_path / "r" / "stage1" / "last.pt")["iteration"] == 3
 
@@ -233,8 +246,14 @@ def test_presets_resolve():
     assert (c.stage2.epochs, c.stage2.lr_steps) == (12, [8, 11])
     assert c.data.stage1_ann.endswith("TBX11K_trainval_only_tb.json")
     d = load_train_config("deformable_detr")
-    assert (d.stage1.optimizer, d.stage1.lr, d.stage1.backbone_lr_mult, d.stage1.grad_clip,
-            d.stage1.epochs, d.stage1.lr_steps) == ("adamw", 2e-4, 0.1, 0.1, 50, [40])
+    assert (
+        d.stage1.optimizer,
+        d.stage1.lr,
+        d.stage1.backbone_lr_mult,
+        d.stage1.grad_clip,
+        d.stage1.epochs,
+        d.stage1.lr_steps,
+    ) == ("adamw", 2e-4, 0.1, 0.1, 50, [40])
     assert load_train_config("symformer_deformable_detr").stage1.optimizer == "adamw"
     t = load_train_config("retinanet", "tiny", ["stage1.epochs=3"])
     assert t.model_name == "retinanet" and t.model.backbone == "resnet18" and t.stage1.epochs == 3

@@ -14,8 +14,15 @@ from tbx.data.coco import read_coco
 def test_train_then_predict_cli(cli, tmp_path):
     root = make_layout(tmp_path / "data", n_tb=4, n_healthy=2, n_sick=2, size=64)
     run = tmp_path / "run"
-    sets = ["model.input_size=64", "stage1.epochs=1", "stage1.batch_size=4", "stage2.epochs=1",
-            "stage2.batch_size=4", "data.workers=0", "log_every=1"]
+    sets = [
+        "model.input_size=64",
+        "stage1.epochs=1",
+        "stage1.batch_size=4",
+        "stage2.epochs=1",
+        "stage2.batch_size=4",
+        "data.workers=0",
+        "log_every=1",
+    ]
     args = ["train", "symformer", "--config", "tiny", "--data", root, "--out", run]
     for s in sets:
         args += ["--set", s]
@@ -26,8 +33,20 @@ def test_train_then_predict_cli(cli, tmp_path):
     assert {"loss_cls", "loss_box"} <= rows[0].keys()
 
     ann = root / "annotations" / "json" / "all_trainval.json"
-    code, out, err = cli("predict", run, "--data", root, "--ann", ann, "--out", tmp_path / "pred",
-                         "--workers", "0", "--batch", "3")
+    code, out, err = cli(
+        "predict",
+        run,
+        "--data",
+        root,
+        "--ann",
+        ann,
+        "--out",
+        tmp_path / "pred",
+        "--workers",
+        "0",
+        "--batch",
+        "3",
+    )
     assert code == 0, err
     recs = read_coco(ann)
     probs = read_cls_result(tmp_path / "pred" / "cls_result.txt", len(recs))
@@ -40,11 +59,13 @@ def test_train_then_predict_cli(cli, tmp_path):
 def test_cli_errors(cli, tmp_path):
     code, _, err = cli("train", "nosuchmodel", "--data", tmp_path, "--out", tmp_path / "r")
     assert code == 2 and "unknown model" in err
-    code, _, err = cli("train", "symformer", "--config", "tiny", "--data", tmp_path, "--out",
-                       tmp_path / "r", "--stage", "3")
+    code, _, err = cli(
+        "train", "symformer", "--config", "tiny", "--data", tmp_path, "--out", tmp_path / "r", "--stage", "3"
+    )
     assert code == 2 and "--stage" in err
-    code, _, err = cli("predict", tmp_path / "nothing", "--data", tmp_path, "--ann", "a.json",
-                       "--out", tmp_path / "p")
+    code, _, err = cli(
+        "predict", tmp_path / "nothing", "--data", tmp_path, "--ann", "a.json", "--out", tmp_path / "p"
+    )
     assert code == 2 and "not found" in err
 
 
@@ -52,7 +73,19 @@ def test_failed_start_leaves_no_run_directory(cli, tmp_path):
     """Missing backbone weights: one clear line, exit 2, and no half-made run directory."""
     root = make_layout(tmp_path / "data", n_tb=2, n_healthy=1, n_sick=1, size=64)
     run = tmp_path / "run"
-    code, _, err = cli("train", "symformer", "--config", "tiny", "--data", root, "--out", run,
-                       "--set", f"model.pretrained={tmp_path / 'missing.pth'}", "--set", "data.workers=0")
+    code, _, err = cli(
+        "train",
+        "symformer",
+        "--config",
+        "tiny",
+        "--data",
+        root,
+        "--out",
+        run,
+        "--set",
+        f"model.pretrained={tmp_path / 'missing.pth'}",
+        "--set",
+        "data.workers=0",
+    )
     assert code == 2 and "missing.pth" in err
     assert not run.exists()

@@ -23,14 +23,23 @@ def _free_port() -> int:
 
 def test_ddp_two_gloo_processes_match_single_process(tmp_path):
     root = make_layout(tmp_path / "data", n_tb=8, n_healthy=4, n_sick=4, size=48)
-    cfg = TrainConfig(model_name="tiny", model=ModelConfig(input_size=48),
-                      data=DataConfig(root=str(root), workers=0),
-                      stage1=StageConfig(epochs=2, batch_size=4, lr=0.05, warmup_iters=2, lr_steps=[1]),
-                      stage2=StageConfig(epochs=1, batch_size=4, lr=0.01, warmup_iters=0, lr_steps=[]),
-                      log_every=1, seed=1)
+    cfg = TrainConfig(
+        model_name="tiny",
+        model=ModelConfig(input_size=48),
+        data=DataConfig(root=str(root), workers=0),
+        stage1=StageConfig(epochs=2, batch_size=4, lr=0.05, warmup_iters=2, lr_steps=[1]),
+        stage2=StageConfig(epochs=1, batch_size=4, lr=0.01, warmup_iters=0, lr_steps=[]),
+        log_every=1,
+        seed=1,
+    )
     single = train(cfg, tmp_path / "single", model_builder=tiny_builder, progress=False)
-    mp.start_processes(ddp_worker, args=(2, _free_port(), cfg, str(tmp_path / "ddp"), "both"),
-                       nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(
+        ddp_worker,
+        args=(2, _free_port(), cfg, str(tmp_path / "ddp"), "both"),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
     a = load_checkpoint(single.final[1])["model"]
     b = load_checkpoint(tmp_path / "ddp" / "stage1" / "final.pt")["model"]
     # each rank sees half of every global batch; the averaged gradient equals the full-batch one
@@ -53,7 +62,23 @@ def test_relaunch_command_line_keeps_every_option():
     """``--gpus N`` relaunches `tbx train` with the options it was given (None: left out)."""
     from tbx.engine.distributed import command_line
 
-    args = command_line("train", "symformer", options={"--data": "D", "--config": None, "--seed": 3},
-                        repeated={"--set": ["a=1", "b.c=2"]}, flags={"--resume": True, "--x": False})
-    assert args == ["train", "symformer", "--data", "D", "--seed", "3", "--set", "a=1", "--set", "b.c=2",
-                    "--resume"]
+    args = command_line(
+        "train",
+        "symformer",
+        options={"--data": "D", "--config": None, "--seed": 3},
+        repeated={"--set": ["a=1", "b.c=2"]},
+        flags={"--resume": True, "--x": False},
+    )
+    assert args == [
+        "train",
+        "symformer",
+        "--data",
+        "D",
+        "--seed",
+        "3",
+        "--set",
+        "a=1",
+        "--set",
+        "b.c=2",
+        "--resume",
+    ]

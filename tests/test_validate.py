@@ -68,12 +68,21 @@ def test_box_outside_and_degenerate(layout):
 def test_non_tb_with_box_and_bad_category(layout):
     data = _json(layout, "TBX11K_train")
     healthy = next(i for i in data["images"] if i["file_name"].startswith("health/"))
-    data["annotations"].append({"id": 999, "image_id": healthy["id"], "category_id": 7, "iscrowd": 0,
-                                "area": 100, "bbox": [10.0, 10.0, 10.0, 10.0]})
+    data["annotations"].append(
+        {
+            "id": 999,
+            "image_id": healthy["id"],
+            "category_id": 7,
+            "iscrowd": 0,
+            "area": 100,
+            "bbox": [10.0, 10.0, 10.0, 10.0],
+        }
+    )
     _save(layout, "TBX11K_train", data)
     rep = validate_dataset(layout, ValidateConfig(near_duplicates=False))
-    assert any(healthy["file_name"] in f.message and "box" in f.message for f in rep.errors
-               if f.check == "labels")
+    assert any(
+        healthy["file_name"] in f.message and "box" in f.message for f in rep.errors if f.check == "labels"
+    )
     assert "categories" in _checks(rep)
 
 

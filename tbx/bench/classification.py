@@ -34,8 +34,9 @@ def _div(a, b):
         return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
 
 
-def confusion_weighted(y_true: np.ndarray, y_pred: np.ndarray, weights: np.ndarray | None = None
-                       ) -> np.ndarray:
+def confusion_weighted(
+    y_true: np.ndarray, y_pred: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
     """(…, 3, 3) confusion matrix; ``weights`` (N,) or (B, N) image weights (default 1)."""
     cell = np.asarray(y_true) * 3 + np.asarray(y_pred)
     w = np.ones(cell.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -70,8 +71,12 @@ def metrics_from_confusion(conf: np.ndarray) -> dict[str, np.ndarray]:
         "ap": prec.mean(axis=-1),
         "ar": rec.mean(axis=-1),
         "f1": _div(2 * tp, 2 * tp + fp + fn),
-        "tp": tp, "tn": tn, "fp": fp, "fn": fn,
-        "precision_per_class": prec, "recall_per_class": rec,
+        "tp": tp,
+        "tn": tn,
+        "fp": fp,
+        "fn": fn,
+        "precision_per_class": prec,
+        "recall_per_class": rec,
         "total": total,
     }
 
@@ -100,8 +105,10 @@ class RocGroups:
         pos = np.add.reduceat(w * self.y_sorted, self.starts, axis=-1)
         neg = np.add.reduceat(w * (1.0 - self.y_sorted), self.starts, axis=-1)
         zero = np.zeros((*pos.shape[:-1], 1))
-        return (np.concatenate([zero, np.cumsum(pos, axis=-1)], axis=-1),
-                np.concatenate([zero, np.cumsum(neg, axis=-1)], axis=-1))
+        return (
+            np.concatenate([zero, np.cumsum(pos, axis=-1)], axis=-1),
+            np.concatenate([zero, np.cumsum(neg, axis=-1)], axis=-1),
+        )
 
 
 def roc_from_cumulative(tp: np.ndarray, fp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -114,8 +121,9 @@ def roc_from_cumulative(tp: np.ndarray, fp: np.ndarray) -> tuple[np.ndarray, np.
     return tpr, fpr, auc
 
 
-def operating_points_from_cumulative(tp, fp, spec_target: float = SPEC_TARGET,
-                                     sens_target: float = SENS_TARGET):
+def operating_points_from_cumulative(
+    tp, fp, spec_target: float = SPEC_TARGET, sens_target: float = SENS_TARGET
+):
     """Indices and values of the two screening operating points (vectorised over leading axes).
 
     Returns ``(i_ss, sens_at_spec, spec_there, i_sp, spec_at_sens, sens_there)``; the index refers
@@ -156,8 +164,13 @@ def _f(x) -> float | None:
 class ClassificationEval:
     """Classification protocol for one prediction set; ``point()`` and ``samples(counts)``."""
 
-    def __init__(self, probs: np.ndarray, y_true: np.ndarray,
-                 spec_target: float = SPEC_TARGET, sens_target: float = SENS_TARGET):
+    def __init__(
+        self,
+        probs: np.ndarray,
+        y_true: np.ndarray,
+        spec_target: float = SPEC_TARGET,
+        sens_target: float = SENS_TARGET,
+    ):
         self.probs = np.asarray(probs, dtype=np.float64)
         self.y_true = np.asarray(y_true, dtype=np.int64)
         self.y_pred = np.argmax(self.probs, axis=1)
@@ -174,31 +187,51 @@ class ClassificationEval:
         tpr, fpr, auc = roc_from_cumulative(tp, fp)
         n = float(m["total"])
         cls = {
-            "n_images": int(n), "n_tb": int(self.y_tb.sum()),
-            "accuracy": _f(m["accuracy"]), "auc": _f(auc),
-            "sensitivity": _f(m["sensitivity"]), "specificity": _f(m["specificity"]),
-            "ap": _f(m["ap"]), "ar": _f(m["ar"]), "f1": _f(m["f1"]),
+            "n_images": int(n),
+            "n_tb": int(self.y_tb.sum()),
+            "accuracy": _f(m["accuracy"]),
+            "auc": _f(auc),
+            "sensitivity": _f(m["sensitivity"]),
+            "specificity": _f(m["specificity"]),
+            "ap": _f(m["ap"]),
+            "ar": _f(m["ar"]),
+            "f1": _f(m["f1"]),
             "confusion": conf.astype(int).tolist(),
-            "tp": int(m["tp"]), "tn": int(m["tn"]), "fp": int(m["fp"]), "fn": int(m["fn"]),
-            "tp_share": _f(m["tp"] / n), "tn_share": _f(m["tn"] / n),
-            "fp_share": _f(m["fp"] / n), "fn_share": _f(m["fn"] / n),
+            "tp": int(m["tp"]),
+            "tn": int(m["tn"]),
+            "fp": int(m["fp"]),
+            "fn": int(m["fn"]),
+            "tp_share": _f(m["tp"] / n),
+            "tn_share": _f(m["tn"] / n),
+            "fp_share": _f(m["fp"] / n),
+            "fn_share": _f(m["fn"] / n),
             "predicted_tb_share": _f((m["tp"] + m["fp"]) / n),
             "precision_per_class": [float(v) for v in m["precision_per_class"]],
             "recall_per_class": [float(v) for v in m["recall_per_class"]],
         }
         thr = np.r_[np.inf, self.groups.values]
         keep = downsample_curve(thr.shape[0], max_roc_points)
-        cls["roc"] = {"fpr": [_f(v) for v in fpr[keep]], "tpr": [_f(v) for v in tpr[keep]],
-                      "thresholds": [_f(v) for v in thr[keep]]}  # +inf (first point) → null
+        cls["roc"] = {
+            "fpr": [_f(v) for v in fpr[keep]],
+            "tpr": [_f(v) for v in tpr[keep]],
+            "thresholds": [_f(v) for v in thr[keep]],
+        }  # +inf (first point) → null
         i_ss, s_ss, sp_ss, i_sp, sp_sp, s_sp = operating_points_from_cumulative(
-            tp, fp, self.spec_target, self.sens_target)
+            tp, fp, self.spec_target, self.sens_target
+        )
         ops = {
             "sensitivity_at_specificity": {
-                "target_specificity": self.spec_target, "sensitivity": _f(s_ss),
-                "specificity": _f(sp_ss), "threshold": _f(thr[i_ss]) if np.isfinite(s_ss) else None},
+                "target_specificity": self.spec_target,
+                "sensitivity": _f(s_ss),
+                "specificity": _f(sp_ss),
+                "threshold": _f(thr[i_ss]) if np.isfinite(s_ss) else None,
+            },
             "specificity_at_sensitivity": {
-                "target_sensitivity": self.sens_target, "specificity": _f(sp_sp),
-                "sensitivity": _f(s_sp), "threshold": _f(thr[i_sp]) if np.isfinite(sp_sp) else None},
+                "target_sensitivity": self.sens_target,
+                "specificity": _f(sp_sp),
+                "sensitivity": _f(s_sp),
+                "threshold": _f(thr[i_sp]) if np.isfinite(sp_sp) else None,
+            },
         }
         return cls, ops
 
@@ -208,12 +241,13 @@ class ClassificationEval:
         m = metrics_from_confusion(confusion_weighted(self.y_true, self.y_pred, w))
         tp, fp = self.groups.cumulative(w)
         _, _, auc = roc_from_cumulative(tp, fp)
-        _, s_ss, _, _, sp_sp, _ = operating_points_from_cumulative(tp, fp, self.spec_target,
-                                                                   self.sens_target)
+        _, s_ss, _, _, sp_sp, _ = operating_points_from_cumulative(tp, fp, self.spec_target, self.sens_target)
         cls = {k: m[k] for k in ("accuracy", "sensitivity", "specificity", "ap", "ar", "f1")}
         cls["auc"] = auc
-        ops = {"sensitivity_at_specificity": {"sensitivity": s_ss},
-               "specificity_at_sensitivity": {"specificity": sp_sp}}
+        ops = {
+            "sensitivity_at_specificity": {"sensitivity": s_ss},
+            "specificity_at_sensitivity": {"specificity": sp_sp},
+        }
         return cls, ops
 
 
@@ -231,15 +265,24 @@ def named_operating_points(classification: dict, operating_points: dict) -> dict
     a = operating_points["specificity_at_sensitivity"]
     b = operating_points["sensitivity_at_specificity"]
     return {
-        "sens90": {"rule": f"p_tb >= threshold, sensitivity >= {a['target_sensitivity']:.2f}",
-                   "threshold": a["threshold"], "sensitivity": a["sensitivity"],
-                   "specificity": a["specificity"]},
-        "spec70": {"rule": f"p_tb >= threshold, specificity >= {b['target_specificity']:.2f}",
-                   "threshold": b["threshold"], "sensitivity": b["sensitivity"],
-                   "specificity": b["specificity"]},
-        "argmax": {"rule": "arg-max of (p_healthy, p_sick, p_tb) is TB (the paper)", "threshold": None,
-                   "sensitivity": classification["sensitivity"],
-                   "specificity": classification["specificity"]},
+        "sens90": {
+            "rule": f"p_tb >= threshold, sensitivity >= {a['target_sensitivity']:.2f}",
+            "threshold": a["threshold"],
+            "sensitivity": a["sensitivity"],
+            "specificity": a["specificity"],
+        },
+        "spec70": {
+            "rule": f"p_tb >= threshold, specificity >= {b['target_specificity']:.2f}",
+            "threshold": b["threshold"],
+            "sensitivity": b["sensitivity"],
+            "specificity": b["specificity"],
+        },
+        "argmax": {
+            "rule": "arg-max of (p_healthy, p_sick, p_tb) is TB (the paper)",
+            "threshold": None,
+            "sensitivity": classification["sensitivity"],
+            "specificity": classification["specificity"],
+        },
     }
 
 

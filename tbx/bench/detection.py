@@ -55,11 +55,11 @@ from tbx.bench.classification import downsample_curve
 from tbx.bench.results_io import Detections
 
 # COCOeval defaults (Params.setDetParams) — IoU .50:.05:.95, 101 recall points, 100 dets, area "all"
-IOU_THRS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
-REC_THRS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
+IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
+REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 LOC_IOU = 0.1  # error analysis "Loc"/"Oth" threshold
 MAX_DETS = 100
-AREA_ALL = (0 ** 2, 1e5 ** 2)
+AREA_ALL = (0**2, 1e5**2)
 FROC_FPPI = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 EPS = np.spacing(1)
 
@@ -113,8 +113,15 @@ def bbox_iou(d: np.ndarray, g: np.ndarray) -> np.ndarray:
     return out
 
 
-def _match_all(boxes: np.ndarray, img: np.ndarray, g_box: np.ndarray, g_img: np.ndarray,
-               g_ig: np.ndarray, n_img: int, thrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _match_all(
+    boxes: np.ndarray,
+    img: np.ndarray,
+    g_box: np.ndarray,
+    g_img: np.ndarray,
+    g_ig: np.ndarray,
+    n_img: int,
+    thrs: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """COCOeval.evaluateImg's greedy matching for every image at once → ``(matched, to_ignored)`` (T, D).
 
     Detections are grouped by image (descending score within), ground truths by image (regular
@@ -215,13 +222,20 @@ class RankedDetections:
         img, score = pos_c[idx], dets.scores[idx]
         order = np.lexsort((-score, img))
         idx, img, score = idx[order], img[order], score[order]
-        return RankedDetections(img, dets.category_id[idx], dets.boxes[idx], score,
-                                np.argsort(-score, kind="mergesort"))
+        return RankedDetections(
+            img, dets.category_id[idx], dets.boxes[idx], score, np.argsort(-score, kind="mergesort")
+        )
 
 
-def match(gt: GroundTruth, dets: Detections | RankedDetections, det_cats: set[int] | None,
-          gt_cats: set[int] | None, ignored_gt_cats: set[int] = frozenset(),
-          iou_thrs: np.ndarray = IOU_THRS, max_dets: int = MAX_DETS) -> Matches:
+def match(
+    gt: GroundTruth,
+    dets: Detections | RankedDetections,
+    det_cats: set[int] | None,
+    gt_cats: set[int] | None,
+    ignored_gt_cats: set[int] = frozenset(),
+    iou_thrs: np.ndarray = IOU_THRS,
+    max_dets: int = MAX_DETS,
+) -> Matches:
     """Match ``dets`` of categories ``det_cats`` (None = all, merged) to ground truths.
 
     Ground truths of ``gt_cats`` (None = all, merged) are regular; those of ``ignored_gt_cats``
@@ -285,8 +299,9 @@ def _interp_precision(tpc: np.ndarray, fpc: np.ndarray, npig: float) -> tuple[np
     return q, rc[:, -1].copy()
 
 
-def accumulate(m: Matches, img_weight: np.ndarray | None = None, det_weight: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+def accumulate(
+    m: Matches, img_weight: np.ndarray | None = None, det_weight: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Weighted COCOeval.accumulate → ``(precision (T, 101), recall (T,))``; −1 when no GT.
 
     ``img_weight`` (n_img,) weights the ground truths of each image, ``det_weight`` (n_img,) its
@@ -307,8 +322,9 @@ def summarize_ap(precision: np.ndarray) -> float | None:
     return float(np.mean(s)) if s.size else None
 
 
-def froc_points(m: Matches, t_index: int, img_weight: np.ndarray, det_weight: np.ndarray,
-                n_images: float) -> tuple[np.ndarray, np.ndarray]:
+def froc_points(
+    m: Matches, t_index: int, img_weight: np.ndarray, det_weight: np.ndarray, n_images: float
+) -> tuple[np.ndarray, np.ndarray]:
     """FROC curve (fppi, sensitivity) at score-group boundaries, starting at (0, 0)."""
     npig = float(m.n_gt @ img_weight)
     w = det_weight[m.img]
@@ -375,8 +391,14 @@ class RowEval:
     matches at IoU .1 for the error analysis.
     """
 
-    def __init__(self, m: Matches, img_in: np.ndarray, det_keep: np.ndarray, oth: Matches | None = None,
-                 froc_rates=FROC_FPPI):
+    def __init__(
+        self,
+        m: Matches,
+        img_in: np.ndarray,
+        det_keep: np.ndarray,
+        oth: Matches | None = None,
+        froc_rates=FROC_FPPI,
+    ):
         self.m, self.oth = m, oth
         self.img_in = np.asarray(img_in, dtype=np.float64)
         self.det_w = self.img_in * np.asarray(det_keep, dtype=np.float64)
@@ -419,13 +441,23 @@ class RowEval:
         at = froc_at(fppi, sens, self.rates)
         keep = downsample_curve(fppi.shape[0], max_curve_points)
         out = {
-            "ap": ap, "ap50": ap50, "ap75": ap75, "ar100": ar,
-            "froc": {"fppi": list(self.rates), "sensitivity": [_opt(v) for v in at],
-                     "mean": _opt(np.mean(at)) if np.isfinite(at).all() else None},
-            "n_images": int(n_images), "n_gt": int(m.n_gt @ self.img_in),
+            "ap": ap,
+            "ap50": ap50,
+            "ap75": ap75,
+            "ar100": ar,
+            "froc": {
+                "fppi": list(self.rates),
+                "sensitivity": [_opt(v) for v in at],
+                "mean": _opt(np.mean(at)) if np.isfinite(at).all() else None,
+            },
+            "n_images": int(n_images),
+            "n_gt": int(m.n_gt @ self.img_in),
             "n_dets": int(m.img.size),
-            "pr": {"recall": REC_THRS.tolist(),
-                   "iou50": prec[self.t50].tolist(), "iou75": prec[self.t75].tolist()},
+            "pr": {
+                "recall": REC_THRS.tolist(),
+                "iou50": prec[self.t50].tolist(),
+                "iou75": prec[self.t75].tolist(),
+            },
             "froc_curve": {"fppi": _opt_list(fppi[keep]), "sensitivity": _opt_list(sens[keep])},
         }
         out["analysis"] = self._analysis(prec)
@@ -481,12 +513,23 @@ class RowEval:
             else:
                 fppi = sens = np.zeros(1)
             froc[b] = froc_at(fppi, sens, self.rates)
-        return {"ap": ap, "ap50": ap50, "ar100": ar,
-                "froc": {"sensitivity": [froc[:, j] for j in range(froc.shape[1])],
-                         "mean": froc.mean(axis=1)}}
+        return {
+            "ap": ap,
+            "ap50": ap50,
+            "ar100": ar,
+            "froc": {"sensitivity": [froc[:, j] for j in range(froc.shape[1])], "mean": froc.mean(axis=1)},
+        }
 
-    def _samples_batched(self, counts: np.ndarray, n_gt: np.ndarray, ap: np.ndarray, ap50: np.ndarray,
-                         ar: np.ndarray, froc: np.ndarray, chunk_elems: int = 1 << 22) -> None:
+    def _samples_batched(
+        self,
+        counts: np.ndarray,
+        n_gt: np.ndarray,
+        ap: np.ndarray,
+        ap50: np.ndarray,
+        ar: np.ndarray,
+        froc: np.ndarray,
+        chunk_elems: int = 1 << 22,
+    ) -> None:
         """:meth:`_samples_fast` for integer counts, vectorised over resamples (same numbers).
 
         With integer image counts every cumulated TP/FP weight is an integer, so each
@@ -525,7 +568,7 @@ class RowEval:
         dw_u = det_w[u_img]
         for lo in range(0, counts.shape[0], step):
             # layout (detections, resamples): row gathers and cumulative sums run over contiguous rows
-            c = counts[lo:lo + step]
+            c = counts[lo : lo + step]
             nb = c.shape[0]
             cols = np.arange(nb)[:, None]
             npig = (np.take(c, gt_in, axis=1) * gt_n).sum(axis=1, dtype=np.float64)  # (nb,), exact
@@ -548,29 +591,36 @@ class RowEval:
                 pr = np.maximum.accumulate(pr[::-1], axis=0)[::-1]
                 # inds = searchsorted(ctp / npig, REC_THRS, 'left') = #{k: ctp_k < c*}, c* the
                 # least integer with c* / npig ≥ thr
-                cstar = _least_int(lambda k, s=safe: k / s[:, None] >= REC_THRS[None, :],
-                                   np.ceil(REC_THRS[None, :] * safe[:, None]))
+                cstar = _least_int(
+                    lambda k, s=safe: k / s[:, None] >= REC_THRS[None, :],
+                    np.ceil(REC_THRS[None, :] * safe[:, None]),
+                )
                 inds = _col_searchsorted(ctp, cstar, side="left")  # (nb, R)
                 hit = inds < idx.size
                 q[:, t, :] = np.where(hit, pr[np.minimum(inds, idx.size - 1), cols], 0.0)
                 rec[:, t] = ctp[-1] / safe
                 if t == self._t50c:
                     ctp50 = ctp
-            ap[lo:lo + nb] = np.where(ok, q.mean(axis=(1, 2)), np.nan)
-            ap50[lo:lo + nb] = np.where(ok, q[:, self._t50c].mean(axis=1), np.nan)
-            ar[lo:lo + nb] = np.where(ok, rec.mean(axis=1), np.nan)
+            ap[lo : lo + nb] = np.where(ok, q.mean(axis=(1, 2)), np.nan)
+            ap50[lo : lo + nb] = np.where(ok, q[:, self._t50c].mean(axis=1), np.nan)
+            ar[lo : lo + nb] = np.where(ok, rec.mean(axis=1), np.nan)
             if tp50.size:
                 tpe = ctp50[last_tp]  # (n_tp50, nb) TP weight at each TP's group end
                 fpc = cum_q[q_e] - tpe
                 ni = np.where(n_images > 0, n_images, 1.0)
                 # #{p: fpc_p / n_images ≤ rate} = #{p: fpc_p ≤ c**}, c** the largest such integer
-                cmax = _least_int(lambda k, n=ni: k / n[:, None] > rates[None, :],
-                                  np.floor(rates[None, :] * ni[:, None])) - 1
+                cmax = (
+                    _least_int(
+                        lambda k, n=ni: k / n[:, None] > rates[None, :],
+                        np.floor(rates[None, :] * ni[:, None]),
+                    )
+                    - 1
+                )
                 j = _col_searchsorted(fpc, cmax, side="right")  # (nb, n_rates)
                 sens = np.where(j > 0, tpe[np.maximum(j - 1, 0), cols], 0.0) / safe[:, None]
             else:
                 sens = np.zeros((nb, rates.size))
-            froc[lo:lo + nb] = np.where(ok[:, None], sens, np.nan)
+            froc[lo : lo + nb] = np.where(ok[:, None], sens, np.nan)
 
     def _samples_fast(self, counts, n_gt, ap, ap50, ar, froc) -> None:
         R = REC_THRS.shape[0]

@@ -29,21 +29,38 @@ COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#00
 LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 1)))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 CLASS_NAMES = ("healthy", "sick (non-TB)", "TB")
-# Overlay categories (docs/dataset.md §1.1): 1 active green, 2 latent red, 3 uncertain blue; line styles for grayscale.
+# Overlay categories (docs/dataset.md §1.1): 1 active green, 2 latent red, 3 uncertain blue;
+# line styles for grayscale.
 CAT_STYLE = {1: ("#1a9e1a", "-", "active"), 2: ("#d62728", "--", "latent"), 3: ("#1f5fd6", ":", "uncertain")}
 ERROR_TYPES = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
-ERROR_LABELS = {"C75": "C75 (IoU .75)", "C50": "C50 (IoU .50)", "Loc": "Loc (IoU .10, loc. errors)",
-                "Sim": "Sim (supercategory confusion)", "Oth": "Oth (class confusion)",
-                "BG": "BG (background FPs removed)", "FN": "FN (all FNs removed)"}
-ERROR_FILL = {"C75": "#08306b", "C50": "#2171b5", "Loc": "#6baed6", "Sim": "#9e9ac8", "Oth": "#fdae6b",
-              "BG": "#fee391", "FN": "#f7f7f7"}
+ERROR_LABELS = {
+    "C75": "C75 (IoU .75)",
+    "C50": "C50 (IoU .50)",
+    "Loc": "Loc (IoU .10, loc. errors)",
+    "Sim": "Sim (supercategory confusion)",
+    "Oth": "Oth (class confusion)",
+    "BG": "BG (background FPs removed)",
+    "FN": "FN (all FNs removed)",
+}
+ERROR_FILL = {
+    "C75": "#08306b",
+    "C50": "#2171b5",
+    "Loc": "#6baed6",
+    "Sim": "#9e9ac8",
+    "Oth": "#fdae6b",
+    "BG": "#fee391",
+    "FN": "#f7f7f7",
+}
 ERROR_HATCH = {"C75": "", "C50": "//", "Loc": "..", "Sim": "xx", "Oth": "\\\\", "BG": "--", "FN": "++"}
 
 
 def style(i: int) -> dict[str, Any]:
     """Colour + line style + marker of the i-th series (distinct in grayscale too)."""
-    return {"color": COLORS[i % len(COLORS)], "linestyle": LINESTYLES[i % len(LINESTYLES)],
-            "marker": MARKERS[i % len(MARKERS)]}
+    return {
+        "color": COLORS[i % len(COLORS)],
+        "linestyle": LINESTYLES[i % len(LINESTYLES)],
+        "marker": MARKERS[i % len(MARKERS)],
+    }
 
 
 def save(fig: Figure, stem: Path, dpi: int = 150) -> list[Path]:
@@ -75,9 +92,16 @@ def confusion_figure(cm: np.ndarray, title: str, stem: Path, dpi: int = 150) -> 
         for i in range(3):
             for j in range(3):
                 v = data[i, j]
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=11,
-                        color="white" if v > 0.55 * vmax else "black",
-                        fontweight="bold" if i == j else "normal")
+                ax.text(
+                    j,
+                    i,
+                    fmt.format(v),
+                    ha="center",
+                    va="center",
+                    fontsize=11,
+                    color="white" if v > 0.55 * vmax else "black",
+                    fontweight="bold" if i == j else "normal",
+                )
         ax.set_xticks(range(3), CLASS_NAMES)
         ax.set_yticks(range(3), CLASS_NAMES, rotation=90, va="center")
         ax.set_xlabel("predicted class")
@@ -98,8 +122,9 @@ class RocCurve:
     points: dict[str, tuple[float, float]] = field(default_factory=dict)  # name → (sens, spec)
 
 
-def roc_figure(curves: Sequence[RocCurve], readers: Sequence[tuple[str, float, float]], stem: Path,
-               dpi: int = 150) -> list[Path]:
+def roc_figure(
+    curves: Sequence[RocCurve], readers: Sequence[tuple[str, float, float]], stem: Path, dpi: int = 150
+) -> list[Path]:
     """TB ROC curves overlaid (full range + zoom on the screening corner), screening operating points
     marked (circle: sens @ spec .70, square: spec @ sens .90), readers as stars at (1 − spec, sens)."""
     fig = Figure(figsize=(10.5, 5.6), layout="constrained")
@@ -114,17 +139,44 @@ def roc_figure(curves: Sequence[RocCurve], readers: Sequence[tuple[str, float, f
         for i, c in enumerate(curves):
             st = style(i)
             lab = c.label + (f" (AUC {100 * c.auc:.1f})" if c.auc is not None else "")
-            (h,) = ax.plot(c.fpr, c.tpr, color=st["color"], ls=st["linestyle"], lw=1.8, label=lab,
-                           marker=st["marker"], markevery=max(1, len(c.fpr) // 8), markersize=5,
-                           markerfacecolor="none")
+            (h,) = ax.plot(
+                c.fpr,
+                c.tpr,
+                color=st["color"],
+                ls=st["linestyle"],
+                lw=1.8,
+                label=lab,
+                marker=st["marker"],
+                markevery=max(1, len(c.fpr) // 8),
+                markersize=5,
+                markerfacecolor="none",
+            )
             if not is_zoom:
                 handles.append(h)
             for name, (se, sp) in c.points.items():
-                ax.plot([1 - sp], [se], marker=point_marks.get(name, "*"), markersize=9, ls="none",
-                        markerfacecolor=st["color"], markeredgecolor="black", markeredgewidth=1.2, zorder=5)
+                ax.plot(
+                    [1 - sp],
+                    [se],
+                    marker=point_marks.get(name, "*"),
+                    markersize=9,
+                    ls="none",
+                    markerfacecolor=st["color"],
+                    markeredgecolor="black",
+                    markeredgewidth=1.2,
+                    zorder=5,
+                )
         for k, (name, se, sp) in enumerate(readers):
-            (h,) = ax.plot([1 - sp], [se], marker=reader_marks[k % 4], markersize=14, color="black",
-                           markerfacecolor="#E69F00", ls="none", label=f"reader: {name}", zorder=6)
+            (h,) = ax.plot(
+                [1 - sp],
+                [se],
+                marker=reader_marks[k % 4],
+                markersize=14,
+                color="black",
+                markerfacecolor="#E69F00",
+                ls="none",
+                label=f"reader: {name}",
+                zorder=6,
+            )
             if not is_zoom:
                 handles.append(h)
         ax.axvline(1 - SPEC_TARGET, color="0.7", lw=0.8, ls="--")  # the screening targets
@@ -133,8 +185,18 @@ def roc_figure(curves: Sequence[RocCurve], readers: Sequence[tuple[str, float, f
         ax.set_xlabel("1 − specificity (false-positive rate)")
         ax.set_ylabel("sensitivity (true-positive rate)")
     for name, m in point_marks.items():
-        handles.append(Line2D([], [], marker=m, markerfacecolor="white", markeredgecolor="black", ls="none",
-                              markersize=8, label=name))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker=m,
+                markerfacecolor="white",
+                markeredgecolor="black",
+                ls="none",
+                markersize=8,
+                label=name,
+            )
+        )
     full.set_xlim(-0.01, 1.01)
     full.set_ylim(-0.01, 1.01)
     full.set_aspect("equal")
@@ -144,8 +206,9 @@ def roc_figure(curves: Sequence[RocCurve], readers: Sequence[tuple[str, float, f
     zoom.set_xlim(0, 0.4)
     zoom.set_ylim(max(0.0, lo), 1.005)
     zoom.set_title("zoom: screening region (dashed: spec .70, sens .90)")
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)), fontsize=8,
-               frameon=False)
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=min(3, len(handles)), fontsize=8, frameon=False
+    )
     return save(fig, stem, dpi)
 
 
@@ -159,8 +222,14 @@ def _prec(v: Any) -> np.ndarray | None:
     return np.where(a < 0, np.nan, a)
 
 
-def pr_figure(pr: dict[str, dict[str, Any]], titles: Sequence[str], order: Sequence[str], title: str,
-              stem: Path, dpi: int = 150) -> list[Path]:
+def pr_figure(
+    pr: dict[str, dict[str, Any]],
+    titles: Sequence[str],
+    order: Sequence[str],
+    title: str,
+    stem: Path,
+    dpi: int = 150,
+) -> list[Path]:
     """Precision–recall per category (subplots) at IoU .50 (solid) and .75 (dashed)."""
     cats = [c for c in order if c in pr]
     fig = Figure(figsize=(4.0 * len(cats), 4.0), layout="constrained")
@@ -177,9 +246,18 @@ def pr_figure(pr: dict[str, dict[str, Any]], titles: Sequence[str], order: Seque
                 r = np.asarray(rec, float)
             st = style(j)
             ap = np.nanmean(p) if np.isfinite(p).any() else float("nan")
-            ax.plot(r, p, color=st["color"], ls=st["linestyle"], lw=1.8, marker=st["marker"],
-                    markevery=max(1, p.size // 10), markersize=4, markerfacecolor="none",
-                    label=f"{lab} (AP {100 * ap:.1f})")
+            ax.plot(
+                r,
+                p,
+                color=st["color"],
+                ls=st["linestyle"],
+                lw=1.8,
+                marker=st["marker"],
+                markevery=max(1, p.size // 10),
+                markersize=4,
+                markerfacecolor="none",
+                label=f"{lab} (AP {100 * ap:.1f})",
+            )
         ax.set_title(names.get(cat, cat))
         ax.set_xlabel("recall")
         ax.set_xlim(0, 1)
@@ -191,8 +269,9 @@ def pr_figure(pr: dict[str, dict[str, Any]], titles: Sequence[str], order: Seque
     return save(fig, stem, dpi)
 
 
-def error_analysis_figure(ea: dict[str, dict[str, Any]], titles: dict[str, str], title: str, stem: Path,
-                          dpi: int = 150) -> list[Path]:
+def error_analysis_figure(
+    ea: dict[str, dict[str, Any]], titles: dict[str, str], title: str, stem: Path, dpi: int = 150
+) -> list[Path]:
     """COCO analyze-style breakdown per category: stacked areas between the cumulative PR curves
     C75 ≤ C50 ≤ Loc ≤ Sim ≤ Oth ≤ BG ≤ FN (legend shows each curve's AP); AP scalars instead of
     curves give a stacked bar of the increments."""
@@ -211,19 +290,37 @@ def error_analysis_figure(ea: dict[str, dict[str, Any]], titles: dict[str, str],
                 cur = np.nan_to_num(curves[t], nan=0.0)
                 cur = np.maximum(cur, prev)  # cumulative by construction; guards rounding
                 ap = float(np.nanmean(curves[t]))
-                ax.fill_between(r, prev, cur, facecolor=ERROR_FILL[t], hatch=ERROR_HATCH[t], edgecolor="0.35",
-                                linewidth=0.6, label=f"[{ap:.3f}] {ERROR_LABELS[t]}")
+                ax.fill_between(
+                    r,
+                    prev,
+                    cur,
+                    facecolor=ERROR_FILL[t],
+                    hatch=ERROR_HATCH[t],
+                    edgecolor="0.35",
+                    linewidth=0.6,
+                    label=f"[{ap:.3f}] {ERROR_LABELS[t]}",
+                )
                 prev = cur
             ax.set_xlim(0, 1)
             ax.set_xlabel("recall")
         else:
-            vals = [float(d[t]) if isinstance(d[t], (int, float)) else float(np.nanmean(_prec(d[t])))
-                    for t in types]
+            vals = [
+                float(d[t]) if isinstance(d[t], (int, float)) else float(np.nanmean(_prec(d[t])))
+                for t in types
+            ]
             prev = 0.0
             for t, v in zip(types, vals):
                 v = max(v, prev)
-                ax.bar([0], [v - prev], bottom=[prev], width=0.6, color=ERROR_FILL[t], hatch=ERROR_HATCH[t],
-                       edgecolor="0.35", label=f"[{v:.3f}] {ERROR_LABELS[t]}")
+                ax.bar(
+                    [0],
+                    [v - prev],
+                    bottom=[prev],
+                    width=0.6,
+                    color=ERROR_FILL[t],
+                    hatch=ERROR_HATCH[t],
+                    edgecolor="0.35",
+                    label=f"[{v:.3f}] {ERROR_LABELS[t]}",
+                )
                 prev = v
             ax.set_xticks([])
             ax.set_xlim(-0.6, 1.6)
@@ -243,8 +340,10 @@ def parse_froc(v: Any) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     x, y = v["fppi"], v["sensitivity"]
     try:
-        x, y = (np.asarray([np.nan if a is None else a for a in np.ravel(np.asarray(v, object))], float)
-                for v in (x, y))
+        x, y = (
+            np.asarray([np.nan if a is None else a for a in np.ravel(np.asarray(v, object))], float)
+            for v in (x, y)
+        )
     except (TypeError, ValueError):
         return None
     if x.size != y.size or x.size < 1:
@@ -261,17 +360,20 @@ class FrocCurve:
     points: tuple[np.ndarray, np.ndarray] | None = None  # sensitivity at the standard FPPI rates
 
 
-def froc_figure(curves: dict[str, list[FrocCurve]], titles: dict[str, str], mode: str,
-                stem: Path, dpi: int = 150) -> list[Path]:
+def froc_figure(
+    curves: dict[str, list[FrocCurve]], titles: dict[str, str], mode: str, stem: Path, dpi: int = 150
+) -> list[Path]:
     """FROC per category (sensitivity vs false positives per image, log x), runs overlaid; markers at
     the standard rates when given."""
     cats = list(curves)
     fig = Figure(figsize=(4.2 * len(cats), 4.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(cats), sharey=True))
     for ax, cat in zip(axes, cats):
-        xs = np.concatenate([c.fppi[c.fppi > 0] for c in curves[cat]]
-                            + [c.points[0][c.points[0] > 0] for c in curves[cat] if c.points is not None]
-                            + [np.array([1.0])])
+        xs = np.concatenate(
+            [c.fppi[c.fppi > 0] for c in curves[cat]]
+            + [c.points[0][c.points[0] > 0] for c in curves[cat] if c.points is not None]
+            + [np.array([1.0])]
+        )
         lo, hi = np.floor(np.log2(xs.min())), np.ceil(np.log2(xs.max()))
         ticks = 2.0 ** np.arange(lo, hi + 1)
         for i, c in enumerate(curves[cat]):
@@ -282,16 +384,38 @@ def froc_figure(curves: dict[str, list[FrocCurve]], titles: dict[str, str], mode
             if has_pts and fx.size and np.nanmax(c.points[0]) > fx[-1]:
                 # beyond the last detection the sensitivity stays where it is
                 fx, fy = np.r_[fx, np.nanmax(c.points[0])], np.r_[fy, fy[-1]]
-            ax.plot(fx, fy, color=st["color"], ls=st["linestyle"], lw=1.6,
-                    drawstyle="steps-post", marker=None if has_pts else st["marker"], markersize=5,
-                    markerfacecolor="none")
+            ax.plot(
+                fx,
+                fy,
+                color=st["color"],
+                ls=st["linestyle"],
+                lw=1.6,
+                drawstyle="steps-post",
+                marker=None if has_pts else st["marker"],
+                markersize=5,
+                markerfacecolor="none",
+            )
             if has_pts:
                 px, py = c.points
                 ok = (px > 0) & np.isfinite(py)
-                ax.plot(px[ok], py[ok], color=st["color"], ls="none", marker=st["marker"], markersize=6,
-                        markerfacecolor="none")
-            ax.plot([], [], color=st["color"], ls=st["linestyle"], marker=st["marker"],
-                    markerfacecolor="none", label=c.label)
+                ax.plot(
+                    px[ok],
+                    py[ok],
+                    color=st["color"],
+                    ls="none",
+                    marker=st["marker"],
+                    markersize=6,
+                    markerfacecolor="none",
+                )
+            ax.plot(
+                [],
+                [],
+                color=st["color"],
+                ls=st["linestyle"],
+                marker=st["marker"],
+                markerfacecolor="none",
+                label=c.label,
+            )
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FixedFormatter([f"{t:g}" if t >= 1 else f"1/{1 / t:g}" for t in ticks]))
@@ -307,9 +431,15 @@ def froc_figure(curves: dict[str, list[FrocCurve]], titles: dict[str, str], mode
 
 
 # -------------------------------------------------------------------------------------- training
-def training_figure(x: np.ndarray, losses: dict[str, np.ndarray], lr: np.ndarray,
-                    bounds: Sequence[tuple[float, str]], title: str, stem: Path,
-                    dpi: int = 150) -> list[Path]:
+def training_figure(
+    x: np.ndarray,
+    losses: dict[str, np.ndarray],
+    lr: np.ndarray,
+    bounds: Sequence[tuple[float, str]],
+    title: str,
+    stem: Path,
+    dpi: int = 150,
+) -> list[Path]:
     """Loss terms vs iteration (left axis), learning rate on a twin axis, stage boundaries marked."""
     fig = Figure(figsize=(8.0, 4.8), layout="constrained")
     ax = fig.subplots()
@@ -327,8 +457,18 @@ def training_figure(x: np.ndarray, losses: dict[str, np.ndarray], lr: np.ndarray
     for i, (k, v) in enumerate(losses.items()):
         st = style(i)
         ok = np.isfinite(v) | np.isnan(x)  # keep the boundary NaNs (they break the line)
-        (h,) = ax.plot(x[ok], v[ok], color=st["color"], ls=st["linestyle"], lw=1.3, marker=st["marker"],
-                       markevery=max(1, int(ok.sum()) // 10), markersize=4, markerfacecolor="none", label=k)
+        (h,) = ax.plot(
+            x[ok],
+            v[ok],
+            color=st["color"],
+            ls=st["linestyle"],
+            lw=1.3,
+            marker=st["marker"],
+            markevery=max(1, int(ok.sum()) // 10),
+            markersize=4,
+            markerfacecolor="none",
+            label=k,
+        )
         handles.append(h)
     pos = finite_all[finite_all > 0]
     if pos.size and pos.max() / pos.min() > 100:
@@ -345,14 +485,21 @@ def training_figure(x: np.ndarray, losses: dict[str, np.ndarray], lr: np.ndarray
         handles.append(h)
     for bx, stage in bounds:
         ax.axvline(bx, color="black", ls="--", lw=1.0)
-        ax.annotate(f"→ stage {stage}", xy=(bx, 0.0), xycoords=("data", "axes fraction"), xytext=(3, 4),
-                    textcoords="offset points", fontsize=8,
-                    bbox={"facecolor": "white", "alpha": 0.8, "pad": 1, "lw": 0})
+        ax.annotate(
+            f"→ stage {stage}",
+            xy=(bx, 0.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, 4),
+            textcoords="offset points",
+            fontsize=8,
+            bbox={"facecolor": "white", "alpha": 0.8, "pad": 1, "lw": 0},
+        )
     if bounds:
         handles.append(Line2D([], [], color="black", ls="--", lw=1.0, label="stage boundary"))
     ax.set_title(f"Training — {title}")
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(5, len(handles)), fontsize=8,
-               frameon=False)
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=min(5, len(handles)), fontsize=8, frameon=False
+    )
     return save(fig, stem, dpi)
 
 
@@ -390,8 +537,15 @@ def overlay_figure(items: Sequence[OverlayItem], title: str, stem: Path, dpi: in
             for x, y, w, h, cat, s in it.pred:
                 col, ls, _ = CAT_STYLE.get(cat, ("#ffffff", "-", "?"))
                 ax.add_patch(Rectangle((x, y), w, h, fill=False, lw=1.1, ec=col, ls=ls))
-                ax.text(x + 2, y + 2, f"{s:.2f}", color="white", fontsize=6, va="top",
-                        bbox={"facecolor": col, "alpha": 0.7, "pad": 0.5, "lw": 0})
+                ax.text(
+                    x + 2,
+                    y + 2,
+                    f"{s:.2f}",
+                    color="white",
+                    fontsize=6,
+                    va="top",
+                    bbox={"facecolor": col, "alpha": 0.7, "pad": 0.5, "lw": 0},
+                )
             sub = []
             if it.quality is not None:
                 sub.append(f"IoU {it.quality:.2f}")
@@ -399,11 +553,20 @@ def overlay_figure(items: Sequence[OverlayItem], title: str, stem: Path, dpi: in
                 sub.append(f"p(TB) {it.p_tb:.2f}")
             head = f"{it.title}\n{row_title[tag]}" + (f" · {', '.join(sub)}" if sub else "")
             ax.set_title(head, fontsize=7)
-    handles = [Line2D([], [], color="black", lw=3.2, label="ground truth"),
-               Line2D([], [], color="black", lw=1.1, label="prediction (score ≥ 0.3)")]
-    handles += [Patch(facecolor="none", edgecolor=col, linestyle=ls, lw=2, label=name)
-                for col, ls, name in CAT_STYLE.values()]
-    fig.legend(handles=handles, loc="outside lower center", ncol=3 if ncol < 3 else len(handles), fontsize=8,
-               frameon=False)
+    handles = [
+        Line2D([], [], color="black", lw=3.2, label="ground truth"),
+        Line2D([], [], color="black", lw=1.1, label="prediction (score ≥ 0.3)"),
+    ]
+    handles += [
+        Patch(facecolor="none", edgecolor=col, linestyle=ls, lw=2, label=name)
+        for col, ls, name in CAT_STYLE.values()
+    ]
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=3 if ncol < 3 else len(handles),
+        fontsize=8,
+        frameon=False,
+    )
     fig.suptitle(f"Detections — {title}")
     return save(fig, stem, dpi)

@@ -85,7 +85,8 @@ class GroundTruthSet:
         tbx = [i for i, r in enumerate(self.records) if r.source == "tbx11k"]
         self.gt = GroundTruth.build(
             (self.records[i].image_id, [(b.x, b.y, b.w, b.h, b.category) for b in self.records[i].boxes])
-            for i in tbx)
+            for i in tbx
+        )
         pos = {int(iid): k for k, iid in enumerate(self.gt.image_ids)}
         self.univ_to_rec = np.zeros(len(tbx), dtype=np.int64)  # universe index → record index
         for i in tbx:
@@ -94,8 +95,9 @@ class GroundTruthSet:
         self.u_is_tb = np.array([r.label == "tb" for r in recs], dtype=bool)
         self.u_uncertain = np.array([r.tb_type == "uncertain" for r in recs], dtype=bool)
 
-    def row_masks(self, mode: str, row: str, keep_uncertain: bool,
-                  pred_tb: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def row_masks(
+        self, mode: str, row: str, keep_uncertain: bool, pred_tb: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(images in the evaluated set, images whose detections are kept) over the universe."""
         n = self.univ_to_rec.shape[0]
         img_in = np.ones(n, bool) if mode == "all_cxr" else self.u_is_tb.copy()
@@ -114,12 +116,18 @@ class _Scored:
         self.notes: list[str] = []
         pred_dir = Path(pred_dir)
         if not pred_dir.is_dir():
-            raise TbxError("prediction folder not found", pred_dir,
-                           f"give the folder holding {CLS_RESULT} and/or {BBOX_RESULT}")
+            raise TbxError(
+                "prediction folder not found",
+                pred_dir,
+                f"give the folder holding {CLS_RESULT} and/or {BBOX_RESULT}",
+            )
         cls_path, det_path = pred_dir / CLS_RESULT, pred_dir / BBOX_RESULT
         if not cls_path.exists() and not det_path.exists():
-            raise TbxError(f"neither {CLS_RESULT} nor {BBOX_RESULT} found", pred_dir,
-                           "run `tbx predict` or copy the authors' result files there")
+            raise TbxError(
+                f"neither {CLS_RESULT} nor {BBOX_RESULT} found",
+                pred_dir,
+                "run `tbx predict` or copy the authors' result files there",
+            )
         self.cls: ClassificationEval | None = None
         self.pred_tb: np.ndarray | None = None
         if cls_path.exists():
@@ -135,18 +143,21 @@ class _Scored:
             return
         if self.pred_tb is None and "all_cxr" in self.modes:
             if cfg.mode == "all-cxr":
-                raise TbxError(f"all-cxr detection needs {CLS_RESULT} (boxes are kept only on images "
-                               "predicted TB)", pred_dir,
-                               f"add {CLS_RESULT} or use --mode tb-only")
+                raise TbxError(
+                    f"all-cxr detection needs {CLS_RESULT} (boxes are kept only on images predicted TB)",
+                    pred_dir,
+                    f"add {CLS_RESULT} or use --mode tb-only",
+                )
             self.modes.remove("all_cxr")
-            self.notes.append(f"{CLS_RESULT} absent: all-cxr detection skipped (needs the class "
-                              "prediction)")
+            self.notes.append(f"{CLS_RESULT} absent: all-cxr detection skipped (needs the class prediction)")
         dets = read_bbox_arrays(det_path, truth.image_ids.tolist(), truth.category_ids)
         self.n_dets_file = len(dets)
         n_extra = int((~np.isin(dets.image_id, truth.gt.image_ids)).sum())
         if n_extra:
-            self.notes.append(f"{n_extra} detections on extra-dataset images ignored (detection is "
-                              "scored on TBX11K images only, docs/protocol.md §4.3)")
+            self.notes.append(
+                f"{n_extra} detections on extra-dataset images ignored (detection is "
+                "scored on TBX11K images only, docs/protocol.md §4.3)"
+            )
         self._build_rows(dets)
 
     def _build_rows(self, dets: Detections) -> None:
@@ -154,14 +165,30 @@ class _Scored:
         thrs = np.r_[IOU_THRS, LOC_IOU]
         all_cats = set(self.truth.category_ids)
         ranked = RankedDetections.build(gt, dets)  # sorted once for the five matchings
-        m = {"agnostic": match(gt, ranked, None, None, iou_thrs=thrs),
-             "active": match(gt, ranked, {ACTIVE}, {ACTIVE}, iou_thrs=thrs),
-             "latent": match(gt, ranked, {LATENT}, {LATENT}, iou_thrs=thrs)}
-        oth = {"agnostic": None,
-               "active": match(gt, ranked, {ACTIVE}, {ACTIVE}, (all_cats | {UNCERTAIN}) - {ACTIVE},
-                               iou_thrs=np.array([LOC_IOU])),
-               "latent": match(gt, ranked, {LATENT}, {LATENT}, (all_cats | {UNCERTAIN}) - {LATENT},
-                               iou_thrs=np.array([LOC_IOU]))}
+        m = {
+            "agnostic": match(gt, ranked, None, None, iou_thrs=thrs),
+            "active": match(gt, ranked, {ACTIVE}, {ACTIVE}, iou_thrs=thrs),
+            "latent": match(gt, ranked, {LATENT}, {LATENT}, iou_thrs=thrs),
+        }
+        oth = {
+            "agnostic": None,
+            "active": match(
+                gt,
+                ranked,
+                {ACTIVE},
+                {ACTIVE},
+                (all_cats | {UNCERTAIN}) - {ACTIVE},
+                iou_thrs=np.array([LOC_IOU]),
+            ),
+            "latent": match(
+                gt,
+                ranked,
+                {LATENT},
+                {LATENT},
+                (all_cats | {UNCERTAIN}) - {LATENT},
+                iou_thrs=np.array([LOC_IOU]),
+            ),
+        }
         for mode in self.modes:
             self.rows[mode] = {}
             for row in DET_ROWS:
@@ -180,9 +207,10 @@ class _Scored:
             out["classification"] = cls
             out["operating_points"] = ops
         if self.rows:
-            out["detection"] = {mode: {row: ev.point(self.cfg.max_curve_points)
-                                       for row, ev in rows.items()}
-                                for mode, rows in self.rows.items()}
+            out["detection"] = {
+                mode: {row: ev.point(self.cfg.max_curve_points) for row, ev in rows.items()}
+                for mode, rows in self.rows.items()
+            }
         return out
 
     # -- bootstrap samples (same tree shape as the CI block)
@@ -192,8 +220,9 @@ class _Scored:
             out["classification"], out["operating_points"] = self.cls.samples(counts)
         if self.rows:
             cu = counts[:, self.truth.univ_to_rec]
-            out["detection"] = {mode: {row: ev.samples(cu) for row, ev in rows.items()}
-                                for mode, rows in self.rows.items()}
+            out["detection"] = {
+                mode: {row: ev.samples(cu) for row, ev in rows.items()} for mode, rows in self.rows.items()
+            }
         return out
 
 
@@ -208,22 +237,30 @@ def _tree_map2(f, a, b):
 def _point_like(point: dict, samples: dict):
     """The point estimates at the paths of a samples tree."""
     if isinstance(samples, dict):
-        return {k: _point_like(point.get(k) if isinstance(point, dict) else None, v)
-                for k, v in samples.items()}
+        return {
+            k: _point_like(point.get(k) if isinstance(point, dict) else None, v) for k, v in samples.items()
+        }
     if isinstance(samples, list):
-        return [_point_like(point[i] if isinstance(point, list) else None, v)
-                for i, v in enumerate(samples)]
+        return [_point_like(point[i] if isinstance(point, list) else None, v) for i, v in enumerate(samples)]
     return point
 
 
 def _header(truth: GroundTruthSet, cfg: BenchConfig) -> dict[str, Any]:
-    return {"schema": SCHEMA, "gt": str(truth.path), "n_images": len(truth.records),
-            "n_tbx11k_images": int(truth.univ_to_rec.shape[0]),
-            "config": dataclasses.asdict(cfg)}
+    return {
+        "schema": SCHEMA,
+        "gt": str(truth.path),
+        "n_images": len(truth.records),
+        "n_tbx11k_images": int(truth.univ_to_rec.shape[0]),
+        "config": dataclasses.asdict(cfg),
+    }
 
 
-def evaluate(gt_path: str | Path, pred_dir: str | Path, cfg: BenchConfig | None = None,
-             truth: GroundTruthSet | None = None) -> dict[str, Any]:
+def evaluate(
+    gt_path: str | Path,
+    pred_dir: str | Path,
+    cfg: BenchConfig | None = None,
+    truth: GroundTruthSet | None = None,
+) -> dict[str, Any]:
     """Score one prediction folder; returns the JSON dict (fractions in [0, 1], see module doc)."""
     cfg = cfg or BenchConfig()
     cfg.check()
@@ -236,13 +273,19 @@ def evaluate(gt_path: str | Path, pred_dir: str | Path, cfg: BenchConfig | None 
     if cfg.bootstrap > 0:
         counts = bootstrap_counts(len(truth.records), cfg.bootstrap, cfg.seed)
         ci = ci_tree(scored.samples(counts), cfg.ci_level)
-        out["ci"] = {"level": cfg.ci_level, "n_bootstrap": cfg.bootstrap, "seed": cfg.seed,
-                     "method": "percentile, image-level resampling", **ci}
+        out["ci"] = {
+            "level": cfg.ci_level,
+            "n_bootstrap": cfg.bootstrap,
+            "seed": cfg.seed,
+            "method": "percentile, image-level resampling",
+            **ci,
+        }
     return out
 
 
-def compare(gt_path: str | Path, pred_a: str | Path, pred_b: str | Path,
-            cfg: BenchConfig | None = None) -> dict[str, Any]:
+def compare(
+    gt_path: str | Path, pred_a: str | Path, pred_b: str | Path, cfg: BenchConfig | None = None
+) -> dict[str, Any]:
     """Paired comparison A − B on the same images: differences, paired-bootstrap CIs, DeLong test."""
     cfg = cfg or BenchConfig()
     cfg.check()
@@ -250,8 +293,13 @@ def compare(gt_path: str | Path, pred_a: str | Path, pred_b: str | Path,
     a, b = _Scored(truth, pred_a, cfg), _Scored(truth, pred_b, cfg)
     pa, pb = a.point(), b.point()
     out = _header(truth, cfg)
-    out.update({"a": str(pred_a), "b": str(pred_b), "notes": [*("A: " + n for n in a.notes),
-                                                              *("B: " + n for n in b.notes)]})
+    out.update(
+        {
+            "a": str(pred_a),
+            "b": str(pred_b),
+            "notes": [*("A: " + n for n in a.notes), *("B: " + n for n in b.notes)],
+        }
+    )
     n_boot = cfg.bootstrap if cfg.bootstrap > 0 else 1000
     counts = bootstrap_counts(len(truth.records), n_boot, cfg.seed)
     sa, sb = a.samples(counts), b.samples(counts)
@@ -263,9 +311,13 @@ def compare(gt_path: str | Path, pred_a: str | Path, pred_b: str | Path,
     va, vb = _point_like(pa, sa), _point_like(pb, sb)
     out["metrics_a"], out["metrics_b"] = va, vb
     out["diff"] = _tree_map2(sub, va, vb)
-    out["ci"] = {"level": cfg.ci_level, "n_bootstrap": n_boot, "seed": cfg.seed,
-                 "method": "paired percentile bootstrap (same image resamples for A and B)",
-                 **ci_tree(diff_samples, cfg.ci_level)}
+    out["ci"] = {
+        "level": cfg.ci_level,
+        "n_bootstrap": n_boot,
+        "seed": cfg.seed,
+        "method": "paired percentile bootstrap (same image resamples for A and B)",
+        **ci_tree(diff_samples, cfg.ci_level),
+    }
     if a.cls is not None and b.cls is not None:
         out["delong"] = delong_test(a.cls.score, b.cls.score, a.cls.y_tb, cfg.ci_level)
     else:
@@ -280,6 +332,12 @@ def write_result(result: dict[str, Any], json_path: str | Path, cfg: BenchConfig
 
     json_path = Path(json_path)
     atomic_write_json(json_path, result)
-    write_provenance(json_path.parent, cfg, cfg.seed, name=f"{json_path.stem}.provenance.json",
-                     output=json_path.name, gt=result.get("gt"))
+    write_provenance(
+        json_path.parent,
+        cfg,
+        cfg.seed,
+        name=f"{json_path.stem}.provenance.json",
+        output=json_path.name,
+        gt=result.get("gt"),
+    )
     return json_path

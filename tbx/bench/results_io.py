@@ -53,19 +53,27 @@ def read_cls_result(path: str | Path, n_expected: int | None = None) -> np.ndarr
     """
     path = Path(path)
     if not path.is_file():
-        raise TbxError("classification result file not found", path,
-                       f"write one line per image ('{CLS_RESULT}', see docs/protocol.md §4.1)")
+        raise TbxError(
+            "classification result file not found",
+            path,
+            f"write one line per image ('{CLS_RESULT}', see docs/protocol.md §4.1)",
+        )
     text = path.read_text(encoding="utf-8", errors="replace")
     lines = text.splitlines()
     while lines and not lines[-1].strip():  # tolerate trailing blank lines
         lines.pop()
     if not lines:
-        raise TbxError("classification result file is empty", path,
-                       "write one line 'p(healthy) p(sick) p(TB)' per image of the annotation file")
+        raise TbxError(
+            "classification result file is empty",
+            path,
+            "write one line 'p(healthy) p(sick) p(TB)' per image of the annotation file",
+        )
     if n_expected is not None and len(lines) != n_expected:
-        raise TbxError(f"{len(lines)} lines but the annotation file has {n_expected} images",
-                       where(path, n_expected + 1 if len(lines) > n_expected else len(lines)),
-                       "predict on the same image list, in the order of the annotation file")
+        raise TbxError(
+            f"{len(lines)} lines but the annotation file has {n_expected} images",
+            where(path, n_expected + 1 if len(lines) > n_expected else len(lines)),
+            "predict on the same image list, in the order of the annotation file",
+        )
     fix = "each line must hold 3 probabilities 'p(healthy) p(sick) p(TB)' summing to 1"
     try:  # fast path: a well-formed file parses in one call
         arr = np.array([ln.split() for ln in lines], dtype=np.float64)
@@ -95,8 +103,11 @@ def read_cls_result(path: str | Path, n_expected: int | None = None) -> np.ndarr
     bad = np.abs(s - 1.0) > SUM_TOL
     if bad.any():
         i = int(np.argmax(bad)) + 1
-        raise TbxError(f"probabilities sum to {s[i - 1]:.6g}, not 1 (± {SUM_TOL:g})", where(path, i),
-                       "write softmax probabilities, not logits")
+        raise TbxError(
+            f"probabilities sum to {s[i - 1]:.6g}, not 1 (± {SUM_TOL:g})",
+            where(path, i),
+            "write softmax probabilities, not logits",
+        )
     return arr
 
 
@@ -118,10 +129,12 @@ class Detections:
         return Detections(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0))
 
     def to_dicts(self) -> list[dict[str, Any]]:
-        return [{"image_id": int(i), "category_id": int(c), "bbox": [float(v) for v in b],
-                 "score": float(s)}
-                for i, c, b, s in zip(self.image_id.tolist(), self.category_id.tolist(),
-                                      self.boxes.tolist(), self.scores.tolist())]
+        return [
+            {"image_id": int(i), "category_id": int(c), "bbox": [float(v) for v in b], "score": float(s)}
+            for i, c, b, s in zip(
+                self.image_id.tolist(), self.category_id.tolist(), self.boxes.tolist(), self.scores.tolist()
+            )
+        ]
 
 
 def _line_of_entry(text: str, index: int) -> int | None:
@@ -209,30 +222,43 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def read_bbox_arrays(path: str | Path, valid_image_ids: Iterable[int] | None = None,
-                     valid_category_ids: Iterable[int] | None = None) -> Detections:
+def read_bbox_arrays(
+    path: str | Path,
+    valid_image_ids: Iterable[int] | None = None,
+    valid_category_ids: Iterable[int] | None = None,
+) -> Detections:
     """Read and validate ``bbox_result.json`` into :class:`Detections` (file order kept)."""
     path = Path(path)
     if not path.is_file():
         raise TbxError("detection result file not found", path, f"write COCO results ('{BBOX_RESULT}')")
     raw = path.read_bytes()  # decoded only when orjson is absent or an error must name a line
     if not raw or raw.isspace():
-        raise TbxError("detection result file is empty", where(path, 1),
-                       "write a JSON list of detections ('[]' when there are none)")
+        raise TbxError(
+            "detection result file is empty",
+            where(path, 1),
+            "write a JSON list of detections ('[]' when there are none)",
+        )
     with _gc_paused():
         return _read_bbox_bytes(path, raw, valid_image_ids, valid_category_ids)
 
 
-def _read_bbox_bytes(path: Path, raw: bytes, valid_image_ids: Iterable[int] | None,
-                     valid_category_ids: Iterable[int] | None) -> Detections:
+def _read_bbox_bytes(
+    path: Path, raw: bytes, valid_image_ids: Iterable[int] | None, valid_category_ids: Iterable[int] | None
+) -> Detections:
     try:
         data = _loads(raw)
     except json.JSONDecodeError as e:
-        raise TbxError(f"invalid JSON: {e.msg}", where(path, e.lineno),
-                       "regenerate the file (a JSON list of COCO detections)") from None
+        raise TbxError(
+            f"invalid JSON: {e.msg}",
+            where(path, e.lineno),
+            "regenerate the file (a JSON list of COCO detections)",
+        ) from None
     if not isinstance(data, list):
-        raise TbxError("detection results must be a JSON list of detections", where(path, 1),
-                       "write [{\"image_id\", \"category_id\", \"bbox\": [x, y, w, h], \"score\"}, ...]")
+        raise TbxError(
+            "detection results must be a JSON list of detections",
+            where(path, 1),
+            'write [{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]',
+        )
     if not data:
         return Detections.empty()
     vimg = set(int(i) for i in valid_image_ids) if valid_image_ids is not None else None
@@ -247,9 +273,15 @@ def _read_bbox_bytes(path: Path, raw: bytes, valid_image_ids: Iterable[int] | No
         box = np.fromiter(itertools.chain.from_iterable(bbox), np.float64, 4 * len(bbox)).reshape(-1, 4)
         sc_list = [d["score"] for d in data]
         sc = np.array(sc_list, dtype=np.float64)
-        ok = (img.dtype.kind == "i" and cat.dtype.kind == "i" and box.shape == (len(data), 4)
-              and np.isfinite(box).all() and (box[:, 2:] >= 0).all() and np.isfinite(sc).all()
-              and bool not in set(map(type, sc_list)))
+        ok = (
+            img.dtype.kind == "i"
+            and cat.dtype.kind == "i"
+            and box.shape == (len(data), 4)
+            and np.isfinite(box).all()
+            and (box[:, 2:] >= 0).all()
+            and np.isfinite(sc).all()
+            and bool not in set(map(type, sc_list))
+        )
         if ok and vimg is not None:
             ok = bool(np.isin(img, np.fromiter(vimg, np.int64, len(vimg))).all())
         if ok and vcat is not None:
@@ -269,8 +301,11 @@ def _read_bbox_bytes(path: Path, raw: bytes, valid_image_ids: Iterable[int] | No
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def read_bbox_result(path: str | Path, valid_image_ids: Iterable[int] | None = None,
-                     valid_category_ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
+def read_bbox_result(
+    path: str | Path,
+    valid_image_ids: Iterable[int] | None = None,
+    valid_category_ids: Iterable[int] | None = None,
+) -> list[dict[str, Any]]:
     """Read and validate ``bbox_result.json`` → list of COCO result dicts (file order)."""
     return read_bbox_arrays(path, valid_image_ids, valid_category_ids).to_dicts()
 
@@ -282,6 +317,12 @@ def write_bbox_result(path: str | Path, dets: list[dict[str, Any]]) -> None:
         why = _check_entry(d, None, None)
         if why is not None:
             raise ValueError(f"detection #{i}: {why}")
-        out.append({"image_id": int(d["image_id"]), "category_id": int(d["category_id"]),
-                    "bbox": [float(v) for v in d["bbox"]], "score": float(d["score"])})
+        out.append(
+            {
+                "image_id": int(d["image_id"]),
+                "category_id": int(d["category_id"]),
+                "bbox": [float(v) for v in d["bbox"]],
+                "score": float(d["score"]),
+            }
+        )
     atomic_write_text(path, json.dumps(out, separators=(",", ":"), allow_nan=False) + "\n")

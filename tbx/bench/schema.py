@@ -65,14 +65,20 @@ def _check_modes(det: Any, path: Path, key: str) -> None:
         raise TbxError(f"'{key}' must be a mapping of detection modes", path)
     for mode, rows in det.items():
         if mode not in DET_MODES:
-            raise TbxError(f"unknown detection mode '{key}.{mode}'", path,
-                           f"use {' / '.join(DET_MODES)} (schema {SCHEMA}; re-run `tbx bench`)")
+            raise TbxError(
+                f"unknown detection mode '{key}.{mode}'",
+                path,
+                f"use {' / '.join(DET_MODES)} (schema {SCHEMA}; re-run `tbx bench`)",
+            )
         if not isinstance(rows, dict):
             raise TbxError(f"'{key}.{mode}' must be a mapping of detection rows", path)
         for row in rows:
             if row not in DET_ROWS:
-                raise TbxError(f"unknown detection row '{key}.{mode}.{row}'", path,
-                               f"use {' / '.join(DET_ROWS)} (schema {SCHEMA}; re-run `tbx bench`)")
+                raise TbxError(
+                    f"unknown detection row '{key}.{mode}.{row}'",
+                    path,
+                    f"use {' / '.join(DET_ROWS)} (schema {SCHEMA}; re-run `tbx bench`)",
+                )
 
 
 def _check_intervals(tree: Any, path: Path, key: str) -> None:
@@ -83,10 +89,14 @@ def _check_intervals(tree: Any, path: Path, key: str) -> None:
     elif isinstance(tree, list) and tree and all(isinstance(v, list) for v in tree):
         for i, v in enumerate(tree):
             _check_intervals(v, path, f"{key}[{i}]")
-    elif not (isinstance(tree, list) and len(tree) == 2
-              and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in tree)):
-        raise TbxError(f"'{key}' is not an interval [lo, hi]", path,
-                       f"write intervals as [lo, hi] ({SCHEMA})")
+    elif not (
+        isinstance(tree, list)
+        and len(tree) == 2
+        and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in tree)
+    ):
+        raise TbxError(
+            f"'{key}' is not an interval [lo, hi]", path, f"write intervals as [lo, hi] ({SCHEMA})"
+        )
 
 
 def check_bench_result(data: Any, path: Path) -> BenchResult:
@@ -94,8 +104,11 @@ def check_bench_result(data: Any, path: Path) -> BenchResult:
     if not isinstance(data, dict):
         raise TbxError("bench JSON must be an object", path, "use the output of `tbx bench --json`")
     if data.get("schema") != SCHEMA:
-        raise TbxError(f"bench JSON of schema {data.get('schema')!r}, expected {SCHEMA!r}", path,
-                       "re-run `tbx bench` with this version of tbx")
+        raise TbxError(
+            f"bench JSON of schema {data.get('schema')!r}, expected {SCHEMA!r}",
+            path,
+            "re-run `tbx bench` with this version of tbx",
+        )
     if "detection" in data:
         _check_modes(data["detection"], path, "detection")
     ci = data.get("ci")

@@ -111,14 +111,22 @@ def delong_ci(scores: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict[st
     return {"auc": auc, "se": se, "ci": [max(0.0, auc - z * se), min(1.0, auc + z * se)]}
 
 
-def delong_test(scores_a: np.ndarray, scores_b: np.ndarray, y: np.ndarray,
-                level: float = 0.95) -> dict[str, float | None]:
+def delong_test(
+    scores_a: np.ndarray, scores_b: np.ndarray, y: np.ndarray, level: float = 0.95
+) -> dict[str, float | None]:
     """Paired DeLong test of AUC(a) − AUC(b) on the same cases: difference, SE, CI, z, p."""
     try:
         aucs, cov = fast_delong(np.stack([scores_a, scores_b]), y)
     except ValueError:
-        return {"auc_a": None, "auc_b": None, "diff": None, "se": None, "ci": [None, None],
-                "z": None, "p": None}
+        return {
+            "auc_a": None,
+            "auc_b": None,
+            "diff": None,
+            "se": None,
+            "ci": [None, None],
+            "z": None,
+            "p": None,
+        }
     diff = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     se = math.sqrt(max(var, 0.0))
@@ -128,5 +136,12 @@ def delong_test(scores_a: np.ndarray, scores_b: np.ndarray, y: np.ndarray,
         p = 2.0 * _N.cdf(-abs(z))
     else:  # identical rankings: no difference to test
         z, p = 0.0, 1.0
-    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff, "se": se,
-            "ci": [diff - zq * se, diff + zq * se], "z": float(z), "p": p}
+    return {
+        "auc_a": float(aucs[0]),
+        "auc_b": float(aucs[1]),
+        "diff": diff,
+        "se": se,
+        "ci": [diff - zq * se, diff + zq * se],
+        "z": float(z),
+        "p": p,
+    }

@@ -27,7 +27,8 @@ gives each reader's median and total reading time.  Scoring (docs/dataset.md §1
   *uncertain-type* TB any TB answer is right;
 * **3-class accuracy** — healthy / sick / TB, ignoring the active/latent distinction (the paper's
   84.8 %); **sensitivity** = recall of TB, **specificity** = recall of non-TB (healthy ∪ sick,
-  docs/protocol.md §4.2); **Cohen's kappa** vs gold on the 3 classes; 3×3 confusion (rows gold, columns reader)
+  docs/protocol.md §4.2); **Cohen's kappa** vs gold on the 3 classes; 3×3 confusion (rows gold,
+  columns reader)
   and a type-level confusion;
 * bootstrap 95 % percentile CIs over cases (seeded, :func:`tbx.bench.stats.bootstrap_counts`);
 * inter-reader agreement: Fleiss' kappa (3 classes) with ≥ 3 readers, Cohen's kappa with 2; the
@@ -76,20 +77,45 @@ SIMULATED = "reads_simulated_reader.csv"
 CLASSES = ("healthy", "sick", "tb")  # 3-class index 0/1/2 (CLASS_INDEX, docs/protocol.md §4.1)
 TB_MIX_TYPES = ("active", "latent", "active+latent", "uncertain")
 ANSWERS = ("healthy", "sick", "active", "latent", "active+latent", "tb")
-FORM_CHOICES = (("healthy", "healthy"), ("sick", "sick, non-TB"), ("active", "active TB"),
-                ("latent", "latent TB"), ("active+latent", "active + latent TB"))
+FORM_CHOICES = (
+    ("healthy", "healthy"),
+    ("sick", "sick, non-TB"),
+    ("active", "active TB"),
+    ("latent", "latent TB"),
+    ("active+latent", "active + latent TB"),
+)
 GOLD_ROWS = ("healthy", "sick", "active", "latent", "active+latent", "uncertain")
-_TYPE_SET = {"active": frozenset({"active"}), "latent": frozenset({"latent"}),
-             "active+latent": frozenset({"active", "latent"}), "tb": frozenset()}
+_TYPE_SET = {
+    "active": frozenset({"active"}),
+    "latent": frozenset({"latent"}),
+    "active+latent": frozenset({"active", "latent"}),
+    "tb": frozenset(),
+}
 _SYNONYMS = {
-    "healthy": "healthy", "normal": "healthy", "h": "healthy",
-    "sick": "sick", "sick non-tb": "sick", "sick-non-tb": "sick", "sick but non-tb": "sick",
-    "sick non tb": "sick", "non-tb sick": "sick", "s": "sick",
-    "active": "active", "active tb": "active", "latent": "latent", "latent tb": "latent",
-    "obsolete": "latent", "active+latent": "active+latent", "active + latent": "active+latent",
-    "active+latent tb": "active+latent", "active + latent tb": "active+latent",
-    "active & latent": "active+latent", "active and latent": "active+latent",
-    "both": "active+latent", "latent+active": "active+latent", "tb": "tb",
+    "healthy": "healthy",
+    "normal": "healthy",
+    "h": "healthy",
+    "sick": "sick",
+    "sick non-tb": "sick",
+    "sick-non-tb": "sick",
+    "sick but non-tb": "sick",
+    "sick non tb": "sick",
+    "non-tb sick": "sick",
+    "s": "sick",
+    "active": "active",
+    "active tb": "active",
+    "latent": "latent",
+    "latent tb": "latent",
+    "obsolete": "latent",
+    "active+latent": "active+latent",
+    "active + latent": "active+latent",
+    "active+latent tb": "active+latent",
+    "active + latent tb": "active+latent",
+    "active & latent": "active+latent",
+    "active and latent": "active+latent",
+    "both": "active+latent",
+    "latent+active": "active+latent",
+    "tb": "tb",
 }
 
 
@@ -113,8 +139,10 @@ class StudyConfig:
 def _parse_mix(text: str) -> list[int]:
     parts = str(text).split(":")
     if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
-        raise TbxError(f"--tb-mix '{text}' must be four non-negative integers "
-                       "active:latent:both:uncertain", fix="e.g. --tb-mix 63:41:15:1")
+        raise TbxError(
+            f"--tb-mix '{text}' must be four non-negative integers active:latent:both:uncertain",
+            fix="e.g. --tb-mix 63:41:15:1",
+        )
     mix = [int(p) for p in parts]
     if sum(mix) == 0:
         raise TbxError(f"--tb-mix '{text}' is all zero", fix="e.g. --tb-mix 63:41:15:1")
@@ -141,8 +169,9 @@ def _stratum(r: Record) -> str | None:
     return None  # TB without box (type unknown) or unlabelled: not sampled
 
 
-def sample_study(root: str | Path, out: str | Path, cfg: StudyConfig | None = None,
-                 force: bool = False) -> Path:
+def sample_study(
+    root: str | Path, out: str | Path, cfg: StudyConfig | None = None, force: bool = False
+) -> Path:
     """Draw the study cases from ``ROOT/annotations/json/TBX11K_<split>.json`` into ``out``."""
     from tbx.provenance import write_provenance
 
@@ -154,8 +183,11 @@ def sample_study(root: str | Path, out: str | Path, cfg: StudyConfig | None = No
     ann_rel = f"{ANN_JSON}/{tbx_json_name(cfg.split)}"
     ann = root / ann_rel
     if not ann.is_file():
-        raise TbxError(f"no annotation file for split '{cfg.split}'", ann,
-                       "split the dataset first (tbx dataset split) or choose --split")
+        raise TbxError(
+            f"no annotation file for split '{cfg.split}'",
+            ann,
+            "split the dataset first (tbx dataset split) or choose --split",
+        )
     records = read_coco(ann, strict_labels=False)
     want = {"healthy": cfg.n_healthy, "sick": cfg.n_sick, **tb_counts(cfg.n_tb, cfg.tb_mix)}
     if sum(want.values()) == 0:
@@ -165,11 +197,13 @@ def sample_study(root: str | Path, out: str | Path, cfg: StudyConfig | None = No
         s = _stratum(r)
         if s in pools:
             pools[s].append(r)
-    short = [f"{k}: {len(pools[k])} available, {n} requested" for k, n in want.items()
-             if len(pools[k]) < n]
+    short = [f"{k}: {len(pools[k])} available, {n} requested" for k, n in want.items() if len(pools[k]) < n]
     if short:
-        raise TbxError("not enough images for the study (" + "; ".join(short) + ")", ann,
-                       "lower the counts (--n-healthy/--n-sick/--n-tb/--tb-mix) or use another split")
+        raise TbxError(
+            "not enough images for the study (" + "; ".join(short) + ")",
+            ann,
+            "lower the counts (--n-healthy/--n-sick/--n-tb/--tb-mix) or use another split",
+        )
     if out.exists() and any(out.iterdir()) and not force:
         raise TbxError("study folder exists and is not empty", out, "choose another --out or pass --force")
     check_replaceable(out, "study", [ann, root / IMGS])
@@ -184,26 +218,39 @@ def sample_study(root: str | Path, out: str | Path, cfg: StudyConfig | None = No
     srcs = [resolve_inside(root / IMGS, r.file_name, ann, "imgs/") for r in chosen]
     missing = [r.file_name for r, src in zip(chosen, srcs) if not src.is_file()]
     if missing:
-        raise TbxError(f"{len(missing)} sampled image(s) missing under {root / IMGS} "
-                       f"(e.g. '{missing[0]}')", fix="check the dataset root's imgs/ folder")
+        raise TbxError(
+            f"{len(missing)} sampled image(s) missing under {root / IMGS} (e.g. '{missing[0]}')",
+            fix="check the dataset root's imgs/ folder",
+        )
     with atomic_dir(out, overwrite=True, kind="study", inputs=[ann, root / IMGS]) as tmp:
         (tmp / "images").mkdir()
-        cases_rows, key_rows = [["case_id", "image"]], [["case_id", "label", "tb_type", "file_name",
-                                                          "image_id"]]
+        cases_rows, key_rows = (
+            [["case_id", "image"]],
+            [["case_id", "label", "tb_type", "file_name", "image_id"]],
+        )
         for cid, r, src in zip(ids, chosen, srcs):
             rel = f"images/{cid}{src.suffix.lower()}"
             link_or_copy(src, tmp / rel, cfg.link)
             cases_rows.append([cid, rel])
-            key_rows.append([cid, r.label, r.tb_type if r.label == "tb" else "none", r.file_name,
-                             str(r.image_id)])
+            key_rows.append(
+                [cid, r.label, r.tb_type if r.label == "tb" else "none", r.file_name, str(r.image_id)]
+            )
         atomic_write_text(tmp / CASES, _csv(cases_rows))
         atomic_write_text(tmp / KEY, _csv(key_rows))
-        atomic_write_json(tmp / STUDY_JSON, {
-            "root": str(root.resolve()), "annotation": ann_rel, "split": cfg.split,
-            "n_images_in_annotation": len(records), "seed": cfg.seed, "n_cases": len(chosen),
-            "composition": want, "tb_mix": cfg.tb_mix,
-            "note": "key.csv and study.json reveal the gold standard: do not give them to readers",
-        })
+        atomic_write_json(
+            tmp / STUDY_JSON,
+            {
+                "root": str(root.resolve()),
+                "annotation": ann_rel,
+                "split": cfg.split,
+                "n_images_in_annotation": len(records),
+                "seed": cfg.seed,
+                "n_cases": len(chosen),
+                "composition": want,
+                "tb_mix": cfg.tb_mix,
+                "note": "key.csv and study.json reveal the gold standard: do not give them to readers",
+            },
+        )
         write_provenance(tmp, cfg, cfg.seed, root=str(root.resolve()), annotation=ann_rel)
     return out
 
@@ -243,29 +290,52 @@ def load_study(study_dir: str | Path) -> tuple[list[Case], dict[str, Any]]:
             problems.append(f"{where(d / KEY, line)}: duplicate case '{row['case_id']}'")
         key_by[row["case_id"]] = (line, row)
         if row["label"] not in CLASSES:
-            problems.append(f"{where(d / KEY, line)}: gold label '{row['label']}' is not one of "
-                            f"{'/'.join(CLASSES)}")
+            problems.append(
+                f"{where(d / KEY, line)}: gold label '{row['label']}' is not one of {'/'.join(CLASSES)}"
+            )
         elif row["label"] == "tb" and row["tb_type"] not in TB_MIX_TYPES:
-            problems.append(f"{where(d / KEY, line)}: gold TB type '{row['tb_type']}' is not one of "
-                            f"{'/'.join(TB_MIX_TYPES)}")
+            problems.append(
+                f"{where(d / KEY, line)}: gold TB type '{row['tb_type']}' is not one of "
+                f"{'/'.join(TB_MIX_TYPES)}"
+            )
     case_ids = [row["case_id"] for _, row in cases]
-    dup = [f"{where(d / CASES, line)}: duplicate case '{row['case_id']}'"
-           for i, (line, row) in enumerate(cases) if row["case_id"] in case_ids[:i]]
+    dup = [
+        f"{where(d / CASES, line)}: duplicate case '{row['case_id']}'"
+        for i, (line, row) in enumerate(cases)
+        if row["case_id"] in case_ids[:i]
+    ]
     problems += dup
-    problems += [f"{where(d / CASES, line)}: case '{row['case_id']}' has no row in key.csv"
-                 for line, row in cases if row["case_id"] not in key_by]
-    problems += [f"{where(d / KEY, line)}: case '{cid}' is not in cases.csv"
-                 for cid, (line, _) in key_by.items() if cid not in set(case_ids)]
+    problems += [
+        f"{where(d / CASES, line)}: case '{row['case_id']}' has no row in key.csv"
+        for line, row in cases
+        if row["case_id"] not in key_by
+    ]
+    problems += [
+        f"{where(d / KEY, line)}: case '{cid}' is not in cases.csv"
+        for cid, (line, _) in key_by.items()
+        if cid not in set(case_ids)
+    ]
     if problems:
-        raise TbxError("key.csv and cases.csv do not match: " + "; ".join(problems[:20])
-                       + (f" (+{len(problems) - 20} more)" if len(problems) > 20 else ""), d,
-                       "re-create the study with tbx study sample")
+        raise TbxError(
+            "key.csv and cases.csv do not match: "
+            + "; ".join(problems[:20])
+            + (f" (+{len(problems) - 20} more)" if len(problems) > 20 else ""),
+            d,
+            "re-create the study with tbx study sample",
+        )
     out = []
     for _, row in cases:
         k = key_by[row["case_id"]][1]
-        out.append(Case(row["case_id"], row["image"], k["label"],
-                        k["tb_type"] if k["label"] == "tb" else "none", k.get("file_name", ""),
-                        int(k.get("image_id") or 0)))
+        out.append(
+            Case(
+                row["case_id"],
+                row["image"],
+                k["label"],
+                k["tb_type"] if k["label"] == "tb" else "none",
+                k.get("file_name", ""),
+                int(k.get("image_id") or 0),
+            )
+        )
     if not out:
         raise TbxError("the study has no cases", d / CASES)
     return out, meta
@@ -304,16 +374,27 @@ def _render_sheet(d: Path, cases: list[Case]) -> str:
         digest.update(c.case_id.encode() + b"\0" + hashlib.sha256(raw).digest())
         mime = _MIME.get(img.suffix.lower(), "application/octet-stream")
         data_cases.append({"id": c.case_id, "src": f"data:{mime};base64,{base64.b64encode(raw).decode()}"})
-    data = {"token": digest.hexdigest()[:16], "cases": data_cases, "choices": FORM_CHOICES,
-            "columns": READS_COLUMNS}
+    data = {
+        "token": digest.hexdigest()[:16],
+        "cases": data_cases,
+        "choices": FORM_CHOICES,
+        "columns": READS_COLUMNS,
+    }
     choices = "\n".join(
         f'<label class="choice"><input type="radio" name="answer" value="{html.escape(v)}">'
-        f"<kbd>{k}</kbd> {html.escape(text)}</label>" for k, (v, text) in enumerate(FORM_CHOICES, start=1))
+        f"<kbd>{k}</kbd> {html.escape(text)}</label>"
+        for k, (v, text) in enumerate(FORM_CHOICES, start=1)
+    )
     page, css, js = (_asset(n) for n in _FORM_ASSETS)
-    values = {"TITLE": html.escape(d.resolve().name), "N": str(len(cases)), "CHOICES": choices,
-              "CSS": css, "JS": js,
-              # inside <script>: no "</" may close the element early
-              "DATA": json.dumps(data, separators=(",", ":")).replace("</", "<\\/")}
+    values = {
+        "TITLE": html.escape(d.resolve().name),
+        "N": str(len(cases)),
+        "CHOICES": choices,
+        "CSS": css,
+        "JS": js,
+        # inside <script>: no "</" may close the element early
+        "DATA": json.dumps(data, separators=(",", ":")).replace("</", "<\\/"),
+    }
     return re.sub(r"\{\{([A-Z]+)\}\}", lambda m: values[m.group(1)], page)
 
 
@@ -328,8 +409,9 @@ def write_sheet(study_dir: str | Path) -> tuple[Path, Path]:
     atomic_write_text(sheet, page)
     template = d / TEMPLATE
     atomic_write_text(template, _csv([list(READS_COLUMNS)] + [[c.case_id, "", "", ""] for c in cases]))
-    write_provenance(d, None, None, name="provenance_sheet.json", n_cases=len(cases),
-                     outputs=[SHEET, TEMPLATE])
+    write_provenance(
+        d, None, None, name="provenance_sheet.json", n_cases=len(cases), outputs=[SHEET, TEMPLATE]
+    )
     return sheet, template
 
 
@@ -374,8 +456,10 @@ def read_reads(path: str | Path, cases: list[Case], name: str | None = None) -> 
         seen[cid] = line
         ans = normalise_answer(row["label"])
         if ans is None:
-            problems.append(f"{loc}: invalid label '{row['label']}' for '{cid}' "
-                            f"(use {', '.join(a for a, _ in FORM_CHOICES)})")
+            problems.append(
+                f"{loc}: invalid label '{row['label']}' for '{cid}' "
+                f"(use {', '.join(a for a, _ in FORM_CHOICES)})"
+            )
             continue
         answers[index[cid]] = ans
         comments[index[cid]] = row.get("comment", "")
@@ -385,23 +469,35 @@ def read_reads(path: str | Path, cases: list[Case], name: str | None = None) -> 
             except ValueError:
                 t = -1.0
             if not (math.isfinite(t) and t >= 0):
-                problems.append(f"{loc}: invalid seconds '{row['seconds']}' for '{cid}' "
-                                "(a reading time ≥ 0 in seconds, or blank)")
+                problems.append(
+                    f"{loc}: invalid seconds '{row['seconds']}' for '{cid}' "
+                    "(a reading time ≥ 0 in seconds, or blank)"
+                )
                 continue
             seconds[index[cid]] = t
-    missing = [cases[i].case_id for i, a in enumerate(answers) if a is None
-               and cases[i].case_id not in seen]
+    missing = [cases[i].case_id for i, a in enumerate(answers) if a is None and cases[i].case_id not in seen]
     if missing:
-        problems.append(f"{path}: {len(missing)} case(s) without a row: "
-                        + ", ".join(missing[:10]) + (" …" if len(missing) > 10 else ""))
+        problems.append(
+            f"{path}: {len(missing)} case(s) without a row: "
+            + ", ".join(missing[:10])
+            + (" …" if len(missing) > 10 else "")
+        )
     if problems:
-        raise TbxError(f"bad reads file ({len(problems)} problem(s)): " + "; ".join(problems[:20])
-                       + (f" (+{len(problems) - 20} more)" if len(problems) > 20 else ""), path,
-                       "one row per case of cases.csv with a valid label")
+        raise TbxError(
+            f"bad reads file ({len(problems)} problem(s)): "
+            + "; ".join(problems[:20])
+            + (f" (+{len(problems) - 20} more)" if len(problems) > 20 else ""),
+            path,
+            "one row per case of cases.csv with a valid label",
+        )
     stem = path.stem
-    return Reads(name or (stem[len("reads_"):] if stem.startswith("reads_") and len(stem) > 6
-                          else stem), path, [a for a in answers if a is not None], comments,
-                 seconds if timed else None)
+    return Reads(
+        name or (stem[len("reads_") :] if stem.startswith("reads_") and len(stem) > 6 else stem),
+        path,
+        [a for a in answers if a is not None],
+        comments,
+        seconds if timed else None,
+    )
 
 
 def reading_time(seconds: list[float | None] | None) -> dict[str, Any] | None:
@@ -409,8 +505,12 @@ def reading_time(seconds: list[float | None] | None) -> dict[str, Any] | None:
     times = [t for t in (seconds or []) if t is not None]
     if not times:
         return None
-    return {"median_s": float(np.median(times)), "total_s": float(sum(times)), "n_timed": len(times),
-            "n_cases": len(seconds or [])}
+    return {
+        "median_s": float(np.median(times)),
+        "total_s": float(sum(times)),
+        "n_timed": len(times),
+        "n_cases": len(seconds or []),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,7 +522,8 @@ def class_index(answer: str) -> int:
 
 
 def type_correct(answer: str, label: str, tb_type: str) -> bool:
-    """docs/dataset.md §1.5 rule: right class and, for TB, the same set of TB types (uncertain gold: any TB)."""
+    """docs/dataset.md §1.5 rule: right class and, for TB, the same set of TB types (uncertain gold:
+    any TB)."""
     if label != "tb":
         return answer == label
     if answer not in _TYPE_SET:
@@ -443,7 +544,7 @@ def _kappa_from_confusion(conf: np.ndarray) -> np.ndarray:
     conf = conf.astype(np.float64)
     n = conf.sum(axis=(1, 2))
     po = np.trace(conf, axis1=1, axis2=2) / n
-    pe = (conf.sum(axis=2) * conf.sum(axis=1)).sum(axis=1) / n ** 2
+    pe = (conf.sum(axis=2) * conf.sum(axis=1)).sum(axis=1) / n**2
     with np.errstate(invalid="ignore", divide="ignore"):
         kappa = np.where(pe < 1, (po - pe) / (1 - pe), np.where(po == 1, 1.0, np.nan))
     return kappa
@@ -454,10 +555,10 @@ def fleiss_kappa(ratings: np.ndarray, k: int = 3) -> float:
     ratings = np.asarray(ratings)
     n_raters = ratings.shape[1]
     counts = np.stack([(ratings == j).sum(axis=1) for j in range(k)], axis=1).astype(np.float64)
-    p_i = ((counts ** 2).sum(axis=1) - n_raters) / (n_raters * (n_raters - 1))
+    p_i = ((counts**2).sum(axis=1) - n_raters) / (n_raters * (n_raters - 1))
     p_bar = p_i.mean()
     p_j = counts.sum(axis=0) / (ratings.shape[0] * n_raters)
-    pe = (p_j ** 2).sum()
+    pe = (p_j**2).sum()
     return float((p_bar - pe) / (1 - pe)) if pe < 1 else float("nan")
 
 
@@ -474,11 +575,15 @@ def mcnemar(model_right: np.ndarray, reader_right: np.ndarray) -> dict[str, Any]
         return {"method": "exact binomial", "statistic": 0.0, "p_value": 1.0, "b": b, "c": c}
     if n < 25:
         p = min(1.0, 2.0 * float(binom.cdf(min(b, c), n, 0.5)))
-        return {"method": "exact binomial", "statistic": float(min(b, c)), "p_value": p,
-                "b": b, "c": c}
+        return {"method": "exact binomial", "statistic": float(min(b, c)), "p_value": p, "b": b, "c": c}
     stat = (abs(b - c) - 1) ** 2 / n
-    return {"method": "chi-square with continuity correction", "statistic": float(stat),
-            "p_value": float(chi2.sf(stat, 1)), "b": b, "c": c}
+    return {
+        "method": "chi-square with continuity correction",
+        "statistic": float(stat),
+        "p_value": float(chi2.sf(stat, 1)),
+        "b": b,
+        "c": c,
+    }
 
 
 def _confusion(gold: np.ndarray, pred: np.ndarray, k: int = 3) -> list[list[int]]:
@@ -499,8 +604,9 @@ def _f(x: float) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else float(x)
 
 
-def _metrics(gold3: np.ndarray, pred3: np.ndarray, right_types: np.ndarray | None,
-             boot: np.ndarray, level: float) -> dict[str, Any]:
+def _metrics(
+    gold3: np.ndarray, pred3: np.ndarray, right_types: np.ndarray | None, boot: np.ndarray, level: float
+) -> dict[str, Any]:
     """Point estimates + bootstrap CIs; ``boot`` = (B, n) resampling counts."""
     from tbx.bench.stats import percentile_ci
 
@@ -510,20 +616,27 @@ def _metrics(gold3: np.ndarray, pred3: np.ndarray, right_types: np.ndarray | Non
     out: dict[str, Any] = {}
     if right_types is not None:
         out["accuracy_types"] = float(right_types.mean())
-    out.update({
-        "accuracy_3class": float((gold3 == pred3).mean()),
-        "sensitivity": _f(sens[0]), "specificity": _f(spec[0]),
-        "kappa_vs_gold": _f(cohen_kappa(gold3, pred3)),
-        "confusion": conf.tolist(), "n_cases": n,
-    })
+    out.update(
+        {
+            "accuracy_3class": float((gold3 == pred3).mean()),
+            "sensitivity": _f(sens[0]),
+            "specificity": _f(spec[0]),
+            "kappa_vs_gold": _f(cohen_kappa(gold3, pred3)),
+            "confusion": conf.tolist(),
+            "n_cases": n,
+        }
+    )
     # bootstrap: weighted confusions per resample (B, 9) = counts @ one-hot(gold*3+pred)
     onehot = np.zeros((n, 9))
     onehot[np.arange(n), gold3 * 3 + pred3] = 1
     bconf = (boot @ onehot).reshape(-1, 3, 3)
     bsens, bspec = _binary_rates(bconf)
-    samples = {"accuracy_3class": np.trace(bconf, axis1=1, axis2=2) / n,
-               "sensitivity": bsens, "specificity": bspec,
-               "kappa_vs_gold": _kappa_from_confusion(bconf)}
+    samples = {
+        "accuracy_3class": np.trace(bconf, axis1=1, axis2=2) / n,
+        "sensitivity": bsens,
+        "specificity": bspec,
+        "kappa_vs_gold": _kappa_from_confusion(bconf),
+    }
     if right_types is not None:
         samples = {"accuracy_types": boot @ right_types.astype(np.float64) / n, **samples}
     out["ci"] = {k: list(percentile_ci(v, level)) for k, v in samples.items()}
@@ -548,8 +661,11 @@ def _load_predictions(pred: Path, cases: list[Case], meta: dict[str, Any]) -> tu
     root = Path(meta.get("root", ""))
     ann_rel = meta.get("annotation")
     if not ann_rel:
-        raise TbxError("study.json does not name the source annotation file", STUDY_JSON,
-                       "re-create the study with tbx study sample")
+        raise TbxError(
+            "study.json does not name the source annotation file",
+            STUDY_JSON,
+            "re-create the study with tbx study sample",
+        )
     candidates = [ann_rel, f"{ANN_JSON}/all_{meta.get('split', 'test')}.json"]
     n_src = meta.get("n_images_in_annotation")
     for rel in candidates:  # line i ↔ i-th image of the evaluated file (docs/protocol.md §4.1)
@@ -568,13 +684,20 @@ def _load_predictions(pred: Path, cases: list[Case], meta: dict[str, Any]) -> tu
     if n_src == len(probs) and min(ids) >= 1 and max(ids) <= len(probs):
         # root not reachable: the release's positional ids (image id i = line i)
         return probs[np.array(ids) - 1], ann_rel
-    raise TbxError(f"{path} has {len(probs)} lines, which matches neither the study's annotation "
-                   f"file ({ann_rel}, {n_src} images) nor all_{meta.get('split', 'test')}.json", path,
-                   "predict on the annotation file the study was drawn from")
+    raise TbxError(
+        f"{path} has {len(probs)} lines, which matches neither the study's annotation "
+        f"file ({ann_rel}, {n_src} images) nor all_{meta.get('split', 'test')}.json",
+        path,
+        "predict on the annotation file the study was drawn from",
+    )
 
 
-def compare(study_dir: str | Path, reads: list[str | Path], pred: str | Path | None = None,
-            cfg: CompareConfig | None = None) -> dict[str, Any]:
+def compare(
+    study_dir: str | Path,
+    reads: list[str | Path],
+    pred: str | Path | None = None,
+    cfg: CompareConfig | None = None,
+) -> dict[str, Any]:
     """Score readers (and a model) against the gold standard; returns the result dict (nothing
     written — see :func:`run_compare`)."""
     from sklearn.metrics import roc_auc_score, roc_curve
@@ -613,29 +736,45 @@ def compare(study_dir: str | Path, reads: list[str | Path], pred: str | Path | N
         for a, c in zip(r.answers, cases):
             types[c.tb_type if c.label == "tb" else c.label][a] += 1
         m["confusion_types"] = {g: {a: types[g][a] for a in ANSWERS} for g in GOLD_ROWS}
-        m["operating_point"] = {"fpr": _f(1 - m["specificity"]) if m["specificity"] is not None
-                                else None, "tpr": m["sensitivity"]}
+        m["operating_point"] = {
+            "fpr": _f(1 - m["specificity"]) if m["specificity"] is not None else None,
+            "tpr": m["sensitivity"],
+        }
         m["reading_time"] = reading_time(r.seconds)
         readers.append({"name": r.name, "file": str(Path(r.path).resolve()), **m})
     keys = ("accuracy_types", "accuracy_3class", "sensitivity", "specificity", "kappa_vs_gold")
-    average = {k: _f(float(np.mean([x[k] for x in readers if x[k] is not None])))
-               if any(x[k] is not None for x in readers) else None for k in keys}
+    average = {
+        k: _f(float(np.mean([x[k] for x in readers if x[k] is not None])))
+        if any(x[k] is not None for x in readers)
+        else None
+        for k in keys
+    }
     agreement: dict[str, Any] | None = None
     if len(parsed) >= 2:
-        pairs = [{"a": parsed[i].name, "b": parsed[j].name,
-                  "kappa": _f(cohen_kappa(preds3[i], preds3[j]))}
-                 for i in range(len(parsed)) for j in range(i + 1, len(parsed))]
+        pairs = [
+            {"a": parsed[i].name, "b": parsed[j].name, "kappa": _f(cohen_kappa(preds3[i], preds3[j]))}
+            for i in range(len(parsed))
+            for j in range(i + 1, len(parsed))
+        ]
         if len(parsed) >= 3:
-            agreement = {"method": "fleiss", "kappa": _f(fleiss_kappa(np.stack(preds3, axis=1))),
-                         "pairwise_cohen": pairs}
+            agreement = {
+                "method": "fleiss",
+                "kappa": _f(fleiss_kappa(np.stack(preds3, axis=1))),
+                "pairwise_cohen": pairs,
+            }
         else:
             agreement = {"method": "cohen", "kappa": pairs[0]["kappa"], "pairwise_cohen": pairs}
     result: dict[str, Any] = {
-        "study": str(Path(study_dir).resolve()), "n_cases": len(cases),
-        "composition": {g: sum(1 for c in cases if (c.tb_type if c.label == "tb" else c.label) == g)
-                        for g in GOLD_ROWS},
-        "readers": readers, "average": average, "agreement": agreement,
-        "model": None, "tests": [],
+        "study": str(Path(study_dir).resolve()),
+        "n_cases": len(cases),
+        "composition": {
+            g: sum(1 for c in cases if (c.tb_type if c.label == "tb" else c.label) == g) for g in GOLD_ROWS
+        },
+        "readers": readers,
+        "average": average,
+        "agreement": agreement,
+        "model": None,
+        "tests": [],
         "bootstrap": {"n_boot": cfg.n_boot, "seed": cfg.seed, "level": cfg.level},
         "paper": {"radiologist_accuracy_3class": 0.848, "radiologist_accuracy_types": 0.687},
     }
@@ -652,14 +791,19 @@ def compare(study_dir: str | Path, reads: list[str | Path], pred: str | Path | N
         mm["annotation_matched"] = used
         result["model"] = mm
         model_right = mp == gold3
-        result["tests"] = [{"reader": r.name, **mcnemar(model_right, p3 == gold3)}
-                           for r, p3 in zip(parsed, preds3)]
+        result["tests"] = [
+            {"reader": r.name, **mcnemar(model_right, p3 == gold3)} for r, p3 in zip(parsed, preds3)
+        ]
     return result
 
 
-def run_compare(study_dir: str | Path, reads: list[str | Path], pred: str | Path | None = None,
-                json_out: str | Path | None = None, cfg: CompareConfig | None = None
-                ) -> tuple[dict[str, Any], Path]:
+def run_compare(
+    study_dir: str | Path,
+    reads: list[str | Path],
+    pred: str | Path | None = None,
+    json_out: str | Path | None = None,
+    cfg: CompareConfig | None = None,
+) -> tuple[dict[str, Any], Path]:
     """:func:`compare`, then write ``study_compare.json`` (default into the study) and a provenance
     file beside it (``provenance_compare.json``); nothing is written when the inputs are bad."""
     from tbx.provenance import write_provenance
@@ -668,9 +812,15 @@ def run_compare(study_dir: str | Path, reads: list[str | Path], pred: str | Path
     result = compare(study_dir, reads, pred, cfg)
     out = Path(json_out) if json_out else Path(study_dir) / COMPARE_JSON
     atomic_write_json(out, result)
-    write_provenance(out.parent, cfg, cfg.seed, name="provenance_compare.json",
-                     reads=[str(Path(p).resolve()) for p in reads],
-                     pred=str(Path(pred).resolve()) if pred else None, output=str(out))
+    write_provenance(
+        out.parent,
+        cfg,
+        cfg.seed,
+        name="provenance_compare.json",
+        reads=[str(Path(p).resolve()) for p in reads],
+        pred=str(Path(pred).resolve()) if pred else None,
+        output=str(out),
+    )
     return result, out
 
 
@@ -678,8 +828,13 @@ def run_compare(study_dir: str | Path, reads: list[str | Path], pred: str | Path
 # simulated reader (for `tbx demo`)
 
 
-def simulate_reader(study_dir: str | Path, accuracy: float = 0.848, type_accuracy: float = 0.687,
-                    seed: int = 0, name: str = "simulated_reader") -> Path:
+def simulate_reader(
+    study_dir: str | Path,
+    accuracy: float = 0.848,
+    type_accuracy: float = 0.687,
+    seed: int = 0,
+    name: str = "simulated_reader",
+) -> Path:
     """Write ``reads_<name>.csv``: a SIMULATED reader (not a radiologist) for demos.
 
     Exactly ``round(accuracy·n)`` cases are right on the 3 classes and ``round(type_accuracy·n)``
@@ -696,8 +851,11 @@ def simulate_reader(study_dir: str | Path, accuracy: float = 0.848, type_accurac
     rng = random.Random(f"tbx-simulated-reader:{seed}")
     answers = []
     for c in cases:  # start from the right answer
-        answers.append(c.label if c.label != "tb" else
-                       (c.tb_type if c.tb_type in _TYPE_SET else rng.choice(("active", "latent"))))
+        answers.append(
+            c.label
+            if c.label != "tb"
+            else (c.tb_type if c.tb_type in _TYPE_SET else rng.choice(("active", "latent")))
+        )
     wrong3 = set(rng.sample(range(n), n - round(accuracy * n)))
     for i in sorted(wrong3):
         c = cases[i]
@@ -710,15 +868,24 @@ def simulate_reader(study_dir: str | Path, accuracy: float = 0.848, type_accurac
             answers[i] = "sick" if u < 0.6 else "healthy"
     # type errors among TB cases answered TB with a known gold type
     n_type_err = round(accuracy * n) - round(type_accuracy * n)
-    eligible = [i for i, c in enumerate(cases) if i not in wrong3 and c.label == "tb"
-                and c.tb_type in ("active", "latent", "active+latent")]
-    swap = {"active": ("latent", "active+latent", "latent"), "latent": ("active", "active+latent"),
-            "active+latent": ("active", "latent")}
+    eligible = [
+        i
+        for i, c in enumerate(cases)
+        if i not in wrong3 and c.label == "tb" and c.tb_type in ("active", "latent", "active+latent")
+    ]
+    swap = {
+        "active": ("latent", "active+latent", "latent"),
+        "latent": ("active", "active+latent"),
+        "active+latent": ("active", "latent"),
+    }
     for i in rng.sample(eligible, min(n_type_err, len(eligible))):
         answers[i] = rng.choice(swap[cases[i].tb_type])
-    note = (f"SIMULATED reader (not a radiologist): accuracy={accuracy}, "
-            f"type_accuracy={type_accuracy}, seed={seed}")
+    note = (
+        f"SIMULATED reader (not a radiologist): accuracy={accuracy}, "
+        f"type_accuracy={type_accuracy}, seed={seed}"
+    )
     path = d / f"reads_{name}.csv"
-    atomic_write_text(path, _csv([["case_id", "label", "comment"]]
-                                 + [[c.case_id, a, note] for c, a in zip(cases, answers)]))
+    atomic_write_text(
+        path, _csv([["case_id", "label", "comment"]] + [[c.case_id, a, note] for c, a in zip(cases, answers)])
+    )
     return path

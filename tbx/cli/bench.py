@@ -14,9 +14,11 @@ from tbx.bench.protocol import BenchConfig, compare, evaluate, write_result
 from tbx.bench.schema import DET_ROW_LABELS
 from tbx.errors import TbxError
 
-app = typer.Typer(help="Score predictions with the TBX11K protocol (docs/protocol.md §4): classification, "
-                  "detection (all-cxr / tb-only), screening operating points, bootstrap CIs.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Score predictions with the TBX11K protocol (docs/protocol.md §4): classification, "
+    "detection (all-cxr / tb-only), screening operating points, bootstrap CIs.",
+    no_args_is_help=True,
+)
 
 MODE_NAMES = {"all_cxr": "ALL (all-cxr)", "tb_only": "Only TB (tb-only)"}
 
@@ -44,10 +46,19 @@ def _print_result(res: dict[str, Any], console: Console) -> None:
     ci = res.get("ci")
     cls = res.get("classification")
     if cls:
-        t = Table(title=f"Image classification — {cls['n_images']} images, {cls['n_tb']} TB "
-                  "(%, docs/protocol.md §4.2)")
-        keys = [("accuracy", "Accuracy"), ("auc", "AUC"), ("sensitivity", "Sensitivity"),
-                ("specificity", "Specificity"), ("ap", "AP"), ("ar", "AR"), ("f1", "F1")]
+        t = Table(
+            title=f"Image classification — {cls['n_images']} images, {cls['n_tb']} TB "
+            "(%, docs/protocol.md §4.2)"
+        )
+        keys = [
+            ("accuracy", "Accuracy"),
+            ("auc", "AUC"),
+            ("sensitivity", "Sensitivity"),
+            ("specificity", "Specificity"),
+            ("ap", "AP"),
+            ("ar", "AR"),
+            ("f1", "F1"),
+        ]
         for _, name in keys:
             t.add_column(name, justify="right")
         t.add_row(*[_with_ci(cls[k], _get(ci, "classification", k)) for k, _ in keys])
@@ -62,41 +73,60 @@ def _print_result(res: dict[str, Any], console: Console) -> None:
         for n, row in zip(("healthy", "sick", "TB"), cls["confusion"]):
             c.add_row(n, *[str(v) for v in row])
         console.print(c)
-        console.print("TB vs non-TB: " + ", ".join(
-            f"{k.upper()} {cls[k]} ({_pct(cls[k + '_share'])} %)" for k in ("tp", "fn", "fp", "tn")))
+        console.print(
+            "TB vs non-TB: "
+            + ", ".join(
+                f"{k.upper()} {cls[k]} ({_pct(cls[k + '_share'])} %)" for k in ("tp", "fn", "fp", "tn")
+            )
+        )
     ops = res.get("operating_points")
     if ops:
         o = Table(title="Screening operating points (WHO triage TPP: sens ≥ 90 %, spec ≥ 70 %)")
         for col in ("Constraint", "Sensitivity", "Specificity", "Threshold on p(TB)"):
             o.add_column(col, justify="right")
         a, b = ops["sensitivity_at_specificity"], ops["specificity_at_sensitivity"]
-        o.add_row(f"spec ≥ {_pct(a['target_specificity'])} %",
-                  _with_ci(a["sensitivity"], _get(ci, "operating_points", "sensitivity_at_specificity",
-                                                  "sensitivity")),
-                  _pct(a["specificity"]), "–" if a["threshold"] is None else f"{a['threshold']:.4g}")
-        o.add_row(f"sens ≥ {_pct(b['target_sensitivity'])} %", _pct(b["sensitivity"]),
-                  _with_ci(b["specificity"], _get(ci, "operating_points", "specificity_at_sensitivity",
-                                                  "specificity")),
-                  "–" if b["threshold"] is None else f"{b['threshold']:.4g}")
+        o.add_row(
+            f"spec ≥ {_pct(a['target_specificity'])} %",
+            _with_ci(
+                a["sensitivity"], _get(ci, "operating_points", "sensitivity_at_specificity", "sensitivity")
+            ),
+            _pct(a["specificity"]),
+            "–" if a["threshold"] is None else f"{a['threshold']:.4g}",
+        )
+        o.add_row(
+            f"sens ≥ {_pct(b['target_sensitivity'])} %",
+            _pct(b["sensitivity"]),
+            _with_ci(
+                b["specificity"], _get(ci, "operating_points", "specificity_at_sensitivity", "specificity")
+            ),
+            "–" if b["threshold"] is None else f"{b['threshold']:.4g}",
+        )
         console.print(o)
     det = res.get("detection")
     if det:
-        t = Table(title="TB area detection (%, docs/protocol.md §4.3)",
-                  caption="AP = COCO AP@[.5:.95]; AR@100 = COCO AR; FROC = mean sensitivity at "
-                  "1/8, 1/4, 1/2, 1, 2, 4, 8 FP per image (IoU ≥ .5)")
+        t = Table(
+            title="TB area detection (%, docs/protocol.md §4.3)",
+            caption="AP = COCO AP@[.5:.95]; AR@100 = COCO AR; FROC = mean sensitivity at "
+            "1/8, 1/4, 1/2, 1, 2, 4, 8 FP per image (IoU ≥ .5)",
+        )
         for col in ("Data", "Target", "AP50", "AP", "AR@100", "FROC"):
             t.add_column(col, justify="right" if col not in ("Data", "Target") else "left")
         for mode, rows in det.items():
             for i, (row, r) in enumerate(rows.items()):
-                t.add_row(MODE_NAMES.get(mode, mode) if i == 0 else "", DET_ROW_LABELS.get(row, row),
-                          _with_ci(r["ap50"], _get(ci, "detection", mode, row, "ap50")),
-                          _with_ci(r["ap"], _get(ci, "detection", mode, row, "ap")),
-                          _with_ci(r["ar100"], _get(ci, "detection", mode, row, "ar100")),
-                          _with_ci(r["froc"]["mean"], _get(ci, "detection", mode, row, "froc", "mean")))
+                t.add_row(
+                    MODE_NAMES.get(mode, mode) if i == 0 else "",
+                    DET_ROW_LABELS.get(row, row),
+                    _with_ci(r["ap50"], _get(ci, "detection", mode, row, "ap50")),
+                    _with_ci(r["ap"], _get(ci, "detection", mode, row, "ap")),
+                    _with_ci(r["ar100"], _get(ci, "detection", mode, row, "ar100")),
+                    _with_ci(r["froc"]["mean"], _get(ci, "detection", mode, row, "froc", "mean")),
+                )
         console.print(t)
     if ci:
-        console.print(f"[{int(100 * ci['level'])} % CIs: {ci['method']}, {ci['n_bootstrap']} resamples, "
-                      f"seed {ci['seed']}]")
+        console.print(
+            f"[{int(100 * ci['level'])} % CIs: {ci['method']}, {ci['n_bootstrap']} resamples, "
+            f"seed {ci['seed']}]"
+        )
     for n in res.get("notes", []):
         console.print(f"note: {n}")
 
@@ -110,8 +140,13 @@ def _print_compare(res: dict[str, Any], console: Console) -> None:
     def walk(a, b, d, c, name):
         if isinstance(d, dict):
             for k in d:
-                walk(a.get(k), b.get(k), d[k], c.get(k) if isinstance(c, dict) else None, f"{name}.{k}"
-                     if name else k)
+                walk(
+                    a.get(k),
+                    b.get(k),
+                    d[k],
+                    c.get(k) if isinstance(c, dict) else None,
+                    f"{name}.{k}" if name else k,
+                )
         elif isinstance(d, list):
             for i, v in enumerate(d):
                 walk(a[i], b[i], v, c[i] if isinstance(c, list) else None, f"{name}[{i}]")
@@ -123,9 +158,11 @@ def _print_compare(res: dict[str, Any], console: Console) -> None:
     console.print(t)
     dl = res.get("delong")
     if dl and dl.get("p") is not None:
-        console.print(f"DeLong test, AUC(A) − AUC(B) = {100 * dl['diff']:+.2f} pp "
-                      f"(95 % CI [{100 * dl['ci'][0]:+.2f}, {100 * dl['ci'][1]:+.2f}]), "
-                      f"z = {dl['z']:.3f}, p = {dl['p']:.4g}")
+        console.print(
+            f"DeLong test, AUC(A) − AUC(B) = {100 * dl['diff']:+.2f} pp "
+            f"(95 % CI [{100 * dl['ci'][0]:+.2f}, {100 * dl['ci'][1]:+.2f}]), "
+            f"z = {dl['z']:.3f}, p = {dl['p']:.4g}"
+        )
     for n in res.get("notes", []):
         console.print(f"note: {n}")
 
@@ -136,8 +173,12 @@ def _console() -> Console:
 
 
 def _config(mode: str, bootstrap: int, seed: int, keep_uncertain: bool) -> BenchConfig:
-    cfg = BenchConfig(mode=mode, bootstrap=bootstrap, seed=seed,  # type: ignore[arg-type]
-                      keep_uncertain=keep_uncertain)
+    cfg = BenchConfig(
+        mode=mode,
+        bootstrap=bootstrap,
+        seed=seed,  # type: ignore[arg-type]
+        keep_uncertain=keep_uncertain,
+    )
     cfg.check()
     return cfg
 
@@ -151,24 +192,35 @@ def bench(
     gt: Path = typer.Option(None, "--gt", help="COCO annotation file of the evaluated images."),
     pred: Path = typer.Option(None, "--pred", help="Folder with cls_result.txt and/or bbox_result.json."),
     mode: str = typer.Option("both", "--mode", help=MODE_HELP),
-    json_out: Path = typer.Option(None, "--json", help="Write the full result (and "
-                                  "<name>.provenance.json beside it) to this JSON file."),
-    bootstrap: int = typer.Option(0, "--bootstrap", min=0,
-                                   help="Bootstrap resamples for 95 % CIs (0 = none)."),
+    json_out: Path = typer.Option(
+        None, "--json", help="Write the full result (and <name>.provenance.json beside it) to this JSON file."
+    ),
+    bootstrap: int = typer.Option(
+        0, "--bootstrap", min=0, help="Bootstrap resamples for 95 % CIs (0 = none)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
-    keep_uncertain: bool = typer.Option(False, "--keep-uncertain", help="Keep uncertain-type TB images "
-                                        "in the active/latent rows (the authors' script did)."),
-    save_operating_points: Path = typer.Option(None, "--save-operating-points", help="Write the "
-                                               "sens90 / spec70 / argmax thresholds to "
-                                               "RUN/operating_points.json (for tbx screen); bench a "
-                                               "validation set."),
+    keep_uncertain: bool = typer.Option(
+        False,
+        "--keep-uncertain",
+        help="Keep uncertain-type TB images in the active/latent rows (the authors' script did).",
+    ),
+    save_operating_points: Path = typer.Option(
+        None,
+        "--save-operating-points",
+        help="Write the "
+        "sens90 / spec70 / argmax thresholds to "
+        "RUN/operating_points.json (for tbx screen); bench a "
+        "validation set.",
+    ),
 ) -> None:
     """Score predictions against ANN.json with the paper's protocol (docs/protocol.md §4)."""
     if ctx.invoked_subcommand is not None:
         return
     if gt is None or pred is None:
-        raise TbxError("tbx bench needs --gt and --pred", fix="tbx bench --gt ANN.json --pred DIR "
-                       "(or tbx bench compare A B --gt ANN.json)")
+        raise TbxError(
+            "tbx bench needs --gt and --pred",
+            fix="tbx bench --gt ANN.json --pred DIR (or tbx bench compare A B --gt ANN.json)",
+        )
     cfg = _config(mode, bootstrap, seed, keep_uncertain)
     console = _console()
     res = evaluate(gt, pred, cfg)

@@ -10,8 +10,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-app = typer.Typer(help="Curate TBX11K-layout datasets: synth, build, validate, stats, split (docs/dataset.md §1).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Curate TBX11K-layout datasets: synth, build, validate, stats, split (docs/dataset.md §1).",
+    no_args_is_help=True,
+)
 
 
 @app.command("synth")
@@ -22,16 +24,28 @@ def synth(
     n_active: int = typer.Option(24, "--n-active", min=0, help="TB images with active lesions only."),
     n_latent: int = typer.Option(12, "--n-latent", min=0, help="TB images with latent lesions only."),
     n_both: int = typer.Option(6, "--n-both", min=0, help="TB images with active and latent lesions."),
-    n_uncertain: int = typer.Option(2, "--n-uncertain", min=0, help="TB images of uncertain type (boxes "
-                                    "of category 3)."),
-    size: int = typer.Option(512, "--size", min=32, help="Image side of the layout (raw: rendering "
-                             "resolution of the shorter side before upsampling)."),
+    n_uncertain: int = typer.Option(
+        2, "--n-uncertain", min=0, help="TB images of uncertain type (boxes of category 3)."
+    ),
+    size: int = typer.Option(
+        512,
+        "--size",
+        min=32,
+        help="Image side of the layout (raw: rendering resolution of the shorter side before upsampling).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed → byte-identical files)."),
-    raw: bool = typer.Option(False, "--raw", help="Write a hospital-style export (original sizes, "
-                             "manifest.csv, xml/) instead of the TBX11K layout; input of "
-                             "`tbx dataset build`."),
-    dicom: bool = typer.Option(False, "--dicom", help="With --raw: DICOM files (MONOCHROME1/2, "
-                               "12–16 bit, window tags, fake PHI) instead of PNG."),
+    raw: bool = typer.Option(
+        False,
+        "--raw",
+        help="Write a hospital-style export (original sizes, "
+        "manifest.csv, xml/) instead of the TBX11K layout; input of "
+        "`tbx dataset build`.",
+    ),
+    dicom: bool = typer.Option(
+        False,
+        "--dicom",
+        help="With --raw: DICOM files (MONOCHROME1/2, 12–16 bit, window tags, fake PHI) instead of PNG.",
+    ),
     workers: int = typer.Option(1, "--workers", min=1, help="Parallel processes (output independent of it)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing non-empty OUT."),
 ) -> None:
@@ -39,16 +53,33 @@ def synth(
     both or uncertain-type TB with boxes; split assigned) or, with --raw, a hospital-style export."""
     from tbx.data.synth import SynthConfig, plan_cases, synthesize
 
-    cfg = SynthConfig(n_healthy=n_healthy, n_sick=n_sick, n_active=n_active, n_latent=n_latent,
-                      n_both=n_both, n_uncertain=n_uncertain, size=size, seed=seed, raw=raw,
-                      dicom=dicom, workers=workers)
+    cfg = SynthConfig(
+        n_healthy=n_healthy,
+        n_sick=n_sick,
+        n_active=n_active,
+        n_latent=n_latent,
+        n_both=n_both,
+        n_uncertain=n_uncertain,
+        size=size,
+        seed=seed,
+        raw=raw,
+        dicom=dicom,
+        workers=workers,
+    )
     total = len(plan_cases(cfg))  # validates the options before anything is written
     con = Console(stderr=True)
-    with Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=con, transient=True) as bar:
+    with Progress(
+        TextColumn("synth"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=con,
+        transient=True,
+    ) as bar:
         task = bar.add_task("synth", total=total)
-        records = synthesize(out, cfg, overwrite=force,
-                             progress=lambda done, _n: bar.update(task, completed=done))
+        records = synthesize(
+            out, cfg, overwrite=force, progress=lambda done, _n: bar.update(task, completed=done)
+        )
     n_tb = sum(r.is_tb for r in records)
     n_boxes = sum(len(r.boxes) for r in records)
     kind = "DICOM export" if dicom else ("PNG export" if raw else f"TBX11K layout at {size}×{size}")
@@ -99,10 +130,12 @@ def _stats_tables(s: dict) -> list[Table]:
 
 @app.command("stats")
 def stats(
-    root: Path = typer.Argument(..., help="Layout root, annotation folder (e.g. the real metadata "
-                                "dir) or one COCO JSON file."),
-    json_out: Path = typer.Option(None, "--json", help="Also write the statistics as JSON here "
-                                  "(+ <name>.provenance.json beside it)."),
+    root: Path = typer.Argument(
+        ..., help="Layout root, annotation folder (e.g. the real metadata dir) or one COCO JSON file."
+    ),
+    json_out: Path = typer.Option(
+        None, "--json", help="Also write the statistics as JSON here (+ <name>.provenance.json beside it)."
+    ),
 ) -> None:
     """Class × split table (docs/dataset.md §1.2, incl. TB types and TB without box), boxes per category and
     box-area histograms (COCO bins at 512, the paper's bins at original resolution)."""
@@ -119,10 +152,20 @@ def stats(
     if s.get("degenerate_boxes"):
         skipped.append(f"{s['degenerate_boxes']} box(es) of zero or negative size")
     if skipped:
-        con.print(f"warning: not counted: {'; '.join(skipped)} — see tbx dataset validate", style="yellow",
-                  markup=False, highlight=False)
+        con.print(
+            f"warning: not counted: {'; '.join(skipped)} — see tbx dataset validate",
+            style="yellow",
+            markup=False,
+            highlight=False,
+        )
     if json_out is not None:
         atomic_write_json(json_out, s)
-        write_provenance(json_out.parent, None, None, name=f"{json_out.stem}.provenance.json",
-                         inputs=[str(root)], outputs=[str(json_out)])
+        write_provenance(
+            json_out.parent,
+            None,
+            None,
+            name=f"{json_out.stem}.provenance.json",
+            inputs=[str(root)],
+            outputs=[str(json_out)],
+        )
         con.print(f"wrote {json_out}")

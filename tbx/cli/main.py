@@ -19,10 +19,15 @@ from typer._click import exceptions as click_exceptions
 
 from tbx.errors import MAX_LINE, Interrupted, as_user_error
 
-app = typer.Typer(name="tbx", help="Computer-aided TB diagnosis on chest X-rays: curate, train, "
-                  "benchmark and report (TBX11K + SymFormer).", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False,
-                  rich_markup_mode="markdown")
+app = typer.Typer(
+    name="tbx",
+    help="Computer-aided TB diagnosis on chest X-rays: curate, train, "
+    "benchmark and report (TBX11K + SymFormer).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="markdown",
+)
 
 
 @app.callback()
@@ -53,8 +58,20 @@ def _register(argv: list[str] | None = None) -> None:
     if first == "bench" or "rest" in _REGISTERED:
         return
     # Imported here so that `tbx --help` stays importable even while a group is broken.
-    from tbx.cli import (dataset, dataset_build, demo, explain, export, models, predict, report, screen,
-                         split, study, train)
+    from tbx.cli import (
+        dataset,
+        dataset_build,
+        demo,
+        explain,
+        export,
+        models,
+        predict,
+        report,
+        screen,
+        split,
+        study,
+        train,
+    )
 
     for group in (dataset.app, models.app, study.app):
         group.rich_markup_mode = "markdown"  # docstring paragraphs re-wrap instead of keeping breaks

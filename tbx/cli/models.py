@@ -26,19 +26,30 @@ def list_models() -> None:
 
 @app.command("info")
 def info(
-    name: str = typer.Argument("symformer_retinanet", help="Model name (see `tbx models list`) or a "
-                               "training preset (e.g. symformer_retinanet_p2t) / YAML file."),
-    input_size: int = typer.Option(512, "--input", min=32,
-                                    help="Square input side in pixels for MACs/latency."),
-    backbone: str = typer.Option(None, "--backbone",
-                                 help="resnet18 | resnet34 | resnet50 | resnet101 | p2t_small "
-                                      "(default: the preset's)."),
-    pos_encoding: str = typer.Option(None, "--pos-encoding",
-                                     help="none | sine | relative | spe_no_stn | spe | spe_left_to_right."),
+    name: str = typer.Argument(
+        "symformer_retinanet",
+        help="Model name (see `tbx models list`) or a "
+        "training preset (e.g. symformer_retinanet_p2t) / YAML file.",
+    ),
+    input_size: int = typer.Option(
+        512, "--input", min=32, help="Square input side in pixels for MACs/latency."
+    ),
+    backbone: str = typer.Option(
+        None,
+        "--backbone",
+        help="resnet18 | resnet34 | resnet50 | resnet101 | p2t_small (default: the preset's).",
+    ),
+    pos_encoding: str = typer.Option(
+        None, "--pos-encoding", help="none | sine | relative | spe_no_stn | spe | spe_left_to_right."
+    ),
     attention: str = typer.Option(None, "--attention", help="symmetric | deformable."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set "
-                                   "model.pretrained=FILE (loads the weights and reports what "
-                                   "loaded; default: random weights)."),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Override a config key, e.g. --set "
+        "model.pretrained=FILE (loads the weights and reports what "
+        "loaded; default: random weights).",
+    ),
     runs: int = typer.Option(3, "--runs", min=0, help="Timed CPU runs for the latency median (0: skip)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -48,8 +59,11 @@ def info(
     from tbx.models.info import model_info
     from tbx.models.registry import MODELS
 
-    flags = (("backbone", backbone), ("symformer.pos_encoding", pos_encoding),
-             ("symformer.attention", attention))
+    flags = (
+        ("backbone", backbone),
+        ("symformer.pos_encoding", pos_encoding),
+        ("symformer.attention", attention),
+    )
     overrides = [f"model.{k}={v}" for k, v in flags if v is not None]
     overrides += [*set_, f"model.input_size={input_size}"]
     is_model = name in MODELS or name in MODEL_ALIASES
@@ -58,8 +72,10 @@ def info(
     except TbxError as e:
         if is_model or name.endswith((".yaml", ".yml")):
             raise
-        raise TbxError(f"unknown model or preset {name!r}",
-                       fix=f"use one of {sorted(MODELS)} (see `tbx models list`) or a preset") from e
+        raise TbxError(
+            f"unknown model or preset {name!r}",
+            fix=f"use one of {sorted(MODELS)} (see `tbx models list`) or a preset",
+        ) from e
     load_weights = any(s.split("=", 1)[0].strip() == "model.pretrained" for s in set_)
     res = model_info(tcfg.model_name, tcfg.model, input_size, latency_runs=runs, load_weights=load_weights)
     if as_json:
@@ -73,15 +89,21 @@ def info(
     table.add_row("[bold]total (live)[/]", f"[bold]{res['params_live']:,}[/]", f"[bold]{res['gmacs']:.2f}[/]")
     con = Console()
     con.print(table)
-    con.print(f"trainable params: {res['params_trainable']:,}; paper accounting "
-              f"(trainable + {res['dead_params']:,} dead): {res['params_paper']:,}")
-    con.print(f"GMACs counted as mmcv does (the paper's figures): {res['gmacs']:.2f}; it does not see "
-              f"attention products / sampling / functional pooling ({res['gmacs_functional']:.3f} G), "
-              f"Hardswish-like activations ({res['gmacs_activations']:.3f} G) or post-processing; "
-              f"full count: {res['gmacs_full']:.2f}")
+    con.print(
+        f"trainable params: {res['params_trainable']:,}; paper accounting "
+        f"(trainable + {res['dead_params']:,} dead): {res['params_paper']:,}"
+    )
+    con.print(
+        f"GMACs counted as mmcv does (the paper's figures): {res['gmacs']:.2f}; it does not see "
+        f"attention products / sampling / functional pooling ({res['gmacs_functional']:.3f} G), "
+        f"Hardswish-like activations ({res['gmacs_activations']:.3f} G) or post-processing; "
+        f"full count: {res['gmacs_full']:.2f}"
+    )
     if res["pretrained"] is not None:
         p = res["pretrained"]
-        con.print(f"backbone weights {tcfg.model.pretrained}: {p['loaded']} tensors loaded, "
-                  f"{p['missing']} missing, {p['unexpected']} unexpected (ignored)")
+        con.print(
+            f"backbone weights {tcfg.model.pretrained}: {p['loaded']} tensors loaded, "
+            f"{p['missing']} missing, {p['unexpected']} unexpected (ignored)"
+        )
     if res["latency_ms"] is not None:
         con.print(f"CPU latency (median of {runs}, batch 1): {res['latency_ms']:.0f} ms")

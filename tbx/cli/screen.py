@@ -31,9 +31,13 @@ def screen(
         True, "--overlays/--no-overlays", help="Write overlays/ID.png (image, boxes, p(TB), decision)."
     ),
     heatmaps: bool = typer.Option(
-        False, "--heatmaps", help="Also write heatmaps/ID.png: where the model looks (tbx explain; torch models)."
+        False,
+        "--heatmaps",
+        help="Also write heatmaps/ID.png: where the model looks (tbx explain; torch models).",
     ),
-    heatmap_method: str = typer.Option("gradcam", "--heatmap-method", help="A `tbx explain` method for --heatmaps."),
+    heatmap_method: str = typer.Option(
+        "gradcam", "--heatmap-method", help="A `tbx explain` method for --heatmaps."
+    ),
     anonymize: bool = typer.Option(
         False, "--anonymize", help="Replace each source path by a salted hash in every output."
     ),
@@ -59,13 +63,29 @@ def screen(
     from tbx.engine import distributed as D
 
     if gpus and gpus > 1 and D.env_world_size() <= 1:
-        options = {"--out": out, "--batch": batch, "--workers": workers, "--device": device, "--amp": amp,
-                   "--threshold": threshold, "--salt": salt, "--mapping": mapping, "--threads": threads,
-                   "--heatmap-method": heatmap_method}
-        flags = {"--all-boxes": all_boxes, "--no-overlays": not overlays, "--heatmaps": heatmaps,
-                 "--anonymize": anonymize}
-        D.relaunch(gpus, D.command_line("screen", str(model), *inputs, options=options, flags=flags),
-                   echo=Console().print)
+        options = {
+            "--out": out,
+            "--batch": batch,
+            "--workers": workers,
+            "--device": device,
+            "--amp": amp,
+            "--threshold": threshold,
+            "--salt": salt,
+            "--mapping": mapping,
+            "--threads": threads,
+            "--heatmap-method": heatmap_method,
+        }
+        flags = {
+            "--all-boxes": all_boxes,
+            "--no-overlays": not overlays,
+            "--heatmaps": heatmaps,
+            "--anonymize": anonymize,
+        }
+        D.relaunch(
+            gpus,
+            D.command_line("screen", str(model), *inputs, options=options, flags=flags),
+            echo=Console().print,
+        )
         return
     if mapping is not None and not anonymize:
         raise TbxError("--mapping without --anonymize", fix="add --anonymize (or drop --mapping)")

@@ -52,6 +52,7 @@ def controlled_rounding(rows: dict[str, int], totals: Sequence[int]) -> dict[str
     best: tuple[Fraction, tuple[int, ...]] | None = None
     best_choice: list[tuple[str, int]] = []
     options = [list(itertools.combinations(range(len(totals)), need_row[k])) for k in names]
+
     # Search is tiny (≤ 3^#TB-types combinations); prune on column capacity.
     def search(i: int, cols: list[int], chosen: list[tuple[str, int]]) -> None:
         nonlocal best, best_choice

@@ -50,8 +50,8 @@ from tbx.data.layout import (
     IMGS,
     LISTS,
     MANIFEST_COLUMNS,
-    label_from_path,
     check_relpath,
+    label_from_path,
     list_name,
     resolve_inside,
 )
@@ -151,8 +151,11 @@ def safe_source_path(root: Path, rel: str, at: str) -> Path:
     errors naming ``at`` (the manifest line)."""
     real = resolve_inside(root, rel, at, "the source folder")
     if not real.is_file():
-        raise TbxError(f"file '{rel}' listed in the manifest does not exist", at,
-                       "fix the path or remove the row (or pass --skip-bad)")
+        raise TbxError(
+            f"file '{rel}' listed in the manifest does not exist",
+            at,
+            "fix the path or remove the row (or pass --skip-bad)",
+        )
     return real
 
 
@@ -201,8 +204,12 @@ def _process_image(task: tuple[int, str, str, int, int]) -> dict[str, Any]:
             if _verified(cand, known["out_sha"]):
                 if cand != out:
                     link_or_copy(cand, out)
-                return {"idx": idx, "key": key, "reused": True,
-                        **{k: known[k] for k in ("out_sha", "pixel_sha", "width", "height", "phash")}}
+                return {
+                    "idx": idx,
+                    "key": key,
+                    "reused": True,
+                    **{k: known[k] for k in ("out_sha", "pixel_sha", "width", "height", "phash")},
+                }
     try:
         arr = decode_gray8(data, Path(src).name)
     except TbxError as e:
@@ -212,15 +219,25 @@ def _process_image(task: tuple[int, str, str, int, int]) -> dict[str, Any]:
     pixel_sha = _sha256(f"{arr.shape}".encode() + arr.tobytes())
     png = encode_png(resize_gray8(arr, size), channels)
     atomic_write_bytes(out, png)
-    meta = {"out_sha": _sha256(png), "pixel_sha": pixel_sha, "width": int(arr.shape[1]),
-            "height": int(arr.shape[0]), "phash": f"{phash64(arr):016x}"}
+    meta = {
+        "out_sha": _sha256(png),
+        "pixel_sha": pixel_sha,
+        "width": int(arr.shape[1]),
+        "height": int(arr.shape[0]),
+        "phash": f"{phash64(arr):016x}",
+    }
     # sidecar: an interrupted run (Ctrl-C, crash) can still reuse this image on resume
     atomic_write_json(out.with_suffix(".json"), meta, indent=None)
     return {"idx": idx, "key": key, "reused": False, **meta}
 
 
-def _run_tasks(tasks: list[tuple], known: dict[str, dict[str, Any]], workers: int,
-               progress: Progress | None, stop_on_error: bool) -> list[dict[str, Any]]:
+def _run_tasks(
+    tasks: list[tuple],
+    known: dict[str, dict[str, Any]],
+    workers: int,
+    progress: Progress | None,
+    stop_on_error: bool,
+) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     total = len(tasks)
     if progress:
@@ -236,8 +253,9 @@ def _run_tasks(tasks: list[tuple], known: dict[str, dict[str, Any]], workers: in
                 break
         return results
     chunk = max(1, min(16, total // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers, initializer=init_worker,
-                             initargs=(_init_worker, known)) as ex:
+    with ProcessPoolExecutor(
+        max_workers=workers, initializer=init_worker, initargs=(_init_worker, known)
+    ) as ex:
         try:
             for res in ex.map(_process_image, tasks, chunksize=chunk):
                 results.append(res)
@@ -285,34 +303,54 @@ def _parse_manifest(src: Path) -> tuple[list[_Item], bool]:
     items: list[_Item] = []
     for line, row in rows:
         at = where(manifest, line)
-        item = _Item(line=line, rel=row["file"], path=None, patient_id=row["patient_id"],
-                     label=row["label"].lower(), tb_type=(row["tb_type"] or "").lower(),
-                     source=row["source"], split=(row.get("split") or "").lower() or None)
+        item = _Item(
+            line=line,
+            rel=row["file"],
+            path=None,
+            patient_id=row["patient_id"],
+            label=row["label"].lower(),
+            tb_type=(row["tb_type"] or "").lower(),
+            source=row["source"],
+            split=(row.get("split") or "").lower() or None,
+        )
         try:
             item.path = safe_source_path(src, row["file"], at)
             if item.label not in LABELS:
-                raise TbxError(f"label '{row['label']}' is not in the vocabulary", at,
-                               f"use one of {', '.join(LABELS)}")
+                raise TbxError(
+                    f"label '{row['label']}' is not in the vocabulary", at, f"use one of {', '.join(LABELS)}"
+                )
             if item.label == "tb":
                 if item.tb_type in ("", "none"):
                     item.tb_type = "unknown"
                 if item.tb_type not in TB_TYPES:
-                    raise TbxError(f"tb_type '{row['tb_type']}' is not in the vocabulary", at,
-                                   f"use one of {', '.join(TB_TYPES[1:])}")
+                    raise TbxError(
+                        f"tb_type '{row['tb_type']}' is not in the vocabulary",
+                        at,
+                        f"use one of {', '.join(TB_TYPES[1:])}",
+                    )
             else:
                 if item.tb_type not in ("", "none"):
-                    raise TbxError(f"tb_type '{row['tb_type']}' given for a {item.label} image", at,
-                                   "leave tb_type empty or 'none' for non-TB images")
+                    raise TbxError(
+                        f"tb_type '{row['tb_type']}' given for a {item.label} image",
+                        at,
+                        "leave tb_type empty or 'none' for non-TB images",
+                    )
                 item.tb_type = "none"
             src_key = item.source.lower()
             if src_key in EXTRA_GROUPS:
                 item.source = src_key
                 if item.label == "sick":
-                    raise TbxError(f"source '{item.source}' has only healthy/TB labels, got 'sick'", at,
-                                   "fix the label or the source")
+                    raise TbxError(
+                        f"source '{item.source}' has only healthy/TB labels, got 'sick'",
+                        at,
+                        "fix the label or the source",
+                    )
             if has_split and item.split not in SPLITS:
-                raise TbxError(f"split '{row.get('split', '')}' is not train/val/test", at,
-                               "fill the split column for every row, or leave it empty everywhere")
+                raise TbxError(
+                    f"split '{row.get('split', '')}' is not train/val/test",
+                    at,
+                    "fill the split column for every row, or leave it empty everywhere",
+                )
         except TbxError as e:
             item.error = e
         items.append(item)
@@ -322,8 +360,11 @@ def _parse_manifest(src: Path) -> tuple[list[_Item], bool]:
 def _parse_box_label(name: str, at: str) -> int:
     cat = BOX_LABELS.get(name.strip()) or BOX_LABELS.get(name.strip().lower())
     if cat is None:
-        raise TbxError(f"box label '{name}' is not in the vocabulary", at,
-                       f"use one of {', '.join(CATEGORY_BY_NAME)} (or active/latent/uncertain)")
+        raise TbxError(
+            f"box label '{name}' is not in the vocabulary",
+            at,
+            f"use one of {', '.join(CATEGORY_BY_NAME)} (or active/latent/uncertain)",
+        )
     return cat
 
 
@@ -339,8 +380,11 @@ def _attach_boxes(src: Path, items: list[_Item]) -> list[str]:
             at = where(boxes_csv, line)
             it = by_file.get(_norm_rel(row["file"]))
             if it is None:
-                raise TbxError(f"boxes.csv row refers to '{row['file']}', which is not in the manifest",
-                               at, "fix the file column or add the image to manifest.csv")
+                raise TbxError(
+                    f"boxes.csv row refers to '{row['file']}', which is not in the manifest",
+                    at,
+                    "fix the file column or add the image to manifest.csv",
+                )
             if it.error:
                 continue
             try:
@@ -365,8 +409,9 @@ def _attach_boxes(src: Path, items: list[_Item]) -> list[str]:
             it.box_where = str(xml)
             it.xml_size = (ann.width, ann.height)
             for o in ann.objects:
-                it.boxes.append((o.xmin, o.ymin, o.xmax, o.ymax, _parse_box_label(o.name, str(xml)),
-                                 o.difficult))
+                it.boxes.append(
+                    (o.xmin, o.ymin, o.xmax, o.ymax, _parse_box_label(o.name, str(xml)), o.difficult)
+                )
         except TbxError as e:
             it.error = e
     return notes
@@ -376,19 +421,31 @@ def _convert_item_boxes(it: _Item, width: int, height: int, size: int) -> tuple[
     """(boxes in the size×size frame, kept boxes at the original resolution) or TbxError."""
     at = it.box_where or str(it.path)
     if it.xml_size is not None and it.xml_size != (width, height):
-        raise TbxError(f"XML <size> {it.xml_size[0]}×{it.xml_size[1]} differs from the image's "
-                       f"{width}×{height}", at, "fix <size> or re-export the XML for this image")
+        raise TbxError(
+            f"XML <size> {it.xml_size[0]}×{it.xml_size[1]} differs from the image's {width}×{height}",
+            at,
+            "fix <size> or re-export the XML for this image",
+        )
     if it.boxes and it.label != "tb":
-        raise TbxError(f"a {it.label} image has boxes (only TB images may have boxes)", at,
-                       "remove the boxes or fix the manifest label")
+        raise TbxError(
+            f"a {it.label} image has boxes (only TB images may have boxes)",
+            at,
+            "remove the boxes or fix the manifest label",
+        )
     out, orig = [], []
     for xmin, ymin, xmax, ymax, cat, difficult in it.boxes:
         if xmax <= xmin or ymax <= ymin:
-            raise TbxError(f"box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) has zero or negative size",
-                           at, "fix or delete the box")
+            raise TbxError(
+                f"box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) has zero or negative size",
+                at,
+                "fix or delete the box",
+            )
         if xmin < 0 or ymin < 0 or xmax > width or ymax > height:
-            raise TbxError(f"box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) lies outside the "
-                           f"{width}×{height} image", at, "fix or delete the box")
+            raise TbxError(
+                f"box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) lies outside the {width}×{height} image",
+                at,
+                "fix or delete the box",
+            )
         if difficult:  # docs/dataset.md §1.3: difficult boxes are ignored
             continue
         conv = convert_voc_box(xmin, ymin, xmax, ymax, width, height, size)
@@ -417,8 +474,10 @@ def _stem_for(label: str, source: str, n: int, pattern: str) -> str:
     try:
         return pattern.format(prefix=CLASS_PREFIX[label], n=n, label=label)
     except (KeyError, IndexError, ValueError) as e:
-        raise TbxError(f"bad --name-pattern '{pattern}' ({e})",
-                       fix="use the fields {prefix}, {n} and {label}, e.g. '{prefix}{n:04d}'") from None
+        raise TbxError(
+            f"bad --name-pattern '{pattern}' ({e})",
+            fix="use the fields {prefix}, {n} and {label}, e.g. '{prefix}{n:04d}'",
+        ) from None
 
 
 def _folder_for(label: str, source: str, split: str) -> str:
@@ -455,8 +514,10 @@ def _known_outputs(partial: Path, out: Path, size: int, channels: int) -> dict[s
     for side in sorted((partial / ".work").glob("*.json")) if (partial / ".work").is_dir() else []:
         try:
             meta = json.loads(side.read_text())
-            known[side.stem] = {**{k: meta[k] for k in ("out_sha", "pixel_sha", "width", "height",
-                                                        "phash")}, "candidates": []}
+            known[side.stem] = {
+                **{k: meta[k] for k in ("out_sha", "pixel_sha", "width", "height", "phash")},
+                "candidates": [],
+            }
         except (OSError, ValueError, KeyError):
             continue
     for base in (out, partial):  # partial last: its entries are the most recent
@@ -489,8 +550,9 @@ def _swap_into_place(partial: Path, out: Path, overwrite: bool) -> None:
     try:
         replace_dir(partial, out, overwrite, kind=DATASET_KIND)
     except FileExistsError:
-        raise TbxError("output folder already exists", out,
-                       "pass --overwrite or choose another OUT") from None
+        raise TbxError(
+            "output folder already exists", out, "pass --overwrite or choose another OUT"
+        ) from None
 
 
 def _check_name_pattern(pattern: str) -> None:
@@ -499,11 +561,15 @@ def _check_name_pattern(pattern: str) -> None:
         stems = {_stem_for(label, "tbx11k", n, pattern) for n in (1, 2, 10, 1000)}
         bad = next((st for st in stems if "/" in st or "\\" in st or not st.strip()), None)
         if bad is not None or len(stems) < 4:
-            raise TbxError(f"--name-pattern '{pattern}' gives an invalid or repeated name "
-                           f"'{bad or min(stems)}'", fix="include {n} in the pattern and no '/'")
+            raise TbxError(
+                f"--name-pattern '{pattern}' gives an invalid or repeated name '{bad or min(stems)}'",
+                fix="include {n} in the pattern and no '/'",
+            )
         if label_from_path(f"{folder}/{min(stems)}.png")[0] != label:
-            raise TbxError(f"--name-pattern '{pattern}' gives names whose label cannot be derived back",
-                           fix="keep the default pattern '{prefix}{n:04d}'")
+            raise TbxError(
+                f"--name-pattern '{pattern}' gives names whose label cannot be derived back",
+                fix="keep the default pattern '{prefix}{n:04d}'",
+            )
 
 
 def _check_out(src: Path, out: Path, cfg: BuildConfig) -> None:
@@ -523,8 +589,11 @@ def _check_out(src: Path, out: Path, cfg: BuildConfig) -> None:
         m = Path(cfg.mapping).resolve()
         for base in (o, _partial_dir(out).resolve(), s):
             if m.is_relative_to(base):
-                raise TbxError("the --mapping file must lie outside OUT and SRC (it re-identifies "
-                               "images)", cfg.mapping, "write it to a private folder")
+                raise TbxError(
+                    "the --mapping file must lie outside OUT and SRC (it re-identifies images)",
+                    cfg.mapping,
+                    "write it to a private folder",
+                )
     if cfg.size < 32:
         raise TbxError(f"--size {cfg.size} is too small", fix="use e.g. 512 (the release's size)")
     if cfg.channels not in (1, 3):
@@ -546,13 +615,17 @@ def source_kind(src: str | Path) -> str:
         return "raw"
     if (src / LISTS).is_dir() and ((src / IMGS).is_dir() or (src / ANN_XML).is_dir()):
         return "release"
-    raise TbxError("not a dataset source: no manifest.csv (raw export) and no lists/ + imgs/ or "
-                   "annotations/xml/ (TBX11K release)", src,
-                   "point SRC at a raw export or an official TBX11K root")
+    raise TbxError(
+        "not a dataset source: no manifest.csv (raw export) and no lists/ + imgs/ or "
+        "annotations/xml/ (TBX11K release)",
+        src,
+        "point SRC at a raw export or an official TBX11K root",
+    )
 
 
-def build_dataset(src: str | Path, out: str | Path, cfg: BuildConfig | None = None,
-                  progress: Progress | None = None) -> BuildReport:
+def build_dataset(
+    src: str | Path, out: str | Path, cfg: BuildConfig | None = None, progress: Progress | None = None
+) -> BuildReport:
     """Build the TBX11K layout from ``src`` into ``out`` (see the module docstring)."""
     cfg = cfg or BuildConfig()
     src, out = Path(src), Path(out)
@@ -563,8 +636,14 @@ def build_dataset(src: str | Path, out: str | Path, cfg: BuildConfig | None = No
     return _build_release(src, out, cfg, progress)
 
 
-def _write_common(partial: Path, records: list[Record], report: BuildReport, cfg: BuildConfig,
-                  extra: dict[str, Any], list_order: dict[str, list[str]] | None = None) -> None:
+def _write_common(
+    partial: Path,
+    records: list[Record],
+    report: BuildReport,
+    cfg: BuildConfig,
+    extra: dict[str, Any],
+    list_order: dict[str, list[str]] | None = None,
+) -> None:
     from tbx.data.views import write_views
     from tbx.provenance import provenance
 
@@ -585,16 +664,24 @@ def _write_common(partial: Path, records: list[Record], report: BuildReport, cfg
     prov["config"] = conf
     # the command line may carry the source path (often named after patients), the salt and the
     # mapping path: record the verb and option names only
-    prov["command"] = ["tbx", "dataset", "build", "<SRC>", "<OUT>",
-                       *[a.split("=")[0] for a in prov["command"] if a.startswith("--")]]
+    prov["command"] = [
+        "tbx",
+        "dataset",
+        "build",
+        "<SRC>",
+        "<OUT>",
+        *[a.split("=")[0] for a in prov["command"] if a.startswith("--")],
+    ]
     atomic_write_json(partial / "provenance.json", prov)
 
 
 def _build_raw(src: Path, out: Path, cfg: BuildConfig, progress: Progress | None) -> BuildReport:
     report = BuildReport(kind="raw", out=str(out), salt="default" if cfg.salt is None else "custom")
     if cfg.salt is None:
-        report.console.append("patient ids are hashed with the default public salt; pass --salt "
-                              "SECRET for real exports (hashes of short ids can be brute-forced)")
+        report.console.append(
+            "patient ids are hashed with the default public salt; pass --salt "
+            "SECRET for real exports (hashes of short ids can be brute-forced)"
+        )
     items, has_split = _parse_manifest(src)
     report.warnings.extend(_attach_boxes(src, items))
 
@@ -623,12 +710,12 @@ def _build_raw(src: Path, out: Path, cfg: BuildConfig, progress: Progress | None
     by_idx = {r["idx"]: r for r in results}
 
     # state first, so that whatever was decoded survives a failure below (resume)
-    state = {"version": STATE_VERSION, "params": {"size": cfg.size, "channels": cfg.channels},
-             "images": {}}
+    state = {"version": STATE_VERSION, "params": {"size": cfg.size, "channels": cfg.channels}, "images": {}}
     for r in results:
         if "error" not in r:
-            state["images"][r["key"]] = {k: r[k] for k in ("out_sha", "pixel_sha", "width", "height",
-                                                           "phash")}
+            state["images"][r["key"]] = {
+                k: r[k] for k in ("out_sha", "pixel_sha", "width", "height", "phash")
+            }
     atomic_write_json(partial / STATE_NAME, state)
 
     # per-image results in manifest order: errors, boxes, duplicates
@@ -638,8 +725,14 @@ def _build_raw(src: Path, out: Path, cfg: BuildConfig, progress: Progress | None
     for i, it in enumerate(live):
         res = by_idx[i]
         if "error" in res:
-            bad(it, TbxError(res["error"], f"{it.path} (manifest line {it.line})",
-                             res.get("fix") or "re-export the image"))
+            bad(
+                it,
+                TbxError(
+                    res["error"],
+                    f"{it.path} (manifest line {it.line})",
+                    res.get("fix") or "re-export the image",
+                ),
+            )
             continue
         report.decoded += not res["reused"]
         report.reused += res["reused"]
@@ -650,27 +743,33 @@ def _build_raw(src: Path, out: Path, cfg: BuildConfig, progress: Progress | None
             continue
         if res["pixel_sha"] in seen_pixels:
             first = seen_pixels[res["pixel_sha"]]
-            report.duplicates.append({"kind": "pixels", "manifest_line": it.line,
-                                      "duplicate_of_line": first, "action": "dropped"})
+            report.duplicates.append(
+                {"kind": "pixels", "manifest_line": it.line, "duplicate_of_line": first, "action": "dropped"}
+            )
             continue
         pid = it.patient_id.strip()
         if pid and pid in seen_patients:
             first = seen_patients[pid]
             action = "kept" if cfg.allow_multi_per_patient else "dropped"
-            report.duplicates.append({"kind": "patient", "manifest_line": it.line,
-                                      "duplicate_of_line": first, "action": action})
+            report.duplicates.append(
+                {"kind": "patient", "manifest_line": it.line, "duplicate_of_line": first, "action": action}
+            )
             if not cfg.allow_multi_per_patient:
                 continue
         seen_pixels[res["pixel_sha"]] = it.line
         if pid:
             seen_patients.setdefault(pid, it.line)
         else:
-            report.warnings.append(f"manifest line {it.line}: empty patient_id (one-image-per-patient "
-                                   "cannot be checked for it)")
+            report.warnings.append(
+                f"manifest line {it.line}: empty patient_id (one-image-per-patient cannot be checked for it)"
+            )
         kept.append((it, res, boxes, orig))
     if not kept:
-        raise TbxError("no usable images in the source", src / "manifest.csv",
-                       "fix the problems reported above (or check the manifest rows)")
+        raise TbxError(
+            "no usable images in the source",
+            src / "manifest.csv",
+            "fix the problems reported above (or check the manifest rows)",
+        )
 
     # records (provisional names), split
     records: list[Record] = []
@@ -678,18 +777,28 @@ def _build_raw(src: Path, out: Path, cfg: BuildConfig, progress: Progress | None
         if it.label == "tb" and boxes:
             tb_type = tb_type_from_categories(b.category for b in boxes)
             if it.tb_type not in ("unknown", tb_type):
-                report.warnings.append(f"manifest line {it.line}: tb_type '{it.tb_type}' disagrees with "
-                                       f"the box categories ('{tb_type}'); the boxes win")
+                report.warnings.append(
+                    f"manifest line {it.line}: tb_type '{it.tb_type}' disagrees with "
+                    f"the box categories ('{tb_type}'); the boxes win"
+                )
         else:
             tb_type = it.tb_type
             if it.label == "tb" and it.source not in EXTRA_GROUPS:
                 report.warnings.append(f"manifest line {it.line}: TB image without any box")
-        records.append(Record(
-            image_id=n + 1, file_name=f"pending/{n:06d}.png", width=cfg.size, height=cfg.size,
-            label=it.label, tb_type=tb_type,
-            source=it.source if it.source in EXTRA_GROUPS else "tbx11k",
-            patient_id=patient_hash(it.patient_id, cfg.salt) if it.patient_id.strip() else None,
-            split=it.split if has_split else None, boxes=boxes))
+        records.append(
+            Record(
+                image_id=n + 1,
+                file_name=f"pending/{n:06d}.png",
+                width=cfg.size,
+                height=cfg.size,
+                label=it.label,
+                tb_type=tb_type,
+                source=it.source if it.source in EXTRA_GROUPS else "tbx11k",
+                patient_id=patient_hash(it.patient_id, cfg.salt) if it.patient_id.strip() else None,
+                split=it.split if has_split else None,
+                boxes=boxes,
+            )
+        )
     if has_split:  # the manifest's split: report patients whose images straddle splits
         by_patient: dict[str, list[tuple[int, str]]] = defaultdict(list)
         for rec, (it, *_rest) in zip(records, kept):
@@ -698,8 +807,12 @@ def _build_raw(src: Path, out: Path, cfg: BuildConfig, progress: Progress | None
         for rows in by_patient.values():
             if len({sp for _, sp in rows}) > 1:
                 report.warnings.append(
-                    "manifest lines " + ", ".join(str(ln) for ln, _ in rows) + ": one patient in "
-                    + " and ".join(sorted({sp for _, sp in rows})) + " (leakage between splits)")
+                    "manifest lines "
+                    + ", ".join(str(ln) for ln, _ in rows)
+                    + ": one patient in "
+                    + " and ".join(sorted({sp for _, sp in rows}))
+                    + " (leakage between splits)"
+                )
     else:
         from tbx.data.split import SplitConfig, split_records
 
@@ -716,11 +829,15 @@ def _build_raw(src: Path, out: Path, cfg: BuildConfig, progress: Progress | None
         stem = _stem_for(rec.label, rec.source, counters[counter], cfg.name_pattern)
         fname = f"{folder}/{stem}.png"
         if "/" in stem or "\\" in stem or fname in used:
-            raise TbxError(f"--name-pattern '{cfg.name_pattern}' gives an invalid or repeated name "
-                           f"'{stem}'", fix="include {n} in the pattern and no '/'")
+            raise TbxError(
+                f"--name-pattern '{cfg.name_pattern}' gives an invalid or repeated name '{stem}'",
+                fix="include {n} in the pattern and no '/'",
+            )
         if label_from_path(fname) != (rec.label, rec.source if rec.source in EXTRA_GROUPS else "tbx11k"):
-            raise TbxError(f"--name-pattern '{cfg.name_pattern}' gives '{fname}', whose label cannot "
-                           "be derived back", fix="keep the default pattern '{prefix}{n:04d}'")
+            raise TbxError(
+                f"--name-pattern '{cfg.name_pattern}' gives '{fname}', whose label cannot be derived back",
+                fix="keep the default pattern '{prefix}{n:04d}'",
+            )
         used.add(fname)
         rec.file_name = fname
         link_or_copy(work / f"{res['key']}.png", partial / IMGS / fname)
@@ -733,8 +850,13 @@ def _build_raw(src: Path, out: Path, cfg: BuildConfig, progress: Progress | None
     # the release's order: tb, health, sick (then extras), each by name
     folder_rank = {"tb": 0, "health": 1, "sick": 2}
     records.sort(key=lambda r: (folder_rank.get(r.file_name.split("/")[0], 3), r.file_name))
-    _write_common(partial, records, report, cfg, {
-        "source_fingerprint": _sha256("".join(sorted(state["images"])).encode())[:16]})
+    _write_common(
+        partial,
+        records,
+        report,
+        cfg,
+        {"source_fingerprint": _sha256("".join(sorted(state["images"])).encode())[:16]},
+    )
     shutil.rmtree(work, ignore_errors=True)
     if cfg.mapping:
         buf = io.StringIO()
@@ -757,7 +879,7 @@ def _read_list(path: Path) -> list[str]:
         if not s:
             continue
         if s.startswith(f"{IMGS}/"):
-            s = s[len(IMGS) + 1:]
+            s = s[len(IMGS) + 1 :]
         out.append(str(check_relpath(s, where(path, n))))
     return out
 
@@ -783,14 +905,20 @@ def _build_release(src: Path, out: Path, cfg: BuildConfig, progress: Progress | 
             for fn in list_order[lp.stem]:
                 if fn in seen:
                     if seen[fn] != split:
-                        raise TbxError(f"'{fn}' is listed in both {seen[fn]} and {split}", lp,
-                                       "the split lists must be disjoint")
+                        raise TbxError(
+                            f"'{fn}' is listed in both {seen[fn]} and {split}",
+                            lp,
+                            "the split lists must be disjoint",
+                        )
                     continue
                 seen[fn] = split
                 order.append((fn, split))
     if not order:
-        raise TbxError("no list files (lists/TBX11K_{train,val}.txt, all_{train,val,test}.txt)",
-                       src / LISTS, "give the official release root")
+        raise TbxError(
+            "no list files (lists/TBX11K_{train,val}.txt, all_{train,val,test}.txt)",
+            src / LISTS,
+            "give the official release root",
+        )
     list_order.update(_trainval_lists(src, seen))
     partial = _partial_dir(out)
     if partial.exists():
@@ -814,8 +942,11 @@ def _build_release(src: Path, out: Path, cfg: BuildConfig, progress: Progress | 
                         width, height = im.size
                         im.verify()
                 except Exception as e:  # noqa: BLE001
-                    raise TbxError(f"unreadable or corrupt image ({type(e).__name__})", img,
-                                   "restore the file from the release") from None
+                    raise TbxError(
+                        f"unreadable or corrupt image ({type(e).__name__})",
+                        img,
+                        "restore the file from the release",
+                    ) from None
             boxes: list[Box] = []
             xml = src / ANN_XML / f"{PurePosixPath(fn).stem}.xml" if label == "tb" else None
             if xml is not None and source == "tbx11k":
@@ -823,15 +954,25 @@ def _build_release(src: Path, out: Path, cfg: BuildConfig, progress: Progress | 
                     ann = read_voc(xml)
                     for o in ann.objects:
                         cat = _parse_box_label(o.name, str(xml))
-                        if o.xmax <= o.xmin or o.ymax <= o.ymin or o.xmin < 0 or o.ymin < 0 \
-                                or o.xmax > ann.width or o.ymax > ann.height:
-                            raise TbxError(f"box ({o.xmin:g}, {o.ymin:g}, {o.xmax:g}, {o.ymax:g}) is "
-                                           f"empty or outside the {ann.width}×{ann.height} image", xml,
-                                           "fix or delete the box")
+                        if (
+                            o.xmax <= o.xmin
+                            or o.ymax <= o.ymin
+                            or o.xmin < 0
+                            or o.ymin < 0
+                            or o.xmax > ann.width
+                            or o.ymax > ann.height
+                        ):
+                            raise TbxError(
+                                f"box ({o.xmin:g}, {o.ymin:g}, {o.xmax:g}, {o.ymax:g}) is "
+                                f"empty or outside the {ann.width}×{ann.height} image",
+                                xml,
+                                "fix or delete the box",
+                            )
                         if o.difficult:
                             continue
-                        conv = convert_voc_box(o.xmin, o.ymin, o.xmax, o.ymax, ann.width, ann.height,
-                                               (width, height))
+                        conv = convert_voc_box(
+                            o.xmin, o.ymin, o.xmax, o.ymax, ann.width, ann.height, (width, height)
+                        )
                         if conv is not None:
                             boxes.append(Box(*conv, cat))
                     if not boxes:
@@ -839,8 +980,19 @@ def _build_release(src: Path, out: Path, cfg: BuildConfig, progress: Progress | 
                 else:
                     report.warnings.append(f"{fn}: TB image without an XML file")
             tb_type = tb_type_from_categories(b.category for b in boxes) if label == "tb" else "none"
-            records.append(Record(image_id=len(records) + 1, file_name=fn, width=width, height=height,
-                                  label=label, tb_type=tb_type, source=source, split=split, boxes=boxes))
+            records.append(
+                Record(
+                    image_id=len(records) + 1,
+                    file_name=fn,
+                    width=width,
+                    height=height,
+                    label=label,
+                    tb_type=tb_type,
+                    source=source,
+                    split=split,
+                    boxes=boxes,
+                )
+            )
             if not no_images:
                 link_or_copy(img, partial / IMGS / fn)
             if xml is not None and xml.is_file():
@@ -868,16 +1020,21 @@ def _trainval_lists(src: Path, split_of: dict[str, str]) -> dict[str, list[str]]
         if not lp.is_file():
             continue
         listed = _read_list(lp)
-        want = {fn for fn, sp in split_of.items() if sp in ("train", "val")
-                and (prefix == "all" or not fn.startswith("extra/"))}
+        want = {
+            fn
+            for fn, sp in split_of.items()
+            if sp in ("train", "val") and (prefix == "all" or not fn.startswith("extra/"))
+        }
         got = set(listed)
         if got != want or len(listed) != len(got):
             if len(listed) != len(got):
                 what = "lists an image twice"
             else:
                 diff = sorted(got - want) or sorted(want - got)
-                what = (f"differs from {prefix}_train.txt + {prefix}_val.txt ({len(got - want)} extra, "
-                        f"{len(want - got)} missing, e.g. '{diff[0]}')")
+                what = (
+                    f"differs from {prefix}_train.txt + {prefix}_val.txt ({len(got - want)} extra, "
+                    f"{len(want - got)} missing, e.g. '{diff[0]}')"
+                )
             raise TbxError(f"{lp.name} {what}", lp, "restore the release's list files")
         out[lp.stem] = listed
     return out

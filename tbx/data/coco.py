@@ -14,11 +14,19 @@ from tbx.errors import TbxError
 from tbx.io import atomic_write_json
 
 INFO = {
-    "contributor": "tbx", "description": "TBX11K-layout dataset written by tbx",
-    "url": "https://mmcheng.net/tb", "version": "1.0", "year": 2020,
+    "contributor": "tbx",
+    "description": "TBX11K-layout dataset written by tbx",
+    "url": "https://mmcheng.net/tb",
+    "version": "1.0",
+    "year": 2020,
 }
-LICENSES = [{"id": 1, "name": "Attribution-NonCommercial-ShareAlike License",
-             "url": "http://creativecommons.org/licenses/by-nc-sa/2.0/"}]
+LICENSES = [
+    {
+        "id": 1,
+        "name": "Attribution-NonCommercial-ShareAlike License",
+        "url": "http://creativecommons.org/licenses/by-nc-sa/2.0/",
+    }
+]
 
 
 def load_json(path: str | Path) -> dict[str, Any]:
@@ -34,8 +42,9 @@ def load_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def records_from_coco(data: dict[str, Any], path: str | Path = "<coco>",
-                      strict_labels: bool = True) -> list[Record]:
+def records_from_coco(
+    data: dict[str, Any], path: str | Path = "<coco>", strict_labels: bool = True
+) -> list[Record]:
     """Records in the file's image order; labels from the path rules, TB type from box categories.
 
     With ``strict_labels=False`` images whose label cannot be derived from the path (``test/``)
@@ -52,16 +61,28 @@ def records_from_coco(data: dict[str, Any], path: str | Path = "<coco>",
             label, source = label_from_path(img["file_name"])
         except TbxError:
             if strict_labels:
-                raise TbxError(f"cannot derive the label of image '{img['file_name']}'", path,
-                               "images must live under health/, sick/, tb/ or extra/<group>/") from None
+                raise TbxError(
+                    f"cannot derive the label of image '{img['file_name']}'",
+                    path,
+                    "images must live under health/, sick/, tb/ or extra/<group>/",
+                ) from None
             label, source = "unknown", "tbx11k"
         bxs = boxes.get(int(img["id"]), [])
         tb_type = tb_type_from_categories(b.category for b in bxs) if label == "tb" else "none"
-        records.append(Record(
-            image_id=int(img["id"]), file_name=img["file_name"], width=int(img["width"]),
-            height=int(img["height"]), label=label, tb_type=tb_type, source=source,
-            patient_id=img.get("patient_id"), split=img.get("split"), boxes=bxs,
-        ))
+        records.append(
+            Record(
+                image_id=int(img["id"]),
+                file_name=img["file_name"],
+                width=int(img["width"]),
+                height=int(img["height"]),
+                label=label,
+                tb_type=tb_type,
+                source=source,
+                patient_id=img.get("patient_id"),
+                split=img.get("split"),
+                boxes=bxs,
+            )
+        )
     return records
 
 
@@ -78,8 +99,9 @@ def official_area(w: float, h: float) -> int:
     return int(np.float32(w) * np.float32(h))
 
 
-def coco_from_records(records: list[Record], date_captured: str = "",
-                      positional_ids: bool = False) -> dict[str, Any]:
+def coco_from_records(
+    records: list[Record], date_captured: str = "", positional_ids: bool = False
+) -> dict[str, Any]:
     """The official COCO dict for ``records`` (order as given, annotation ids 1..N).
 
     Image ids are the records' own, or 1..N in file order with ``positional_ids`` (the release's
@@ -91,19 +113,39 @@ def coco_from_records(records: list[Record], date_captured: str = "",
     images, annotations = [], []
     for pos, r in enumerate(records, start=1):
         image_id = pos if positional_ids else r.image_id
-        img = {"id": image_id, "file_name": r.file_name, "width": r.width,
-               "height": r.height, "date_captured": date_captured, "license": 1,
-               "coco_url": "", "flickr_url": ""}
+        img = {
+            "id": image_id,
+            "file_name": r.file_name,
+            "width": r.width,
+            "height": r.height,
+            "date_captured": date_captured,
+            "license": 1,
+            "coco_url": "",
+            "flickr_url": "",
+        }
         if r.patient_id is not None:
             img["patient_id"] = r.patient_id
         images.append(img)
         for b in r.boxes:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": b.category, "iscrowd": 0,
-                                "area": official_area(b.w, b.h),
-                                "bbox": [b.x, b.y, b.w, b.h], "width": r.width, "height": r.height})
-    return {"info": [INFO], "licenses": LICENSES, "categories": [dict(c) for c in CATEGORIES],
-            "images": images, "annotations": annotations}
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": b.category,
+                    "iscrowd": 0,
+                    "area": official_area(b.w, b.h),
+                    "bbox": [b.x, b.y, b.w, b.h],
+                    "width": r.width,
+                    "height": r.height,
+                }
+            )
+    return {
+        "info": [INFO],
+        "licenses": LICENSES,
+        "categories": [dict(c) for c in CATEGORIES],
+        "images": images,
+        "annotations": annotations,
+    }
 
 
 def write_coco(path: str | Path, records: list[Record], positional_ids: bool = False) -> None:

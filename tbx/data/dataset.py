@@ -41,7 +41,8 @@ SIZE_DIVISOR = 32  # docs/models.md §2.7: pad to a multiple of 32
 
 
 def resized_shape(h: int, w: int, input_size: int) -> tuple[int, int]:
-    """Shape after resizing to fit ``input_size`` × ``input_size`` keeping the aspect (docs/models.md §2.7)."""
+    """Shape after resizing to fit ``input_size`` × ``input_size`` keeping the aspect
+    (docs/models.md §2.7)."""
     scale = min(input_size / h, input_size / w)
     return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
 
@@ -83,16 +84,23 @@ def preflight_images(root: str | Path, ann: str | Path, strict_labels: bool = Fa
     number of images.  Used by train (each stage's file and ``--val``) and predict."""
     ann_path = resolve_ann(root, ann)
     if not ann_path.is_file():
-        raise TbxError("annotation file not found", ann_path,
-                       "give an existing COCO JSON (absolute or relative to the dataset root)")
+        raise TbxError(
+            "annotation file not found",
+            ann_path,
+            "give an existing COCO JSON (absolute or relative to the dataset root)",
+        )
     records = read_coco(ann_path, strict_labels=strict_labels)
     img_dir = Path(root) / IMGS
-    missing = [r.file_name for r in records
-               if not resolve_inside(img_dir, r.file_name, ann_path, "imgs/").is_file()]
+    missing = [
+        r.file_name for r in records if not resolve_inside(img_dir, r.file_name, ann_path, "imgs/").is_file()
+    ]
     if missing:
         more = f" (and {len(missing) - 1} more of {len(records)})" if len(missing) > 1 else ""
-        raise TbxError(f"image '{missing[0]}' listed in {ann_path.name} is missing{more}", img_dir,
-                       "restore the images or regenerate the annotation file")
+        raise TbxError(
+            f"image '{missing[0]}' listed in {ann_path.name} is missing{more}",
+            img_dir,
+            "restore the images or regenerate the annotation file",
+        )
     return len(records)
 
 
@@ -108,8 +116,14 @@ class TBXDataset(Dataset):
     Keys: an ``int`` index, or ``(index, flip)`` as produced by :class:`EpochBatchSampler`.
     """
 
-    def __init__(self, root: str | Path, ann: str | Path, input_size: int = 512, train: bool = False,
-                 records: list[Record] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        ann: str | Path,
+        input_size: int = 512,
+        train: bool = False,
+        records: list[Record] | None = None,
+    ):
         self.root = Path(root)
         self.ann_path = ann_path = resolve_ann(root, ann)
         self.input_size = int(input_size)
@@ -131,8 +145,11 @@ class TBXDataset(Dataset):
             with Image.open(path) as im:
                 return im.convert("RGB")
         except FileNotFoundError:
-            raise TbxError("image listed in the annotation file is missing", path,
-                           f"restore it or regenerate {self.ann_path.name}") from None
+            raise TbxError(
+                "image listed in the annotation file is missing",
+                path,
+                f"restore it or regenerate {self.ann_path.name}",
+            ) from None
         except OSError as e:
             raise TbxError(f"cannot decode image: {e}", path, "replace the corrupt file") from None
 
@@ -157,8 +174,16 @@ class TBXDataset(Dataset):
         if flip:
             image = image.flip(-1)
             xyxy = torch.stack([w - xyxy[:, 2], xyxy[:, 1], w - xyxy[:, 0], xyxy[:, 3]], dim=1)
-        return Sample(image=image, boxes=xyxy, labels=labels, cls_label=CLASS_INDEX.get(rec.label, -1),
-                      index=i, image_id=rec.image_id, scale=(sx, sy), flipped=flip)
+        return Sample(
+            image=image,
+            boxes=xyxy,
+            labels=labels,
+            cls_label=CLASS_INDEX.get(rec.label, -1),
+            index=i,
+            image_id=rec.image_id,
+            scale=(sx, sy),
+            flipped=flip,
+        )
 
 
 @dataclass
@@ -194,15 +219,23 @@ def collate(samples: Sequence[Sample], size_divisor: int = SIZE_DIVISOR) -> Batc
     images = torch.zeros((len(samples), 3, H, W), dtype=torch.uint8)
     for k, s in enumerate(samples):
         images[k, :, : s.image.shape[1], : s.image.shape[2]] = s.image
-    targets = [{"boxes": s.boxes, "labels": s.labels,
-                "cls_label": torch.tensor(s.cls_label, dtype=torch.int64)} for s in samples]
-    return Batch(images=images, image_sizes=[(int(s.image.shape[1]), int(s.image.shape[2])) for s in samples],
-                 targets=targets, indices=[s.index for s in samples],
-                 image_ids=[s.image_id for s in samples], scales=[s.scale for s in samples])
+    targets = [
+        {"boxes": s.boxes, "labels": s.labels, "cls_label": torch.tensor(s.cls_label, dtype=torch.int64)}
+        for s in samples
+    ]
+    return Batch(
+        images=images,
+        image_sizes=[(int(s.image.shape[1]), int(s.image.shape[2])) for s in samples],
+        targets=targets,
+        indices=[s.index for s in samples],
+        image_ids=[s.image_id for s in samples],
+        scales=[s.scale for s in samples],
+    )
 
 
-def normalize_batch(images: Tensor, image_sizes: Sequence[tuple[int, int]],
-                    dtype: torch.dtype = torch.float32) -> Tensor:
+def normalize_batch(
+    images: Tensor, image_sizes: Sequence[tuple[int, int]], dtype: torch.dtype = torch.float32
+) -> Tensor:
     """uint8 ``(N, 3, H, W)`` → ImageNet-normalised float with zeros in the padding (contract of
     ``tbx.models.base``).  Runs on whatever device ``images`` is on."""
     x = images.to(dtype=torch.float32).div_(255.0)
@@ -229,11 +262,21 @@ class EpochBatchSampler:
     skips the batches already done (exact resume).  Yields lists of ``(index, flip)`` keys.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, flip_prob: float = 0.5):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        flip_prob: float = 0.5,
+    ):
         if batch_size % world_size:
-            raise TbxError(f"batch size {batch_size} is not divisible by the number of processes "
-                           f"{world_size}", fix="set the stage's batch_size to a multiple of the GPU count")
+            raise TbxError(
+                f"batch size {batch_size} is not divisible by the number of processes {world_size}",
+                fix="set the stage's batch_size to a multiple of the GPU count",
+            )
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.flip_prob = shuffle, flip_prob

@@ -35,7 +35,7 @@ DICOM_MAGIC_OFFSET = 128
 
 def is_dicom_bytes(head: bytes) -> bool:
     """True when ``head`` (≥ 132 bytes of a file) carries the DICOM Part 10 preamble magic."""
-    return len(head) >= 132 and head[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == b"DICM"
+    return len(head) >= 132 and head[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
 
 
 def _transfer_syntax_supported(ds, path: Path) -> None:
@@ -46,13 +46,19 @@ def _transfer_syntax_supported(ds, path: Path) -> None:
     try:
         decoder = get_decoder(ts)
     except (NotImplementedError, ValueError):
-        raise TbxError(f"unsupported DICOM transfer syntax {ts} ({name})", path,
-                       "decompress the file first (e.g. `dcmdjpeg`/`gdcmconv --raw`) or install a "
-                       "pydicom decoder plugin (pylibjpeg, python-gdcm)") from None
+        raise TbxError(
+            f"unsupported DICOM transfer syntax {ts} ({name})",
+            path,
+            "decompress the file first (e.g. `dcmdjpeg`/`gdcmconv --raw`) or install a "
+            "pydicom decoder plugin (pylibjpeg, python-gdcm)",
+        ) from None
     if not decoder.is_available:
-        raise TbxError(f"no decoder installed for DICOM transfer syntax {ts} ({name})", path,
-                       "decompress the file first (e.g. `dcmdjpeg`/`gdcmconv --raw`) or install a "
-                       "pydicom decoder plugin (pylibjpeg, python-gdcm)")
+        raise TbxError(
+            f"no decoder installed for DICOM transfer syntax {ts} ({name})",
+            path,
+            "decompress the file first (e.g. `dcmdjpeg`/`gdcmconv --raw`) or install a "
+            "pydicom decoder plugin (pylibjpeg, python-gdcm)",
+        )
 
 
 def voi_output_range(ds) -> tuple[float, float] | None:
@@ -65,14 +71,14 @@ def voi_output_range(ds) -> tuple[float, float] | None:
     voi_seq = ds.get("VOILUTSequence")
     if voi_seq:
         bits = int(voi_seq[0].LUTDescriptor[2])
-        return 0.0, float(2 ** bits - 1)
+        return 0.0, float(2**bits - 1)
     if "WindowCenter" not in ds or "WindowWidth" not in ds:
         return None
     bits = int(ds.BitsStored)
     if ds.get("ModalityLUTSequence"):
         lo, hi = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
     elif int(ds.get("PixelRepresentation", 0)) == 0:
-        lo, hi = 0.0, float(2 ** bits - 1)
+        lo, hi = 0.0, float(2**bits - 1)
     else:
         lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
@@ -101,8 +107,11 @@ def dataset_to_gray8(ds, path: str | Path = "<dicom>") -> np.ndarray:
     try:
         arr = ds.pixel_array
     except (NotImplementedError, RuntimeError, ValueError, AttributeError, TypeError) as e:
-        raise TbxError(f"cannot decode the DICOM pixel data ({type(e).__name__}: {e})", path,
-                       "check the file, or decompress it first (dcmdjpeg/gdcmconv --raw)") from None
+        raise TbxError(
+            f"cannot decode the DICOM pixel data ({type(e).__name__}: {e})",
+            path,
+            "check the file, or decompress it first (dcmdjpeg/gdcmconv --raw)",
+        ) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
@@ -110,12 +119,15 @@ def dataset_to_gray8(ds, path: str | Path = "<dicom>") -> np.ndarray:
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         # colour (RGB / YBR already converted to RGB by pydicom) → luminance, ITU-R 601
         if arr.ndim != 3 or arr.shape[-1] != 3:
-            raise TbxError(f"unsupported DICOM photometric interpretation {photometric}", path,
-                           "export the CXR as MONOCHROME1/2 or RGB")
+            raise TbxError(
+                f"unsupported DICOM photometric interpretation {photometric}",
+                path,
+                "export the CXR as MONOCHROME1/2 or RGB",
+            )
         rgb = arr.astype(np.float64)
         lum = rgb @ np.array([0.299, 0.587, 0.114])
         bits = int(ds.get("BitsStored", 8))
-        return to_uint8(lum, 0.0, float(2 ** bits - 1))
+        return to_uint8(lum, 0.0, float(2**bits - 1))
     if arr.ndim != 2:
         raise TbxError(f"unexpected DICOM pixel array shape {arr.shape}", path, "export a 2-D image")
     values = apply_modality_lut(arr, ds)
@@ -144,12 +156,18 @@ def read_dicom_gray8(path: str | Path, data: bytes | None = None) -> np.ndarray:
     try:
         ds = pydicom.dcmread(io.BytesIO(data) if data is not None else path, force=True)
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as e:
-        raise TbxError(f"unreadable DICOM file ({type(e).__name__})", path,
-                       "check that the file is a complete DICOM Part 10 file") from None
+        raise TbxError(
+            f"unreadable DICOM file ({type(e).__name__})",
+            path,
+            "check that the file is a complete DICOM Part 10 file",
+        ) from None
     head = data[:132] if data is not None else _head(path)
     if "PixelData" not in ds and head[128:132] != b"DICM" and not any(el.tag.group == 0x0008 for el in ds):
-        raise TbxError("not a DICOM file (no DICM preamble, no DICOM elements)", path,
-                       "give a DICOM Part 10 file, or rename a PNG/JPEG to its real extension")
+        raise TbxError(
+            "not a DICOM file (no DICM preamble, no DICOM elements)",
+            path,
+            "give a DICOM Part 10 file, or rename a PNG/JPEG to its real extension",
+        )
     return dataset_to_gray8(ds, path)
 
 

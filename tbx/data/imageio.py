@@ -43,8 +43,9 @@ def read_gray8(path: str | Path) -> np.ndarray:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise TbxError(f"cannot read image ({e.strerror})", path,
-                       "check the file exists and is readable") from None
+        raise TbxError(
+            f"cannot read image ({e.strerror})", path, "check the file exists and is readable"
+        ) from None
     return decode_gray8(data, path)
 
 
@@ -58,8 +59,11 @@ def decode_gray8(data: bytes, name: str | Path = "<image>") -> np.ndarray:
             im.load()
             return _pil_to_gray8(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise TbxError(f"unreadable or corrupt image ({type(e).__name__}: {e})", path,
-                       "re-export the image (PNG, JPEG or DICOM)") from None
+        raise TbxError(
+            f"unreadable or corrupt image ({type(e).__name__}: {e})",
+            path,
+            "re-export the image (PNG, JPEG or DICOM)",
+        ) from None
 
 
 def resize_gray8(arr: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -86,6 +90,7 @@ def encode_png(arr: np.ndarray, channels: int = 1) -> bytes:
 
 # --- perceptual hashes -------------------------------------------------------------------------
 
+
 def _dct_matrix(n: int) -> np.ndarray:
     k = np.arange(n)[:, None]
     i = np.arange(n)[None, :]
@@ -95,7 +100,7 @@ def _dct_matrix(n: int) -> np.ndarray:
 
 
 _DCT32 = _dct_matrix(32)
-_BIT_WEIGHTS = (np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64))
+_BIT_WEIGHTS = np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64)
 
 
 def _bits_to_uint64(bits: np.ndarray) -> int:

@@ -38,13 +38,15 @@ def check_relpath(rel: str, at: str | Path | None = None, root_name: str = "imgs
     if p.is_absolute() or re.match(r"^[A-Za-z]:", posix):
         raise TbxError(f"absolute path '{text}' is not allowed", at, f"give paths relative to {root_name}")
     if ".." in p.parts:
-        raise TbxError(f"path '{text}' escapes {root_name}", at,
-                       f"give paths relative to {root_name}, without '..'")
+        raise TbxError(
+            f"path '{text}' escapes {root_name}", at, f"give paths relative to {root_name}, without '..'"
+        )
     return p
 
 
-def resolve_inside(root: str | Path, rel: str, at: str | Path | None = None,
-                   root_name: str | None = None) -> Path:
+def resolve_inside(
+    root: str | Path, rel: str, at: str | Path | None = None, root_name: str | None = None
+) -> Path:
     """The file ``rel`` (from an annotation file, list or manifest) under ``root``, resolved; it must
     stay inside ``root`` — no ``..``, no absolute path, no symbolic link leading out (the one
     containment rule of build, validate, the dataset loader, study and report overlays).  ``root``
@@ -55,8 +57,11 @@ def resolve_inside(root: str | Path, rel: str, at: str | Path | None = None,
     real_root = root.resolve()
     real = real_root.joinpath(*p.parts).resolve()
     if not real.is_relative_to(real_root):
-        raise TbxError(f"'{rel}' is a link pointing outside {name}", at,
-                       f"copy the file into {name} instead of linking to it")
+        raise TbxError(
+            f"'{rel}' is a link pointing outside {name}",
+            at,
+            f"copy the file into {name} instead of linking to it",
+        )
     return real
 
 
@@ -99,8 +104,11 @@ def label_from_path(file_name: str) -> tuple[str, str]:
     posix = file_name.replace("\\", "/")
     # plain relative paths split directly (PurePosixPath is ~20x slower: 3,302 calls per `tbx bench`)
     plain = not posix.startswith(("/", "./")) and "//" not in posix and "/./" not in posix
-    parts = tuple(posix.split("/")) if plain and not posix.endswith(("/", "/.")) and posix not in ("", ".") \
+    parts = (
+        tuple(posix.split("/"))
+        if plain and not posix.endswith(("/", "/.")) and posix not in ("", ".")
         else PurePosixPath(posix).parts
+    )
     if parts and parts[0] == IMGS:
         parts = parts[1:]
     if not parts:
@@ -119,5 +127,7 @@ def label_from_path(file_name: str) -> tuple[str, str]:
         else:
             is_tb = stem.endswith("_1")
         return ("tb" if is_tb else "healthy"), source
-    raise TbxError(f"cannot derive the image label from path '{file_name}'",
-                   fix="images must live under imgs/{health,sick,tb}/ or imgs/extra/<group>/<split>/")
+    raise TbxError(
+        f"cannot derive the image label from path '{file_name}'",
+        fix="images must live under imgs/{health,sick,tb}/ or imgs/extra/<group>/<split>/",
+    )

@@ -16,8 +16,13 @@ from dataclasses import dataclass, field
 LABELS = ("healthy", "sick", "tb")
 TB_TYPES = ("none", "active", "latent", "active+latent", "uncertain", "unknown")
 # the docs/dataset.md §1.2 table row of a TB image of each type ("unknown": a TB image without boxes)
-TB_TYPE_ROWS = {"active": "active TB", "latent": "latent TB", "active+latent": "active & latent TB",
-                "uncertain": "uncertain TB", "unknown": "TB without box"}
+TB_TYPE_ROWS = {
+    "active": "active TB",
+    "latent": "latent TB",
+    "active+latent": "active & latent TB",
+    "uncertain": "uncertain TB",
+    "unknown": "TB without box",
+}
 SPLITS = ("train", "val", "test")
 
 # Box categories (docs/dataset.md §1.1): official COCO ids and names.
@@ -110,6 +115,8 @@ def tb_type_from_categories(categories: Iterable[int]) -> str:
 def categories_for_tb_type(tb_type: str) -> set[int]:
     """Which box categories a TB type implies (used by the reading study and validation)."""
     return {
-        "active": {ACTIVE}, "latent": {LATENT}, "active+latent": {ACTIVE, LATENT},
+        "active": {ACTIVE},
+        "latent": {LATENT},
+        "active+latent": {ACTIVE, LATENT},
         "uncertain": {UNCERTAIN},
     }.get(tb_type, set())

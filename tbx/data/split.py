@@ -93,7 +93,9 @@ UNKNOWN_TB_CHOICES = ("latent", "own", "test")
 class SplitConfig:
     """Options of ``tbx dataset split`` (ratios are ``train:val:test`` strings)."""
 
-    ratio: str = "3:2:1"  # TB (docs/dataset.md §1.2 "the ratio question": the user's 3:2:1; 3:1:2 = published)
+    ratio: str = (
+        "3:2:1"  # TB (docs/dataset.md §1.2 "the ratio question": the user's 3:2:1; 3:1:2 = published)
+    )
     non_tb_ratio: str = "15:4:6"  # healthy and sick (docs/dataset.md §1.2: 3000/800/1200)
     extra_ratio: str | None = None  # extra sources; None → half to test, train:val as in `ratio`
     seed: int = 0
@@ -118,8 +120,10 @@ class SplitConfig:
         if clash:
             opts = ", ".join(f"--{k.replace('_', '-')} {given[k]}" for k in clash)
             fixed = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in PUBLISHED.items())
-            raise TbxError(f"--published fixes {fixed}; it cannot be combined with {opts}",
-                           fix="drop --published to choose your own ratios")
+            raise TbxError(
+                f"--published fixes {fixed}; it cannot be combined with {opts}",
+                fix="drop --published to choose your own ratios",
+            )
         return cls.published(**given)
 
 
@@ -169,17 +173,20 @@ def default_extra_ratio(ratio: Sequence[Fraction]) -> tuple[Fraction, Fraction, 
 def allocation_stratum(r: Record, unknown_tb_as: str = "latent") -> str:
     """The stratum a record is allocated in (see module docstring)."""
     if r.label not in LABELS:
-        raise TbxError(f"image '{r.file_name}' has unknown label '{r.label}'",
-                       fix="unlabelled images (e.g. imgs/test/) cannot be split; remove them from "
-                           "the annotation files or fix their folder")
+        raise TbxError(
+            f"image '{r.file_name}' has unknown label '{r.label}'",
+            fix="unlabelled images (e.g. imgs/test/) cannot be split; remove them from "
+            "the annotation files or fix their folder",
+        )
     if r.source != "tbx11k":
         return f"{r.source}:{r.label}"
     if not r.is_tb:
         return r.label
     t = r.tb_type
     if t not in TB_TYPES:
-        raise TbxError(f"image '{r.file_name}' has unknown TB type '{t}'",
-                       fix=f"TB types are {', '.join(TB_TYPES)}")
+        raise TbxError(
+            f"image '{r.file_name}' has unknown TB type '{t}'", fix=f"TB types are {', '.join(TB_TYPES)}"
+        )
     if t in ("unknown", "none"):
         t = {"latent": "latent", "own": "unknown", "test": "uncertain"}[unknown_tb_as]
     return f"tb:{t}"
@@ -200,13 +207,21 @@ def _kind(stratum: str) -> str:
 
 
 def _group_keys(records: Sequence[Record]) -> list[str]:
-    return [f"patient:{r.source}:{r.patient_id}" if r.patient_id not in (None, "")
-            else f"image:{r.source}:{r.file_name}:{i}" for i, r in enumerate(records)]
+    return [
+        f"patient:{r.source}:{r.patient_id}"
+        if r.patient_id not in (None, "")
+        else f"image:{r.source}:{r.file_name}:{i}"
+        for i, r in enumerate(records)
+    ]
 
 
-def assign_groups(records: Sequence[Record], strata: Sequence[str],
-                  targets: dict[str, list[int]], rng: random.Random,
-                  forced: dict[str, int] | None = None) -> list[int]:
+def assign_groups(
+    records: Sequence[Record],
+    strata: Sequence[str],
+    targets: dict[str, list[int]],
+    rng: random.Random,
+    forced: dict[str, int] | None = None,
+) -> list[int]:
     """Column index per record; all records of one group (patient) get the same column.
 
     Groups are taken in a seeded random order, largest first; each goes to the column whose
@@ -221,8 +236,7 @@ def assign_groups(records: Sequence[Record], strata: Sequence[str],
     for i, k in enumerate(keys):
         members[k].append(i)
     # canonical order (independent of the input order), then seeded shuffle, then largest first
-    canon = sorted(members, key=lambda k: min((records[i].source, records[i].file_name)
-                                              for i in members[k]))
+    canon = sorted(members, key=lambda k: min((records[i].source, records[i].file_name) for i in members[k]))
     rng.shuffle(canon)
     canon.sort(key=lambda k: -len(members[k]))
     deficit = {s: list(t) for s, t in targets.items()}
@@ -274,10 +288,15 @@ class StratumReport:
         return [a - r for a, r in zip(self.achieved, self.requested)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stratum": self.stratum, "n": self.n, "ratio": self.ratio,
-                "requested": dict(zip(SPLITS, self.requested)),
-                "achieved": dict(zip(SPLITS, self.achieved)),
-                "deviation": dict(zip(SPLITS, self.deviation)), "notes": self.notes}
+        return {
+            "stratum": self.stratum,
+            "n": self.n,
+            "ratio": self.ratio,
+            "requested": dict(zip(SPLITS, self.requested)),
+            "achieved": dict(zip(SPLITS, self.achieved)),
+            "deviation": dict(zip(SPLITS, self.deviation)),
+            "notes": self.notes,
+        }
 
 
 @dataclass
@@ -313,7 +332,8 @@ class SplitPlan:
 
     def report(self) -> dict[str, Any]:
         rep: dict[str, Any] = {
-            "ratios": self.ratios, "n_images": len(self.records),
+            "ratios": self.ratios,
+            "n_images": len(self.records),
             "table": self.table(),
             "strata": [s.to_dict() for s in self.strata],
             "warnings": self.warnings,
@@ -340,13 +360,18 @@ def _patient_summary(records: Sequence[Record]) -> dict[str, Any]:
     for r in records:
         if r.patient_id not in (None, ""):
             by[f"{r.source}:{r.patient_id}"].add(r.split or "")
-    return {"n_patients": len(by), "multi_image_patients": None if not by else
-            sum(1 for r in records if r.patient_id not in (None, "")) - len(by),
-            "patients_in_several_splits": sum(1 for v in by.values() if len(v) > 1)}
+    return {
+        "n_patients": len(by),
+        "multi_image_patients": None
+        if not by
+        else sum(1 for r in records if r.patient_id not in (None, "")) - len(by),
+        "patients_in_several_splits": sum(1 for v in by.values() if len(v) > 1),
+    }
 
 
-def _targets(counts: dict[str, int], ratios: dict[str, tuple[Fraction, ...]],
-             n_cols: int, tb_quota: str = "class") -> tuple[dict[str, list[int]], list[str]]:
+def _targets(
+    counts: dict[str, int], ratios: dict[str, tuple[Fraction, ...]], n_cols: int, tb_quota: str = "class"
+) -> tuple[dict[str, list[int]], list[str]]:
     """Per-stratum target counts per column (see module docstring), plus warnings."""
     warnings: list[str] = []
     targets: dict[str, list[int]] = {}
@@ -358,14 +383,18 @@ def _targets(counts: dict[str, int], ratios: dict[str, tuple[Fraction, ...]],
         class_q = largest_remainder(n_tb, tb_w)
         if n_unc:
             if n_cols != 3 or tb_w[2] == 0:
-                raise TbxError(f"{n_unc} uncertain-type TB image(s) must go to test but the TB "
-                               f"ratio {format_ratio(tb_w)} has no test share",
-                               fix="give --ratio a non-zero test share, e.g. 3:2:1")
+                raise TbxError(
+                    f"{n_unc} uncertain-type TB image(s) must go to test but the TB "
+                    f"ratio {format_ratio(tb_w)} has no test share",
+                    fix="give --ratio a non-zero test share, e.g. 3:2:1",
+                )
             targets["tb:uncertain"] = [0, 0, n_unc]
             if tb_quota == "class" and class_q[2] < n_unc:
-                warnings.append(f"the {n_unc} uncertain-type TB images exceed the TB test quota "
-                                f"({class_q[2]}); all of them go to test, so test holds more TB "
-                                "than the ratio asks")
+                warnings.append(
+                    f"the {n_unc} uncertain-type TB images exceed the TB test quota "
+                    f"({class_q[2]}); all of them go to test, so test holds more TB "
+                    "than the ratio asks"
+                )
         rest_w = list(class_q)
         rest_w[-1] = max(0, rest_w[-1] - n_unc) if n_unc else rest_w[-1]
         n_rest = n_tb - n_unc
@@ -382,12 +411,17 @@ def _targets(counts: dict[str, int], ratios: dict[str, tuple[Fraction, ...]],
         targets[s] = largest_remainder(n, ratios[kind])
     for s in sorted(counts):
         w = ratios["tb" if _kind(s) == "test_only" else _kind(s)]
-        empty = [SPLITS[c] if n_cols == 3 else f"fold{c}" for c in range(n_cols)
-                 if w[c] > 0 and targets[s][c] == 0 and _kind(s) != "test_only"]
+        empty = [
+            SPLITS[c] if n_cols == 3 else f"fold{c}"
+            for c in range(n_cols)
+            if w[c] > 0 and targets[s][c] == 0 and _kind(s) != "test_only"
+        ]
         if empty and counts[s] > 0:
-            warnings.append(f"stratum '{s}' ({counts[s]} image(s)) is too small for ratio "
-                            f"{format_ratio(w)}: {', '.join(empty)} get(s) none of it; "
-                            f"allocated {targets[s]} by largest remainder")
+            warnings.append(
+                f"stratum '{s}' ({counts[s]} image(s)) is too small for ratio "
+                f"{format_ratio(w)}: {', '.join(empty)} get(s) none of it; "
+                f"allocated {targets[s]} by largest remainder"
+            )
     return targets, warnings
 
 
@@ -396,8 +430,9 @@ def _check_records(records: Sequence[Record]) -> None:
     for i, r in enumerate(records):
         key = (r.source, r.file_name)
         if key in seen:
-            raise TbxError(f"image '{r.file_name}' appears twice in the records",
-                           fix="each image must be listed once")
+            raise TbxError(
+                f"image '{r.file_name}' appears twice in the records", fix="each image must be listed once"
+            )
         seen[key] = i
 
 
@@ -407,17 +442,22 @@ def plan_split(records: Sequence[Record], cfg: SplitConfig | None = None) -> Spl
     if cfg.tb_quota not in ("class", "type"):
         raise TbxError(f"tb_quota '{cfg.tb_quota}' is not valid", fix="use class or type")
     if cfg.unknown_tb_as not in UNKNOWN_TB_CHOICES:
-        raise TbxError(f"unknown_tb_as '{cfg.unknown_tb_as}' is not valid",
-                       fix=f"use one of {', '.join(UNKNOWN_TB_CHOICES)}")
+        raise TbxError(
+            f"unknown_tb_as '{cfg.unknown_tb_as}' is not valid",
+            fix=f"use one of {', '.join(UNKNOWN_TB_CHOICES)}",
+        )
     if not records:
         raise TbxError("no images to split", fix="check that the dataset root has annotation files")
     _check_records(records)
     tb_w = parse_ratio(cfg.ratio, "--ratio")
     non_w = parse_ratio(cfg.non_tb_ratio, "--non-tb-ratio")
-    ex_w = (parse_ratio(cfg.extra_ratio, "--extra-ratio") if cfg.extra_ratio
-            else default_extra_ratio(tb_w))
-    ratios = {"tb": tb_w, "non_tb": non_w, "extra": ex_w, "test_only": (Fraction(0), Fraction(0),
-                                                                          Fraction(1))}
+    ex_w = parse_ratio(cfg.extra_ratio, "--extra-ratio") if cfg.extra_ratio else default_extra_ratio(tb_w)
+    ratios = {
+        "tb": tb_w,
+        "non_tb": non_w,
+        "extra": ex_w,
+        "test_only": (Fraction(0), Fraction(0), Fraction(1)),
+    }
     strata = [allocation_stratum(r, cfg.unknown_tb_as) for r in records]
     counts = dict(sorted(Counter(strata).items()))
     targets, warnings = _targets(counts, ratios, 3, cfg.tb_quota)
@@ -429,29 +469,51 @@ def plan_split(records: Sequence[Record], cfg: SplitConfig | None = None) -> Spl
     for s, c in zip(strata, cols):
         achieved[s][c] += 1
     reports = []
-    n_unknown = Counter(s for s, r in zip(strata, records)
-                        if r.source == "tbx11k" and r.is_tb and r.tb_type in ("unknown", "none"))
+    n_unknown = Counter(
+        s
+        for s, r in zip(strata, records)
+        if r.source == "tbx11k" and r.is_tb and r.tb_type in ("unknown", "none")
+    )
     for s in counts:
         kind = _kind(s)
-        rep = StratumReport(s, counts[s], format_ratio(ratios[kind]) if kind != "tb"
-                            else f"{format_ratio(tb_w)} (TB {cfg.tb_quota})",
-                            targets[s], achieved[s])
+        rep = StratumReport(
+            s,
+            counts[s],
+            format_ratio(ratios[kind]) if kind != "tb" else f"{format_ratio(tb_w)} (TB {cfg.tb_quota})",
+            targets[s],
+            achieved[s],
+        )
         if kind == "test_only":
             rep.notes.append("uncertain TB type: always test (docs/dataset.md §1.2)")
         if n_unknown.get(s):
-            rep.notes.append(f"includes {n_unknown[s]} TB image(s) without boxes (type unknown), "
-                             f"allocated as '{s}' (unknown_tb_as={cfg.unknown_tb_as})")
+            rep.notes.append(
+                f"includes {n_unknown[s]} TB image(s) without boxes (type unknown), "
+                f"allocated as '{s}' (unknown_tb_as={cfg.unknown_tb_as})"
+            )
         if rep.achieved != rep.requested:
-            rep.notes.append(f"patient grouping forced a deviation of {rep.deviation} "
-                             "(train, val, test) from the requested counts")
-            warnings.append(f"stratum '{s}': achieved {rep.achieved} instead of {rep.requested} "
-                            "because patients cannot be separated")
+            rep.notes.append(
+                f"patient grouping forced a deviation of {rep.deviation} "
+                "(train, val, test) from the requested counts"
+            )
+            warnings.append(
+                f"stratum '{s}': achieved {rep.achieved} instead of {rep.requested} "
+                "because patients cannot be separated"
+            )
         reports.append(rep)
-    plan = SplitPlan(out, reports, warnings,
-                     {"tb": format_ratio(tb_w), "non_tb": format_ratio(non_w),
-                      "extra": format_ratio(ex_w), "unknown_tb_as": cfg.unknown_tb_as,
-                      "tb_quota": cfg.tb_quota,
-                      "seed": str(cfg.seed)}, alloc_strata=strata)
+    plan = SplitPlan(
+        out,
+        reports,
+        warnings,
+        {
+            "tb": format_ratio(tb_w),
+            "non_tb": format_ratio(non_w),
+            "extra": format_ratio(ex_w),
+            "unknown_tb_as": cfg.unknown_tb_as,
+            "tb_quota": cfg.tb_quota,
+            "seed": str(cfg.seed),
+        },
+        alloc_strata=strata,
+    )
     if cfg.folds:
         folds, fold_rep = _folds(out, strata, cfg.folds, cfg.seed, cfg.tb_quota)
         plan.folds, plan.fold_strata = folds, fold_rep
@@ -463,8 +525,9 @@ def split_records(records: list[Record], cfg: SplitConfig | None = None) -> list
     return plan_split(records, cfg).records
 
 
-def _folds(records: Sequence[Record], strata: Sequence[str], k: int, seed: int,
-           tb_quota: str) -> tuple[list[int | None], list[dict[str, Any]]]:
+def _folds(
+    records: Sequence[Record], strata: Sequence[str], k: int, seed: int, tb_quota: str
+) -> tuple[list[int | None], list[dict[str, Any]]]:
     if k < 2:
         raise TbxError(f"--folds {k} must be at least 2", fix="use e.g. --folds 4 (0 = no folds)")
     idx = [i for i, r in enumerate(records) if r.split in ("train", "val")]
@@ -482,25 +545,27 @@ def _folds(records: Sequence[Record], strata: Sequence[str], k: int, seed: int,
     achieved = {s: [0] * k for s in counts}
     for s, c in zip(sub_strata, cols):
         achieved[s][c] += 1
-    rep = [{"stratum": s, "n": counts[s], "requested": targets[s], "achieved": achieved[s]}
-           for s in counts]
+    rep = [{"stratum": s, "n": counts[s], "requested": targets[s], "achieved": achieved[s]} for s in counts]
     return folds, rep
 
 
 def fold_records(records: Sequence[Record], folds: Sequence[int | None], k: int) -> list[Record]:
     """Copies of the train+val records of fold ``k``: split = "val" in fold k, "train" otherwise."""
-    return [r.replace(split="val" if f == k else "train") for r, f in zip(records, folds)
-            if f is not None]
+    return [r.replace(split="val" if f == k else "train") for r, f in zip(records, folds) if f is not None]
 
 
 # ----------------------------------------------------------------------------------------------
 # reading a dataset root and writing the split (all-or-nothing)
 
 # Files a split owns (docs/dataset.md §1.3 official names + fold files); --force replaces/removes only these.
-_SPLIT_JSON = re.compile(r"^(TBX11K_(train|val|trainval|test)(_only_tb)?|all_(train|val|trainval|test)"
-                         r"|fold\d+_(all_)?(train|val)(_only_tb)?)\.json$")
-_SPLIT_LIST = re.compile(r"^(TBX11K_(train|val|trainval|test)|all_(train|val|trainval|test)"
-                         r"|fold\d+_(all_)?(train|val))\.txt$")
+_SPLIT_JSON = re.compile(
+    r"^(TBX11K_(train|val|trainval|test)(_only_tb)?|all_(train|val|trainval|test)"
+    r"|fold\d+_(all_)?(train|val)(_only_tb)?)\.json$"
+)
+_SPLIT_LIST = re.compile(
+    r"^(TBX11K_(train|val|trainval|test)|all_(train|val|trainval|test)"
+    r"|fold\d+_(all_)?(train|val))\.txt$"
+)
 REPORT_NAME = "split_report.json"
 PROVENANCE_NAME = "provenance_split.json"
 
@@ -513,9 +578,12 @@ def load_root_records(root: str | Path) -> list[Record]:
     recs = load_dataset(root)
     bad = [r.file_name for r in recs if r.label not in LABELS]
     if bad:
-        raise TbxError(f"{len(bad)} image(s) without a derivable label (e.g. '{bad[0]}')", root,
-                       "unlabelled images (imgs/test/) cannot be split; remove the annotation "
-                       "file that lists them (e.g. all_test.json) or give a labelled source")
+        raise TbxError(
+            f"{len(bad)} image(s) without a derivable label (e.g. '{bad[0]}')",
+            root,
+            "unlabelled images (imgs/test/) cannot be split; remove the annotation "
+            "file that lists them (e.g. all_test.json) or give a labelled source",
+        )
     recs = [r.replace(split=None) for r in recs]
     if len({(r.source, r.file_name) for r in recs}) != len(recs):
         raise TbxError("an image is listed twice", root, "each file name must appear once")
@@ -580,8 +648,13 @@ def _commit(staged: list[tuple[Path, Path]], remove: list[Path]) -> None:
         bak.unlink(missing_ok=True)
 
 
-def run_split(root: str | Path, cfg: SplitConfig | None = None, out: str | Path | None = None,
-              force: bool = False, records: list[Record] | None = None) -> SplitResult:
+def run_split(
+    root: str | Path,
+    cfg: SplitConfig | None = None,
+    out: str | Path | None = None,
+    force: bool = False,
+    records: list[Record] | None = None,
+) -> SplitResult:
     """``tbx dataset split``: read ROOT's annotations, split, write the official views.
 
     ``root`` is anything :func:`tbx.data.views.load_dataset` reads (layout root, annotation folder,
@@ -597,9 +670,12 @@ def run_split(root: str | Path, cfg: SplitConfig | None = None, out: str | Path 
     cfg = cfg or SplitConfig()
     root = Path(root)
     if out is None and root.exists() and not (root / ANN_JSON).is_dir():
-        raise TbxError("--out is required when the source is not a layout root (a single "
-                       "annotation file or a bare annotation folder)", root,
-                       "give --out DATASET_ROOT")
+        raise TbxError(
+            "--out is required when the source is not a layout root (a single "
+            "annotation file or a bare annotation folder)",
+            root,
+            "give --out DATASET_ROOT",
+        )
     out = Path(out) if out is not None else root
     recs = records if records is not None else load_root_records(root)
     plan = plan_split(recs, cfg)
@@ -607,17 +683,22 @@ def run_split(root: str | Path, cfg: SplitConfig | None = None, out: str | Path 
     if existing and not force:
         names = ", ".join(str(p.relative_to(out)) for p in existing[:4])
         more = f" and {len(existing) - 4} more" if len(existing) > 4 else ""
-        raise TbxError(f"split files already exist ({names}{more})", out,
-                       "pass --force to replace them")
+        raise TbxError(f"split files already exist ({names}{more})", out, "pass --force to replace them")
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tbx-split-", dir=out))
     try:
         _stage_files(tmp, plan, cfg)
         report = plan.report()
         atomic_write_json(tmp / REPORT_NAME, report)
-        write_provenance(tmp, cfg, cfg.seed, name=PROVENANCE_NAME, root=str(root.resolve()),
-                         n_images=len(recs),
-                         report=REPORT_NAME)
+        write_provenance(
+            tmp,
+            cfg,
+            cfg.seed,
+            name=PROVENANCE_NAME,
+            root=str(root.resolve()),
+            n_images=len(recs),
+            report=REPORT_NAME,
+        )
         staged = sorted((p, out / p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         new = {d for _, d in staged}
         stale = [p for p in existing if p not in new]

@@ -41,10 +41,16 @@ from tbx.data.views import load_dataset
 from tbx.data.voc import read_voc
 
 CLASS_ROWS = ("healthy", "sick", *TB_TYPE_ROWS.values())
-COCO_BINS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2),
-             ("large", 96.0 ** 2, float("inf")))  # [lo, hi) in the 512 frame
-PAPER_BINS = (("<=384^2", 0.0, 384.0 ** 2), ("(384^2,960^2]", 384.0 ** 2, 960.0 ** 2),
-              (">960^2", 960.0 ** 2, float("inf")))  # (lo, hi] at original resolution, docs/dataset.md §1.1
+COCO_BINS = (
+    ("small", 0.0, 32.0**2),
+    ("medium", 32.0**2, 96.0**2),
+    ("large", 96.0**2, float("inf")),
+)  # [lo, hi) in the 512 frame
+PAPER_BINS = (
+    ("<=384^2", 0.0, 384.0**2),
+    ("(384^2,960^2]", 384.0**2, 960.0**2),
+    (">960^2", 960.0**2, float("inf")),
+)  # (lo, hi] at original resolution, docs/dataset.md §1.1
 NO_SIZE = "no original size"
 
 
@@ -79,7 +85,8 @@ def original_sizes(path: str | Path, records: list[Record]) -> dict[str, tuple[i
 
 def class_row(r: Record) -> str:
     """The docs/dataset.md §1.2 row of a record ("unlabelled" for images without a label); the TB type comes
-    from the record's box categories (docs/dataset.md §1.1), so a TB image without boxes is "TB without box"."""
+    from the record's box categories (docs/dataset.md §1.1), so a TB image without boxes is "TB without
+    box"."""
     if r.label in ("healthy", "sick"):
         return r.label
     if r.label == "tb":
@@ -94,8 +101,7 @@ def _bin(bins, area: float, right_closed: bool) -> str:
     return bins[0][0] if area <= bins[0][1] else bins[-1][0]
 
 
-def dataset_stats(records: list[Record],
-                  sizes: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+def dataset_stats(records: list[Record], sizes: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
     """The statistics of ``records`` (see the module docstring); ``sizes`` = :func:`original_sizes`."""
     present = {r.split for r in records}
     splits = [s for s in SPLITS if s in present] + (["unassigned"] if None in present else [])
@@ -181,5 +187,12 @@ def stats_of(path: str | Path) -> dict[str, Any]:
     return out
 
 
-__all__ = ["dataset_stats", "original_sizes", "stats_of", "class_row", "CLASS_ROWS", "COCO_BINS",
-           "PAPER_BINS"]
+__all__ = [
+    "dataset_stats",
+    "original_sizes",
+    "stats_of",
+    "class_row",
+    "CLASS_ROWS",
+    "COCO_BINS",
+    "PAPER_BINS",
+]

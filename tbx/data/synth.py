@@ -163,9 +163,16 @@ def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
 
 
 def _validate(cfg: SynthConfig) -> None:
-    counts = {"--n-healthy": cfg.n_healthy, "--n-sick": cfg.n_sick, "--n-active": cfg.n_active,
-              "--n-latent": cfg.n_latent, "--n-both": cfg.n_both, "--n-uncertain": cfg.n_uncertain,
-              "n_tb_no_box": cfg.n_tb_no_box, "n_repeat_patients": cfg.n_repeat_patients}
+    counts = {
+        "--n-healthy": cfg.n_healthy,
+        "--n-sick": cfg.n_sick,
+        "--n-active": cfg.n_active,
+        "--n-latent": cfg.n_latent,
+        "--n-both": cfg.n_both,
+        "--n-uncertain": cfg.n_uncertain,
+        "n_tb_no_box": cfg.n_tb_no_box,
+        "n_repeat_patients": cfg.n_repeat_patients,
+    }
     for name, v in counts.items():
         if v < 0:
             raise TbxError(f"{name} must be ≥ 0 (got {v})", fix=f"pass a non-negative {name}")
@@ -174,8 +181,9 @@ def _validate(cfg: SynthConfig) -> None:
     if not 64 <= cfg.size <= 4096:
         raise TbxError(f"--size must be in 64..4096 (got {cfg.size})", fix="use e.g. --size 512")
     if cfg.dicom and not cfg.raw:
-        raise TbxError("--dicom needs --raw (the TBX11K layout holds PNG images)",
-                       fix="add --raw, or drop --dicom")
+        raise TbxError(
+            "--dicom needs --raw (the TBX11K layout holds PNG images)", fix="add --raw, or drop --dicom"
+        )
     if not 0.0 <= cfg.unilateral <= 1.0:
         raise TbxError(f"unilateral share must be in [0, 1] (got {cfg.unilateral})")
     if cfg.workers < 1:
@@ -187,21 +195,69 @@ def _validate(cfg: SynthConfig) -> None:
 
 def _class_plan(cfg: SynthConfig) -> list[tuple[str, str]]:
     """``(label, tb_type)`` per image in canonical order (healthy, sick, TB); TB types shuffled."""
-    tb = (["active"] * cfg.n_active + ["latent"] * cfg.n_latent + ["active+latent"] * cfg.n_both
-          + ["uncertain"] * cfg.n_uncertain + ["unknown"] * cfg.n_tb_no_box)
+    tb = (
+        ["active"] * cfg.n_active
+        + ["latent"] * cfg.n_latent
+        + ["active+latent"] * cfg.n_both
+        + ["uncertain"] * cfg.n_uncertain
+        + ["unknown"] * cfg.n_tb_no_box
+    )
     order = _rng(cfg.seed, 0, 0).permutation(len(tb))
     tb = [tb[i] for i in order]
-    return ([("healthy", "none")] * cfg.n_healthy + [("sick", "none")] * cfg.n_sick
-            + [("tb", t) for t in tb])
+    return [("healthy", "none")] * cfg.n_healthy + [("sick", "none")] * cfg.n_sick + [("tb", t) for t in tb]
 
 
-_FIRST = ("JANE", "JOHN", "MARIA", "JOSE", "WEI", "AISHA", "OLGA", "PETER", "FATIMA", "LUCAS",
-          "NGUYEN", "SARAH", "AHMED", "ELENA", "DAVID", "PRIYA", "MIGUEL", "ANNA", "KWAME", "YUKI")
-_LAST = ("DOE", "SMITH", "GARCIA", "MUELLER", "WANG", "OKAFOR", "IVANOVA", "ROSSI", "KHAN", "SILVA",
-         "TANAKA", "JOHNSON", "HASSAN", "NOVAK", "PETERSEN", "MARTIN", "LOPEZ", "MENSAH", "KIM",
-         "SATO")
-_INSTITUTIONS = ("ST. MARY GENERAL HOSPITAL", "RIVERSIDE CHEST CLINIC", "NORTHGATE MEDICAL CENTER",
-                 "CITY UNIVERSITY HOSPITAL", "LAKESIDE TB REFERRAL UNIT")
+_FIRST = (
+    "JANE",
+    "JOHN",
+    "MARIA",
+    "JOSE",
+    "WEI",
+    "AISHA",
+    "OLGA",
+    "PETER",
+    "FATIMA",
+    "LUCAS",
+    "NGUYEN",
+    "SARAH",
+    "AHMED",
+    "ELENA",
+    "DAVID",
+    "PRIYA",
+    "MIGUEL",
+    "ANNA",
+    "KWAME",
+    "YUKI",
+)
+_LAST = (
+    "DOE",
+    "SMITH",
+    "GARCIA",
+    "MUELLER",
+    "WANG",
+    "OKAFOR",
+    "IVANOVA",
+    "ROSSI",
+    "KHAN",
+    "SILVA",
+    "TANAKA",
+    "JOHNSON",
+    "HASSAN",
+    "NOVAK",
+    "PETERSEN",
+    "MARTIN",
+    "LOPEZ",
+    "MENSAH",
+    "KIM",
+    "SATO",
+)
+_INSTITUTIONS = (
+    "ST. MARY GENERAL HOSPITAL",
+    "RIVERSIDE CHEST CLINIC",
+    "NORTHGATE MEDICAL CENTER",
+    "CITY UNIVERSITY HOSPITAL",
+    "LAKESIDE TB REFERRAL UNIT",
+)
 
 
 def _fake_phi(rng: np.random.Generator, patient_id: str) -> dict[str, str]:
@@ -231,11 +287,19 @@ def plan_cases(cfg: SynthConfig) -> list[Case]:
         for i, (label, tb_type) in enumerate(plan):
             counters[label] += 1
             stem = f"{_STEM_PREFIX[label]}{counters[label]:04d}"
-            cases.append(Case(
-                index=i, label=label, tb_type=tb_type,
-                file_name=f"{FOLDER_OF_LABEL[label]}/{stem}.png", patient_id=f"SYN-{i + 1:06d}",
-                anatomy_index=i, width=cfg.size, height=cfg.size,
-                xml_name=f"{ANN_XML}/{stem}.xml" if label == "tb" else None))
+            cases.append(
+                Case(
+                    index=i,
+                    label=label,
+                    tb_type=tb_type,
+                    file_name=f"{FOLDER_OF_LABEL[label]}/{stem}.png",
+                    patient_id=f"SYN-{i + 1:06d}",
+                    anatomy_index=i,
+                    width=cfg.size,
+                    height=cfg.size,
+                    xml_name=f"{ANN_XML}/{stem}.xml" if label == "tb" else None,
+                )
+            )
         return cases
 
     # raw: hospital-style names in a seeded order, random patient ids, a few repeat patients
@@ -274,14 +338,29 @@ def plan_cases(cfg: SynthConfig) -> list[Case]:
         mono1 = bool(cfg.dicom and r.random() < 1 / 3)
         phi = _fake_phi(_rng(cfg.seed, 4, anatomy[i]), pids[i]) if cfg.dicom else {}
         if cfg.dicom:  # a repeat visit: same person, another study
-            phi.update({k: v for k, v in _fake_phi(r, pids[i]).items()
-                        if k in ("AccessionNumber", "StudyDate", "StudyTime")})
-        cases.append(Case(
-            index=i, label=label, tb_type=tb_type,
-            file_name=f"exports/{int(years[i])}/{stem}.{ext}", patient_id=pids[i],
-            anatomy_index=anatomy[i], width=w, height=h,
-            xml_name=f"xml/{stem}.xml" if label == "tb" else None,
-            dicom_bits=bits, monochrome1=mono1, phi=phi))
+            phi.update(
+                {
+                    k: v
+                    for k, v in _fake_phi(r, pids[i]).items()
+                    if k in ("AccessionNumber", "StudyDate", "StudyTime")
+                }
+            )
+        cases.append(
+            Case(
+                index=i,
+                label=label,
+                tb_type=tb_type,
+                file_name=f"exports/{int(years[i])}/{stem}.{ext}",
+                patient_id=pids[i],
+                anatomy_index=anatomy[i],
+                width=w,
+                height=h,
+                xml_name=f"xml/{stem}.xml" if label == "tb" else None,
+                dicom_bits=bits,
+                monochrome1=mono1,
+                phi=phi,
+            )
+        )
     cases.sort(key=lambda c: c.file_name.rsplit("/", 1)[1])  # file-number order
     return cases
 
@@ -330,16 +409,26 @@ class _Anatomy:
 
 def _draw_anatomy(rng: np.random.Generator) -> _Anatomy:
     return _Anatomy(
-        apex=rng.uniform(0.11, 0.17), base=rng.uniform(0.70, 0.81), lateral=rng.uniform(0.33, 0.41),
-        medial=rng.uniform(0.04, 0.055), dome=rng.uniform(0.05, 0.09),
-        right_dome_up=rng.uniform(0.005, 0.025), body=rng.uniform(0.40, 0.50),
-        heart_x=rng.uniform(0.035, 0.06), heart_y=rng.uniform(0.58, 0.63),
-        heart_rx=rng.uniform(0.12, 0.145), heart_ry=rng.uniform(0.10, 0.12),
-        heart_tilt=rng.uniform(-0.45, -0.2), rib_start=rng.uniform(0.08, 0.11),
-        rib_spacing=rng.uniform(0.058, 0.068), rib_curve=rng.uniform(0.8, 1.05),
+        apex=rng.uniform(0.11, 0.17),
+        base=rng.uniform(0.70, 0.81),
+        lateral=rng.uniform(0.33, 0.41),
+        medial=rng.uniform(0.04, 0.055),
+        dome=rng.uniform(0.05, 0.09),
+        right_dome_up=rng.uniform(0.005, 0.025),
+        body=rng.uniform(0.40, 0.50),
+        heart_x=rng.uniform(0.035, 0.06),
+        heart_y=rng.uniform(0.58, 0.63),
+        heart_rx=rng.uniform(0.12, 0.145),
+        heart_ry=rng.uniform(0.10, 0.12),
+        heart_tilt=rng.uniform(-0.45, -0.2),
+        rib_start=rng.uniform(0.08, 0.11),
+        rib_spacing=rng.uniform(0.058, 0.068),
+        rib_curve=rng.uniform(0.8, 1.05),
         bubble=bool(rng.random() < 0.7),
         arms=float(rng.uniform(0.15, 0.35)) if rng.random() < 0.5 else 0.0,
-        air=float(rng.uniform(0.0, 0.06)), soft=float(rng.uniform(0.85, 1.2)))
+        air=float(rng.uniform(0.0, 0.06)),
+        soft=float(rng.uniform(0.85, 1.2)),
+    )
 
 
 @dataclass
@@ -354,8 +443,7 @@ class _Canvas:
     an: _Anatomy
 
 
-def _render_anatomy(an: _Anatomy, rng: np.random.Generator, h: int, w: int,
-                    heart_scale: float) -> _Canvas:
+def _render_anatomy(an: _Anatomy, rng: np.random.Generator, h: int, w: int, heart_scale: float) -> _Canvas:
     L = float(min(h, w))
     theta = math.radians(rng.uniform(-5.0, 5.0))
     scale = rng.uniform(0.86, 1.08)
@@ -464,7 +552,7 @@ def _sick(cv: _Canvas, rng: np.random.Generator, patterns: list[str]) -> None:
         sm = sum(_side_mask(cv, s) for s in sides)
         cv.D += cv.lung * amp * low * mott * sm
     if "effusion" in patterns:  # meniscus at the base, costophrenic angle blunted
-        for side in ([-1, 1] if rng.random() < 0.3 else [int(rng.choice([-1, 1]))]):
+        for side in [-1, 1] if rng.random() < 0.3 else [int(rng.choice([-1, 1]))]:
             level = an.base - rng.uniform(0.08, 0.16)
             t = (np.abs(cv.X) - an.medial) / (an.lateral - an.medial)
             meniscus = _ramp((cv.Y - (level - 0.08 * np.clip(t, 0.0, 1.0) ** 2)) / 0.025)
@@ -487,8 +575,9 @@ def _blobs(gx: np.ndarray, gy: np.ndarray, centres: np.ndarray, sig: np.ndarray)
     return out
 
 
-def _lesion_layer(kind: str, rng: np.random.Generator, cx: float, cy: float,
-                  unit: float, h: int, w: int) -> tuple[tuple[slice, slice], np.ndarray, float] | None:
+def _lesion_layer(
+    kind: str, rng: np.random.Generator, cx: float, cy: float, unit: float, h: int, w: int
+) -> tuple[tuple[slice, slice], np.ndarray, float] | None:
     """A lesion's density layer over a window: ``(window, layer normalised to peak 1, amplitude)``.
 
     The layer may be negative where a cavity is lucent; its box uses ``|layer|``.
@@ -518,8 +607,11 @@ def _lesion_layer(kind: str, rng: np.random.Generator, cx: float, cy: float,
         ex = rng.uniform(0.8, 1.25)
         d = np.sqrt(((gx - cx) / ex) ** 2 + ((gy - cy) * ex) ** 2) / R
         wall = rng.uniform(0.18, 0.3)
-        lay = np.exp(-((d - 1.0) / wall) ** 2) - 0.45 * np.exp(-(d / 0.75) ** 4) \
-            + 0.35 * np.exp(-((d - 1.0) / (2.2 * wall)) ** 2)
+        lay = (
+            np.exp(-(((d - 1.0) / wall) ** 2))
+            - 0.45 * np.exp(-((d / 0.75) ** 4))
+            + 0.35 * np.exp(-(((d - 1.0) / (2.2 * wall)) ** 2))
+        )
         return win, lay / np.abs(lay).max(), rng.uniform(0.06, 0.09)
     if kind == "nodules":  # calcified granulomas: small, dense, sharp-ish
         n = int(rng.integers(5, 12))
@@ -553,14 +645,23 @@ def _lesion_layer(kind: str, rng: np.random.Generator, cx: float, cy: float,
             across = -(gx - ox) * uy + (gy - oy) * ux
             half_len = rng.uniform(0.3, 0.5) * length
             width = rng.uniform(1.2, 2.6) * px
-            line = np.exp(-(across / width) ** 2) * _ramp((half_len - np.abs(along)) / (3 * px))
+            line = np.exp(-((across / width) ** 2)) * _ramp((half_len - np.abs(along)) / (3 * px))
             lay = np.maximum(lay, line * rng.uniform(0.7, 1.0))
         return win, lay / lay.max(), rng.uniform(0.06, 0.09)
     raise ValueError(kind)
 
 
-def _place(low: _Canvas, lung: np.ndarray, kx: float, ky: float, rng: np.random.Generator,
-           side: int, upper: float, avoid: list, margin: float) -> tuple[float, float] | None:
+def _place(
+    low: _Canvas,
+    lung: np.ndarray,
+    kx: float,
+    ky: float,
+    rng: np.random.Generator,
+    side: int,
+    upper: float,
+    avoid: list,
+    margin: float,
+) -> tuple[float, float] | None:
     """A lesion centre (full-resolution pixels) inside the lung on ``side`` (−1 image left, +1 image
     right), in the upper half of the lung with probability ``upper``, at least ``margin`` px inside
     the lung and away from the lesions in ``avoid``.  Candidates come from the low-res canvas."""
@@ -589,8 +690,19 @@ def _place(low: _Canvas, lung: np.ndarray, kx: float, ky: float, rng: np.random.
     return None
 
 
-def _tb(D: np.ndarray, lung: np.ndarray, side_x: np.ndarray, low: _Canvas, kx: float, ky: float, unit: float,
-        rng: np.random.Generator, tb_type: str, unilateral: float, draw: bool = True) -> list[Box]:
+def _tb(
+    D: np.ndarray,
+    lung: np.ndarray,
+    side_x: np.ndarray,
+    low: _Canvas,
+    kx: float,
+    ky: float,
+    unit: float,
+    rng: np.random.Generator,
+    tb_type: str,
+    unilateral: float,
+    draw: bool = True,
+) -> list[Box]:
     """Render the lesions of a TB image into ``D`` (full resolution); returns their tight boxes
     (0-based pixel indices: ``x`` = first column, ``w`` = last − first column)."""
     h, w = D.shape
@@ -672,8 +784,19 @@ def render(case: Case, cfg: SynthConfig, *, lesions: bool = True) -> tuple[np.nd
     if case.label == "tb":
         lung = _upsample(low.lung, w, h)
         side_x = _upsample(low.X, w, h)  # thorax-frame abscissa: which lung a pixel belongs to
-        boxes = _tb(D, lung, side_x, low, w / w2, h / h2, low.unit * min(h, w) / min(h2, w2), rng,
-                    case.tb_type, cfg.unilateral, draw=lesions)
+        boxes = _tb(
+            D,
+            lung,
+            side_x,
+            low,
+            w / w2,
+            h / h2,
+            low.unit * min(h, w) / min(h2, w2),
+            rng,
+            case.tb_type,
+            cfg.unilateral,
+            draw=lesions,
+        )
         if case.tb_type == "unknown":
             boxes = []
     # display: film-like response (no clipping of bright structures), contrast, brightness,
@@ -793,8 +916,10 @@ def generate(case: Case, cfg: SynthConfig, root: str | Path) -> Record:
         np.clip(arr, 0.0, 1.0, out=arr)
         kx, ky = case.width / rw, case.height / rh
         vox = [_scale_box(b, kx, ky, case.width, case.height) for b in boxes]
-        out_boxes = [Box(float(c0), float(r0), float(c1 - c0), float(r1 - r0), b.category)
-                     for (c0, r0, c1, r1), b in zip(vox, boxes)]
+        out_boxes = [
+            Box(float(c0), float(r0), float(c1 - c0), float(r1 - r0), b.category)
+            for (c0, r0, c1, r1), b in zip(vox, boxes)
+        ]
         path = root / case.file_name
         path.parent.mkdir(parents=True, exist_ok=True)
         if case.dicom_bits:
@@ -818,11 +943,24 @@ def generate(case: Case, cfg: SynthConfig, root: str | Path) -> Record:
         width, height, file_name = cfg.size, cfg.size, case.file_name
         xml_filename = Path(case.file_name).stem  # the release writes the stem
     if case.xml_name:  # VOC: 1-based pixel indices (docs/dataset.md §1.3 conversion subtracts 1)
-        write_voc(root / case.xml_name, xml_filename, width, height,
-                  [Box(b.x + 1, b.y + 1, b.w, b.h, b.category) for b in out_boxes])
-    return Record(image_id=case.index + 1, file_name=file_name, width=width, height=height,
-                  label=case.label, tb_type=case.tb_type if case.label == "tb" else "none",
-                  source="tbx11k", patient_id=case.patient_id, boxes=out_boxes)
+        write_voc(
+            root / case.xml_name,
+            xml_filename,
+            width,
+            height,
+            [Box(b.x + 1, b.y + 1, b.w, b.h, b.category) for b in out_boxes],
+        )
+    return Record(
+        image_id=case.index + 1,
+        file_name=file_name,
+        width=width,
+        height=height,
+        label=case.label,
+        tb_type=case.tb_type if case.label == "tb" else "none",
+        source="tbx11k",
+        patient_id=case.patient_id,
+        boxes=out_boxes,
+    )
 
 
 def _generate_star(args: tuple[Case, SynthConfig, str]) -> Record:
@@ -838,8 +976,13 @@ def write_manifest(path: str | Path, records: list[Record]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def synthesize(out: str | Path, cfg: SynthConfig, *, overwrite: bool = False,
-               progress: Callable[[int, int], None] | None = None) -> list[Record]:
+def synthesize(
+    out: str | Path,
+    cfg: SynthConfig,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Record]:
     """Generate the synthetic dataset (layout) or hospital export (``cfg.raw``) at ``out``.
 
     ``out`` is built in a temporary sibling and moved into place; an existing non-empty ``out`` is
@@ -852,8 +995,11 @@ def synthesize(out: str | Path, cfg: SynthConfig, *, overwrite: bool = False,
     if out.exists() and not out.is_dir():
         raise TbxError("output path exists and is not a directory", out, "choose another OUT")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise TbxError("output directory exists and is not empty", out,
-                       "choose another OUT or pass --force to replace it")
+        raise TbxError(
+            "output directory exists and is not empty",
+            out,
+            "choose another OUT or pass --force to replace it",
+        )
     cases = plan_cases(cfg)
     total = len(cases)
     with atomic_dir(out, overwrite=True, kind="export" if cfg.raw else "dataset") as tmp:
@@ -885,6 +1031,11 @@ def synthesize(out: str | Path, cfg: SynthConfig, *, overwrite: bool = False,
             records.sort(key=lambda r: r.image_id)  # deterministic split input; views sort officially
             records = split_records(records, SplitConfig(seed=cfg.seed))
             write_views(tmp, records)
-        write_provenance(tmp, cfg, cfg.seed, n_images=total,
-                         mode="raw-dicom" if cfg.dicom else ("raw-png" if cfg.raw else "layout"))
+        write_provenance(
+            tmp,
+            cfg,
+            cfg.seed,
+            n_images=total,
+            mode="raw-dicom" if cfg.dicom else ("raw-png" if cfg.raw else "layout"),
+        )
     return records

@@ -88,8 +88,13 @@ class ValidationReport:
         return not self.errors and not (strict and self.warnings)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"root": self.root, "n_errors": len(self.errors), "n_warnings": len(self.warnings),
-                "stats": self.stats, "findings": [asdict(f) for f in self.findings]}
+        return {
+            "root": self.root,
+            "n_errors": len(self.errors),
+            "n_warnings": len(self.warnings),
+            "stats": self.stats,
+            "findings": [asdict(f) for f in self.findings],
+        }
 
 
 class _Collector:
@@ -106,8 +111,9 @@ class _Collector:
     def summarise(self) -> None:
         for (sev, check, group), n in self.counts.items():
             if n > self.cap:
-                self.report.findings.append(Finding(sev, check, group or "-",
-                                                    f"… and {n - self.cap} more like the above"))
+                self.report.findings.append(
+                    Finding(sev, check, group or "-", f"… and {n - self.cap} more like the above")
+                )
 
 
 def _json_dir(root: Path) -> Path:
@@ -137,8 +143,9 @@ def _image_info(path: str) -> dict[str, Any]:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
-def validate_dataset(root: str | Path, cfg: ValidateConfig | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> ValidationReport:
+def validate_dataset(
+    root: str | Path, cfg: ValidateConfig | None = None, progress: Callable[[int, int], None] | None = None
+) -> ValidationReport:
     """Run every check on the dataset at ``root`` (see the module docstring)."""
     cfg = cfg or ValidateConfig()
     if cfg.images not in ("auto", "yes", "no"):
@@ -149,8 +156,11 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig | None = None,
     jdir = _json_dir(root)
     jsons = sorted(p for p in jdir.glob("*.json") if _SPLIT_RE.match(p.stem))
     if not jsons:
-        raise TbxError("no annotation JSONs (TBX11K_*.json / all_*.json)", jdir,
-                       "give a TBX11K-layout root (annotations/json/) or the folder holding the JSONs")
+        raise TbxError(
+            "no annotation JSONs (TBX11K_*.json / all_*.json)",
+            jdir,
+            "give a TBX11K-layout root (annotations/json/) or the folder holding the JSONs",
+        )
     report = ValidationReport(root=str(root))
     col = _Collector(report, cfg.max_findings_per_check)
     imgs_dir = root / IMGS
@@ -198,8 +208,13 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig | None = None,
                 col.add("error", "json", path, f"{fn}: bad width/height {w}×{h}", name)
                 continue
             if fn in declared and declared[fn] != (w, h):
-                col.add("error", "json", path, f"{fn}: size {w}×{h} differs from {declared[fn]} "
-                        "declared in another file", name)
+                col.add(
+                    "error",
+                    "json",
+                    path,
+                    f"{fn}: size {w}×{h} differs from {declared[fn]} declared in another file",
+                    name,
+                )
             declared.setdefault(fn, (w, h))
             if split != "trainval":
                 split_of[fn][split].add(name)
@@ -216,14 +231,24 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig | None = None,
             ann_ids.add(aid)
             img = by_id.get(a.get("image_id"))
             if img is None:
-                col.add("error", "json", path, f"annotation {aid} refers to missing image id "
-                        f"{a.get('image_id')}", name)
+                col.add(
+                    "error",
+                    "json",
+                    path,
+                    f"annotation {aid} refers to missing image id {a.get('image_id')}",
+                    name,
+                )
                 continue
             anns_by_img[a["image_id"]].append(a)
             fn = img["file_name"]
             if a.get("category_id") not in VALID_CATEGORIES:
-                col.add("error", "categories", path, f"{fn}: annotation {aid} has category "
-                        f"{a.get('category_id')} (valid: 1, 2, 3)", name)
+                col.add(
+                    "error",
+                    "categories",
+                    path,
+                    f"{fn}: annotation {aid} has category {a.get('category_id')} (valid: 1, 2, 3)",
+                    name,
+                )
             try:
                 x, y, bw, bh = (float(v) for v in a["bbox"])
             except (KeyError, TypeError, ValueError):
@@ -231,11 +256,17 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig | None = None,
                 continue
             W, H = img.get("width", 0), img.get("height", 0)
             if not (bw > 0 and bh > 0):
-                col.add("error", "boxes", path, f"{fn}: annotation {aid} is degenerate "
-                        f"(w={bw:g}, h={bh:g})", name)
+                col.add(
+                    "error", "boxes", path, f"{fn}: annotation {aid} is degenerate (w={bw:g}, h={bh:g})", name
+                )
             elif x < -BOX_TOL or y < -BOX_TOL or x + bw > W + 1e-3 or y + bh > H + 1e-3:
-                col.add("error", "boxes", path, f"{fn}: box [{x:.1f}, {y:.1f}, {bw:.1f}, {bh:.1f}] lies "
-                        f"outside the {W}×{H} image", name)
+                col.add(
+                    "error",
+                    "boxes",
+                    path,
+                    f"{fn}: box [{x:.1f}, {y:.1f}, {bw:.1f}, {bh:.1f}] lies outside the {W}×{H} image",
+                    name,
+                )
         for iid, img in by_id.items():
             fn = img.get("file_name", "")
             try:
@@ -244,8 +275,13 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig | None = None,
                 label = "unknown"
             n = len(anns_by_img.get(iid, []))
             if name.endswith("_only_tb") and (label != "tb" or n == 0):
-                col.add("error", "labels", path, f"{fn}: an *_only_tb file holds an image that is not "
-                        "a boxed TB image", name)
+                col.add(
+                    "error",
+                    "labels",
+                    path,
+                    f"{fn}: an *_only_tb file holds an image that is not a boxed TB image",
+                    name,
+                )
             elif label == "tb" and n == 0 and fn.startswith("tb/"):
                 if fn not in warned_no_box:  # once per image, not once per view holding it
                     warned_no_box.add(fn)
@@ -253,10 +289,15 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig | None = None,
             elif label in ("healthy", "sick") and n > 0:
                 col.add("error", "labels", path, f"{fn}: {label} image has {n} box(es)", name)
             if fn.startswith("tb/") and fn not in boxes_by_file:
-                boxes_by_file[fn] = [(*[float(v) for v in a["bbox"]], int(a["category_id"]))
-                                     for a in anns_by_img.get(iid, []) if "bbox" in a]
+                boxes_by_file[fn] = [
+                    (*[float(v) for v in a["bbox"]], int(a["category_id"]))
+                    for a in anns_by_img.get(iid, [])
+                    if "bbox" in a
+                ]
         report.stats.setdefault("files", {})[name] = {
-            "images": len(by_id), "annotations": len(data.get("annotations", []))}
+            "images": len(by_id),
+            "annotations": len(data.get("annotations", [])),
+        }
         _check_list(root, name, [img.get("file_name") for img in data.get("images", [])], col)
 
     # list files take part in the disjointness check too (a list may exist without its JSON)
@@ -267,19 +308,29 @@ def validate_dataset(root: str | Path, cfg: ValidateConfig | None = None,
                 for s_ in lp.read_text().splitlines():
                     s_ = s_.strip()
                     if s_:
-                        s_ = s_[len(IMGS) + 1:] if s_.startswith(f"{IMGS}/") else s_
+                        s_ = s_[len(IMGS) + 1 :] if s_.startswith(f"{IMGS}/") else s_
                         split_of[s_][m.group(2)].add(lp.name)
     _check_splits(split_of, patient_split, files, col, jdir)
     for pid, fns in sorted(patient_files.items()):
         if len(fns) > 1:  # docs/dataset.md §1.1: one CXR per person
-            col.add("warning", "patients", pid, f"patient has {len(fns)} images: "
-                    f"{', '.join(sorted(fns)[:4])}", "multi")
+            col.add(
+                "warning",
+                "patients",
+                pid,
+                f"patient has {len(fns)} images: {', '.join(sorted(fns)[:4])}",
+                "multi",
+            )
     report.stats["xml_checked"] = _check_xml(root, boxes_by_file, declared, col)
     report.stats["images"] = len(declared)
 
     if not use_images:
-        col.add("info", "images", imgs_dir, f"images unavailable: the {len(declared)} image checks "
-                "(exists, decodes, size) and the near-duplicate search were skipped")
+        col.add(
+            "info",
+            "images",
+            imgs_dir,
+            f"images unavailable: the {len(declared)} image checks "
+            "(exists, decodes, size) and the near-duplicate search were skipped",
+        )
     else:
         _check_images(root, declared, split_of, cfg, col, progress)
     col.summarise()
@@ -295,19 +346,26 @@ def _check_list(root: Path, name: str, fnames: list[str], col: _Collector) -> No
     if not lp.is_file():
         return
     listed = [s.strip() for s in lp.read_text().splitlines() if s.strip()]
-    listed = [s[len(IMGS) + 1:] if s.startswith(f"{IMGS}/") else s for s in listed]
+    listed = [s[len(IMGS) + 1 :] if s.startswith(f"{IMGS}/") else s for s in listed]
     if listed != fnames:
         a, b = set(listed), set(fnames)
         if a == b:
             msg = "same images as the JSON but in another order"
         else:
-            msg = (f"{len(a - b)} listed image(s) not in the JSON (e.g. {sorted(a - b)[:1]}), "
-                   f"{len(b - a)} JSON image(s) not listed (e.g. {sorted(b - a)[:1]})")
+            msg = (
+                f"{len(a - b)} listed image(s) not in the JSON (e.g. {sorted(a - b)[:1]}), "
+                f"{len(b - a)} JSON image(s) not listed (e.g. {sorted(b - a)[:1]})"
+            )
         col.add("error", "lists", lp, f"list disagrees with {name}.json: {msg}")
 
 
-def _check_splits(split_of: dict[str, dict[str, set[str]]], patient_split: dict[str, set[str]],
-                  files: dict[str, dict[str, Any]], col: _Collector, jdir: Path) -> None:
+def _check_splits(
+    split_of: dict[str, dict[str, set[str]]],
+    patient_split: dict[str, set[str]],
+    files: dict[str, dict[str, Any]],
+    col: _Collector,
+    jdir: Path,
+) -> None:
     for fn, splits in split_of.items():
         if len(splits) > 1:
             desc = "; ".join(f"{s} ({', '.join(sorted(v))})" for s, v in sorted(splits.items()))
@@ -325,12 +383,17 @@ def _check_splits(split_of: dict[str, dict[str, set[str]]], patient_split: dict[
         want = [i["file_name"] for p in parts for i in p["images"]]
         got = [i["file_name"] for i in tv["images"]]
         if sorted(want) != sorted(got):
-            col.add("error", "splits", jdir / f"{prefix}_trainval.json",
-                    "trainval is not the union of train and val")
+            col.add(
+                "error",
+                "splits",
+                jdir / f"{prefix}_trainval.json",
+                "trainval is not the union of train and val",
+            )
 
 
-def _check_xml(root: Path, boxes_by_file: dict[str, list], declared: dict[str, tuple[int, int]],
-               col: _Collector) -> int:
+def _check_xml(
+    root: Path, boxes_by_file: dict[str, list], declared: dict[str, tuple[int, int]], col: _Collector
+) -> int:
     """Compare JSON boxes with the XMLs; returns the number of XML files compared."""
     from tbx.data.voc import category_of, convert_voc_box, read_voc
 
@@ -357,16 +420,27 @@ def _check_xml(root: Path, boxes_by_file: dict[str, list], declared: dict[str, t
         checked += 1
         ok = len(conv) == len(boxes) and all(
             a[4] == b[4] and max(abs(p - q) for p, q in zip(a[:4], b[:4])) <= 1e-3
-            for a, b in zip(sorted(conv), sorted(boxes)))
+            for a, b in zip(sorted(conv), sorted(boxes))
+        )
         if not ok:
-            col.add("error", "xml", xml, f"{fn}: JSON boxes ({len(boxes)}) differ from the XML "
-                    f"converted with the official rule ({len(conv)})")
+            col.add(
+                "error",
+                "xml",
+                xml,
+                f"{fn}: JSON boxes ({len(boxes)}) differ from the XML "
+                f"converted with the official rule ({len(conv)})",
+            )
     return checked
 
 
-def _check_images(root: Path, declared: dict[str, tuple[int, int]],
-                  split_of: dict[str, dict[str, set[str]]], cfg: ValidateConfig, col: _Collector,
-                  progress: Callable[[int, int], None] | None) -> None:
+def _check_images(
+    root: Path,
+    declared: dict[str, tuple[int, int]],
+    split_of: dict[str, dict[str, set[str]]],
+    cfg: ValidateConfig,
+    col: _Collector,
+    progress: Callable[[int, int], None] | None,
+) -> None:
     """Exists / decodes / declared size per image, then near-duplicate pairs across groups."""
     from tbx.data.imageio import near_duplicate_pairs
 
@@ -386,8 +460,11 @@ def _check_images(root: Path, declared: dict[str, tuple[int, int]],
         from tbx.workers import init_worker
 
         with ProcessPoolExecutor(cfg.workers, initializer=init_worker) as ex:
-            infos = dict(zip(present, ex.map(_image_info, present,
-                                             chunksize=max(1, len(present) // (cfg.workers * 8)))))
+            infos = dict(
+                zip(
+                    present, ex.map(_image_info, present, chunksize=max(1, len(present) // (cfg.workers * 8)))
+                )
+            )
     else:
         infos = None
     for i, fn in enumerate(names):
@@ -400,8 +477,14 @@ def _check_images(root: Path, declared: dict[str, tuple[int, int]],
                 col.add("error", "images", path, f"image does not decode ({info['error']})", "decode")
             else:
                 if tuple(info["size"]) != declared[fn]:
-                    col.add("error", "images", path, f"image is {info['size'][0]}×{info['size'][1]}, "
-                            f"declared {declared[fn][0]}×{declared[fn][1]}", "size")
+                    col.add(
+                        "error",
+                        "images",
+                        path,
+                        f"image is {info['size'][0]}×{info['size'][1]}, "
+                        f"declared {declared[fn][0]}×{declared[fn][1]}",
+                        "size",
+                    )
                 hashes.append(info["phash"])
                 hashed.append(fn)
         if progress:
@@ -418,17 +501,30 @@ def _check_images(root: Path, declared: dict[str, tuple[int, int]],
             source = "tbx11k"
         return splits, source
 
-    candidates = [(hashed[i], hashed[j], d) for i, j, d in near_duplicate_pairs(arr, cfg.dhash_threshold)
-                  if group(hashed[i]) != group(hashed[j])]
+    candidates = [
+        (hashed[i], hashed[j], d)
+        for i, j, d in near_duplicate_pairs(arr, cfg.dhash_threshold)
+        if group(hashed[i]) != group(hashed[j])
+    ]
     _report_near_duplicates(root, candidates, group, cfg.near_duplicate_min_corr, col)
 
 
-def _report_near_duplicates(root: Path, candidates: list[tuple[str, str, int]],
-                            group: Callable[[str], tuple[str, str]], min_corr: float,
-                            col: _Collector) -> None:
+def _report_near_duplicates(
+    root: Path,
+    candidates: list[tuple[str, str, int]],
+    group: Callable[[str], tuple[str, str]],
+    min_corr: float,
+    col: _Collector,
+) -> None:
     """Confirm each pHash candidate pair at the pixel level, then report it (module docstring)."""
-    stats = {"candidates": len(candidates), "identical": 0, "confirmed": 0, "rejected": 0,
-             "max_rejected_correlation": None, "min_correlation": min_corr}
+    stats = {
+        "candidates": len(candidates),
+        "identical": 0,
+        "confirmed": 0,
+        "rejected": 0,
+        "max_rejected_correlation": None,
+        "min_correlation": min_corr,
+    }
     for a, b, d in candidates:
         (sa, oa), (sb, ob) = group(a), group(b)
         where_ = "; ".join(f"{k} {x} vs {y}" for k, x, y in (("split", sa, sb), ("source", oa, ob)) if x != y)
@@ -443,15 +539,25 @@ def _report_near_duplicates(root: Path, candidates: list[tuple[str, str, int]],
             col.add(sev, "near-duplicates", a, f"pixel-identical to {b} ({where_}) — {what}", "identical")
         elif m.confirmed(min_corr):
             stats["confirmed"] += 1
-            col.add("warning", "near-duplicates", a,
-                    f"near-duplicate of {b} (pixel correlation {m.correlation:.4f} ≥ {min_corr:g}, "
-                    f"pHash distance {d}/64; {where_}) — possible leakage", "pairs")
+            col.add(
+                "warning",
+                "near-duplicates",
+                a,
+                f"near-duplicate of {b} (pixel correlation {m.correlation:.4f} ≥ {min_corr:g}, "
+                f"pHash distance {d}/64; {where_}) — possible leakage",
+                "pairs",
+            )
         else:
             stats["rejected"] += 1
             best = stats["max_rejected_correlation"]
             stats["max_rejected_correlation"] = round(max(m.correlation, best or -1.0), 4)
     col.report.stats["near_duplicates"] = stats
     if stats["rejected"]:
-        col.add("info", "near-duplicates", "-", f"{stats['rejected']} pHash candidate pair(s) are "
-                f"different images at the pixel level (correlation ≤ {stats['max_rejected_correlation']}"
-                f" < {min_corr:g}); not reported")
+        col.add(
+            "info",
+            "near-duplicates",
+            "-",
+            f"{stats['rejected']} pHash candidate pair(s) are "
+            f"different images at the pixel level (correlation ≤ {stats['max_rejected_correlation']}"
+            f" < {min_corr:g}); not reported",
+        )

@@ -70,8 +70,9 @@ def _pick(records: list[Record], splits: tuple[str, ...], listed: Sequence[str] 
     return sorted(chosen, key=lambda r: (pos.get(r.file_name, len(pos)), official_order_key(r.file_name)))
 
 
-def annotation_views(records: list[Record],
-                     list_order: Mapping[str, Sequence[str]] | None = None) -> dict[str, list[Record]]:
+def annotation_views(
+    records: list[Record], list_order: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, list[Record]]:
     """``{"TBX11K_train": [...], "TBX11K_train_only_tb": [...], "all_test": [...], ...}``.
 
     TBX11K_* views hold TBX11K images only; ``*_only_tb`` keeps TB images with ≥ 1 box (in the
@@ -104,12 +105,16 @@ def write_view(root: str | Path, name: str, records: list[Record]) -> list[Path]
     return [path, lpath]
 
 
-def write_views(root: str | Path, records: list[Record],
-                list_order: Mapping[str, Sequence[str]] | None = None) -> list[Path]:
+def write_views(
+    root: str | Path, records: list[Record], list_order: Mapping[str, Sequence[str]] | None = None
+) -> list[Path]:
     """Write ``lists/*.txt`` and ``annotations/json/*.json`` for every non-empty view (atomic);
     ``list_order`` as in :func:`annotation_views`."""
-    return [p for name, recs in annotation_views(records, list_order).items()
-            for p in write_view(root, name, recs)]
+    return [
+        p
+        for name, recs in annotation_views(records, list_order).items()
+        for p in write_view(root, name, recs)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,9 +139,18 @@ def _read_list(path: Path, split: str | None) -> list[Record]:
             label, source = label_from_path(name)
         except TbxError:
             label, source = "unknown", "tbx11k"
-        records.append(Record(image_id=i, file_name=name, width=0, height=0, label=label,
-                              tb_type="unknown" if label == "tb" else "none", source=source,
-                              split=split))
+        records.append(
+            Record(
+                image_id=i,
+                file_name=name,
+                width=0,
+                height=0,
+                label=label,
+                tb_type="unknown" if label == "tb" else "none",
+                source=source,
+                split=split,
+            )
+        )
     return records
 
 
@@ -162,8 +176,9 @@ def load_dataset(path: str | Path) -> list[Record]:
         split = split_of_name(path.name)
         return _renumber([r.replace(split=split) for r in read_coco(path, strict_labels=False)])
     if not path.is_dir():
-        raise TbxError("dataset not found", path,
-                       "give a TBX11K layout root, an annotation folder or a COCO JSON file")
+        raise TbxError(
+            "dataset not found", path, "give a TBX11K layout root, an annotation folder or a COCO JSON file"
+        )
     json_dir = path / ANN_JSON if (path / ANN_JSON).is_dir() else path
     list_dir = path / LISTS if (path / LISTS).is_dir() else path
     groups: list[list[Record]] = []
@@ -192,7 +207,10 @@ def load_dataset(path: str | Path) -> list[Record]:
                 found_any = True
                 break
     if not found_any:
-        raise TbxError("no TBX11K annotation files found", path,
-                       "give a layout root (annotations/json/TBX11K_<split>.json), an annotation "
-                       "folder or one COCO JSON file")
+        raise TbxError(
+            "no TBX11K annotation files found",
+            path,
+            "give a layout root (annotations/json/TBX11K_<split>.json), an annotation "
+            "folder or one COCO JSON file",
+        )
     return _renumber(_union(groups))

@@ -56,16 +56,25 @@ def read_voc(path: str | Path) -> VocAnnotation:
             if bb is None:
                 raise TbxError("VOC <object> lacks <bndbox>", path, "fix the XML file")
             diff = obj.find("difficult")
-            objects.append(VocObject(
-                name=_text(obj, "name", path),
-                difficult=diff is not None and (diff.text or "0").strip() not in ("0", ""),
-                xmin=float(_text(bb, "xmin", path)), ymin=float(_text(bb, "ymin", path)),
-                xmax=float(_text(bb, "xmax", path)), ymax=float(_text(bb, "ymax", path))))
+            objects.append(
+                VocObject(
+                    name=_text(obj, "name", path),
+                    difficult=diff is not None and (diff.text or "0").strip() not in ("0", ""),
+                    xmin=float(_text(bb, "xmin", path)),
+                    ymin=float(_text(bb, "ymin", path)),
+                    xmax=float(_text(bb, "xmax", path)),
+                    ymax=float(_text(bb, "ymax", path)),
+                )
+            )
     except ValueError as e:
         raise TbxError(f"non-numeric value in VOC XML ({e})", path, "fix the XML file") from None
     fn = root.find("filename")
-    return VocAnnotation(filename=(fn.text or "").strip() if fn is not None else path.stem,
-                         width=width, height=height, objects=objects)
+    return VocAnnotation(
+        filename=(fn.text or "").strip() if fn is not None else path.stem,
+        width=width,
+        height=height,
+        objects=objects,
+    )
 
 
 def write_voc(path: str | Path, filename: str, width: int, height: int, boxes: list[Box]) -> None:
@@ -92,13 +101,19 @@ def write_voc(path: str | Path, filename: str, width: int, height: int, boxes: l
 
 def category_of(name: str, path: str | Path) -> int:
     if name not in CATEGORY_BY_NAME:
-        raise TbxError(f"unknown box label '{name}'", path,
-                       f"use one of {', '.join(CATEGORY_BY_NAME)}")
+        raise TbxError(f"unknown box label '{name}'", path, f"use one of {', '.join(CATEGORY_BY_NAME)}")
     return CATEGORY_BY_NAME[name]
 
 
-def convert_voc_box(xmin: float, ymin: float, xmax: float, ymax: float, width: int, height: int,
-                    size: int | tuple[int, int] = 512) -> tuple[float, float, float, float] | None:
+def convert_voc_box(
+    xmin: float,
+    ymin: float,
+    xmax: float,
+    ymax: float,
+    width: int,
+    height: int,
+    size: int | tuple[int, int] = 512,
+) -> tuple[float, float, float, float] | None:
     """A VOC box at the original ``width``×``height`` → COCO ``(x, y, w, h)`` in the resized frame.
 
     docs/dataset.md §1.3: scale x by size/width and y by size/height, subtract 1 (0-based), drop boxes
@@ -107,8 +122,10 @@ def convert_voc_box(xmin: float, ymin: float, xmax: float, ymax: float, width: i
     902 boxes of ``TBX11K_train.json`` exactly; see :func:`official_area` for the area).
     """
     sw, sh = (size, size) if isinstance(size, int) else size
-    corners = np.array([xmin * sw / width - 1, ymin * sh / height - 1,
-                        xmax * sw / width - 1, ymax * sh / height - 1], dtype=np.float32)
+    corners = np.array(
+        [xmin * sw / width - 1, ymin * sh / height - 1, xmax * sw / width - 1, ymax * sh / height - 1],
+        dtype=np.float32,
+    )
     w = corners[2] - corners[0]
     h = corners[3] - corners[1]
     if w < 1 or h < 1:

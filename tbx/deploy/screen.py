@@ -319,13 +319,17 @@ def _check_heatmaps(method: str, backend: Backend) -> None:
     from tbx.explain.run import check_method
 
     if backend.session is not None:
-        raise TbxError("--heatmaps needs the torch model (an ONNX graph has no gradients)", backend.source,
-                       "screen the run directory or its .pt checkpoint with --heatmaps")
+        raise TbxError(
+            "--heatmaps needs the torch model (an ONNX graph has no gradients)",
+            backend.source,
+            "screen the run directory or its .pt checkpoint with --heatmaps",
+        )
     check_method(method, "pred")
 
 
-def _write_heatmaps(folder: Path, good: list[Decoded], rows: list[dict[str, Any]], method: str,
-                    backend: Backend) -> None:
+def _write_heatmaps(
+    folder: Path, good: list[Decoded], rows: list[dict[str, Any]], method: str, backend: Backend
+) -> None:
     """``heatmaps/<id>.png``: where the model looks (:func:`tbx.explain.heatmaps` on the overlay's
     downscaled image, target = the predicted class) with the boxes the row reports."""
     from tbx.explain import heatmaps, render_overlay

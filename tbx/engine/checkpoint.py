@@ -35,8 +35,12 @@ def rng_state() -> dict[str, Any]:
     np_state: Any = np.random.get_state()
     state = {
         "python": list(_py_state_to_list(random.getstate())),
-        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -53,8 +57,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((int(version), tuple(int(v) for v in internal), gauss))
     npst = state["numpy"]
-    np.random.set_state(("MT19937", npst["key"].numpy().astype(np.uint32), int(npst["pos"]),
-                         int(npst["has_gauss"]), float(npst["cached_gaussian"])))
+    np.random.set_state(
+        (
+            "MT19937",
+            npst["key"].numpy().astype(np.uint32),
+            int(npst["pos"]),
+            int(npst["has_gauss"]),
+            float(npst["cached_gaussian"]),
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         cuda = state["cuda"]
@@ -74,22 +85,42 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def save_checkpoint(path: str | Path, *, model: nn.Module, model_name: str, config: dict[str, Any],
-                    stage: int, epoch: int, batch: int, iteration: int,
-                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
-                    scaler: Any = None, sampler: dict[str, int] | None = None,
-                    extra: dict[str, Any] | None = None, ema: nn.Module | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    model_name: str,
+    config: dict[str, Any],
+    stage: int,
+    epoch: int,
+    batch: int,
+    iteration: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    sampler: dict[str, int] | None = None,
+    extra: dict[str, Any] | None = None,
+    ema: nn.Module | None = None,
+) -> Path:
     """Atomically write a checkpoint.  ``epoch``/``batch``: the position of the *next* batch to
     train (``batch == 0``: the epoch starts afresh); ``iteration``: iterations done in the stage;
     ``ema``: the weight average (``torch.optim.swa_utils.AveragedModel``), kept for resume."""
     state = {
-        "format": FORMAT, "version": VERSION, "model_name": model_name, "stage": stage,
-        "epoch": epoch, "batch": batch, "iteration": iteration,
+        "format": FORMAT,
+        "version": VERSION,
+        "model_name": model_name,
+        "stage": stage,
+        "epoch": epoch,
+        "batch": batch,
+        "iteration": iteration,
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-        "rng": rng_state(), "sampler": sampler, "config": config, "extra": extra or {},
+        "rng": rng_state(),
+        "sampler": sampler,
+        "config": config,
+        "extra": extra or {},
     }
     if ema is not None:
         state["ema"] = ema.state_dict()
@@ -99,8 +130,9 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, model_name: str, conf
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    expect_model: str | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", expect_model: str | None = None
+) -> dict[str, Any]:
     """Safely load a checkpoint (``weights_only=True``), checking it is a tbx checkpoint (of
     ``expect_model`` when given)."""
     path = Path(path)
@@ -111,21 +143,31 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     except Exception as e:  # noqa: BLE001 — torch raises many types for a damaged file
         # torch's text for a refused pickle advises weights_only=False, which runs the file's code:
         # never repeat it
-        reason = ("it holds Python objects that a safe load refuses" if "weights_only" in str(e)
-                  else f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'unreadable'}")
-        raise TbxError(f"cannot read checkpoint ({reason})",
-                       path, "the file is corrupt or not a tbx checkpoint; use another checkpoint "
-                       "(e.g. the previous epoch's) or retrain") from None
+        reason = (
+            "it holds Python objects that a safe load refuses"
+            if "weights_only" in str(e)
+            else f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'unreadable'}"
+        )
+        raise TbxError(
+            f"cannot read checkpoint ({reason})",
+            path,
+            "the file is corrupt or not a tbx checkpoint; use another checkpoint "
+            "(e.g. the previous epoch's) or retrain",
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise TbxError("not a tbx checkpoint", path, "give a checkpoint written by 'tbx train'")
     if expect_model is not None and state.get("model_name") != expect_model:
-        raise TbxError(f"checkpoint is of model '{state.get('model_name')}', not '{expect_model}'",
-                       path, f"train '{expect_model}' or use a checkpoint of that model")
+        raise TbxError(
+            f"checkpoint is of model '{state.get('model_name')}', not '{expect_model}'",
+            path,
+            f"train '{expect_model}' or use a checkpoint of that model",
+        )
     return state
 
 
-def load_model_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], where: str | Path,
-                       strict: bool = True) -> None:
+def load_model_weights(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], where: str | Path, strict: bool = True
+) -> None:
     """``load_state_dict`` with a clear error naming the first mismatching keys/shapes."""
     own = unwrap(model).state_dict()
     missing = [k for k in own if k not in state_dict]
@@ -139,10 +181,15 @@ def load_model_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], wh
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if shapes:
             k = shapes[0]
-            parts.append(f"{len(shapes)} of another shape (e.g. {k}: {tuple(state_dict[k].shape)} vs "
-                         f"{tuple(own[k].shape)})")
-        raise TbxError("checkpoint weights do not fit this model: " + "; ".join(parts), where,
-                       "use a checkpoint of the same model and config (backbone, classes)")
+            parts.append(
+                f"{len(shapes)} of another shape (e.g. {k}: {tuple(state_dict[k].shape)} vs "
+                f"{tuple(own[k].shape)})"
+            )
+        raise TbxError(
+            "checkpoint weights do not fit this model: " + "; ".join(parts),
+            where,
+            "use a checkpoint of the same model and config (backbone, classes)",
+        )
     unwrap(model).load_state_dict(state_dict, strict=strict)
 
 
@@ -161,10 +208,19 @@ def find_checkpoint(run_or_ckpt: str | Path) -> Path:
     if p.is_file():
         return p
     if p.is_dir():
-        for cand in ("stage2/final.pt", "stage1/final.pt", "stage2/last.pt", "stage1/last.pt",
-                     "final.pt", "last.pt"):
+        for cand in (
+            "stage2/final.pt",
+            "stage1/final.pt",
+            "stage2/last.pt",
+            "stage1/last.pt",
+            "final.pt",
+            "last.pt",
+        ):
             if (p / cand).is_file():
                 return p / cand
-        raise TbxError("no checkpoint in this run directory", p,
-                       "train first ('tbx train … --out RUN') or give a .pt file")
+        raise TbxError(
+            "no checkpoint in this run directory",
+            p,
+            "train first ('tbx train … --out RUN') or give a .pt file",
+        )
     raise TbxError("run directory or checkpoint not found", p, "check the path")

@@ -66,8 +66,10 @@ def init_distributed(device_type: str) -> DistContext:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise TbxError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs visible",
-                           fix="lower --nproc_per_node / --gpus")
+            raise TbxError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs visible",
+                fix="lower --nproc_per_node / --gpus",
+            )
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend)
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, True)
@@ -108,9 +110,12 @@ def launch(nproc: int, args: list[str]) -> int:
     return subprocess.call(torchrun_command(nproc, args), env=env)
 
 
-def command_line(*positional: str, options: dict[str, object | None],
-                 repeated: dict[str, list[str]] | None = None,
-                 flags: dict[str, bool] | None = None) -> list[str]:
+def command_line(
+    *positional: str,
+    options: dict[str, object | None],
+    repeated: dict[str, list[str]] | None = None,
+    flags: dict[str, bool] | None = None,
+) -> list[str]:
     """``tbx`` arguments: the positionals, then ``--opt value`` for every option that is not None
     (in order), every value of a repeatable option, and the flags that are set."""
     args = list(positional)
@@ -129,5 +134,6 @@ def relaunch(nproc: int, args: list[str], echo: Callable[[str], object] = print)
     echo(f"launching {nproc} processes: {' '.join(torchrun_command(nproc, args))}")
     code = launch(nproc, args)
     if code:
-        raise TbxError(f"distributed training failed (exit code {code})",
-                       fix="see the messages of the ranks above")
+        raise TbxError(
+            f"distributed training failed (exit code {code})", fix="see the messages of the ranks above"
+        )

@@ -43,17 +43,29 @@ PREDICTIONS_KIND = "predictions"  # the output marker of a prediction folder (tb
 
 
 @torch.no_grad()
-def predict_dataset(model: nn.Module, dataset: TBXDataset, batch_size: int, device: torch.device,
-                    amp_dtype: torch.dtype | None = None, workers: int = 2,
-                    channels_last: bool = True, progress: Callable[[int], None] | None = None,
-                    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def predict_dataset(
+    model: nn.Module,
+    dataset: TBXDataset,
+    batch_size: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    workers: int = 2,
+    channels_last: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Run ``model.predict`` over ``dataset`` in order.  Returns the (N, 3) probabilities and the
     COCO detections (image ids of the annotation file, xywh in the annotation frame)."""
     net: Any = unwrap(model)  # a Detector (duck-typed: test doubles too)
     was_training = net.training
     net.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
-                        num_workers=workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
     probs = np.zeros((len(dataset), 3), dtype=np.float64)
     dets: list[dict[str, Any]] = []
     try:
@@ -68,8 +80,11 @@ def predict_dataset(model: nn.Module, dataset: TBXDataset, batch_size: int, devi
                 rec = dataset.records[idx]
                 pr = p.probs.detach().float().cpu().double().numpy()
                 probs[idx] = pr / pr.sum()
-                dets.extend(detections_to_coco(p.boxes, p.scores, p.labels, batch.scales[k],
-                                               rec.width, rec.height, rec.image_id))
+                dets.extend(
+                    detections_to_coco(
+                        p.boxes, p.scores, p.labels, batch.scales[k], rec.width, rec.height, rec.image_id
+                    )
+                )
             if progress is not None:
                 progress(len(batch))
     finally:
@@ -77,9 +92,15 @@ def predict_dataset(model: nn.Module, dataset: TBXDataset, batch_size: int, devi
     return probs, dets
 
 
-def detections_to_coco(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
-                       scale: tuple[float, float], width: int, height: int,
-                       image_id: int) -> list[dict[str, Any]]:
+def detections_to_coco(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    scale: tuple[float, float],
+    width: int,
+    height: int,
+    image_id: int,
+) -> list[dict[str, Any]]:
     """Input-frame xyxy boxes → COCO results in the annotation frame (``width`` × ``height``)."""
     if boxes.numel() == 0:
         return []
@@ -91,9 +112,14 @@ def detections_to_coco(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.
     c = labels.detach().cpu().numpy()
     out = []
     for (x1, y1, x2, y2), sc, cat in zip(b.tolist(), s.tolist(), c.tolist()):
-        out.append({"image_id": int(image_id), "category_id": int(cat),
-                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                    "score": round(float(sc), 5)})
+        out.append(
+            {
+                "image_id": int(image_id),
+                "category_id": int(cat),
+                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                "score": round(float(sc), 5),
+            }
+        )
     return out
 
 
@@ -132,14 +158,19 @@ def image_list_hash(dataset: TBXDataset) -> str:
     return h.hexdigest()
 
 
-def model_from_checkpoint(state: dict[str, Any], where: Path,
-                          model_builder: Callable[[TrainConfig], nn.Module] | None = None,
-                          ) -> tuple[nn.Module, TrainConfig]:
+def model_from_checkpoint(
+    state: dict[str, Any],
+    where: Path,
+    model_builder: Callable[[TrainConfig], nn.Module] | None = None,
+) -> tuple[nn.Module, TrainConfig]:
     try:
         cfg = from_dict(TrainConfig, state.get("config") or {})
     except TbxError as e:
-        raise TbxError(f"checkpoint config is invalid: {e.what}", where,
-                       "use a checkpoint written by this version of tbx") from None
+        raise TbxError(
+            f"checkpoint config is invalid: {e.what}",
+            where,
+            "use a checkpoint written by this version of tbx",
+        ) from None
     # the checkpoint holds every weight: no backbone file needed (P2T's ImageNet file is not downloadable)
     bare = replace(cfg, model=replace(cfg.model, pretrained="none"))
     model = model_builder(bare) if model_builder else build(bare.model_name, bare.model)
@@ -149,11 +180,20 @@ def model_from_checkpoint(state: dict[str, Any], where: Path,
     return model, cfg
 
 
-def predict(checkpoint: str | Path, data_root: str | Path, ann: str | Path, out_dir: str | Path, *,
-            batch_size: int = 8, device: str = "auto", amp: str = "auto", workers: int = 2,
-            input_size: int | None = None,
-            model_builder: Callable[[TrainConfig], nn.Module] | None = None,
-            progress: bool | None = None) -> Path:
+def predict(
+    checkpoint: str | Path,
+    data_root: str | Path,
+    ann: str | Path,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 8,
+    device: str = "auto",
+    amp: str = "auto",
+    workers: int = 2,
+    input_size: int | None = None,
+    model_builder: Callable[[TrainConfig], nn.Module] | None = None,
+    progress: bool | None = None,
+) -> Path:
     """Predict every image of ``ann`` with a run's final checkpoint (or a checkpoint file) and
     write the official files into ``out_dir`` (see the module docstring).  Returns ``out_dir``."""
     out = Path(out_dir)
@@ -180,9 +220,18 @@ def predict(checkpoint: str | Path, data_root: str | Path, ann: str | Path, out_
     def advance(n: int) -> None:
         done[0] += n
         bar.update(completed=done[0])
+
     try:
-        probs, dets = predict_dataset(model, ds, batch_size, dev, amp_dtype, workers=workers,
-                                      channels_last=cfg.channels_last, progress=advance)
+        probs, dets = predict_dataset(
+            model,
+            ds,
+            batch_size,
+            dev,
+            amp_dtype,
+            workers=workers,
+            channels_last=cfg.channels_last,
+            progress=advance,
+        )
     finally:
         bar.close()
     manifest = {

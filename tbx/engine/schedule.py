@@ -27,8 +27,12 @@ from tbx.models.config import ModelConfig, check_sections
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 # `tbx train symformer` → the default model (docs/models.md §2).
-MODEL_ALIASES = {"symformer": "symformer_retinanet", "symformer_detr": "symformer_deformable_detr",
-                 "detr": "deformable_detr", "symformer_p2t": "symformer_retinanet"}
+MODEL_ALIASES = {
+    "symformer": "symformer_retinanet",
+    "symformer_detr": "symformer_deformable_detr",
+    "detr": "deformable_detr",
+    "symformer_p2t": "symformer_retinanet",
+}
 # Aliases that also pick a preset other than the model's default (`tbx train symformer_p2t`).
 ALIAS_PRESETS = {"symformer_p2t": "symformer_retinanet_p2t"}
 # The paper preset of each model (docs/models.md §2.7, §3).
@@ -99,7 +103,8 @@ def _stage2_default() -> StageConfig:
 @dataclass
 class TrainConfig:
     model_name: str = "symformer_retinanet"
-    # backbone, pretrained, input_size (the data pipeline resizes to fit it, docs/models.md §2.7), family sections
+    # backbone, pretrained, input_size (the data pipeline resizes to fit it, docs/models.md §2.7),
+    # family sections
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
@@ -133,24 +138,29 @@ def preset_path(name_or_path: str | Path) -> Path:
         return cand
     if p.is_file():
         return p
-    raise TbxError(f"no config file or preset named '{name_or_path}'", fix="use one of: "
-                   + ", ".join(list_presets()) + " (or a path to a YAML file)")
+    raise TbxError(
+        f"no config file or preset named '{name_or_path}'",
+        fix="use one of: " + ", ".join(list_presets()) + " (or a path to a YAML file)",
+    )
 
 
 def list_presets() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
-def load_train_config(model: str | None = None, config: str | Path | None = None,
-                      overrides: list[str] | None = None) -> TrainConfig:
+def load_train_config(
+    model: str | None = None, config: str | Path | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
     """Resolve the training config: preset/YAML ← ``--set`` overrides; the MODEL argument (aliases
     allowed) picks the paper preset when no config is given and always names the model."""
     name = canonical_model_name(model) if model else None
     if config is None:
         config = ALIAS_PRESETS.get(model or "") or DEFAULT_PRESETS.get(name or "symformer_retinanet")
         if config is None:
-            raise TbxError(f"unknown model '{model}'",
-                           fix="use one of: " + ", ".join(sorted(set(DEFAULT_PRESETS) | set(MODEL_ALIASES))))
+            raise TbxError(
+                f"unknown model '{model}'",
+                fix="use one of: " + ", ".join(sorted(set(DEFAULT_PRESETS) | set(MODEL_ALIASES))),
+            )
     data = resolve_preset(config)
     cfg = load_config(TrainConfig, None, overrides, base=data)
     if name:
@@ -214,10 +224,12 @@ def build_optimizer(model: nn.Module, sc: StageConfig) -> torch.optim.Optimizer:
     several times faster than the for-each version on CPU, see benchmarks/RESULTS.md)."""
     groups = param_groups(model, sc)
     if sc.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=sc.lr, momentum=sc.momentum, weight_decay=sc.weight_decay,
-                               fused=True)
-    return torch.optim.AdamW(groups, lr=sc.lr, betas=(sc.betas[0], sc.betas[1]), weight_decay=sc.weight_decay,
-                             fused=True)
+        return torch.optim.SGD(
+            groups, lr=sc.lr, momentum=sc.momentum, weight_decay=sc.weight_decay, fused=True
+        )
+    return torch.optim.AdamW(
+        groups, lr=sc.lr, betas=(sc.betas[0], sc.betas[1]), weight_decay=sc.weight_decay, fused=True
+    )
 
 
 def lr_factor(iteration: int, iters_per_epoch: int, sc: StageConfig) -> float:
@@ -231,8 +243,8 @@ def lr_factor(iteration: int, iters_per_epoch: int, sc: StageConfig) -> float:
     return f
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, iters_per_epoch: int,
-                    sc: StageConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, iters_per_epoch: int, sc: StageConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-iteration scheduler (step it after every optimiser step)."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: lr_factor(it, iters_per_epoch, sc))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, iters_per_epoch, sc))

@@ -45,6 +45,7 @@ from tbx.config import to_dict
 from tbx.data.dataset import EpochBatchSampler, TBXDataset, collate, normalize_batch
 from tbx.engine import distributed as D
 from tbx.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint, set_rng_state
+from tbx.engine.runs import start_run
 from tbx.engine.runtime import (
     ProgressBar,
     autocast,
@@ -54,7 +55,6 @@ from tbx.engine.runtime import (
     seed_everything,
     use_progress_bar,
 )
-from tbx.engine.runs import start_run
 from tbx.engine.schedule import StageConfig, TrainConfig, build_optimizer, build_scheduler
 from tbx.errors import Interrupted, TbxError
 from tbx.io import atomic_write_text
@@ -140,9 +140,11 @@ class _Window:
 
     def record(self) -> dict[str, float]:
         dt = time.perf_counter() - self.t0
-        return {**{k: v / self.n for k, v in self.losses.items()},
-                "img_s": self.images / dt if dt > 0 else 0.0,
-                "data_wait": self.wait / dt if dt > 0 else 0.0}
+        return {
+            **{k: v / self.n for k, v in self.losses.items()},
+            "img_s": self.images / dt if dt > 0 else 0.0,
+            "data_wait": self.wait / dt if dt > 0 else 0.0,
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,9 +229,17 @@ def parse_stages(stage: str | int) -> list[int]:
     raise TbxError(f"bad --stage '{stage}'", fix="use 1, 2 or both")
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, stage: str | int = "both", resume: bool = False, *,
-          force: bool = False, model_builder: ModelBuilder | None = None, callback: Callback | None = None,
-          progress: bool | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    stage: str | int = "both",
+    resume: bool = False,
+    *,
+    force: bool = False,
+    model_builder: ModelBuilder | None = None,
+    callback: Callback | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
     """Train ``cfg`` into ``out_dir`` (see the module docstring for the layout).
 
     ``resume``: continue every stage from its ``last.pt`` (finished stages are skipped); ``force``:
@@ -241,8 +251,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, stage: str | int = "both", resu
     out = Path(out_dir)
     stages = parse_stages(stage)
     want = cfg.device
-    ctx = D.init_distributed("cuda" if (want == "cuda" or (want == "auto" and torch.cuda.is_available()))
-                             else "cpu")
+    ctx = D.init_distributed(
+        "cuda" if (want == "cuda" or (want == "auto" and torch.cuda.is_available())) else "cpu"
+    )
     try:
         device = resolve_device(cfg.device, ctx)
         amp_dtype = resolve_amp(cfg.amp, device)
@@ -253,9 +264,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, stage: str | int = "both", resu
         if ctx.is_main:
             try:
                 start_run(out, cfg, stages, resume=resume, force=force, builder=builder)
-                write_provenance(out, cfg, cfg.seed, name="provenance_resume.json" if resume else
-                                 "provenance.json", stages=stages, resume=resume,
-                                 world_size=ctx.world_size, device=str(device))
+                write_provenance(
+                    out,
+                    cfg,
+                    cfg.seed,
+                    name="provenance_resume.json" if resume else "provenance.json",
+                    stages=stages,
+                    resume=resume,
+                    world_size=ctx.world_size,
+                    device=str(device),
+                )
             except BaseException:
                 if created and out.exists():
                     shutil.rmtree(out, ignore_errors=True)  # e.g. a full disk: no half-made run
@@ -263,8 +281,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, stage: str | int = "both", resu
         D.barrier(ctx)
         log = MetricsLog(out / "metrics.jsonl", enabled=ctx.is_main)
         result = TrainResult(out, metrics=out / "metrics.jsonl")
-        run = _Run(cfg, out, resume, builder, device, amp_dtype, ctx, log, callback,
-                   use_progress_bar(progress) and ctx.is_main)
+        run = _Run(
+            cfg,
+            out,
+            resume,
+            builder,
+            device,
+            amp_dtype,
+            ctx,
+            log,
+            callback,
+            use_progress_bar(progress) and ctx.is_main,
+        )
         try:
             for s in stages:
                 final, best = _train_stage(run, s)
@@ -306,8 +334,9 @@ def _train_stage(run: _Run, s: int) -> tuple[Path | None, Path | None]:
         del state
     ddp_model = _wrap_ddp(run, st)
     loader = _loader(run, st)
-    bar = ProgressBar(f"stage {s}", total=sc.epochs * st.iters_per_epoch, completed=st.iteration,
-                      enabled=run.show_progress)
+    bar = ProgressBar(
+        f"stage {s}", total=sc.epochs * st.iters_per_epoch, completed=st.iteration, enabled=run.show_progress
+    )
     window = _Window()
     try:
         for epoch in range(st.epoch, sc.epochs):
@@ -316,8 +345,15 @@ def _train_stage(run: _Run, s: int) -> tuple[Path | None, Path | None]:
             _end_epoch(run, st, epoch)
         if ctx.is_main:
             _checkpoint(run, st, st.final, sc.epochs, 0, st.eval_model)
-            run.log.write({"kind": "stage_end", "stage": s, "iteration": st.iteration,
-                           "epoch": sc.epochs, "checkpoint": str(st.final)})
+            run.log.write(
+                {
+                    "kind": "stage_end",
+                    "stage": s,
+                    "iteration": st.iteration,
+                    "epoch": sc.epochs,
+                    "checkpoint": str(st.final),
+                }
+            )
         D.barrier(ctx)
     finally:
         bar.close()
@@ -334,8 +370,11 @@ def _stage_init_weights(cfg: TrainConfig, s: int, out: Path) -> Path | None:
         # docs/models.md §2.7: stage II starts from the stage-I weights (the official R50 config forgot to).
         p = out / "stage1" / "final.pt"
         if not p.is_file():
-            raise TbxError("stage 2 needs the stage-1 weights, but there is no stage1/final.pt", out,
-                           "run stage 1 first (--stage 1 or both) or set --set stage2.init_from=CKPT")
+            raise TbxError(
+                "stage 2 needs the stage-1 weights, but there is no stage1/final.pt",
+                out,
+                "run stage 1 first (--stage 1 or both) or set --set stage2.init_from=CKPT",
+            )
         return p
     return None
 
@@ -374,13 +413,19 @@ def _set_stage(model: nn.Module, s: int, sc: StageConfig, model_name: str, out: 
     weights = sc.loss_weights(s)
     knobs = f"stage{s}.detection_weight / stage{s}.image_cls_weight"
     if min(weights) < 0 or max(weights) <= 0:
-        raise TbxError(f"stage{s} loss weights must be ≥ 0 and not both 0 (got {weights})",
-                       where=str(out), fix=f"set {knobs}")
+        raise TbxError(
+            f"stage{s} loss weights must be ≥ 0 and not both 0 (got {weights})",
+            where=str(out),
+            fix=f"set {knobs}",
+        )
     try:
         cast(Any, model).set_stage(s, sc.trainable, weights)
     except ValueError as e:  # joint losses on a model without them
-        raise TbxError(f"{model_name}: {e}", where=str(out),
-                       fix=f"drop {knobs} (joint losses exist for the RetinaNet models)") from None
+        raise TbxError(
+            f"{model_name}: {e}",
+            where=str(out),
+            fix=f"drop {knobs} (joint losses exist for the RetinaNet models)",
+        ) from None
 
 
 def _stage_objects(run: _Run, s: int, sdir: Path, model: nn.Module) -> _Stage:
@@ -388,14 +433,22 @@ def _stage_objects(run: _Run, s: int, sdir: Path, model: nn.Module) -> _Stage:
     cfg, sc, ctx = run.cfg, run.cfg.stage(s), run.ctx
     ann = cfg.data.stage1_ann if s == 1 else cfg.data.stage2_ann
     dataset = TBXDataset(cfg.data.root, ann, cfg.model.input_size, train=True)
-    sampler = EpochBatchSampler(len(dataset), sc.batch_size, seed=cfg.seed + 1000 * s,
-                                rank=ctx.rank, world_size=ctx.world_size,
-                                flip_prob=cfg.data.flip_prob)
+    sampler = EpochBatchSampler(
+        len(dataset),
+        sc.batch_size,
+        seed=cfg.seed + 1000 * s,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        flip_prob=cfg.data.flip_prob,
+    )
     optimizer = build_optimizer(model, sc)
     scheduler = build_scheduler(optimizer, sampler.batches_per_epoch, sc)
     scaler = torch.amp.GradScaler(run.device.type, enabled=(run.amp_dtype == torch.float16))
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(sc.ema_decay), use_buffers=True)
-           if sc.ema_decay > 0 else None)
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(sc.ema_decay), use_buffers=True)
+        if sc.ema_decay > 0
+        else None
+    )
     return _Stage(s, sdir, model, dataset, sampler, optimizer, scheduler, scaler, ema)
 
 
@@ -404,9 +457,12 @@ def _restore(run: _Run, st: _Stage, state: dict[str, Any]) -> None:
     s, ctx = st.s, run.ctx
     if st.ema is not None:
         if "ema" not in state:
-            raise TbxError(f"stage{s}.ema_decay is set but the checkpoint holds no weight average",
-                           st.last, f"resume with the run's own config (stage{s}.ema_decay=0) "
-                           "or start the stage afresh without --resume")
+            raise TbxError(
+                f"stage{s}.ema_decay is set but the checkpoint holds no weight average",
+                st.last,
+                f"resume with the run's own config (stage{s}.ema_decay=0) "
+                "or start the stage afresh without --resume",
+            )
         st.ema.load_state_dict(state["ema"])
     st.optimizer.load_state_dict(state["optimizer"])
     st.scheduler.load_state_dict(state["scheduler"])
@@ -424,36 +480,63 @@ def _wrap_ddp(run: _Run, st: _Stage) -> nn.Module:
     if not run.ctx.distributed:
         return st.model
     return nn.parallel.DistributedDataParallel(
-        st.model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
+        st.model,
+        device_ids=[run.device.index] if run.device.type == "cuda" else None,
         # stage 1: the classification head gets no loss (contract in tbx.models.base)
-        find_unused_parameters=(st.s == 1))
+        find_unused_parameters=(st.s == 1),
+    )
 
 
 def _loader(run: _Run, st: _Stage) -> DataLoader[Any]:
     cfg, workers = run.cfg, max(0, run.cfg.data.workers)
     return DataLoader(
-        st.dataset, batch_sampler=st.sampler, collate_fn=collate, num_workers=workers,
-        pin_memory=run.device.type == "cuda", persistent_workers=workers > 0,
+        st.dataset,
+        batch_sampler=st.sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=run.device.type == "cuda",
+        persistent_workers=workers > 0,
         prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
     )
 
 
-def _checkpoint(run: _Run, st: _Stage, path: Path, epoch: int, batch: int,
-                weights: nn.Module | None = None) -> None:
+def _checkpoint(
+    run: _Run, st: _Stage, path: Path, epoch: int, batch: int, weights: nn.Module | None = None
+) -> None:
     """Rank 0 writes the stage's state at (``epoch``, ``batch``) with ``weights`` as its model."""
     if run.ctx.is_main:
-        save_checkpoint(path, model=weights if weights is not None else st.model,
-                        model_name=run.cfg.model_name, config=to_dict(run.cfg), stage=st.s,
-                        epoch=epoch, batch=batch, iteration=st.iteration, optimizer=st.optimizer,
-                        scheduler=st.scheduler, scaler=st.scaler,
-                        sampler={"seed": st.sampler.seed, "epoch": epoch, "batch": batch},
-                        extra={"best_metric": st.best_metric, "world_size": run.ctx.world_size,
-                               "iters_per_epoch": st.iters_per_epoch}, ema=st.ema)
+        save_checkpoint(
+            path,
+            model=weights if weights is not None else st.model,
+            model_name=run.cfg.model_name,
+            config=to_dict(run.cfg),
+            stage=st.s,
+            epoch=epoch,
+            batch=batch,
+            iteration=st.iteration,
+            optimizer=st.optimizer,
+            scheduler=st.scheduler,
+            scaler=st.scaler,
+            sampler={"seed": st.sampler.seed, "epoch": epoch, "batch": batch},
+            extra={
+                "best_metric": st.best_metric,
+                "world_size": run.ctx.world_size,
+                "iters_per_epoch": st.iters_per_epoch,
+            },
+            ema=st.ema,
+        )
 
 
-def train_one_epoch(run: _Run, st: _Stage, ddp_model: nn.Module, loader: DataLoader[Any], epoch: int,
-                    window: _Window, bar: ProgressBar) -> None:
+def train_one_epoch(
+    run: _Run,
+    st: _Stage,
+    ddp_model: nn.Module,
+    loader: DataLoader[Any],
+    epoch: int,
+    window: _Window,
+    bar: ProgressBar,
+) -> None:
     """One pass over the loader (from the sampler's start batch): a step per batch, a log line
     every ``log_every`` iterations, mid-epoch checkpoints, the callback."""
     cfg, ctx = run.cfg, run.ctx
@@ -466,14 +549,20 @@ def train_one_epoch(run: _Run, st: _Stage, ddp_model: nn.Module, loader: DataLoa
         images = normalize_batch(images, batch.image_sizes)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        losses, lr = _step(run, st, ddp_model, images, batch.targets_to(run.device), batch.image_sizes,
-                           epoch)
+        losses, lr = _step(run, st, ddp_model, images, batch.targets_to(run.device), batch.image_sizes, epoch)
         st.iteration += 1
         batch_idx += 1
         window.add(losses, len(batch) * ctx.world_size)
         if st.iteration % max(1, cfg.log_every) == 0 or batch_idx == ipe:
-            rec = {"kind": "train", "stage": st.s, "epoch": epoch + 1, "iteration": st.iteration,
-                   "lr": lr, **window.record(), "peak_mem_mb": peak_memory_mb(run.device)}
+            rec = {
+                "kind": "train",
+                "stage": st.s,
+                "epoch": epoch + 1,
+                "iteration": st.iteration,
+                "lr": lr,
+                **window.record(),
+                "peak_mem_mb": peak_memory_mb(run.device),
+            }
             run.log.write(rec)
             bar.update(info=f"loss {rec['loss']:.4f} lr {lr:.2e} {rec['img_s']:.1f} img/s")
             window.reset()
@@ -481,14 +570,21 @@ def train_one_epoch(run: _Run, st: _Stage, ddp_model: nn.Module, loader: DataLoa
         if cfg.ckpt_every_iters and st.iteration % cfg.ckpt_every_iters == 0 and batch_idx < ipe:
             _checkpoint(run, st, st.last, epoch, batch_idx)
         if run.callback is not None and ctx.is_main:
-            run.callback({"stage": st.s, "epoch": epoch, "iteration": st.iteration,
-                          "losses": losses, "lr": lr})
+            run.callback(
+                {"stage": st.s, "epoch": epoch, "iteration": st.iteration, "losses": losses, "lr": lr}
+            )
         t_wait = time.perf_counter()
 
 
-def _step(run: _Run, st: _Stage, ddp_model: nn.Module, images: torch.Tensor,
-          targets: list[dict[str, torch.Tensor]], image_sizes: Any,
-          epoch: int) -> tuple[dict[str, float], float]:
+def _step(
+    run: _Run,
+    st: _Stage,
+    ddp_model: nn.Module,
+    images: torch.Tensor,
+    targets: list[dict[str, torch.Tensor]],
+    image_sizes: Any,
+    epoch: int,
+) -> tuple[dict[str, float], float]:
     """Forward, loss check, backward, clip, optimiser / scheduler / EMA step.  Returns the losses
     (mean over ranks, ``loss`` = their sum first) and the lr of this iteration."""
     sc = run.cfg.stage(st.s)
@@ -496,8 +592,9 @@ def _step(run: _Run, st: _Stage, ddp_model: nn.Module, images: torch.Tensor,
         losses = ddp_model(images, targets, image_sizes)
     loss = sum(losses.values())
     # Every rank sees the same (mean) values → consistent NaN stop and logging.
-    vals = D.all_reduce_mean(torch.stack([loss.detach().float()] +
-                                         [v.detach().float() for v in losses.values()]), run.ctx).tolist()
+    vals = D.all_reduce_mean(
+        torch.stack([loss.detach().float()] + [v.detach().float() for v in losses.values()]), run.ctx
+    ).tolist()
     named = dict(zip(["loss", *losses], vals))
     if not all(math.isfinite(v) for v in vals):
         bad = {k: v for k, v in named.items() if not math.isfinite(v)}
@@ -506,14 +603,16 @@ def _step(run: _Run, st: _Stage, ddp_model: nn.Module, images: torch.Tensor,
             f"({', '.join(f'{k}={v}' for k, v in bad.items())}); training stopped",
             st.last if st.last.is_file() else st.sdir,
             "the last good checkpoint is kept; lower the learning rate, use --amp off or "
-            "bf16, or set a grad_clip, then --resume")
+            "bf16, or set a grad_clip, then --resume",
+        )
     lr = st.optimizer.param_groups[0]["lr"]  # the lr of this iteration
     st.optimizer.zero_grad(set_to_none=True)
     st.scaler.scale(loss).backward()
     if sc.grad_clip:
         st.scaler.unscale_(st.optimizer)
         torch.nn.utils.clip_grad_norm_(
-            [p for g in st.optimizer.param_groups for p in g["params"]], sc.grad_clip)
+            [p for g in st.optimizer.param_groups for p in g["params"]], sc.grad_clip
+        )
     st.scaler.step(st.optimizer)
     st.scaler.update()
     st.scheduler.step()
@@ -544,16 +643,25 @@ def _validate(run: _Run, st: _Stage, epoch: int, ann: str) -> float | None:
     if ctx.is_main:
         was_training = model.training
         ds = TBXDataset(cfg.data.root, ann, cfg.model.input_size, train=False)
-        probs, dets = predict_dataset(model, ds, cfg.val_batch_size, run.device, run.amp_dtype,
-                                      workers=min(2, cfg.data.workers))
+        probs, dets = predict_dataset(
+            model, ds, cfg.val_batch_size, run.device, run.amp_dtype, workers=min(2, cfg.data.workers)
+        )
         model.train(was_training)
         pdir = st.sdir / "val" / f"epoch_{epoch + 1:03d}"
         write_predictions(pdir, probs, dets)
         scores = evaluate_predictions(ds.ann_path, pdir)
         key = "cat_agnostic_ap50" if st.s == 1 else "accuracy"
         metric = scores.get(key)
-        run.log.write({"kind": "val", "stage": st.s, "epoch": epoch + 1, "iteration": st.iteration,
-                       "metric": key, **{k: v for k, v in scores.items() if isinstance(v, (int, float))}})
+        run.log.write(
+            {
+                "kind": "val",
+                "stage": st.s,
+                "epoch": epoch + 1,
+                "iteration": st.iteration,
+                "metric": key,
+                **{k: v for k, v in scores.items() if isinstance(v, (int, float))},
+            }
+        )
         metric_t[0] = float("nan") if metric is None else float(metric)
     if ctx.distributed:
         torch.distributed.broadcast(metric_t, 0)

@@ -1,4 +1,5 @@
-"""ResNet trunk (torchvision) and the RetinaNet-style FPN (docs/models.md §2.1), plus backbone weights loading.
+"""ResNet trunk (torchvision) and the RetinaNet-style FPN (docs/models.md §2.1), plus backbone weights
+loading.
 
 * :class:`ResNetBackbone` — torchvision ResNet-18/34/50/101 without ``avgpool``/``fc``; returns
   C2..C5.  Its BatchNorm layers are plain ``BatchNorm2d`` whose affine parameters train while the
@@ -71,8 +72,9 @@ class FPN(nn.Module):
     def __init__(self, in_channels: list[int], out_channels: int = 256):
         super().__init__()
         self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
-        self.fpn_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1)
-                                       for _ in in_channels)
+        self.fpn_convs = nn.ModuleList(
+            nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels
+        )
         self.p6 = nn.Conv2d(in_channels[-1], out_channels, 3, stride=2, padding=1)
         self.p7 = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
         self.out_channels = out_channels
@@ -86,8 +88,9 @@ class FPN(nn.Module):
         """``feats`` = [C3, C4, C5] → [P3, P4, P5, P6, P7]."""
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
         for i in range(len(laterals) - 1, 0, -1):  # top-down, nearest upsampling
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
-                                                              mode="nearest")
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest"
+            )
         outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals)]
         p6 = self.p6(feats[-1])
         outs += [p6, self.p7(p6)]
@@ -121,10 +124,12 @@ def fetch_weights(name: str, url: str, path: Path) -> None:
     except Exception as e:  # offline, proxy, disk… — all the same to the user
         raise TbxError(
             f"ImageNet weights for {name} are not cached and could not be downloaded "
-            f"({type(e).__name__}: {e})", where=path,
+            f"({type(e).__name__}: {e})",
+            where=path,
             fix=f"download {url} and place it at {path} (directory: $TORCH_HOME/hub/"
-                f"checkpoints, TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch')}), "
-                "or use pretrained: none / a path to a state_dict") from e
+            f"checkpoints, TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch')}), "
+            "or use pretrained: none / a path to a state_dict",
+        ) from e
 
 
 def _imagenet_state_dict(depth: str) -> object:
@@ -160,8 +165,9 @@ class WeightsReport:
         return {"loaded": self.loaded, "missing": self.missing, "unexpected": self.unexpected}
 
 
-def _extract_backbone(obj: object, path: Path, probe: str = "conv1.weight",
-                      fix: str = _RESNET_FIX) -> dict[str, Tensor]:
+def _extract_backbone(
+    obj: object, path: Path, probe: str = "conv1.weight", fix: str = _RESNET_FIX
+) -> dict[str, Tensor]:
     """A backbone state_dict — bare, or wrapped (``{"model": …}``/``{"state_dict": …}``) — or a
     checkpoint whose ``backbone.*`` (or torchvision-detection ``backbone.body.*``) entries form one
     (recognised by the ``probe`` key)."""
@@ -173,7 +179,7 @@ def _extract_backbone(obj: object, path: Path, probe: str = "conv1.weight",
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise TbxError("not a state_dict of tensors", where=path, fix=fix)
     for prefix in ("backbone.body.", "backbone."):
-        sub = {k[len(prefix):]: v for k, v in obj.items() if k.startswith(prefix)}
+        sub = {k[len(prefix) :]: v for k, v in obj.items() if k.startswith(prefix)}
         if sub and probe in sub:
             return sub
     return dict(obj)
@@ -182,13 +188,17 @@ def _extract_backbone(obj: object, path: Path, probe: str = "conv1.weight",
 def read_backbone_state(path: Path, probe: str, fix: str) -> dict[str, Tensor]:
     """The backbone state_dict in the file ``path`` (see :func:`_extract_backbone`)."""
     if not path.is_file():
-        raise TbxError("backbone weights file not found", where=path,
-                       fix="pretrained must be 'imagenet', 'none' or an existing file")
+        raise TbxError(
+            "backbone weights file not found",
+            where=path,
+            fix="pretrained must be 'imagenet', 'none' or an existing file",
+        )
     return _extract_backbone(_safe_load(path, fix), path, probe, fix)
 
 
-def load_state_checked(module: nn.Module, state: dict[str, Tensor], where: Path, arch: str,
-                       fix: str) -> WeightsReport:
+def load_state_checked(
+    module: nn.Module, state: dict[str, Tensor], where: Path, arch: str, fix: str
+) -> WeightsReport:
     """Load ``state`` into ``module``: every tensor of ``module`` must be there with its shape (else
     one-line :class:`TbxError`); extra tensors are counted as unexpected and ignored."""
     own = module.state_dict()
@@ -198,8 +208,10 @@ def load_state_checked(module: nn.Module, state: dict[str, Tensor], where: Path,
         if missing:
             detail = f"{len(missing)} missing, e.g. {missing[:3]}"
         else:
-            detail = (f"shape mismatch at {wrong[:3]}: file {tuple(state[wrong[0]].shape)}, "
-                      f"model {tuple(own[wrong[0]].shape)}")
+            detail = (
+                f"shape mismatch at {wrong[:3]}: file {tuple(state[wrong[0]].shape)}, "
+                f"model {tuple(own[wrong[0]].shape)}"
+            )
         raise TbxError(f"backbone weights do not fit {arch} ({detail})", where=where, fix=fix)
     module.load_state_dict({k: state[k] for k in own}, strict=True)
     return WeightsReport(str(where), loaded=len(own), missing=0, unexpected=len(set(state) - set(own)))
@@ -217,5 +229,6 @@ def load_backbone_weights(backbone: ResNetBackbone, pretrained: str | Path) -> W
     else:
         where = Path(spec).expanduser()
         state = read_backbone_state(where, probe="conv1.weight", fix=_RESNET_FIX)
-    return load_state_checked(backbone, state, where, arch=backbone.depth,
-                              fix=f"use weights of a torchvision {backbone.depth}")
+    return load_state_checked(
+        backbone, state, where, arch=backbone.depth, fix=f"use weights of a torchvision {backbone.depth}"
+    )

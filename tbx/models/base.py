@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from tbx.models.cls_head import ClsHead
 from tbx.models.backbone import WeightsReport
+from tbx.models.cls_head import ClsHead
 
 # docs/models.md §2.6: cross-entropy class weights for healthy, sick, TB.
 CLS_LOSS_WEIGHTS = (1.0, 1.0, 4.0)
@@ -64,8 +64,12 @@ class Detector(nn.Module):
     #: Whether the training forward honours other loss weights (joint detection + classification).
     supports_loss_weights: bool = False
 
-    def set_stage(self, stage: int, stage2_trainable: tuple[str, ...] | list[str] = ("cls_head",),
-                  loss_weights: tuple[float, float] | None = None) -> None:
+    def set_stage(
+        self,
+        stage: int,
+        stage2_trainable: tuple[str, ...] | list[str] = ("cls_head",),
+        loss_weights: tuple[float, float] | None = None,
+    ) -> None:
         """Stage 1: train the detector (classification head frozen is *not* required, it simply
         receives no loss). Stage 2: freeze everything except ``cls_head`` (docs/models.md §2.7).
 
@@ -79,8 +83,10 @@ class Detector(nn.Module):
         paper = (1.0, 0.0) if stage == 1 else (0.0, 1.0)
         weights = paper if loss_weights is None else (float(loss_weights[0]), float(loss_weights[1]))
         if weights != paper and not self.supports_loss_weights:
-            raise ValueError(f"{type(self).__name__} trains with the paper's loss weights only "
-                             f"(stage {stage}: {paper}), got {weights} — no joint losses")
+            raise ValueError(
+                f"{type(self).__name__} trains with the paper's loss weights only "
+                f"(stage {stage}: {paper}), got {weights} — no joint losses"
+            )
         self.stage = stage
         self.stage2_trainable = tuple(stage2_trainable)
         self.loss_weights = weights
@@ -109,8 +115,11 @@ class Detector(nn.Module):
                 continue
             if self.stage == 2 and not self._in_stage2_trainable(name):
                 m.training = False  # this module only: a trainable child (backbone.layer4) keeps its mode
-            elif (self.norm_eval and isinstance(m, nn.modules.batchnorm._BatchNorm)
-                  and name.startswith(("backbone.", "cls_backbone."))):
+            elif (
+                self.norm_eval
+                and isinstance(m, nn.modules.batchnorm._BatchNorm)
+                and name.startswith(("backbone.", "cls_backbone."))
+            ):
                 m.eval()
         return self
 
@@ -119,8 +128,9 @@ class Detector(nn.Module):
         only when some backbone parameter is trainable (``backbone`` or a part of it such as
         ``backbone.layer4`` in ``stage2_trainable``; the paper: frozen, no graph built).  Frozen
         leading stages build no graph either way: autograd starts at the first trainable layer."""
-        trains = self.stage == 1 or any(p.requires_grad for n, p in self.named_parameters()
-                                         if n.startswith("backbone."))
+        trains = self.stage == 1 or any(
+            p.requires_grad for n, p in self.named_parameters() if n.startswith("backbone.")
+        )
         return torch.set_grad_enabled(torch.is_grad_enabled() and trains)
 
     def image_cls_loss(self, feat: Tensor, targets: list[dict]) -> dict[str, Tensor]:

@@ -22,8 +22,9 @@ from tbx.models.config import HeadInit
 class ClsHead(nn.Module):
     """``forward(c5 (N, in_channels, H, W)) → logits (N, num_classes)`` (docs/models.md §2.6)."""
 
-    def __init__(self, in_channels: int = 2048, mid_channels: int = 512, num_classes: int = 3,
-                 init: HeadInit = "paper"):
+    def __init__(
+        self, in_channels: int = 2048, mid_channels: int = 512, num_classes: int = 3, init: HeadInit = "paper"
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, mid_channels, 1, padding=1), nn.ReLU(inplace=True)]
         for _ in range(3):

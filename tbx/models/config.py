@@ -131,7 +131,9 @@ def check_sections(model_name: str, cfg: ModelConfig) -> ModelConfig:
     for name in _DEFAULTS:
         if getattr(cfg, name) is not None and name not in used:
             reads = ", ".join(f"model.{u}" for u in used) or "no family section"
-            raise TbxError(f"model.{name} is not read by {model_name}", fix=f"drop model.{name} "
-                           f"({model_name} reads the common model keys and {reads})")
+            raise TbxError(
+                f"model.{name} is not read by {model_name}",
+                fix=f"drop model.{name} ({model_name} reads the common model keys and {reads})",
+            )
     filled = {name: getattr(cfg, name) or _DEFAULTS[name]() for name in used}
     return replace(cfg, **filled)

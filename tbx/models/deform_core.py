@@ -21,8 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def ms_deform_sample(value: Tensor, spatial_shapes: Sequence[tuple[int, int]] | Tensor,
-                     sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+def ms_deform_sample(
+    value: Tensor,
+    spatial_shapes: Sequence[tuple[int, int]] | Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
     """Weighted bilinear sampling of multi-level value maps at fractional locations.
 
     Args:
@@ -39,15 +43,18 @@ def ms_deform_sample(value: Tensor, spatial_shapes: Sequence[tuple[int, int]] | 
     Bilinear sampling has the semantics of ``grid_sample(..., align_corners=False,
     padding_mode="zeros")`` at ``2·loc − 1`` (docs/models.md §2.2), whichever kernel runs.
     """
-    shapes = [(int(h), int(w)) for h, w in (spatial_shapes.tolist() if isinstance(spatial_shapes, Tensor)
-                                            else spatial_shapes)]
+    shapes = [
+        (int(h), int(w))
+        for h, w in (spatial_shapes.tolist() if isinstance(spatial_shapes, Tensor) else spatial_shapes)
+    ]
     if value.is_cuda or torch.onnx.is_in_onnx_export():  # ONNX GridSample (opset ≥ 16)
         return _grid_sample_core(value, shapes, sampling_locations, attention_weights)
     return _bag_sum_core(value, shapes, sampling_locations, attention_weights)
 
 
-def _grid_sample_core(value: Tensor, shapes: list[tuple[int, int]], sampling_locations: Tensor,
-                      attention_weights: Tensor) -> Tensor:
+def _grid_sample_core(
+    value: Tensor, shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
     n, _, m, d = value.shape
     _, q, _, _, n_points, _ = sampling_locations.shape
     value_list = value.split([h * w for h, w in shapes], dim=1)
@@ -55,12 +62,18 @@ def _grid_sample_core(value: Tensor, shapes: list[tuple[int, int]], sampling_loc
     out = None
     for lvl, (h, w) in enumerate(shapes):
         # (N, H·W, M, D) → (N·M, D, H, W) with channels-last strides (channels of a pixel contiguous)
-        v = (value_list[lvl].reshape(n, h, w, m, d).permute(0, 3, 1, 2, 4).reshape(n * m, h, w, d)
-             .permute(0, 3, 1, 2))
+        v = (
+            value_list[lvl]
+            .reshape(n, h, w, m, d)
+            .permute(0, 3, 1, 2, 4)
+            .reshape(n * m, h, w, d)
+            .permute(0, 3, 1, 2)
+        )
         # (N, Q, M, P, 2) → (N·M, Q, P, 2)
         g = grids[:, :, :, lvl].transpose(1, 2).reshape(n * m, q, n_points, 2)
-        sampled = F.grid_sample(v, g.to(v.dtype), mode="bilinear", padding_mode="zeros",
-                                align_corners=False)  # (N·M, D, Q, P)
+        sampled = F.grid_sample(
+            v, g.to(v.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
+        )  # (N·M, D, Q, P)
         wl = attention_weights[:, :, :, lvl].transpose(1, 2).reshape(n * m, 1, q, n_points)
         o = (sampled * wl.to(sampled.dtype)).sum(-1)  # (N·M, D, Q): no stack of all levels
         out = o if out is None else out + o
@@ -68,8 +81,9 @@ def _grid_sample_core(value: Tensor, shapes: list[tuple[int, int]], sampling_loc
     return out.view(n, m * d, q).transpose(1, 2).contiguous()
 
 
-def _bag_sum_core(value: Tensor, shapes: list[tuple[int, int]], sampling_locations: Tensor,
-                  attention_weights: Tensor) -> Tensor:
+def _bag_sum_core(
+    value: Tensor, shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
     n, s, m, d = value.shape
     _, q, _, n_levels, n_points, _ = sampling_locations.shape
     dev, dt = sampling_locations.device, sampling_locations.dtype
@@ -89,8 +103,11 @@ def _bag_sum_core(value: Tensor, shapes: list[tuple[int, int]], sampling_locatio
     w3, h3 = wl.view(n_levels, 1, 1), hl.view(n_levels, 1, 1)
     inside = (xs >= 0) & (xs < w3) & (ys >= 0) & (ys < h3)  # outside → zeros (padding_mode zeros)
     base = (torch.arange(n, device=dev).view(n, 1, 1) * m + torch.arange(m, device=dev).view(1, 1, m)) * s
-    rows = (base.view(n, 1, m, 1, 1, 1) + start.view(1, 1, 1, n_levels, 1, 1)
-            + (ys.clamp(min=0).minimum(h3 - 1) * w3 + xs.clamp(min=0).minimum(w3 - 1)).long())
+    rows = (
+        base.view(n, 1, m, 1, 1, 1)
+        + start.view(1, 1, 1, n_levels, 1, 1)
+        + (ys.clamp(min=0).minimum(h3 - 1) * w3 + xs.clamp(min=0).minimum(w3 - 1)).long()
+    )
     weights = (attention_weights.unsqueeze(-1) * bilinear).masked_fill(~inside, 0)
     k = n_levels * n_points * 4
     out = _BagSum.apply(table, rows.reshape(n * q * m, k), weights.reshape(n * q * m, k).to(table.dtype))
@@ -115,14 +132,18 @@ class _BagSum(torch.autograd.Function):
             flat = idx.reshape(-1)  # over the entries sorted by row
             order = torch.argsort(flat.int() if table.shape[0] < 2**31 else flat)
             counts = torch.bincount(flat, minlength=table.shape[0])
-            grad_table = F.embedding_bag(torch.div(order, k, rounding_mode="floor"), grad,
-                                         offsets=counts.cumsum(0) - counts,
-                                         per_sample_weights=w.reshape(-1)[order], mode="sum")
+            grad_table = F.embedding_bag(
+                torch.div(order, k, rounding_mode="floor"),
+                grad,
+                offsets=counts.cumsum(0) - counts,
+                per_sample_weights=w.reshape(-1)[order],
+                mode="sum",
+            )
         if ctx.needs_input_grad[2]:  # ⟨grad[bag], table[idx]⟩, gathered in chunks of ~4 M values
             grad_w = torch.empty_like(w)
             step = max(1, (1 << 22) // max(1, bags * table.shape[1]))
             for j in range(0, k, step):
-                sel = idx[:, j:j + step]
+                sel = idx[:, j : j + step]
                 gathered = table.index_select(0, sel.reshape(-1)).view(bags, sel.shape[1], -1)
-                grad_w[:, j:j + step] = torch.bmm(gathered, grad.unsqueeze(-1)).squeeze(-1)
+                grad_w[:, j : j + step] = torch.bmm(gathered, grad.unsqueeze(-1)).squeeze(-1)
         return grad_table, None, grad_w

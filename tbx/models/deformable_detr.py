@@ -1,4 +1,5 @@
-"""Deformable DETR R50 and SymFormer w/ Deformable DETR (docs/models.md §3), with the shared cls head (docs/models.md §2.6).
+"""Deformable DETR R50 and SymFormer w/ Deformable DETR (docs/models.md §3), with the shared cls head
+(docs/models.md §2.6).
 
 Architecture (Zhu et al. 2021, "Deformable DETR", the plain single-stage variant: no iterative box
 refinement, not two-stage — this is the variant whose parameter count matches docs/models.md §2.5):
@@ -50,7 +51,8 @@ head 3.02; plus 0.56 G of functional sampling/attention products that mmcv does 
 
 Frozen parts (stage 1, :meth:`DeformableDETR._trainable_in_stage1`): the stem (``conv1``/``bn1``),
 ``layer1`` and every backbone BatchNorm (affine parameters frozen too, running statistics in eval —
-the official code uses FrozenBatchNorm2d).  docs/models.md §3 training recipe (``configs/deformable_detr_r50.yaml``):
+the official code uses FrozenBatchNorm2d).  docs/models.md §3 training recipe
+(``configs/deformable_detr_r50.yaml``):
 AdamW 2e-4, backbone lr ×0.1, gradient clipping 0.1, 50 epochs, step at 40; the official code also
 lowers the lr of the sampling-offset and reference-point Linears (:attr:`DeformableDETR.low_lr_keys`).
 """
@@ -133,8 +135,15 @@ class _Group(nn.Module):
 class DeformableDecoderLayer(nn.Module):
     """Post-norm decoder layer: self-attention → deformable cross-attention → FFN (official order)."""
 
-    def __init__(self, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.1, n_heads: int = 8,
-                 n_levels: int = 4, n_points: int = 4):
+    def __init__(
+        self,
+        d_model: int = 256,
+        d_ffn: int = 1024,
+        dropout: float = 0.1,
+        n_heads: int = 8,
+        n_levels: int = 4,
+        n_points: int = 4,
+    ):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.dropout2 = nn.Dropout(dropout)
@@ -149,14 +158,20 @@ class DeformableDecoderLayer(nn.Module):
         self.dropout4 = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def forward(self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, memory: Tensor,
-                spatial_shapes: list[tuple[int, int]], memory_padding_mask: Tensor | None) -> Tensor:
+    def forward(
+        self,
+        tgt: Tensor,
+        query_pos: Tensor,
+        reference_points: Tensor,
+        memory: Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        memory_padding_mask: Tensor | None,
+    ) -> Tensor:
         """``tgt``/``query_pos`` ``(N, Q, C)``, ``reference_points`` ``(N, Q, L, 2)``, ``memory``
         ``(N, S, C)``, ``memory_padding_mask`` ``(N, S)`` True = padding."""
         q = k = tgt + query_pos
         tgt = self.norm2(tgt + self.dropout2(self.self_attn(q, k, tgt, need_weights=False)[0]))
-        attn = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes,
-                               memory_padding_mask)
+        attn = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, memory_padding_mask)
         tgt = self.norm1(tgt + self.dropout1(attn))
         ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout4(ffn))
@@ -165,9 +180,18 @@ class DeformableDecoderLayer(nn.Module):
 class DeformableTransformer(nn.Module):
     """Encoder + decoder of Deformable DETR over ``n_levels`` flattened feature maps."""
 
-    def __init__(self, d_model: int = 256, n_heads: int = 8, enc_layers: int = 6, dec_layers: int = 6,
-                 d_ffn: int = 1024, dropout: float = 0.1, n_levels: int = 4, n_points: int = 4,
-                 sym_encoder: bool = False):
+    def __init__(
+        self,
+        d_model: int = 256,
+        n_heads: int = 8,
+        enc_layers: int = 6,
+        dec_layers: int = 6,
+        d_ffn: int = 1024,
+        dropout: float = 0.1,
+        n_levels: int = 4,
+        n_points: int = 4,
+        sym_encoder: bool = False,
+    ):
         super().__init__()
         self.d_model, self.n_levels = d_model, n_levels
         enc = SymEncoderLayer(d_model, d_ffn, dropout, n_heads, n_levels, n_points, mirror=sym_encoder)
@@ -214,8 +238,9 @@ class DeformableTransformer(nn.Module):
         ref = torch.cat(refs, 1)  # (N, S, 2)
         return ref[:, :, None] * valid_ratios[:, None]
 
-    def forward(self, srcs: list[Tensor], masks: list[Tensor], pos_embeds: list[Tensor],
-                query_embed: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, srcs: list[Tensor], masks: list[Tensor], pos_embeds: list[Tensor], query_embed: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Run encoder and decoder.
 
         Args:
@@ -229,8 +254,13 @@ class DeformableTransformer(nn.Module):
         spatial_shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in srcs]
         src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         mask_flat = torch.cat([m.flatten(1) for m in masks], 1)
-        pos_flat = torch.cat([p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1)
-                              for lvl, p in enumerate(pos_embeds)], 1)
+        pos_flat = torch.cat(
+            [
+                p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1)
+                for lvl, p in enumerate(pos_embeds)
+            ],
+            1,
+        )
         valid_ratios = torch.stack([self.valid_ratios(m) for m in masks], 1)  # (N, L, 2)
         # encoder
         memory = src_flat
@@ -268,13 +298,31 @@ class DeformableDETR(Detector):
     #: lr (× 0.1, docs/models.md §3) besides ``backbone.*``: names containing these keys.
     low_lr_keys: tuple[str, ...] = ("sampling_offsets", "reference_points")
 
-    def __init__(self, backbone: ResNetBackbone, num_classes: int = 2, num_queries: int = 300,
-                 d_model: int = 256, n_heads: int = 8, n_points: int = 4, enc_layers: int = 6,
-                 dec_layers: int = 6, d_ffn: int = 1024, dropout: float = 0.1, n_levels: int = 4,
-                 sym: bool = False, pos_encoding: str | None = None, attention: str | None = None,
-                 cls_weight: float = 2.0, bbox_weight: float = 5.0, giou_weight: float = 2.0,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, aux_loss: bool = True,
-                 detections_per_img: int = 100, cls_channels: int = 512):
+    def __init__(
+        self,
+        backbone: ResNetBackbone,
+        num_classes: int = 2,
+        num_queries: int = 300,
+        d_model: int = 256,
+        n_heads: int = 8,
+        n_points: int = 4,
+        enc_layers: int = 6,
+        dec_layers: int = 6,
+        d_ffn: int = 1024,
+        dropout: float = 0.1,
+        n_levels: int = 4,
+        sym: bool = False,
+        pos_encoding: str | None = None,
+        attention: str | None = None,
+        cls_weight: float = 2.0,
+        bbox_weight: float = 5.0,
+        giou_weight: float = 2.0,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        aux_loss: bool = True,
+        detections_per_img: int = 100,
+        cls_channels: int = 512,
+    ):
         super().__init__()
         self.backbone = backbone
         self.num_classes, self.num_queries = num_classes, num_queries
@@ -296,8 +344,12 @@ class DeformableDETR(Detector):
         self.n_backbone_levels = len(in_chs)
         projs = [nn.Sequential(nn.Conv2d(c, d_model, 1), nn.GroupNorm(32, d_model)) for c in in_chs]
         for i in range(n_levels - len(in_chs)):  # first extra level on C5, then on the previous one
-            projs.append(nn.Sequential(nn.Conv2d(in_chs[-1] if i == 0 else d_model, d_model, 3, stride=2,
-                                                 padding=1), nn.GroupNorm(32, d_model)))
+            projs.append(
+                nn.Sequential(
+                    nn.Conv2d(in_chs[-1] if i == 0 else d_model, d_model, 3, stride=2, padding=1),
+                    nn.GroupNorm(32, d_model),
+                )
+            )
         self.input_proj = nn.ModuleList(projs)
         for proj in projs:
             conv = proj[0]
@@ -306,8 +358,17 @@ class DeformableDETR(Detector):
             nn.init.zeros_(conv.bias)
         # docs/models.md §2.3 SPE (one STN shared by all levels) or the plain normalised sine encoding
         self.pos_encoding = SymmetricPositionalEncoding(d_model // 2, **POS_ENCODINGS[pos_encoding])
-        self.transformer = DeformableTransformer(d_model, n_heads, enc_layers, dec_layers, d_ffn, dropout,
-                                                 n_levels, n_points, sym_encoder=ATTENTIONS[attention])
+        self.transformer = DeformableTransformer(
+            d_model,
+            n_heads,
+            enc_layers,
+            dec_layers,
+            d_ffn,
+            dropout,
+            n_levels,
+            n_points,
+            sym_encoder=ATTENTIONS[attention],
+        )
         self.query_embed = nn.Embedding(num_queries, 2 * d_model)
         self.class_embed = nn.Linear(d_model, num_classes)
         self.bbox_embed = MLP(d_model, d_model, 4, 3)
@@ -325,10 +386,12 @@ class DeformableDETR(Detector):
         self.aux_loss = aux_loss
         self.detections_per_img = detections_per_img
         # stage-1 freezing (docs/models.md §2.5): stem, layer1 and every backbone BatchNorm parameter
-        self._frozen_names = {f"backbone.{mn}.{pn}" if mn else f"backbone.{pn}"
-                              for mn, m in self.backbone.named_modules()
-                              if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                              for pn, _ in m.named_parameters(recurse=False)}
+        self._frozen_names = {
+            f"backbone.{mn}.{pn}" if mn else f"backbone.{pn}"
+            for mn, m in self.backbone.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for pn, _ in m.named_parameters(recurse=False)
+        }
         self.set_stage(1)
 
     def _trainable_in_stage1(self, name: str) -> bool:
@@ -339,12 +402,18 @@ class DeformableDETR(Detector):
     # -- paper components (for `tbx models info`) --------------------------------------------
     def components(self) -> dict[str, nn.Module]:
         comps: dict[str, nn.Module] = {
-            "backbone": self.backbone, "input_proj": self.input_proj,
-            "encoder": self.transformer.encoder, "decoder": self.transformer.decoder,
+            "backbone": self.backbone,
+            "input_proj": self.input_proj,
+            "encoder": self.transformer.encoder,
+            "decoder": self.transformer.decoder,
             # query embedding, reference-point Linear, level embeddings, class/box heads
-            "queries+heads": _Group(self.query_embed, self.transformer.reference_points,
-                                    self.class_embed, self.bbox_embed,
-                                    level_embed=self.transformer.level_embed),
+            "queries+heads": _Group(
+                self.query_embed,
+                self.transformer.reference_points,
+                self.class_embed,
+                self.bbox_embed,
+                level_embed=self.transformer.level_embed,
+            ),
         }
         if any(True for _ in self.pos_encoding.parameters()):
             comps["spe"] = self.pos_encoding
@@ -378,8 +447,9 @@ class DeformableDETR(Detector):
 
     # -- training ----------------------------------------------------------------------------
 
-    def forward(self, images: Tensor, targets: list[dict[str, Tensor]] | None = None,
-                image_sizes=None) -> dict[str, Tensor] | list[Prediction]:
+    def forward(
+        self, images: Tensor, targets: list[dict[str, Tensor]] | None = None, image_sizes=None
+    ) -> dict[str, Tensor] | list[Prediction]:
         """Training losses (Detector contract).  Stage 1: ``loss_cls``, ``loss_bbox``,
         ``loss_giou`` of the last decoder layer and ``loss_{cls,bbox,giou}_{d}`` of decoder layers
         ``d = 0..D−2`` (already weighted: the total is their sum).  Stage 2: ``loss_img_cls`` only
@@ -405,8 +475,9 @@ class DeformableDETR(Detector):
         return losses
 
     @staticmethod
-    def _prepare_targets(targets: list[dict[str, Tensor]], sizes: list[tuple[int, int]],
-                         device: torch.device) -> list[dict[str, Tensor]]:
+    def _prepare_targets(
+        targets: list[dict[str, Tensor]], sizes: list[tuple[int, int]], device: torch.device
+    ) -> list[dict[str, Tensor]]:
         """xyxy input pixels + categories 1/2 → normalised cxcywh + class indices 0/1."""
         out = []
         for t, (h, w) in zip(targets, sizes):
@@ -424,8 +495,9 @@ class DeformableDETR(Detector):
             num = num / torch.distributed.get_world_size()
         return max(float(num.item()), 1.0)
 
-    def set_losses(self, logits: Tensor, boxes: Tensor, tgts: list[dict[str, Tensor]],
-                   num_boxes: float) -> dict[str, Tensor]:
+    def set_losses(
+        self, logits: Tensor, boxes: Tensor, tgts: list[dict[str, Tensor]], num_boxes: float
+    ) -> dict[str, Tensor]:
         """Weighted focal / L1 / GIoU losses of one decoder layer after Hungarian matching
         (computed in float32, also under autocast)."""
         logits, boxes = logits.float(), boxes.float()
@@ -436,16 +508,24 @@ class DeformableDETR(Detector):
         onehot = torch.zeros_like(logits)
         tgt_labels = torch.cat([t["labels"][j.to(logits.device)] for t, (_, j) in zip(tgts, indices)])
         onehot[batch_idx, src_idx, tgt_labels] = 1.0
-        loss_cls = sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
-                                      reduction="sum") / num_boxes
+        loss_cls = (
+            sigmoid_focal_loss(
+                logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+            )
+            / num_boxes
+        )
         src_boxes = boxes[batch_idx, src_idx]
         tgt_boxes = torch.cat([t["boxes"][j.to(logits.device)] for t, (_, j) in zip(tgts, indices)])
         loss_bbox = F.l1_loss(src_boxes, tgt_boxes, reduction="sum") / num_boxes
-        giou = paired_generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"),
-                                          box_convert(tgt_boxes, "cxcywh", "xyxy"))
+        giou = paired_generalized_box_iou(
+            box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy")
+        )
         loss_giou = (1 - giou).sum() / num_boxes
-        return {"loss_cls": self.weights["cls"] * loss_cls, "loss_bbox": self.weights["bbox"] * loss_bbox,
-                "loss_giou": self.weights["giou"] * loss_giou}
+        return {
+            "loss_cls": self.weights["cls"] * loss_cls,
+            "loss_bbox": self.weights["bbox"] * loss_bbox,
+            "loss_giou": self.weights["giou"] * loss_giou,
+        }
 
     # -- inference ---------------------------------------------------------------------------
 
@@ -464,8 +544,9 @@ class DeformableDETR(Detector):
         finally:
             self.train(was_training)
 
-    def postprocess(self, logits: Tensor, boxes: Tensor, probs: Tensor,
-                    sizes: list[tuple[int, int]]) -> list[Prediction]:
+    def postprocess(
+        self, logits: Tensor, boxes: Tensor, probs: Tensor, sizes: list[tuple[int, int]]
+    ) -> list[Prediction]:
         """Official PostProcess: top-k of ``sigmoid`` over all ``Q × K`` (query, class) pairs."""
         n, q, k = logits.shape
         scores_all = logits.sigmoid().reshape(n, q * k)
@@ -479,8 +560,9 @@ class DeformableDETR(Detector):
             b = xyxy[i, query_idx[i]] * torch.tensor([w, h, w, h], dtype=xyxy.dtype, device=xyxy.device)
             b[:, 0::2] = b[:, 0::2].clamp(0, w)
             b[:, 1::2] = b[:, 1::2].clamp(0, h)
-            out.append(Prediction(probs=probs[i].float(), boxes=b, scores=scores[i].float(),
-                                  labels=labels[i]))
+            out.append(
+                Prediction(probs=probs[i].float(), boxes=b, scores=scores[i].float(), labels=labels[i])
+            )
         return out
 
 

@@ -27,9 +27,14 @@ def prepare_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Mo
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and not bn.training
-            and bn.track_running_stats and bn.running_mean is not None
-            and bn.num_features == conv.out_channels)
+    return (
+        type(conv) is nn.Conv2d
+        and type(bn) is nn.BatchNorm2d
+        and not bn.training
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and bn.num_features == conv.out_channels
+    )
 
 
 def fold_batchnorm(model: nn.Module) -> int:
@@ -55,7 +60,7 @@ def fold_batchnorm(model: nn.Module) -> int:
         for name, child in list(module.named_children()):
             if not name.startswith("conv"):
                 continue
-            bn_name = "bn" + name[len("conv"):]
+            bn_name = "bn" + name[len("conv") :]
             norm: Any = getattr(module, bn_name, None)
             if norm is not None and _foldable(child, norm):
                 setattr(module, name, fuse_conv_bn_eval(child, norm))  # type: ignore[type-var]

@@ -48,9 +48,20 @@ from tbx.models.registry import build
 
 _ACT = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU)  # the activations mmcv's counter hooks
 _ACT_UNHOOKED = (nn.Hardswish, nn.Hardsigmoid, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Mish)
-_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-         nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.AdaptiveAvgPool1d,
-         nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_POOL = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
 _NORM = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 
@@ -235,8 +246,14 @@ def measure_latency(model: nn.Module, images: Tensor, runs: int = 5, warmup: int
     return statistics.median(times)
 
 
-def model_info(name: str, cfg: ModelConfig | None = None, input_size: int | None = None,
-               latency_runs: int = 3, model: nn.Module | None = None, load_weights: bool = False) -> dict:
+def model_info(
+    name: str,
+    cfg: ModelConfig | None = None,
+    input_size: int | None = None,
+    latency_runs: int = 3,
+    model: nn.Module | None = None,
+    load_weights: bool = False,
+) -> dict:
     """Parameters, MACs and CPU latency of model ``name`` (weights random: ``pretrained="none"``,
     unless ``load_weights``: then ``cfg.pretrained`` is loaded and its report returned).
 
@@ -270,8 +287,14 @@ def model_info(name: str, cfg: ModelConfig | None = None, input_size: int | None
     count = count_macs_detail(model, images)
     macs = count.per_component
     comps = model_components(model)
-    components = {c: {"params": count_params(m), "params_trainable": count_params(m, True),
-                      "gmacs": macs.get(c, 0) / 1e9} for c, m in comps.items()}
+    components = {
+        c: {
+            "params": count_params(m),
+            "params_trainable": count_params(m, True),
+            "gmacs": macs.get(c, 0) / 1e9,
+        }
+        for c, m in comps.items()
+    }
     if "other" in macs:
         components["other"] = {"params": 0, "params_trainable": 0, "gmacs": macs["other"] / 1e9}
     report = getattr(model, "pretrained_report", None)
@@ -283,12 +306,18 @@ def model_info(name: str, cfg: ModelConfig | None = None, input_size: int | None
         nhwc = images.contiguous(memory_format=torch.channels_last)
         latency = measure_latency(fast, nhwc, latency_runs) * 1000
     return {
-        "model": name, "backbone": cfg.backbone, "input": size,
-        "params_live": count_params(model), "params_trainable": trainable,
-        "dead_params": dead, "params_paper": trainable + dead,
-        "gmacs": count.total / 1e9, "gmacs_functional": count.functional / 1e9,
+        "model": name,
+        "backbone": cfg.backbone,
+        "input": size,
+        "params_live": count_params(model),
+        "params_trainable": trainable,
+        "dead_params": dead,
+        "params_paper": trainable + dead,
+        "gmacs": count.total / 1e9,
+        "gmacs_functional": count.functional / 1e9,
         "gmacs_activations": count.activations / 1e9,
         "gmacs_full": (count.total + count.functional + count.activations) / 1e9,
-        "latency_ms": latency, "pretrained": report.to_dict() if report is not None else None,
+        "latency_ms": latency,
+        "pretrained": report.to_dict() if report is not None else None,
         "components": components,
     }

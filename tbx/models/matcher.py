@@ -81,8 +81,14 @@ class HungarianMatcher(nn.Module):
         alpha, gamma: focal parameters of the class cost (0.25, 2).
     """
 
-    def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
-                 alpha: float = 0.25, gamma: float = 2.0):
+    def __init__(
+        self,
+        cost_class: float = 2.0,
+        cost_bbox: float = 5.0,
+        cost_giou: float = 2.0,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+    ):
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("all matching costs are 0")
@@ -97,13 +103,15 @@ class HungarianMatcher(nn.Module):
         tgt_boxes = tgt_boxes.float()
         c_class = focal_class_cost(logits, tgt_labels, self.alpha, self.gamma)
         c_bbox = torch.cdist(boxes, tgt_boxes, p=1)
-        c_giou = -generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"),
-                                      box_convert(tgt_boxes, "cxcywh", "xyxy"))
+        c_giou = -generalized_box_iou(
+            box_convert(boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy")
+        )
         return self.cost_bbox * c_bbox + self.cost_class * c_class + self.cost_giou * c_giou
 
     @torch.no_grad()
-    def forward(self, pred_logits: Tensor, pred_boxes: Tensor,
-                targets: list[dict[str, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    def forward(
+        self, pred_logits: Tensor, pred_boxes: Tensor, targets: list[dict[str, Tensor]]
+    ) -> list[tuple[Tensor, Tensor]]:
         """Match a batch.
 
         Args:

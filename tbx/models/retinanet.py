@@ -71,12 +71,19 @@ def make_backbone(name: str, pretrained: str) -> tuple[ResNetBackbone | P2T, Wei
 class AnchorGenerator(nn.Module):
     """mmdetection-v2 anchors (docs/models.md §2.4): 9 per location, unrounded, centre offset 0."""
 
-    def __init__(self, strides=STRIDES, octave_base_scale: float = 4.0, scales_per_octave: int = 3,
-                 ratios=(0.5, 1.0, 2.0)):
+    def __init__(
+        self,
+        strides=STRIDES,
+        octave_base_scale: float = 4.0,
+        scales_per_octave: int = 3,
+        ratios=(0.5, 1.0, 2.0),
+    ):
         super().__init__()
         self.strides = tuple(strides)
-        scales = torch.tensor([octave_base_scale * 2 ** (k / scales_per_octave)
-                               for k in range(scales_per_octave)], dtype=torch.float64)
+        scales = torch.tensor(
+            [octave_base_scale * 2 ** (k / scales_per_octave) for k in range(scales_per_octave)],
+            dtype=torch.float64,
+        )
         h_ratios = torch.tensor(ratios, dtype=torch.float64).sqrt()
         w_ratios = 1.0 / h_ratios
         base = []
@@ -88,8 +95,9 @@ class AnchorGenerator(nn.Module):
         self.num_anchors = len(ratios) * scales_per_octave
         self._cache: dict[tuple, list[Tensor]] = {}
 
-    def forward(self, sizes: list[tuple[int, int]], device: torch.device,
-                dtype: torch.dtype = torch.float32) -> list[Tensor]:
+    def forward(
+        self, sizes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> list[Tensor]:
         """Per level ``(H_l·W_l·9, 4)`` xyxy anchors in (row, column, anchor) order."""
         key = (tuple(sizes), str(device), dtype, torch.is_inference_mode_enabled())
         if key not in self._cache:
@@ -129,16 +137,25 @@ def max_iou_assign(gt_boxes: Tensor, anchors: Tensor, pos_iou: float = 0.5, neg_
 class RetinaHead(nn.Module):
     """Two towers of 4 × (3×3 conv 256 + ReLU), no norm; cls → A·C logits, reg → A·4 deltas."""
 
-    def __init__(self, num_classes: int = 2, in_channels: int = 256, num_anchors: int = 9,
-                 stacked_convs: int = 4, prior_prob: float = 0.01, init: HeadInit = "paper"):
+    def __init__(
+        self,
+        num_classes: int = 2,
+        in_channels: int = 256,
+        num_anchors: int = 9,
+        stacked_convs: int = 4,
+        prior_prob: float = 0.01,
+        init: HeadInit = "paper",
+    ):
         super().__init__()
         if init not in ("paper", "kaiming"):
             raise ValueError(f"head init must be 'paper' or 'kaiming', got {init!r}")
+
         def tower() -> nn.Sequential:
             layers: list[nn.Module] = []
             for _ in range(stacked_convs):
                 layers += [nn.Conv2d(in_channels, in_channels, 3, padding=1), nn.ReLU(inplace=True)]
             return nn.Sequential(*layers)
+
         self.cls_convs, self.reg_convs = tower(), tower()
         self.retina_cls = nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
         self.retina_reg = nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1)
@@ -154,7 +171,9 @@ class RetinaHead(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         assert self.retina_cls.bias is not None
-        nn.init.constant_(self.retina_cls.bias, -math.log((1 - prior_prob) / prior_prob))  # docs/models.md §2.4
+        nn.init.constant_(
+            self.retina_cls.bias, -math.log((1 - prior_prob) / prior_prob)
+        )  # docs/models.md §2.4
 
     def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Per level: logits ``(N, H·W·A, C)`` and deltas ``(N, H·W·A, 4)``."""
@@ -196,13 +215,28 @@ class RetinaNet(Detector):
 
     supports_loss_weights = True  # joint detection + image classification (StageConfig weights)
 
-    def __init__(self, backbone: str = "resnet50", pretrained: str = "imagenet", num_classes: int = 2,
-                 sas: bool = True, pos_encoding: str = "spe", attention: str = "symmetric",
-                 score_thresh: float = 0.05, nms_thresh: float = 0.5, topk_per_level: int = 1000,
-                 max_dets: int = 100, width: int = 256, cls_channels: int = 512,
-                 anchor_scale: float = 4.0, class_agnostic_nms: bool = False, cls_backbone: bool = False,
-                 box_loss: str = "l1", box_loss_weight: float = 1.0, cls_scale: float = 1.0,
-                 head_init: HeadInit = "paper"):
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        pretrained: str = "imagenet",
+        num_classes: int = 2,
+        sas: bool = True,
+        pos_encoding: str = "spe",
+        attention: str = "symmetric",
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        topk_per_level: int = 1000,
+        max_dets: int = 100,
+        width: int = 256,
+        cls_channels: int = 512,
+        anchor_scale: float = 4.0,
+        class_agnostic_nms: bool = False,
+        cls_backbone: bool = False,
+        box_loss: str = "l1",
+        box_loss_weight: float = 1.0,
+        cls_scale: float = 1.0,
+        head_init: HeadInit = "paper",
+    ):
         super().__init__()
         if width % 16:
             raise ValueError(f"width must be a multiple of 16, got {width}")
@@ -210,8 +244,10 @@ class RetinaNet(Detector):
             raise ValueError(f"box_loss must be 'l1' or 'giou', got {box_loss!r}")
         self.box_loss, self.box_loss_weight = box_loss, box_loss_weight
         if cls_scale != 1.0 and not cls_backbone:
-            raise ValueError("a classification input scale other than 1 needs cls_backbone=True "
-                             "(the shared backbone runs at the detector's resolution)")
+            raise ValueError(
+                "a classification input scale other than 1 needs cls_backbone=True "
+                "(the shared backbone runs at the detector's resolution)"
+            )
         if not 0.0 < cls_scale <= 1.0:
             raise ValueError(f"cls_scale must be in (0, 1], got {cls_scale}")
         self.cls_scale = cls_scale
@@ -247,12 +283,15 @@ class RetinaNet(Detector):
     def _sizes(images: Tensor, image_sizes) -> list[tuple[int, int]]:
         if image_sizes is None:
             return [(int(images.shape[-2]), int(images.shape[-1]))] * images.shape[0]
-        return [(int(h), int(w)) for h, w in (image_sizes.tolist() if isinstance(image_sizes, Tensor)
-                                              else image_sizes)]
+        return [
+            (int(h), int(w))
+            for h, w in (image_sizes.tolist() if isinstance(image_sizes, Tensor) else image_sizes)
+        ]
 
     @staticmethod
-    def _level_masks(images: Tensor, sizes: list[tuple[int, int]] | Tensor,
-                     feats: list[Tensor]) -> list[Tensor] | None:
+    def _level_masks(
+        images: Tensor, sizes: list[tuple[int, int]] | Tensor, feats: list[Tensor]
+    ) -> list[Tensor] | None:
         """Padding masks per level (True = padding), or None when nothing is padded (``sizes`` a
         list).  Level cell ``j`` is valid iff ``j < ⌈h·f/H⌉``, i.e. ``j·H < h·f`` — integer
         arithmetic on tensors, so an ``(N, 2)`` tensor of sizes traces into an exported graph."""
@@ -270,8 +309,9 @@ class RetinaNet(Detector):
             masks.append(rows[:, :, None] | cols[:, None, :])
         return masks
 
-    def _features(self, images: Tensor, sizes: list[tuple[int, int]] | Tensor,
-                  cls: bool = True) -> tuple[Tensor | None, list[Tensor]]:
+    def _features(
+        self, images: Tensor, sizes: list[tuple[int, int]] | Tensor, cls: bool = True
+    ) -> tuple[Tensor | None, list[Tensor]]:
         """``(classification-head input, detection features)``; ``cls=False`` skips a separate
         classification backbone (the first item is then None for such a model)."""
         c2, c3, c4, c5 = self.backbone(images)
@@ -287,8 +327,9 @@ class RetinaNet(Detector):
         """C5 of the separate classification ResNet, on the input resized by ``cls_scale``."""
         assert self.cls_backbone is not None
         if self.cls_scale != 1.0:
-            images = F.interpolate(images, scale_factor=self.cls_scale, mode="bilinear",
-                                   align_corners=False, antialias=True)
+            images = F.interpolate(
+                images, scale_factor=self.cls_scale, mode="bilinear", align_corners=False, antialias=True
+            )
         return self.cls_backbone(images)[-1]
 
     def start_stage(self, stage: int) -> None:
@@ -331,8 +372,9 @@ class RetinaNet(Detector):
             losses["loss_img_cls"] = w_cls * self.image_cls_loss(head_in, targets)["loss_img_cls"]
         return losses
 
-    def detection_loss(self, logits: Tensor, deltas: Tensor, anchors: Tensor,
-                       targets: list[dict]) -> dict[str, Tensor]:
+    def detection_loss(
+        self, logits: Tensor, deltas: Tensor, anchors: Tensor, targets: list[dict]
+    ) -> dict[str, Tensor]:
         """Focal + L1 (or GIoU) over the batch, normalised by the number of positive anchors
         (docs/models.md §2.4)."""
         cls_t: list[Tensor] = []
@@ -343,16 +385,21 @@ class RetinaNet(Detector):
                 gt = t["boxes"].to(anchors)
                 lab = t["labels"].to(anchors.device).long()
                 if lab.numel() and (lab.min() < 1 or lab.max() > self.num_classes):
-                    raise ValueError(f"box labels must be in 1..{self.num_classes}, got {lab.tolist()} "
-                                     "(uncertain-type boxes must be removed before training)")
+                    raise ValueError(
+                        f"box labels must be in 1..{self.num_classes}, got {lab.tolist()} "
+                        "(uncertain-type boxes must be removed before training)"
+                    )
                 assigned = max_iou_assign(gt, anchors)
                 onehot = torch.zeros((anchors.shape[0], self.num_classes), device=anchors.device)
                 pos = assigned > 0
                 onehot[pos, lab[assigned[pos] - 1] - 1] = 1.0
                 enc = torch.zeros_like(anchors)  # L1: encoded deltas; GIoU: the GT box itself
                 if pos.any():
-                    enc[pos] = (gt[assigned[pos] - 1] if self.box_loss == "giou"
-                                else self.box_coder.encode_single(gt[assigned[pos] - 1], anchors[pos]))
+                    enc[pos] = (
+                        gt[assigned[pos] - 1]
+                        if self.box_loss == "giou"
+                        else self.box_coder.encode_single(gt[assigned[pos] - 1], anchors[pos])
+                    )
                 cls_t.append(onehot)
                 box_t.append(enc)
                 assigned_all.append(assigned)
@@ -361,8 +408,12 @@ class RetinaNet(Detector):
         valid, pos = assigned >= 0, assigned > 0
         num_pos = max(float(pos.sum()), 1.0)
         # losses in fp32 (also under autocast)
-        loss_cls = sigmoid_focal_loss(logits[valid].float(), cls_target[valid], alpha=0.25, gamma=2.0,
-                                      reduction="sum") / num_pos
+        loss_cls = (
+            sigmoid_focal_loss(
+                logits[valid].float(), cls_target[valid], alpha=0.25, gamma=2.0, reduction="sum"
+            )
+            / num_pos
+        )
         if self.box_loss == "giou":
             pos_anchors = anchors.expand(len(targets), -1, -1)[pos]
             boxes = self.box_coder.decode_single(deltas[pos].float(), pos_anchors)
@@ -381,8 +432,11 @@ class RetinaNet(Detector):
         probs, cls_out, reg_out = self.network(images, sizes)
         return self.decode(probs, cls_out, reg_out, (int(images.shape[-2]), int(images.shape[-1])), sizes)
 
-    def network(self, images: Tensor, image_sizes: list[tuple[int, int]] | Tensor,
-                ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    def network(
+        self,
+        images: Tensor,
+        image_sizes: list[tuple[int, int]] | Tensor,
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """Everything before post-processing — what ``tbx export`` puts in an ONNX graph:
         ``(probs (N, 3), per-level logits (N, H_l·W_l·A, C), per-level deltas (N, H_l·W_l·A, 4))``.
         ``image_sizes``: valid ``(h, w)`` per image, a list or an ``(N, 2)`` int64 tensor."""
@@ -402,20 +456,28 @@ class RetinaNet(Detector):
                 out.append((h, w))
         return out
 
-    def decode(self, probs: Tensor, logits: list[Tensor], deltas: list[Tensor], input_hw: tuple[int, int],
-               sizes: list[tuple[int, int]]) -> list[Prediction]:
+    def decode(
+        self,
+        probs: Tensor,
+        logits: list[Tensor],
+        deltas: list[Tensor],
+        input_hw: tuple[int, int],
+        sizes: list[tuple[int, int]],
+    ) -> list[Prediction]:
         """:meth:`network` outputs (torch or onnxruntime, as tensors) → one :class:`Prediction` per
         image (:meth:`postprocess`); ``input_hw`` is the padded input size."""
         anchors = self.anchor_generator(self.feature_sizes(*input_hw), probs.device)
         preds = []
         for i, (h, w) in enumerate(sizes):
-            boxes, scores, labels = self.postprocess([c[i] for c in logits], [r[i] for r in deltas],
-                                                     anchors, (h, w))
+            boxes, scores, labels = self.postprocess(
+                [c[i] for c in logits], [r[i] for r in deltas], anchors, (h, w)
+            )
             preds.append(Prediction(probs=probs[i], boxes=boxes, scores=scores, labels=labels))
         return preds
 
-    def postprocess(self, logits: list[Tensor], deltas: list[Tensor], anchors: list[Tensor],
-                    size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    def postprocess(
+        self, logits: list[Tensor], deltas: list[Tensor], anchors: list[Tensor], size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """One image: top-k per level above the score threshold, decode, clip, NMS (class-wise
         unless ``class_agnostic_nms``)."""
         all_boxes, all_scores, all_labels = [], [], []
@@ -444,9 +506,11 @@ def _cls_scale(cfg: ModelConfig, rc: RetinaNetConfig) -> float:
     if not rc.cls_input_size or rc.cls_input_size >= cfg.input_size:
         return 1.0
     if not rc.cls_backbone:
-        raise TbxError(f"model.retinanet.cls_input_size {rc.cls_input_size} is below input_size "
-                       f"{cfg.input_size} but the classification head shares the detector's backbone",
-                       fix="set model.retinanet.cls_backbone=true, or drop model.retinanet.cls_input_size")
+        raise TbxError(
+            f"model.retinanet.cls_input_size {rc.cls_input_size} is below input_size "
+            f"{cfg.input_size} but the classification head shares the detector's backbone",
+            fix="set model.retinanet.cls_backbone=true, or drop model.retinanet.cls_input_size",
+        )
     if rc.cls_input_size < 32:
         raise TbxError(f"model.retinanet.cls_input_size must be ≥ 32, got {rc.cls_input_size}")
     return rc.cls_input_size / cfg.input_size
@@ -455,11 +519,20 @@ def _cls_scale(cfg: ModelConfig, rc: RetinaNetConfig) -> float:
 def _retinanet_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     """RetinaNet arguments shared by both builders."""
     rc = cfg.retinanet or RetinaNetConfig()
-    return dict(backbone=cfg.backbone, pretrained=cfg.pretrained, num_classes=cfg.num_classes,
-                width=rc.width, cls_channels=cfg.cls_channels, anchor_scale=rc.anchor_scale,
-                class_agnostic_nms=rc.nms_class_agnostic, cls_backbone=rc.cls_backbone,
-                box_loss=rc.box_loss, box_loss_weight=rc.box_loss_weight, cls_scale=_cls_scale(cfg, rc),
-                head_init=rc.head_init)
+    return dict(
+        backbone=cfg.backbone,
+        pretrained=cfg.pretrained,
+        num_classes=cfg.num_classes,
+        width=rc.width,
+        cls_channels=cfg.cls_channels,
+        anchor_scale=rc.anchor_scale,
+        class_agnostic_nms=rc.nms_class_agnostic,
+        cls_backbone=rc.cls_backbone,
+        box_loss=rc.box_loss,
+        box_loss_weight=rc.box_loss_weight,
+        cls_scale=_cls_scale(cfg, rc),
+        head_init=rc.head_init,
+    )
 
 
 def build_retinanet(cfg: ModelConfig) -> RetinaNet:
@@ -470,5 +543,4 @@ def build_retinanet(cfg: ModelConfig) -> RetinaNet:
 def build_symformer_retinanet(cfg: ModelConfig) -> RetinaNet:
     """SymFormer w/ RetinaNet (the paper's default model, docs/models.md §2)."""
     sc = cfg.symformer or SymFormerConfig()
-    return RetinaNet(sas=True, pos_encoding=sc.pos_encoding, attention=sc.attention,
-                     **_retinanet_kwargs(cfg))
+    return RetinaNet(sas=True, pos_encoding=sc.pos_encoding, attention=sc.attention, **_retinanet_kwargs(cfg))

@@ -43,16 +43,25 @@ class SASBlock(nn.Module):
         attention: ``"symmetric"`` (SymAttention) or ``"deformable"`` (no mirroring).
     """
 
-    def __init__(self, d_model: int = 256, pos_encoding: str = "spe", attention: str = "symmetric",
-                 n_heads: int = 8, n_points: int = 4, d_ffn: int = 1024, dropout: float = 0.1):
+    def __init__(
+        self,
+        d_model: int = 256,
+        pos_encoding: str = "spe",
+        attention: str = "symmetric",
+        n_heads: int = 8,
+        n_points: int = 4,
+        d_ffn: int = 1024,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         if pos_encoding not in POS_ENCODINGS:
             raise ValueError(f"pos_encoding must be one of {sorted(POS_ENCODINGS)}, got {pos_encoding!r}")
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {sorted(ATTENTIONS)}, got {attention!r}")
         self.spe = SymmetricPositionalEncoding(d_model // 2, **POS_ENCODINGS[pos_encoding])
-        self.encoder = SymEncoderLayer(d_model, d_ffn, dropout, n_heads, 1, n_points,
-                                       mirror=ATTENTIONS[attention])
+        self.encoder = SymEncoderLayer(
+            d_model, d_ffn, dropout, n_heads, 1, n_points, mirror=ATTENTIONS[attention]
+        )
 
     def forward(self, feats: list[Tensor], masks: list[Tensor | None] | None = None) -> list[Tensor]:
         """``masks[l]``: ``(N, H_l, W_l)`` bool, True = padding (or None: nothing padded)."""

@@ -92,9 +92,16 @@ def adaptive_max_pool_gather(x: Tensor, size: int) -> Tensor:
 _SINE_CACHE: dict[tuple, Tensor] = {}
 
 
-def sine_encoding(n: int, h: int, w: int, num_feats: int = 128, temperature: float = 10000.0,
-                  mask: Tensor | None = None, device: torch.device | None = None,
-                  dtype: torch.dtype = torch.float32) -> Tensor:
+def sine_encoding(
+    n: int,
+    h: int,
+    w: int,
+    num_feats: int = 128,
+    temperature: float = 10000.0,
+    mask: Tensor | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """DETR sine encoding ``(N, 2·num_feats, H, W)`` at pixel centres (docs/models.md §2.3).
 
     ``mask`` ``(N, H, W)`` True = padding: positions are then normalised by the valid extent.
@@ -113,8 +120,16 @@ def sine_encoding(n: int, h: int, w: int, num_feats: int = 128, temperature: flo
     return _sine(n, h, w, num_feats, temperature, mask, device, dtype)
 
 
-def _sine(n: int, h: int, w: int, num_feats: int, temperature: float, mask: Tensor | None,
-          device: torch.device | None, dtype: torch.dtype) -> Tensor:
+def _sine(
+    n: int,
+    h: int,
+    w: int,
+    num_feats: int,
+    temperature: float,
+    mask: Tensor | None,
+    device: torch.device | None,
+    dtype: torch.dtype,
+) -> Tensor:
     scale = 2 * math.pi
     if mask is None:
         y = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
@@ -171,8 +186,14 @@ class SymmetricPositionalEncoding(nn.Module):
         direction: ``"right_to_left"`` (the paper's, docs/models.md §2.3) or ``"left_to_right"``.
     """
 
-    def __init__(self, num_feats: int = 128, temperature: float = 10000, mode: str = "spe",
-                 stn: bool = True, direction: str = "right_to_left"):
+    def __init__(
+        self,
+        num_feats: int = 128,
+        temperature: float = 10000,
+        mode: str = "spe",
+        stn: bool = True,
+        direction: str = "right_to_left",
+    ):
         super().__init__()
         if mode not in PE_MODES:
             raise ValueError(f"mode must be one of {PE_MODES}, got {mode!r}")
@@ -182,8 +203,9 @@ class SymmetricPositionalEncoding(nn.Module):
         self.mode, self.direction = mode, direction
         channels = 2 * num_feats
         self.stn = STN(channels) if (mode == "spe" and stn) else None
-        self.cpe = (nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
-                    if mode == "relative" else None)
+        self.cpe = (
+            nn.Conv2d(channels, channels, 3, padding=1, groups=channels) if mode == "relative" else None
+        )
 
     def forward(self, feat: Tensor, mask: Tensor | None = None) -> Tensor:
         n, _, h, w = feat.shape
@@ -197,9 +219,9 @@ class SymmetricPositionalEncoding(nn.Module):
         half_w = w // 2
         c0 = w - half_w  # = ⌈W/2⌉, first column of the right half
         if self.direction == "right_to_left":
-            src, keep = pe[..., c0:], pe[..., half_w:]      # keep: centre column (odd W) + right half
+            src, keep = pe[..., c0:], pe[..., half_w:]  # keep: centre column (odd W) + right half
         else:
-            src, keep = pe[..., :half_w], pe[..., :c0]      # keep: left half + centre column
+            src, keep = pe[..., :half_w], pe[..., :c0]  # keep: left half + centre column
         if self.stn is not None:
             src = warp_half(src, self.stn(feat))
         mirrored = src.flip(-1)

@@ -53,8 +53,9 @@ class SymAttention(nn.Module):
     The caller applies dropout + residual + norm.
     """
 
-    def __init__(self, d_model: int = 256, n_heads: int = 8, n_levels: int = 1, n_points: int = 4,
-                 mirror: bool = True):
+    def __init__(
+        self, d_model: int = 256, n_heads: int = 8, n_levels: int = 1, n_points: int = 4, mirror: bool = True
+    ):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} must be divisible by n_heads {n_heads}")
@@ -83,9 +84,14 @@ class SymAttention(nn.Module):
         nn.init.xavier_uniform_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
 
-    def forward(self, query: Tensor, reference_points: Tensor, value: Tensor,
-                spatial_shapes: Sequence[tuple[int, int]] | Tensor,
-                value_padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        value: Tensor,
+        spatial_shapes: Sequence[tuple[int, int]] | Tensor,
+        value_padding_mask: Tensor | None = None,
+    ) -> Tensor:
         """Attend from each query to ``n_levels × n_points`` (mirrored) samples per head.
 
         Args:
@@ -106,8 +112,9 @@ class SymAttention(nn.Module):
         if len(shape_list) != lv:
             raise ValueError(f"expected {lv} levels, got spatial_shapes of {len(shape_list)}")
         if sum(h * w for h, w in shape_list) != s:
-            raise ValueError(f"value has {s} tokens but spatial_shapes sum to "
-                             f"{sum(h * w for h, w in shape_list)}")
+            raise ValueError(
+                f"value has {s} tokens but spatial_shapes sum to {sum(h * w for h, w in shape_list)}"
+            )
         v = self.value_proj(value)
         if value_padding_mask is not None:
             v = v.masked_fill(value_padding_mask[..., None], 0.0)
@@ -117,8 +124,9 @@ class SymAttention(nn.Module):
         if reference_points.dim() == 3:
             reference_points = reference_points[:, :, None, :].expand(n, q, lv, 2)
         # offsets are in pixels of each level: normalise by (W_l, H_l)
-        normalizer = torch.tensor([[w, h] for h, w in shape_list], dtype=offsets.dtype,
-                                  device=offsets.device)  # (L, 2) = (W, H)
+        normalizer = torch.tensor(
+            [[w, h] for h, w in shape_list], dtype=offsets.dtype, device=offsets.device
+        )  # (L, 2) = (W, H)
         loc = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         if self.mirror:
             # docs/models.md §2.2: mirror about the vertical midline, y unchanged
@@ -127,8 +135,11 @@ class SymAttention(nn.Module):
         return self.output_proj(out)
 
 
-def reference_points_for(spatial_shapes: Sequence[tuple[int, int]], device: torch.device | None = None,
-                         dtype: torch.dtype = torch.float32) -> Tensor:
+def reference_points_for(
+    spatial_shapes: Sequence[tuple[int, int]],
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """Pixel-centre reference points of every position of every level, ``(S, 2)`` as ``(x, y)``:
     ``((j + 0.5) / W_l, (i + 0.5) / H_l)`` (docs/models.md §2.2), levels concatenated row-major."""
     refs = []
@@ -149,8 +160,16 @@ class SymEncoderLayer(nn.Module):
     Args mirror those of :class:`SymAttention`; ``d_ffn`` 1024, ``dropout`` 0.1.
     """
 
-    def __init__(self, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.1, n_heads: int = 8,
-                 n_levels: int = 1, n_points: int = 4, mirror: bool = True):
+    def __init__(
+        self,
+        d_model: int = 256,
+        d_ffn: int = 1024,
+        dropout: float = 0.1,
+        n_heads: int = 8,
+        n_levels: int = 1,
+        n_points: int = 4,
+        mirror: bool = True,
+    ):
         super().__init__()
         self.self_attn = SymAttention(d_model, n_heads, n_levels, n_points, mirror=mirror)
         self.dropout1 = nn.Dropout(dropout)
@@ -162,13 +181,19 @@ class SymEncoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
-    def forward(self, src: Tensor, pos: Tensor | None, reference_points: Tensor,
-                spatial_shapes: Sequence[tuple[int, int]] | Tensor,
-                padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        src: Tensor,
+        pos: Tensor | None,
+        reference_points: Tensor,
+        spatial_shapes: Sequence[tuple[int, int]] | Tensor,
+        padding_mask: Tensor | None = None,
+    ) -> Tensor:
         """``src``/``pos`` ``(N, S, C)``; ``reference_points`` ``(N, S, L, 2)`` or ``(S, 2)``."""
         if reference_points.dim() == 2:
             reference_points = reference_points[None, :, None, :].expand(
-                src.shape[0], -1, self.self_attn.n_levels, 2)
+                src.shape[0], -1, self.self_attn.n_levels, 2
+            )
         query = src if pos is None else src + pos
         attn = self.self_attn(query, reference_points, src, spatial_shapes, padding_mask)
         src = self.norm1(src + self.dropout1(attn))

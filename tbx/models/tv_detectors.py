@@ -75,8 +75,10 @@ from tbx.models.config import ModelConfig
 def _sizes(images: Tensor, image_sizes) -> list[tuple[int, int]]:
     if image_sizes is None:
         return [(int(images.shape[-2]), int(images.shape[-1]))] * images.shape[0]
-    sizes = [(int(h), int(w)) for h, w in (image_sizes.tolist() if isinstance(image_sizes, Tensor)
-                                          else image_sizes)]
+    sizes = [
+        (int(h), int(w))
+        for h, w in (image_sizes.tolist() if isinstance(image_sizes, Tensor) else image_sizes)
+    ]
     if len(sizes) != images.shape[0]:
         raise ValueError(f"{len(sizes)} image sizes for a batch of {images.shape[0]} images")
     return sizes
@@ -89,8 +91,10 @@ def _tv_targets(targets: list[dict], device: torch.device, label_offset: int = 0
         boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
         labels = torch.as_tensor(t["labels"], dtype=torch.int64, device=device).reshape(-1)
         if (boxes[:, 2:] <= boxes[:, :2]).any():
-            raise ValueError(f"target {i} has a box with non-positive width or height: "
-                             f"{boxes[(boxes[:, 2:] <= boxes[:, :2]).any(1)][0].tolist()}")
+            raise ValueError(
+                f"target {i} has a box with non-positive width or height: "
+                f"{boxes[(boxes[:, 2:] <= boxes[:, :2]).any(1)][0].tolist()}"
+            )
         out.append({"boxes": boxes, "labels": labels + label_offset})
     return out
 
@@ -106,14 +110,23 @@ def _eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def _predictions(probs: Tensor, detections: list[dict[str, Tensor]],
-                 label_offset: int = 0) -> list[Prediction]:
-    return [Prediction(probs=p.float(), boxes=d["boxes"].float(), scores=d["scores"].float(),
-                       labels=d["labels"] + label_offset) for p, d in zip(probs, detections)]
+def _predictions(
+    probs: Tensor, detections: list[dict[str, Tensor]], label_offset: int = 0
+) -> list[Prediction]:
+    return [
+        Prediction(
+            probs=p.float(),
+            boxes=d["boxes"].float(),
+            scores=d["scores"].float(),
+            labels=d["labels"] + label_offset,
+        )
+        for p, d in zip(probs, detections)
+    ]
 
 
-def resnet_fpn_backbone(depth: str, pretrained: str, returned_layers: list[int],
-                        extra_blocks: nn.Module) -> BackboneWithFPN:
+def resnet_fpn_backbone(
+    depth: str, pretrained: str, returned_layers: list[int], extra_blocks: nn.Module
+) -> BackboneWithFPN:
     """torchvision ``BackboneWithFPN`` (256 ch) over the project's ResNet trunk with its weights.
 
     ``returned_layers`` ⊆ {1, 2, 3, 4} (C2..C5).  Parameter names: ``body.conv1.weight``,
@@ -163,17 +176,35 @@ class FasterRCNNDetector(_FPNDetectorMixin, Detector, FasterRCNN):
     """torchvision Faster R-CNN (FPN, RPN, RoI heads, defaults of ``fasterrcnn_resnet50_fpn``)
     + the docs/models.md §2.6 classification head on C5."""
 
-    def __init__(self, backbone: BackboneWithFPN, num_classes: int = 3, input_size: int = 512,
-                 cls_channels: int = 512, **kwargs):
+    def __init__(
+        self,
+        backbone: BackboneWithFPN,
+        num_classes: int = 3,
+        input_size: int = 512,
+        cls_channels: int = 512,
+        **kwargs,
+    ):
         # transform parameters are irrelevant (the transform is bypassed) but set to identity
-        super().__init__(backbone, num_classes=num_classes, min_size=input_size, max_size=input_size,
-                         image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0], **kwargs)
+        super().__init__(
+            backbone,
+            num_classes=num_classes,
+            min_size=input_size,
+            max_size=input_size,
+            image_mean=[0.0, 0.0, 0.0],
+            image_std=[1.0, 1.0, 1.0],
+            **kwargs,
+        )
         self.cls_head = ClsHead(backbone.c5_channels, cls_channels)
         self.set_stage(1)
 
     def components(self) -> dict[str, nn.Module]:
-        return {"backbone": self.backbone.body, "fpn": self.backbone.fpn, "rpn": self.rpn,
-                "roi_heads": self.roi_heads, "cls_head": self.cls_head}
+        return {
+            "backbone": self.backbone.body,
+            "fpn": self.backbone.fpn,
+            "rpn": self.rpn,
+            "roi_heads": self.roi_heads,
+            "cls_head": self.cls_head,
+        }
 
     def _detection_losses(self, images: Tensor, targets: list[dict], image_sizes) -> dict[str, Tensor]:
         """``loss_rpn_cls``, ``loss_rpn_box``, ``loss_cls``, ``loss_box``."""
@@ -182,8 +213,12 @@ class FasterRCNNDetector(_FPNDetectorMixin, Detector, FasterRCNN):
         _, feats = self._trunk_and_fpn(images)
         proposals, rpn_losses = self.rpn(il, feats, tv_targets)
         _, det_losses = self.roi_heads(feats, proposals, il.image_sizes, tv_targets)
-        return {"loss_rpn_cls": rpn_losses["loss_objectness"], "loss_rpn_box": rpn_losses["loss_rpn_box_reg"],
-                "loss_cls": det_losses["loss_classifier"], "loss_box": det_losses["loss_box_reg"]}
+        return {
+            "loss_rpn_cls": rpn_losses["loss_objectness"],
+            "loss_rpn_box": rpn_losses["loss_rpn_box_reg"],
+            "loss_cls": det_losses["loss_classifier"],
+            "loss_box": det_losses["loss_box_reg"],
+        }
 
     @torch.no_grad()
     def predict(self, images: Tensor, image_sizes=None) -> list[Prediction]:
@@ -205,19 +240,39 @@ class FCOSDetector(_FPNDetectorMixin, Detector, FCOS):
     """torchvision FCOS (P3–P7, P6/P7 from P5, centre sampling 1.5, GIoU + centre-ness, defaults
     of ``fcos_resnet50_fpn``) + the docs/models.md §2.6 classification head on C5.  2 sigmoid classes."""
 
-    def __init__(self, backbone: BackboneWithFPN, num_classes: int = 2, input_size: int = 512,
-                 score_thresh: float = 0.05, nms_thresh: float = 0.5, cls_channels: int = 512, **kwargs):
+    def __init__(
+        self,
+        backbone: BackboneWithFPN,
+        num_classes: int = 2,
+        input_size: int = 512,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        cls_channels: int = 512,
+        **kwargs,
+    ):
         # score 0.05 / NMS 0.5 / 100 boxes: mmdetection's FCOS test settings, as for every other
         # model here (torchvision's 0.2 threshold would cut the low-score tail that AP counts)
-        super().__init__(backbone, num_classes=num_classes, min_size=input_size, max_size=input_size,
-                         image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0], score_thresh=score_thresh,
-                         nms_thresh=nms_thresh, **kwargs)
+        super().__init__(
+            backbone,
+            num_classes=num_classes,
+            min_size=input_size,
+            max_size=input_size,
+            image_mean=[0.0, 0.0, 0.0],
+            image_std=[1.0, 1.0, 1.0],
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            **kwargs,
+        )
         self.cls_head = ClsHead(backbone.c5_channels, cls_channels)
         self.set_stage(1)
 
     def components(self) -> dict[str, nn.Module]:
-        return {"backbone": self.backbone.body, "fpn": self.backbone.fpn, "head": self.head,
-                "cls_head": self.cls_head}
+        return {
+            "backbone": self.backbone.body,
+            "fpn": self.backbone.fpn,
+            "head": self.head,
+            "cls_head": self.cls_head,
+        }
 
     def _head(self, images: Tensor, feats: OrderedDict, sizes: list[tuple[int, int]]):
         il = ImageList(images, sizes)
@@ -232,10 +287,14 @@ class FCOSDetector(_FPNDetectorMixin, Detector, FCOS):
         _, feats = self._trunk_and_fpn(images)
         _, head_outputs, anchors, num_per_level = self._head(images, feats, _sizes(images, image_sizes))
         # FCOS has no background class: categories 1/2 → class indices 0/1
-        losses = self.compute_loss(_tv_targets(targets, images.device, label_offset=-1), head_outputs,
-                                   anchors, num_per_level)
-        return {"loss_cls": losses["classification"], "loss_box": losses["bbox_regression"],
-                "loss_centerness": losses["bbox_ctrness"]}
+        losses = self.compute_loss(
+            _tv_targets(targets, images.device, label_offset=-1), head_outputs, anchors, num_per_level
+        )
+        return {
+            "loss_cls": losses["classification"],
+            "loss_box": losses["bbox_regression"],
+            "loss_centerness": losses["bbox_ctrness"],
+        }
 
     @torch.no_grad()
     def predict(self, images: Tensor, image_sizes=None) -> list[Prediction]:
@@ -274,10 +333,18 @@ class SSD512FeatureExtractor(SSDFeatureExtractorVGG):
     def __init__(self, vgg_features: nn.Sequential):
         super().__init__(vgg_features, highres=True)
         for i in (3, 4):  # conv10_2, conv11_2: 3×3 stride 2 pad 1 (torchvision: 3×3 no pad)
-            self.extra[i] = nn.Sequential(nn.Conv2d(256, 128, 1), nn.ReLU(inplace=True),
-                                          nn.Conv2d(128, 256, 3, stride=2, padding=1), nn.ReLU(inplace=True))
-        self.extra[5] = nn.Sequential(nn.Conv2d(256, 128, 1), nn.ReLU(inplace=True),  # conv12_2
-                                      nn.Conv2d(128, 256, 4, padding=1), nn.ReLU(inplace=True))
+            self.extra[i] = nn.Sequential(
+                nn.Conv2d(256, 128, 1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(128, 256, 3, stride=2, padding=1),
+                nn.ReLU(inplace=True),
+            )
+        self.extra[5] = nn.Sequential(
+            nn.Conv2d(256, 128, 1),
+            nn.ReLU(inplace=True),  # conv12_2
+            nn.Conv2d(128, 256, 4, padding=1),
+            nn.ReLU(inplace=True),
+        )
         for i in (3, 4, 5):
             _xavier(self.extra[i])
 
@@ -318,8 +385,11 @@ def load_vgg16_weights(features: nn.Sequential, pretrained: str | Path) -> None:
     else:
         where = Path(spec).expanduser()
         if not where.is_file():
-            raise TbxError("backbone weights file not found", where=where,
-                           fix="pretrained must be 'imagenet', 'none' or an existing file")
+            raise TbxError(
+                "backbone weights file not found",
+                where=where,
+                fix="pretrained must be 'imagenet', 'none' or an existing file",
+            )
     state = backbone_module._safe_load(where)
     if isinstance(state, dict):
         for key in ("model", "state_dict", "model_state"):
@@ -327,14 +397,20 @@ def load_vgg16_weights(features: nn.Sequential, pretrained: str | Path) -> None:
                 state = state[key]
                 break
     own = features.state_dict()
-    sub = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")} \
-        if isinstance(state, dict) else {}
+    sub = (
+        {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
+        if isinstance(state, dict)
+        else {}
+    )
     missing = sorted(set(own) - set(sub))
     wrong = sorted(k for k in own if k in sub and sub[k].shape != own[k].shape)
     if missing or wrong:
         detail = f"missing features.{missing[0]}" if missing else f"shape mismatch at features.{wrong[0]}"
-        raise TbxError(f"backbone weights do not fit vgg16 ({detail})", where=where,
-                       fix="use the state_dict of a torchvision vgg16 (keys features.*)")
+        raise TbxError(
+            f"backbone weights do not fit vgg16 ({detail})",
+            where=where,
+            fix="use the state_dict of a torchvision vgg16 (keys features.*)",
+        )
     features.load_state_dict({k: sub[k] for k in own}, strict=True)
 
 
@@ -342,19 +418,37 @@ class SSDDetector(Detector, SSD):
     """torchvision SSD (hard-negative mining 3:1, smooth-L1, defaults of ``ssd300_vgg16``) with the
     SSD512 extractor and anchors + the docs/models.md §2.6 classification head on VGG fc7."""
 
-    def __init__(self, backbone: SSD512FeatureExtractor, num_classes: int = 3, input_size: int = 512,
-                 score_thresh: float = 0.02, nms_thresh: float = 0.45, detections_per_img: int = 100,
-                 cls_channels: int = 512, **kwargs):
+    def __init__(
+        self,
+        backbone: SSD512FeatureExtractor,
+        num_classes: int = 3,
+        input_size: int = 512,
+        score_thresh: float = 0.02,
+        nms_thresh: float = 0.45,
+        detections_per_img: int = 100,
+        cls_channels: int = 512,
+        **kwargs,
+    ):
         scales = [s / 512 for s in SSD512_SIZES]  # relative to the input side
         # steps=None: centres at ((j + 0.5)/W_k, (i + 0.5)/H_k) — identical to SSD512's steps 8…512
         # at 512 px (every map divides the input), and still aligned at other input sizes
         anchor_generator = DefaultBoxGenerator([list(r) for r in SSD512_RATIOS], scales=scales)
         head = SSDHead(backbone.out_channels, anchor_generator.num_anchors_per_location(), num_classes)
-        # score 0.02, NMS 0.45: mmdetection's SSD test settings; ≤ 100 boxes (docs/models.md §2.4, COCO maxDets)
-        super().__init__(backbone, anchor_generator, (input_size, input_size), num_classes,
-                         image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0], head=head,
-                         score_thresh=score_thresh, nms_thresh=nms_thresh,
-                         detections_per_img=detections_per_img, **kwargs)
+        # score 0.02, NMS 0.45: mmdetection's SSD test settings; ≤ 100 boxes (docs/models.md §2.4,
+        # COCO maxDets)
+        super().__init__(
+            backbone,
+            anchor_generator,
+            (input_size, input_size),
+            num_classes,
+            image_mean=[0.0, 0.0, 0.0],
+            image_std=[1.0, 1.0, 1.0],
+            head=head,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+            **kwargs,
+        )
         self.cls_head = ClsHead(1024, cls_channels)
         self.set_stage(1)
 
@@ -391,8 +485,9 @@ class SSDDetector(Detector, SSD):
         matched_idxs = []
         for anchors_i, t in zip(anchors, tv_targets):
             if t["boxes"].numel() == 0:
-                matched_idxs.append(torch.full((anchors_i.size(0),), -1, dtype=torch.int64,
-                                               device=anchors_i.device))
+                matched_idxs.append(
+                    torch.full((anchors_i.size(0),), -1, dtype=torch.int64, device=anchors_i.device)
+                )
             else:
                 matched_idxs.append(self.proposal_matcher(torchvision.ops.box_iou(t["boxes"], anchors_i)))
         losses = self.compute_loss(tv_targets, head_outputs, anchors, matched_idxs)
@@ -417,24 +512,28 @@ class SSDDetector(Detector, SSD):
 
 def _check_resnet(cfg: ModelConfig) -> None:
     if not str(cfg.backbone).startswith("resnet"):
-        raise TbxError(f"this model needs a ResNet backbone, got {cfg.backbone!r}",
-                       fix="set backbone to resnet18 | resnet34 | resnet50 | resnet101")
+        raise TbxError(
+            f"this model needs a ResNet backbone, got {cfg.backbone!r}",
+            fix="set backbone to resnet18 | resnet34 | resnet50 | resnet101",
+        )
 
 
 def build_faster_rcnn(cfg: ModelConfig) -> FasterRCNNDetector:
     """Faster R-CNN R50-FPN (torchvision) + classification head (docs/models.md §3)."""
     _check_resnet(cfg)
     bb = resnet_fpn_backbone(cfg.backbone, cfg.pretrained, [1, 2, 3, 4], LastLevelMaxPool())
-    return FasterRCNNDetector(bb, num_classes=cfg.num_classes + 1, input_size=cfg.input_size,
-                              cls_channels=cfg.cls_channels)
+    return FasterRCNNDetector(
+        bb, num_classes=cfg.num_classes + 1, input_size=cfg.input_size, cls_channels=cfg.cls_channels
+    )
 
 
 def build_fcos(cfg: ModelConfig) -> FCOSDetector:
     """FCOS R50-FPN (torchvision) + classification head (docs/models.md §3)."""
     _check_resnet(cfg)
     bb = resnet_fpn_backbone(cfg.backbone, cfg.pretrained, [2, 3, 4], LastLevelP6P7(256, 256))
-    return FCOSDetector(bb, num_classes=cfg.num_classes, input_size=cfg.input_size,
-                        cls_channels=cfg.cls_channels)
+    return FCOSDetector(
+        bb, num_classes=cfg.num_classes, input_size=cfg.input_size, cls_channels=cfg.cls_channels
+    )
 
 
 def build_ssd(cfg: ModelConfig) -> SSDDetector:
@@ -447,9 +546,15 @@ def build_ssd(cfg: ModelConfig) -> SSDDetector:
             raise TbxError(f"SSD uses a VGG-16 backbone, got {cfg.backbone!r}", fix="set backbone: vgg16")
         warnings.warn(f"SSD always uses VGG-16; backbone {cfg.backbone!r} ignored", stacklevel=2)
     if cfg.input_size < 384:
-        raise TbxError(f"SSD512 needs an input of at least 384 px, got input_size {cfg.input_size}",
-                       fix="use input_size 512 (docs/models.md §2.7)")
+        raise TbxError(
+            f"SSD512 needs an input of at least 384 px, got input_size {cfg.input_size}",
+            fix="use input_size 512 (docs/models.md §2.7)",
+        )
     features = vgg16_features()
     load_vgg16_weights(features, cfg.pretrained)
-    return SSDDetector(SSD512FeatureExtractor(features), num_classes=cfg.num_classes + 1,
-                       input_size=cfg.input_size, cls_channels=cfg.cls_channels)
+    return SSDDetector(
+        SSD512FeatureExtractor(features),
+        num_classes=cfg.num_classes + 1,
+        input_size=cfg.input_size,
+        cls_channels=cfg.cls_channels,
+    )

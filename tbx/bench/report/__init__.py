@@ -69,7 +69,6 @@ lowest q (ties: more ground-truth boxes first); the *most uncertain* are the ima
 (``cls_result.txt``) is closest to 0.5.  N is split evenly over the three groups (at least one each).
 """
 
-
 from tbx.bench.report.build import build_tables, make_report
 from tbx.bench.report.config import ReportConfig, ReportResult
 from tbx.bench.report.runs import Run, load_run

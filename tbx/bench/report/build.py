@@ -54,8 +54,12 @@ def _normal_permissions(root: Path) -> None:
 def build_tables(runs: list[Run], cfg: ReportConfig, study: dict[str, Any] | None) -> list[Table]:
     groups = fold_groups(runs)
     ref = cfg.reference == "paper"
-    tables = [classification_table(runs, groups, ref), complexity_table(runs, groups, ref),
-              detection_table(runs, groups, ref), screening_table(runs, groups)]
+    tables = [
+        classification_table(runs, groups, ref),
+        complexity_table(runs, groups, ref),
+        detection_table(runs, groups, ref),
+        screening_table(runs, groups),
+    ]
     if study or any(r.study for r in runs) or ref:
         tables.append(reader_table(runs, study, ref))
     return tables
@@ -68,8 +72,11 @@ def make_report(run_dirs: list[Path], out: Path, cfg: ReportConfig | None = None
         raise TbxError("no run directories given", fix="tbx report runs/<name> [runs/<other> ...] --out DIR")
     out = Path(out)
     if not _is_replaceable(out):
-        raise TbxError("output directory exists and is not an earlier tbx report", out,
-                       "choose a new --out directory (it is replaced as a whole)")
+        raise TbxError(
+            "output directory exists and is not an earlier tbx report",
+            out,
+            "choose a new --out directory (it is replaced as a whole)",
+        )
     seen: set[Path] = set()
     for p in run_dirs:
         if Path(p).resolve() in seen:
@@ -98,6 +105,7 @@ def make_report(run_dirs: list[Path], out: Path, cfg: ReportConfig | None = None
     result = ReportResult(out=out, runs=[r.name for r in runs])
 
     import matplotlib
+
     matplotlib.use("Agg", force=False)
 
     with atomic_dir(out, overwrite=True, kind="report", inputs=run_dirs) as tmp:
@@ -121,10 +129,18 @@ def make_report(run_dirs: list[Path], out: Path, cfg: ReportConfig | None = None
         if "html" in cfg.formats:
             atomic_write_text(tmp / "report.html", render_html(tables, figs, runs, notes, title))
             result.html = out / "report.html"
-        write_provenance(tmp, cfg, None, kind="tbx-report",
-                         runs=[{"name": r.name, "path": str(r.path.resolve()), "model": r.model,
-                                "fold": r.fold} for r in runs],
-                         study=str(cfg.study) if cfg.study else None, notes=notes)
+        write_provenance(
+            tmp,
+            cfg,
+            None,
+            kind="tbx-report",
+            runs=[
+                {"name": r.name, "path": str(r.path.resolve()), "model": r.model, "fold": r.fold}
+                for r in runs
+            ],
+            study=str(cfg.study) if cfg.study else None,
+            notes=notes,
+        )
         _normal_permissions(tmp)
         result.figures = [out / p.relative_to(tmp) for _, ps in figs for p in ps]
         result.tables = {k: [out / p.relative_to(tmp) for p in v] for k, v in result.tables.items()}

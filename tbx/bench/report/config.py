@@ -10,15 +10,20 @@ from tbx.bench.schema import DET_ROW_LABELS
 from tbx.errors import TbxError
 
 FORMATS = ("md", "tex", "csv", "html")
-CLS_COLUMNS = (("accuracy", "Acc"), ("auc", "AUC (TB)"), ("sensitivity", "Sens"),
-               ("specificity", "Spec"), ("ap", "AP"), ("ar", "AR"))
+CLS_COLUMNS = (
+    ("accuracy", "Acc"),
+    ("auc", "AUC (TB)"),
+    ("sensitivity", "Sens"),
+    ("specificity", "Spec"),
+    ("ap", "AP"),
+    ("ar", "AR"),
+)
 DET_MODES = (("all_cxr", "ALL"), ("tb_only", "Only TB"))
 DET_CATS = tuple(DET_ROW_LABELS.items())  # (row, label) in table order
 OVERLAY_SCORE_THR = 0.3
 PUBLISHED_MARK = "(published)"
 DAGGER = "†"
-_CONFIG_IGNORE = {"name", "run_name", "out", "out_dir", "output", "output_dir", "run_dir", "work_dir",
-                  "fold"}
+_CONFIG_IGNORE = {"name", "run_name", "out", "out_dir", "output", "output_dir", "run_dir", "work_dir", "fold"}
 
 
 # ----------------------------------------------------------------------------------------- configs
@@ -38,8 +43,10 @@ class ReportConfig:
             self.formats = tuple(f.strip() for f in self.formats.split(",") if f.strip())
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
-            raise TbxError(f"unknown report format '{bad[0] if bad else ''}'",
-                           fix=f"use a comma-separated subset of {','.join(FORMATS)}")
+            raise TbxError(
+                f"unknown report format '{bad[0] if bad else ''}'",
+                fix=f"use a comma-separated subset of {','.join(FORMATS)}",
+            )
         if self.reference not in ("paper", "none"):
             raise TbxError(f"bad --reference '{self.reference}'", fix="use 'paper' or 'none'")
         if self.overlays < 0:

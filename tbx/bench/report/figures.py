@@ -57,8 +57,9 @@ def _safe(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "-", s).strip("-") or "run"
 
 
-def _figures_for_runs(runs: list[Run], cfg: ReportConfig, study: dict[str, Any] | None, fig_dir: Path,
-                      notes: list[str]) -> list[tuple[str, list[Path]]]:
+def _figures_for_runs(
+    runs: list[Run], cfg: ReportConfig, study: dict[str, Any] | None, fig_dir: Path, notes: list[str]
+) -> list[tuple[str, list[Path]]]:
     """Draw every figure the runs allow; returns ``[(caption, [png, pdf]), ...]``."""
     figs = _Figures(fig_dir, cfg.dpi, notes)
     _confusion_figures(runs, figs)
@@ -79,8 +80,9 @@ def _confusion_figures(runs: list[Run], figs: _Figures) -> None:
         cm = r.cls.get("confusion")
         if cm is None:
             if r.cls:
-                figs.notes.append(f"{r.name}: no classification.confusion in bench JSON — "
-                                  "confusion matrix skipped")
+                figs.notes.append(
+                    f"{r.name}: no classification.confusion in bench JSON — confusion matrix skipped"
+                )
             continue
         try:
             cm = np.asarray(cm, float)
@@ -89,8 +91,14 @@ def _confusion_figures(runs: list[Run], figs: _Figures) -> None:
         if cm.shape != (3, 3):
             figs.notes.append(f"{r.name}: classification.confusion is not 3×3 — confusion matrix skipped")
             continue
-        figs.add(f"Confusion matrix — {r.label}", plots.confusion_figure, cm, r.label,
-                 figs.path(f"confusion_{_safe(r.name)}"), figs.dpi)
+        figs.add(
+            f"Confusion matrix — {r.label}",
+            plots.confusion_figure,
+            cm,
+            r.label,
+            figs.path(f"confusion_{_safe(r.name)}"),
+            figs.dpi,
+        )
 
 
 def _roc_figure(runs: list[Run], study: dict[str, Any] | None, figs: _Figures) -> None:
@@ -144,33 +152,56 @@ def _detection_figures(runs: list[Run], mode: str, mode_h: str, figs: _Figures) 
             continue
         pr = {cat: r.det(mode, cat).get("pr") for cat, _ in DET_CATS}
         pr = {c: v for c, v in pr.items() if isinstance(v, dict) and (v.get("iou50") or v.get("iou75"))}
-        pr = {c: {k: (_floats(x) if isinstance(x, list) else None) for k, x in v.items()}
-              for c, v in pr.items()}
+        pr = {
+            c: {k: (_floats(x) if isinstance(x, list) else None) for k, x in v.items()} for c, v in pr.items()
+        }
         if pr:
-            figs.add(f"Precision–recall, {mode_h} — {r.label}", plots.pr_figure, pr,
-                     [h for _, h in DET_CATS], [c for c, _ in DET_CATS], f"{r.label} — {mode_h}",
-                     figs.path(f"pr_{mode}_{_safe(r.name)}"), figs.dpi)
+            figs.add(
+                f"Precision–recall, {mode_h} — {r.label}",
+                plots.pr_figure,
+                pr,
+                [h for _, h in DET_CATS],
+                [c for c, _ in DET_CATS],
+                f"{r.label} — {mode_h}",
+                figs.path(f"pr_{mode}_{_safe(r.name)}"),
+                figs.dpi,
+            )
         else:
             figs.notes.append(f"{r.name}: no detection.{mode}.*.pr arrays — PR figure skipped")
         ea = {cat: _error_curves(r.det(mode, cat)) for cat, _ in DET_CATS}
         ea = {c: v for c, v in ea.items() if v}
         if ea:
-            figs.add(f"COCO error analysis, {mode_h} — {r.label}", plots.error_analysis_figure, ea,
-                     dict(DET_CATS), f"{r.label} — {mode_h}", figs.path(f"errors_{mode}_{_safe(r.name)}"),
-                     figs.dpi)
+            figs.add(
+                f"COCO error analysis, {mode_h} — {r.label}",
+                plots.error_analysis_figure,
+                ea,
+                dict(DET_CATS),
+                f"{r.label} — {mode_h}",
+                figs.path(f"errors_{mode}_{_safe(r.name)}"),
+                figs.dpi,
+            )
         else:
-            figs.notes.append(f"{r.name}: no detection.{mode}.*.error_analysis — "
-                              "error-analysis figure skipped")
+            figs.notes.append(
+                f"{r.name}: no detection.{mode}.*.error_analysis — error-analysis figure skipped"
+            )
         for cat, _ in DET_CATS:
             d = r.det(mode, cat)
             pts = plots.parse_froc(d.get("froc"))
             curve = plots.parse_froc(d.get("froc_curve")) or pts  # full curve when the bench gives it
             if curve is not None:
-                froc_curves.setdefault(cat, []).append(plots.FrocCurve(
-                    r.label, curve[0], curve[1], pts if curve is not pts else None))
+                froc_curves.setdefault(cat, []).append(
+                    plots.FrocCurve(r.label, curve[0], curve[1], pts if curve is not pts else None)
+                )
     if froc_curves:
-        figs.add(f"FROC, {mode_h}", plots.froc_figure, froc_curves, dict(DET_CATS), mode_h,
-                 figs.path(f"froc_{mode}"), figs.dpi)
+        figs.add(
+            f"FROC, {mode_h}",
+            plots.froc_figure,
+            froc_curves,
+            dict(DET_CATS),
+            mode_h,
+            figs.path(f"froc_{mode}"),
+            figs.dpi,
+        )
     elif any(r.has_mode(mode) for r in runs):
         figs.notes.append(f"no detection.{mode}.*.froc in any run — FROC figure skipped")
 
@@ -198,8 +229,17 @@ def _training_figures(runs: list[Run], figs: _Figures) -> None:
         if not keys and np.all(np.isnan(lr)):
             figs.notes.append(f"{r.name}: metrics.jsonl has no loss*/lr values — training curves skipped")
             continue
-        figs.add(f"Training curves — {r.label}", plots.training_figure, x, losses, lr, bounds, r.label,
-                 figs.path(f"train_{_safe(r.name)}"), figs.dpi)
+        figs.add(
+            f"Training curves — {r.label}",
+            plots.training_figure,
+            x,
+            losses,
+            lr,
+            bounds,
+            r.label,
+            figs.path(f"train_{_safe(r.name)}"),
+            figs.dpi,
+        )
 
 
 def _overlay_figures(runs: list[Run], n: int, figs: _Figures) -> None:
@@ -213,8 +253,14 @@ def _overlay_figures(runs: list[Run], n: int, figs: _Figures) -> None:
             figs.notes.append(f"{r.name}: overlays skipped: malformed predictions ({type(e).__name__}: {e})")
             items = []
         if items:
-            figs.add(f"Detections on sample images — {r.label}", plots.overlay_figure, items, r.label,
-                     figs.path(f"overlays_{_safe(r.name)}"), figs.dpi)
+            figs.add(
+                f"Detections on sample images — {r.label}",
+                plots.overlay_figure,
+                items,
+                r.label,
+                figs.path(f"overlays_{_safe(r.name)}"),
+                figs.dpi,
+            )
 
 
 def _error_curves(d: dict[str, Any]) -> dict[str, Any]:
@@ -249,8 +295,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return torch.nan_to_num(box_iou(ta, tb), nan=0.0).numpy()
 
 
-def overlay_score(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray,
-                  thr: float = OVERLAY_SCORE_THR) -> float:
+def overlay_score(
+    gt: np.ndarray, pred: np.ndarray, scores: np.ndarray, thr: float = OVERLAY_SCORE_THR
+) -> float:
     """Mean over ground-truth boxes of the best IoU with a prediction of score ≥ ``thr`` (0 if none)."""
     if len(gt) == 0:
         return float("nan")
@@ -304,11 +351,21 @@ def _overlay_items(r: Run, n: int, notes: list[str]) -> list[Any]:
         pd = src.boxes.get(rec.image_id, [])
         with Image.open(img_path(rec)) as im:
             arr = np.asarray(im.convert("L"))
-        items.append(OverlayItem(
-            image=arr, title=rec.file_name, tag=tag, quality=q, p_tb=src.p_tb.get(rec.image_id),
-            gt=[(b.x, b.y, b.w, b.h, b.category) for b in rec.boxes],
-            pred=[(*map(float, d["bbox"]), int(d.get("category_id", 1)), float(d.get("score", 1.0)))
-                  for d in pd if float(d.get("score", 1.0)) >= OVERLAY_SCORE_THR]))
+        items.append(
+            OverlayItem(
+                image=arr,
+                title=rec.file_name,
+                tag=tag,
+                quality=q,
+                p_tb=src.p_tb.get(rec.image_id),
+                gt=[(b.x, b.y, b.w, b.h, b.category) for b in rec.boxes],
+                pred=[
+                    (*map(float, d["bbox"]), int(d.get("category_id", 1)), float(d.get("score", 1.0)))
+                    for d in pd
+                    if float(d.get("score", 1.0)) >= OVERLAY_SCORE_THR
+                ],
+            )
+        )
     return items
 
 
@@ -362,16 +419,20 @@ def _overlay_source(r: Run, notes: list[str]) -> _OverlaySource | None:
                 try:
                     p_tb[rec.image_id] = float(parts[2])
                 except (IndexError, ValueError):
-                    raise TbxError("bad cls_result.txt line (need 3 probabilities)",
-                                   where(cls_file, lines.index(ln) + 1)) from None
+                    raise TbxError(
+                        "bad cls_result.txt line (need 3 probabilities)", where(cls_file, lines.index(ln) + 1)
+                    ) from None
         else:
-            notes.append(f"{r.name}: cls_result.txt has {len(lines)} lines for {len(records)} images in "
-                         f"{ann.name} — uncertainty ranking skipped")
+            notes.append(
+                f"{r.name}: cls_result.txt has {len(lines)} lines for {len(records)} images in "
+                f"{ann.name} — uncertainty ranking skipped"
+            )
     return _OverlaySource(ann, root, records, boxes_pred, p_tb)
 
 
-def _pick_overlays(r: Run, src: _OverlaySource, reachable: list[Any], n: int,
-                   notes: list[str]) -> list[tuple[str, Any, float | None]]:
+def _pick_overlays(
+    r: Run, src: _OverlaySource, reachable: list[Any], n: int, notes: list[str]
+) -> list[tuple[str, Any, float | None]]:
     """``(tag, record, quality)`` of the best, worst and most uncertain images (module docstring)."""
     scored = []
     for rec in reachable:
@@ -398,8 +459,10 @@ def _pick_overlays(r: Run, src: _OverlaySource, reachable: list[Any], n: int,
             picked += 1
     if src.p_tb:
         p_tb = src.p_tb
-        unc = sorted((rec for rec in reachable if rec.image_id in p_tb),
-                     key=lambda rec: (abs(p_tb[rec.image_id] - 0.5), rec.image_id))
+        unc = sorted(
+            (rec for rec in reachable if rec.image_id in p_tb),
+            key=lambda rec: (abs(p_tb[rec.image_id] - 0.5), rec.image_id),
+        )
         picked = 0
         for rec in unc:
             if picked >= k:

@@ -42,12 +42,19 @@ def _provenance_summary(r: Run) -> str:
     return "; ".join(bits) if bits else "no provenance.json"
 
 
-def render_html(tables: list[Table], figs: list[tuple[str, list[Path]]], runs: list[Run], notes: list[str],
-                title: str) -> str:
+def render_html(
+    tables: list[Table], figs: list[tuple[str, list[Path]]], runs: list[Run], notes: list[str], title: str
+) -> str:
     h = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{h(title)}</title>",
-           f"<style>{_CSS}</style></head><body>", f"<h1>{h(title)}</h1>",
-           "<p>Runs: " + ", ".join(h(r.name) for r in runs) + "</p>", "<h2>Tables</h2>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{h(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{h(title)}</h1>",
+        "<p>Runs: " + ", ".join(h(r.name) for r in runs) + "</p>",
+        "<h2>Tables</h2>",
+    ]
     out += [render_html_table(t) for t in tables]
     out.append("<h2>Figures</h2>")
     for caption, paths in figs:
@@ -55,8 +62,10 @@ def render_html(tables: list[Table], figs: list[tuple[str, list[Path]]], runs: l
         if png is None:
             continue
         b64 = base64.b64encode(png.read_bytes()).decode("ascii")
-        out.append(f'<figure><img alt="{h(caption)}" src="data:image/png;base64,{b64}">'
-                   f"<figcaption>{h(caption)}</figcaption></figure>")
+        out.append(
+            f'<figure><img alt="{h(caption)}" src="data:image/png;base64,{b64}">'
+            f"<figcaption>{h(caption)}</figcaption></figure>"
+        )
     out.append(explain_section([(r.name, r.path) for r in runs]))  # RUN/explain/<method>/explain.json
     if notes:
         out.append('<h2>Notes</h2><ul class="notes">' + "".join(f"<li>{h(n)}</li>" for n in notes) + "</ul>")
@@ -64,20 +73,35 @@ def render_html(tables: list[Table], figs: list[tuple[str, list[Path]]], runs: l
     for r in runs:
         out.append(f"<h3>{h(r.name)}</h3><p>{h(str(r.path.resolve()))}<br>{h(_provenance_summary(r))}</p>")
         if r.config:
-            out.append("<details><summary>config.yaml</summary><pre>"
-                       + h(yaml.safe_dump(r.config, sort_keys=False)) + "</pre></details>")
+            out.append(
+                "<details><summary>config.yaml</summary><pre>"
+                + h(yaml.safe_dump(r.config, sort_keys=False))
+                + "</pre></details>"
+            )
         if r.provenance:
-            out.append("<details><summary>provenance.json</summary><pre>"
-                       + h(json.dumps(r.provenance, indent=2, default=str)) + "</pre></details>")
+            out.append(
+                "<details><summary>provenance.json</summary><pre>"
+                + h(json.dumps(r.provenance, indent=2, default=str))
+                + "</pre></details>"
+            )
         if r.manifest:
-            out.append("<details><summary>predictions/manifest.json</summary><pre>"
-                       + h(json.dumps(r.manifest, indent=2, default=str)) + "</pre></details>")
+            out.append(
+                "<details><summary>predictions/manifest.json</summary><pre>"
+                + h(json.dumps(r.manifest, indent=2, default=str))
+                + "</pre></details>"
+            )
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
 
-def render_report_md(tables: list[Table], figs: list[tuple[str, list[Path]]], runs: list[Run],
-                     notes: list[str], out_root: Path, title: str) -> str:
+def render_report_md(
+    tables: list[Table],
+    figs: list[tuple[str, list[Path]]],
+    runs: list[Run],
+    notes: list[str],
+    out_root: Path,
+    title: str,
+) -> str:
     lines = [f"# {title}", "", "Runs: " + ", ".join(f"`{r.name}`" for r in runs), ""]
     for t in tables:
         lines += [render_markdown(t), ""]

@@ -9,11 +9,30 @@ import re
 
 from tbx.bench.report.tables import Cell, Table
 
-_TEX_ESC = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-_TEX_UNI = {"†": r"\textsuperscript{\dag}", "±": r"$\pm$", "≥": r"$\geq$", "×": r"$\times$",
-            "–": "--", "—": "---", "≤": r"$\leq$", "§": r"\S{}", "→": r"$\rightarrow$",
-            "·": r"$\cdot$"}
+_TEX_ESC = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+_TEX_UNI = {
+    "†": r"\textsuperscript{\dag}",
+    "±": r"$\pm$",
+    "≥": r"$\geq$",
+    "×": r"$\times$",
+    "–": "--",
+    "—": "---",
+    "≤": r"$\leq$",
+    "§": r"\S{}",
+    "→": r"$\rightarrow$",
+    "·": r"$\cdot$",
+}
 
 
 def tex_escape(s: str) -> str:
@@ -44,7 +63,7 @@ def render_markdown(t: Table) -> str:
     if t.groups:
         i = 0
         for g, n in t.groups:
-            head += [f"{g} {c}" for c in t.columns[i:i + n]]
+            head += [f"{g} {c}" for c in t.columns[i : i + n]]
             i += n
     else:
         head += t.columns
@@ -63,9 +82,15 @@ def render_markdown(t: Table) -> str:
 def render_latex(t: Table) -> str:
     ncol = len(t.label_columns) + len(t.columns)
     spec = "l" * len(t.label_columns) + "r" * len(t.columns)
-    out = [r"\begin{table}[t]", r"\centering", r"\small",
-           r"\caption{" + tex_escape(t.title) + "}", r"\label{tab:tbx-" + t.key + "}",
-           r"\begin{tabular}{" + spec + "}", r"\toprule"]
+    out = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\caption{" + tex_escape(t.title) + "}",
+        r"\label{tab:tbx-" + t.key + "}",
+        r"\begin{tabular}{" + spec + "}",
+        r"\toprule",
+    ]
     if t.groups:
         first = [""] * len(t.label_columns)
         rules, col = [], len(t.label_columns) + 1
@@ -83,8 +108,9 @@ def render_latex(t: Table) -> str:
         if prev_kind is not None and (r.kind != prev_kind or lead != prev_lead):
             out.append(r"\midrule")
         prev_kind, prev_lead = r.kind, lead
-        out.append(" & ".join([tex_escape(x) for x in r.labels] + [_cell_text(c, "tex") for c in r.cells])
-                   + r" \\")
+        out.append(
+            " & ".join([tex_escape(x) for x in r.labels] + [_cell_text(c, "tex") for c in r.cells]) + r" \\"
+        )
     if not t.rows:
         out.append(r"\multicolumn{" + str(ncol) + r"}{c}{(no data)} \\")
     out.append(r"\bottomrule")
@@ -102,7 +128,9 @@ def render_csv(t: Table) -> str:
     with 3 decimals, plus ``<col>_ci_lo/_ci_hi/_sd`` columns and ``kind`` (ours/folds/published/reader)."""
     names = t.csv_columns or t.columns
     if t.groups and not t.csv_columns:
-        names = [f"{g}_{c}" for (g, n), i in zip(t.groups, range(len(t.groups))) for c in t.columns[i:i + n]]
+        names = [
+            f"{g}_{c}" for (g, n), i in zip(t.groups, range(len(t.groups))) for c in t.columns[i : i + n]
+        ]
     extra_keys: list[str] = []
     for r in t.rows:
         for k in r.extra:
@@ -142,14 +170,22 @@ def render_html_table(t: Table) -> str:
     h = html.escape
     parts = [f"<h3>{h(t.title)}</h3>", "<table>", "<thead>"]
     if t.groups:
-        parts.append("<tr>" + "".join("<th></th>" for _ in t.label_columns)
-                     + "".join(f'<th colspan="{n}">{h(g)}</th>' for g, n in t.groups) + "</tr>")
+        parts.append(
+            "<tr>"
+            + "".join("<th></th>" for _ in t.label_columns)
+            + "".join(f'<th colspan="{n}">{h(g)}</th>' for g, n in t.groups)
+            + "</tr>"
+        )
     parts.append("<tr>" + "".join(f"<th>{h(c)}</th>" for c in t.label_columns + t.columns) + "</tr>")
     parts.append("</thead><tbody>")
     for r in t.rows:
         cls = f' class="{r.kind}"'
-        parts.append(f"<tr{cls}>" + "".join(f"<td>{h(x)}</td>" for x in r.labels)
-                     + "".join(f'<td class="num">{h(_cell_text(c, "html"))}</td>' for c in r.cells) + "</tr>")
+        parts.append(
+            f"<tr{cls}>"
+            + "".join(f"<td>{h(x)}</td>" for x in r.labels)
+            + "".join(f'<td class="num">{h(_cell_text(c, "html"))}</td>' for c in r.cells)
+            + "</tr>"
+        )
     parts.append("</tbody></table>")
     parts += [f'<p class="fn">{h(fn)}</p>' for fn in t.footnotes]
     return "\n".join(parts)

@@ -64,8 +64,11 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise TbxError(f"invalid JSON: {e.msg}", where(path, e.lineno),
-                       "regenerate the file (or remove it from the run directory)") from None
+        raise TbxError(
+            f"invalid JSON: {e.msg}",
+            where(path, e.lineno),
+            "regenerate the file (or remove it from the run directory)",
+        ) from None
     except OSError as e:
         raise TbxError(f"cannot read file: {e.strerror}", path) from None
 
@@ -75,8 +78,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise TbxError(f"invalid YAML: {getattr(e, 'problem', e)}",
-                       where(path, mark.line + 1 if mark else None), "fix the syntax") from None
+        raise TbxError(
+            f"invalid YAML: {getattr(e, 'problem', e)}",
+            where(path, mark.line + 1 if mark else None),
+            "fix the syntax",
+        ) from None
     if not isinstance(data, dict):
         raise TbxError("config.yaml must be a YAML mapping", path)
     return data
@@ -131,8 +137,11 @@ def _read_metrics(path: Path, notes: list[str]) -> list[dict[str, Any]]:
             if i == len(lines):
                 notes.append(f"{path}:{i}: truncated last line skipped (run still writing?)")
                 continue
-            raise TbxError(f"invalid JSON line: {e.msg}", where(path, i),
-                           "each line of metrics.jsonl must be one JSON object") from None
+            raise TbxError(
+                f"invalid JSON line: {e.msg}",
+                where(path, i),
+                "each line of metrics.jsonl must be one JSON object",
+            ) from None
         if not isinstance(row, dict):
             raise TbxError("metrics line is not a JSON object", where(path, i))
         rows.append(row)
@@ -151,8 +160,11 @@ def study_file(path: Path) -> Path:
     path = Path(path)
     p = path if path.is_file() else path / "study_compare.json"
     if not p.is_file():
-        raise TbxError("no study_compare.json found", path,
-                       "pass the output directory of `tbx study compare` (or the JSON file)")
+        raise TbxError(
+            "no study_compare.json found",
+            path,
+            "pass the output directory of `tbx study compare` (or the JSON file)",
+        )
     return p
 
 
@@ -170,9 +182,12 @@ def load_run(path: str | Path) -> Run:
     has_cfg = (path / "config.yaml").is_file()
     bench_dir = path / "bench"
     if not has_cfg and not bench_dir.is_dir():
-        raise TbxError("not a run directory (no config.yaml and no bench/)", path,
-                       "give a directory written by `tbx train` (runs/<name>) or one holding "
-                       "bench/*.json from `tbx bench --json`")
+        raise TbxError(
+            "not a run directory (no config.yaml and no bench/)",
+            path,
+            "give a directory written by `tbx train` (runs/<name>) or one holding "
+            "bench/*.json from `tbx bench --json`",
+        )
     notes: list[str] = []
     name = path.resolve().name
     config = _read_yaml(path / "config.yaml") if has_cfg else {}
@@ -189,8 +204,10 @@ def load_run(path: str | Path) -> Run:
     for f in files:
         data = check_bench_result(_read_json(f), f)
         if "classification" not in data and "detection" not in data:
-            notes.append(f"{name}: bench/{f.name} has no classification/detection block — ignored "
-                         "(a `tbx bench compare` output?)")
+            notes.append(
+                f"{name}: bench/{f.name} has no classification/detection block — ignored "
+                "(a `tbx bench compare` output?)"
+            )
             continue
         n_used += 1
         for bn in data.get("notes") or []:
@@ -222,12 +239,23 @@ def load_run(path: str | Path) -> Run:
     try:
         fold = int(fold) if fold is not None else None
     except (TypeError, ValueError):
-        raise TbxError(f"bad fold index {fold!r} in config.yaml", path / "config.yaml",
-                       "data.fold must be an integer") from None
-    return Run(name=name, path=path, config=config, model=str(model) if model else None, fold=fold,
-               provenance=prov if isinstance(prov, dict) else None, metrics=metrics, bench=bench,
-               manifest=manifest, model_info=info if isinstance(info, dict) else None, study=study,
-               notes=notes)
+        raise TbxError(
+            f"bad fold index {fold!r} in config.yaml", path / "config.yaml", "data.fold must be an integer"
+        ) from None
+    return Run(
+        name=name,
+        path=path,
+        config=config,
+        model=str(model) if model else None,
+        fold=fold,
+        provenance=prov if isinstance(prov, dict) else None,
+        metrics=metrics,
+        bench=bench,
+        manifest=manifest,
+        model_info=info if isinstance(info, dict) else None,
+        study=study,
+        notes=notes,
+    )
 
 
 def _unfold(v: Any) -> Any:

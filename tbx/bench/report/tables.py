@@ -77,14 +77,21 @@ def _mean_sd_cells(rows: list[list[Cell]]) -> list[Cell]:
     return out
 
 
-def _add_fold_rows(table: Table, groups: list[list[Run]], cells_of: Any,
-                   prefix: list[str] | None = None) -> None:
+def _add_fold_rows(
+    table: Table, groups: list[list[Run]], cells_of: Any, prefix: list[str] | None = None
+) -> None:
     for g in groups:
         per_run = [cells_of(r) for r in g]
         if not any(c.value is not None for cells in per_run for c in cells):
             continue
-        table.rows.append(Row((prefix or []) + [_group_label(g)], _mean_sd_cells(per_run), kind="folds",
-                              extra={"folds": ",".join(str(r.fold) for r in g)}))
+        table.rows.append(
+            Row(
+                (prefix or []) + [_group_label(g)],
+                _mean_sd_cells(per_run),
+                kind="folds",
+                extra={"folds": ",".join(str(r.fold) for r in g)},
+            )
+        )
 
 
 def _published_label(row_method: str) -> str:
@@ -92,13 +99,21 @@ def _published_label(row_method: str) -> str:
 
 
 def _published_footnote(citations: set[str]) -> str:
-    return (f"{DAGGER} {PUBLISHED_MARK}: numbers copied from " + "; ".join(sorted(citations))
-            + " (not recomputed by tbx; different test data and hardware).")
+    return (
+        f"{DAGGER} {PUBLISHED_MARK}: numbers copied from "
+        + "; ".join(sorted(citations))
+        + " (not recomputed by tbx; different test data and hardware)."
+    )
 
 
 def classification_table(runs: list[Run], groups: list[list[Run]], reference: bool) -> Table:
-    t = Table("classification", "Image classification (%, [95% CI] where available)", ["Method"],
-              [h for _, h in CLS_COLUMNS], csv_columns=[k for k, _ in CLS_COLUMNS])
+    t = Table(
+        "classification",
+        "Image classification (%, [95% CI] where available)",
+        ["Method"],
+        [h for _, h in CLS_COLUMNS],
+        csv_columns=[k for k, _ in CLS_COLUMNS],
+    )
 
     def cells(r: Run) -> list[Cell]:
         return [_pct_cell(r.cls.get(k), r.ci("classification", k)) for k, _ in CLS_COLUMNS]
@@ -111,30 +126,52 @@ def classification_table(runs: list[Run], groups: list[list[Run]], reference: bo
         cites = set()
         for p in pub.PUBLISHED_ROWS:
             if p.classification:
-                t.rows.append(Row([_published_label(p.method)],
-                                  [Cell(p.classification.get(k)) for k, _ in CLS_COLUMNS], kind="published"))
+                t.rows.append(
+                    Row(
+                        [_published_label(p.method)],
+                        [Cell(p.classification.get(k)) for k, _ in CLS_COLUMNS],
+                        kind="published",
+                    )
+                )
                 cites.add(p.citation)
         t.footnotes.append(_published_footnote(cites))
-    t.footnotes.append("Acc: 3-class accuracy; AUC, Sens, Spec: TB vs non-TB; AP / AR: macro-averaged "
-                       "per-class precision / recall of the arg-max predictions (docs/protocol.md §4.2). Intervals: "
-                       "bootstrap percentile (tbx bench --bootstrap); AUC without bootstrap: DeLong.")
+    t.footnotes.append(
+        "Acc: 3-class accuracy; AUC, Sens, Spec: TB vs non-TB; AP / AR: macro-averaged "
+        "per-class precision / recall of the arg-max predictions (docs/protocol.md §4.2). Intervals: "
+        "bootstrap percentile (tbx bench --bootstrap); AUC without bootstrap: DeLong."
+    )
     return t
 
 
 def complexity_table(runs: list[Run], groups: list[list[Run]], reference: bool) -> Table:
-    cols = [("gmacs", "GMACs", 2), ("params_live", "Params (M)", 2),
-            ("params_paper", "Params, paper acct. (M)", 2),
-            ("fps", "FPS", 1), ("f1", "F1", 1), ("tp", "TP", 1), ("tn", "TN", 1), ("fp", "FP", 1),
-            ("fn", "FN", 1)]
-    t = Table("complexity", "Complexity and TB-vs-non-TB outcome shares (% of all test images)", ["Method"],
-              [h for _, h, _ in cols], csv_columns=[k for k, _, _ in cols])
+    cols = [
+        ("gmacs", "GMACs", 2),
+        ("params_live", "Params (M)", 2),
+        ("params_paper", "Params, paper acct. (M)", 2),
+        ("fps", "FPS", 1),
+        ("f1", "F1", 1),
+        ("tp", "TP", 1),
+        ("tn", "TN", 1),
+        ("fp", "FP", 1),
+        ("fn", "FN", 1),
+    ]
+    t = Table(
+        "complexity",
+        "Complexity and TB-vs-non-TB outcome shares (% of all test images)",
+        ["Method"],
+        [h for _, h, _ in cols],
+        csv_columns=[k for k, _, _ in cols],
+    )
 
     def cells(r: Run) -> list[Cell]:
         info = r.model_info or {}
         c = r.cls
         counts = {k: _num(c.get(k)) for k in ("tp", "tn", "fp", "fn")}
-        total = sum(v for v in counts.values() if v is not None) if all(
-            v is not None for v in counts.values()) else None
+        total = (
+            sum(v for v in counts.values() if v is not None)
+            if all(v is not None for v in counts.values())
+            else None
+        )
         out = []
         for k, _, d in cols:
             if k == "gmacs":
@@ -161,9 +198,17 @@ def complexity_table(runs: list[Run], groups: list[list[Run]], reference: bool) 
 
     for r in runs:
         if r.cls or r.model_info:
-            t.rows.append(Row([r.label], cells(r), extra={
-                "run": r.name, "model": r.model or "",
-                **{f"{k}_count": r.cls.get(k, "") for k in ("tp", "tn", "fp", "fn")}}))
+            t.rows.append(
+                Row(
+                    [r.label],
+                    cells(r),
+                    extra={
+                        "run": r.name,
+                        "model": r.model or "",
+                        **{f"{k}_count": r.cls.get(k, "") for k in ("tp", "tn", "fp", "fn")},
+                    },
+                )
+            )
     _add_fold_rows(t, groups, cells)
     if reference:
         cites = set()
@@ -171,17 +216,35 @@ def complexity_table(runs: list[Run], groups: list[list[Run]], reference: bool) 
             if p.gmacs is None and p.fps is None:
                 continue
             sh = p.shares or {}
-            vals = [p.gmacs, None, p.params_paper_m, p.fps, p.f1, sh.get("tp"), sh.get("tn"), sh.get("fp"),
-                    sh.get("fn")]
-            t.rows.append(Row([_published_label(p.method)],
-                              [Cell(v, digits=d) for v, (_, _, d) in zip(vals, cols)], kind="published"))
+            vals = [
+                p.gmacs,
+                None,
+                p.params_paper_m,
+                p.fps,
+                p.f1,
+                sh.get("tp"),
+                sh.get("tn"),
+                sh.get("fp"),
+                sh.get("fn"),
+            ]
+            t.rows.append(
+                Row(
+                    [_published_label(p.method)],
+                    [Cell(v, digits=d) for v, (_, _, d) in zip(vals, cols)],
+                    kind="published",
+                )
+            )
             cites.add(p.citation)
-        t.footnotes.append(_published_footnote(cites) + " Paper FPS measured on one TITAN XP; params / "
-                           "GMACs in the paper's mmcv accounting (docs/models.md §2.5); shares from docs/protocol.md §4.2.")
-    t.footnotes.append("GMACs at 512×512 (multiply-accumulates, the paper's \"GFLOPs\"); Params: live "
-                       "parameters, and the paper's accounting incl. dead parameters (docs/models.md §2.5); FPS: "
-                       "model_info.json's fps, else 1000 / latency_ms (batch 1, its device); "
-                       "TP/TN/FP/FN: TB vs non-TB, % of all images.")
+        t.footnotes.append(
+            _published_footnote(cites) + " Paper FPS measured on one TITAN XP; params / "
+            "GMACs in the paper's mmcv accounting (docs/models.md §2.5); shares from docs/protocol.md §4.2."
+        )
+    t.footnotes.append(
+        'GMACs at 512×512 (multiply-accumulates, the paper\'s "GFLOPs"); Params: live '
+        "parameters, and the paper's accounting incl. dead parameters (docs/models.md §2.5); FPS: "
+        "model_info.json's fps, else 1000 / latency_ms (batch 1, its device); "
+        "TP/TN/FP/FN: TB vs non-TB, % of all images."
+    )
     return t
 
 
@@ -190,17 +253,26 @@ def detection_table(runs: list[Run], groups: list[list[Run]], reference: bool) -
     for cat, _ in DET_CATS:
         cols += ["AP50", "AP"]
         keys += [f"{cat}_ap50", f"{cat}_ap"]
-    t = Table("detection", "TB area detection (%, COCO AP50 and AP@[.50:.95])", ["Data", "Method"], cols,
-              groups=[(h, 2) for _, h in DET_CATS], csv_columns=keys)
+    t = Table(
+        "detection",
+        "TB area detection (%, COCO AP50 and AP@[.50:.95])",
+        ["Data", "Method"],
+        cols,
+        groups=[(h, 2) for _, h in DET_CATS],
+        csv_columns=keys,
+    )
 
     def cells_for(mode: str):
         def cells(r: Run) -> list[Cell]:
             out = []
             for cat, _ in DET_CATS:
                 d = r.det(mode, cat)
-                out += [_pct_cell(d.get("ap50"), r.ci("detection", mode, cat, "ap50")),
-                        _pct_cell(d.get("ap"), r.ci("detection", mode, cat, "ap"))]
+                out += [
+                    _pct_cell(d.get("ap50"), r.ci("detection", mode, cat, "ap50")),
+                    _pct_cell(d.get("ap"), r.ci("detection", mode, cat, "ap")),
+                ]
             return out
+
         return cells
 
     cites = set()
@@ -221,13 +293,16 @@ def detection_table(runs: list[Run], groups: list[list[Run]], reference: bool) -
                     cites.add(p.citation)
     if reference and cites:
         t.footnotes.append(_published_footnote(cites))
-    t.footnotes.append("ALL: every test CXR, boxes of images not classified as TB discarded; Only TB: TB "
-                       "images only (docs/protocol.md §4.3).")
+    t.footnotes.append(
+        "ALL: every test CXR, boxes of images not classified as TB discarded; Only TB: TB "
+        "images only (docs/protocol.md §4.3)."
+    )
     return t
 
 
-def operating_point(fpr: np.ndarray, tpr: np.ndarray, *, spec: float | None = None,
-                    sens: float | None = None) -> tuple[float, float] | None:
+def operating_point(
+    fpr: np.ndarray, tpr: np.ndarray, *, spec: float | None = None, sens: float | None = None
+) -> tuple[float, float] | None:
     """A screening operating point on an ROC curve, as ``(sensitivity, specificity)``.
 
     ``spec=s``: the highest sensitivity among ROC points with specificity ≥ s.
@@ -278,8 +353,10 @@ def screening_points(r: Run) -> tuple[tuple[float, float] | None, tuple[float, f
     (which the bench may have downsampled)."""
     ops = r.bench.get("operating_points") or {}
     out: list[tuple[float, float] | None] = []
-    for key, tkey, target in (("sensitivity_at_specificity", "target_specificity", SPEC_TARGET),
-                              ("specificity_at_sensitivity", "target_sensitivity", SENS_TARGET)):
+    for key, tkey, target in (
+        ("sensitivity_at_specificity", "target_specificity", SPEC_TARGET),
+        ("specificity_at_sensitivity", "target_sensitivity", SENS_TARGET),
+    ):
         op = ops.get(key) if isinstance(ops, dict) else None
         se = _num(op.get("sensitivity")) if isinstance(op, dict) else None
         sp = _num(op.get("specificity")) if isinstance(op, dict) else None
@@ -298,15 +375,22 @@ def screening_points(r: Run) -> tuple[tuple[float, float] | None, tuple[float, f
 
 
 def screening_table(runs: list[Run], groups: list[list[Run]]) -> Table:
-    t = Table("screening", "Screening operating points on the TB ROC curve (%)", ["Method"],
-              ["Sens @ Spec 70", "Spec @ Sens 90"], csv_columns=["sens_at_spec70", "spec_at_sens90"])
+    t = Table(
+        "screening",
+        "Screening operating points on the TB ROC curve (%)",
+        ["Method"],
+        ["Sens @ Spec 70", "Spec @ Sens 90"],
+        csv_columns=["sens_at_spec70", "spec_at_sens90"],
+    )
 
     def cells(r: Run) -> list[Cell]:
         a, b = screening_points(r)
         ca = Cell(100 * a[0] if a else None)
         cb = Cell(100 * b[1] if b else None)
-        for cell, path in ((ca, ("operating_points", "sensitivity_at_specificity", "sensitivity")),
-                           (cb, ("operating_points", "specificity_at_sensitivity", "specificity"))):
+        for cell, path in (
+            (ca, ("operating_points", "sensitivity_at_specificity", "sensitivity")),
+            (cb, ("operating_points", "specificity_at_sensitivity", "specificity")),
+        ):
             ci = r.ci(*path)
             if ci and cell.value is not None:
                 cell.lo, cell.hi = 100 * ci[0], 100 * ci[1]
@@ -316,9 +400,11 @@ def screening_table(runs: list[Run], groups: list[list[Run]]) -> Table:
         if any(p is not None for p in screening_points(r)):
             t.rows.append(Row([r.label], cells(r), extra={"run": r.name, "model": r.model or ""}))
     _add_fold_rows(t, groups, cells)
-    t.footnotes.append("Sens @ Spec 70: highest sensitivity with specificity ≥ 70 %; Spec @ Sens 90: "
-                       "highest specificity with sensitivity ≥ 90 % (thresholds of the empirical ROC "
-                       "curve).")
+    t.footnotes.append(
+        "Sens @ Spec 70: highest sensitivity with specificity ≥ 70 %; Spec @ Sens 90: "
+        "highest specificity with sensitivity ≥ 90 % (thresholds of the empirical ROC "
+        "curve)."
+    )
     return t
 
 
@@ -330,9 +416,13 @@ def _study_model_label(s: dict[str, Any]) -> str:
 def reader_table(runs: list[Run], study: dict[str, Any] | None, reference: bool) -> Table:
     """Readers of ``tbx study compare`` (with their bootstrap CIs) and, when the comparison scored a
     model on the same cases, that model's row; the published radiologist with ``--reference paper``."""
-    t = Table("readers", "Reader study (%, on the study's cases)", ["Reader"],
-              ["Acc (3-class)", "Acc (TB types)", "Sens", "Spec"],
-              csv_columns=["accuracy_3class", "accuracy_types", "sensitivity", "specificity"])
+    t = Table(
+        "readers",
+        "Reader study (%, on the study's cases)",
+        ["Reader"],
+        ["Acc (3-class)", "Acc (TB types)", "Sens", "Spec"],
+        csv_columns=["accuracy_3class", "accuracy_types", "sensitivity", "specificity"],
+    )
     seen = set()
     studies = ([study] if study else []) + [r.study for r in runs if r.study]
 
@@ -341,8 +431,11 @@ def reader_table(runs: list[Run], study: dict[str, Any] | None, reference: bool)
         return [_pct_cell(d.get(k), _as_interval(ci.get(k))) for k in t.csv_columns]
 
     for s in studies:
-        rows = [(str(rd.get("name", "reader")), rd, "reader") for rd in s.get("readers", [])
-                if isinstance(rd, dict)]
+        rows = [
+            (str(rd.get("name", "reader")), rd, "reader")
+            for rd in s.get("readers", [])
+            if isinstance(rd, dict)
+        ]
         if isinstance(s.get("model"), dict):
             rows.append((_study_model_label(s), s["model"], "ours"))
         for name, d, kind in rows:
@@ -355,8 +448,12 @@ def reader_table(runs: list[Run], study: dict[str, Any] | None, reference: bool)
         p = pub.PUBLISHED_RADIOLOGIST
         cells_p = [Cell(p["accuracy_3class"]), Cell(p["accuracy_types"]), Cell(), Cell()]
         t.rows.append(Row([_published_label(p["name"])], cells_p, kind="published"))
-        t.footnotes.append(_published_footnote({p["citation"]})
-                           + " One radiologist on 400 test images (docs/dataset.md §1.5).")
-    t.footnotes.append("Acc (TB types): a TB case counts as right only with the right set of TB types; "
-                       "a model has no TB type. Intervals: bootstrap over cases.")
+        t.footnotes.append(
+            _published_footnote({p["citation"]})
+            + " One radiologist on 400 test images (docs/dataset.md §1.5)."
+        )
+    t.footnotes.append(
+        "Acc (TB types): a TB case counts as right only with the right set of TB types; "
+        "a model has no TB type. Intervals: bootstrap over cases."
+    )
     return t
