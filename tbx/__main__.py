@@ -1,5 +1,5 @@
 """``python -m tbx …`` (also what ``torchrun -m tbx train …`` runs)."""
 
-from tbx.cli.main import run
+from tbx.cli.entry import run
 
 run()

@@ -10,14 +10,13 @@ import signal
 import sys
 import threading
 import warnings
-from typing import Any
 
 import typer
 from rich.console import Console
-from rich.text import Text
 from typer._click import exceptions as click_exceptions
 
-from tbx.errors import MAX_LINE, Interrupted, as_user_error
+from tbx.cli.entry import on_sigint, print_error, try_plain_bench
+from tbx.errors import Interrupted, as_user_error
 
 app = typer.Typer(
     name="tbx",
@@ -91,17 +90,6 @@ def _register(argv: list[str] | None = None) -> None:
     _REGISTERED.add("rest")
 
 
-def _print_error(err: Console, text: str) -> None:
-    """``error: TEXT`` on one line: user text is never read as rich markup or emoji codes."""
-    if len(text) > MAX_LINE - 7:
-        text = text[: MAX_LINE - 8] + "…"
-    err.print(Text.assemble(("error:", "bold red"), " ", text), soft_wrap=True)
-
-
-def _on_sigint(signum: int, frame: Any) -> None:
-    raise Interrupted()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code (used by the console script and by tests).
 
@@ -112,11 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     are shown only with ``--debug`` (which also shows tracebacks instead of the line).
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    rc = try_plain_bench(args)  # a plain `tbx bench --gt … --pred …`: no typer parsing
+    if rc is not None:
+        return rc
     debug = "--debug" in args
     _register(args)
     err = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False, markup=False)
     in_main_thread = threading.current_thread() is threading.main_thread()
-    old_handler = signal.signal(signal.SIGINT, _on_sigint) if in_main_thread else None
+    old_handler = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
     try:
         with warnings.catch_warnings():
             if not debug:
@@ -135,13 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     except click_exceptions.ClickException as e:
         ctx = getattr(e, "ctx", None)
         hint = f" — see '{ctx.command_path} --help'" if ctx is not None else ""
-        _print_error(err, " ".join(e.format_message().split()) + hint)
+        print_error(" ".join(e.format_message().split()) + hint)
         return e.exit_code
     except Exception as e:  # noqa: BLE001 — the boundary: user errors → one line, bugs → traceback
         user = as_user_error(e)
         if user is None or debug:
             raise
-        _print_error(err, user.one_line())
+        print_error(user.one_line())
         return user.exit_code
     finally:
         if old_handler is not None:
