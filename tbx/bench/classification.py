@@ -149,11 +149,19 @@ def operating_points_from_cumulative(
     return i_ss, sens_ss, spec_ss, i_sp, spec_sp, sens_sp
 
 
+def sorted_unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique(a)``: the sorted distinct values (without the ``numpy.ma`` import it triggers)."""
+    s = np.sort(a)
+    keep = np.ones(s.shape, bool)
+    keep[1:] = s[1:] != s[:-1]
+    return s[keep]
+
+
 def downsample_curve(n_points: int, max_points: int = 500) -> np.ndarray:
     """Indices of at most ``max_points`` points along a curve, first and last always kept."""
     if n_points <= max_points:
         return np.arange(n_points)
-    return np.unique(np.round(np.linspace(0, n_points - 1, max_points)).astype(int))
+    return sorted_unique(np.round(np.linspace(0, n_points - 1, max_points)).astype(int))
 
 
 def _f(x) -> float | None:

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tbx.bench.classification import downsample_curve
+from tbx.bench.classification import downsample_curve, sorted_unique
 from tbx.bench.results_io import Detections
 
 # COCOeval defaults (Params.setDetParams) — IoU .50:.05:.95, 101 recall points, 100 dets, area "all"
@@ -547,7 +547,7 @@ class RowEval:
         # group end of each IoU-.5 true positive, and the TP count there (index into tp50)
         e_of = ends[np.searchsorted(ends, tp50, side="left")] if tp50.size else np.zeros(0, np.int64)
         last_tp = np.searchsorted(tp50, e_of, side="right") - 1
-        q_pos = np.unique(np.concatenate([*self._tp_idx, e_of]))  # where the total weight is needed
+        q_pos = sorted_unique(np.concatenate([*self._tp_idx, e_of]))  # where the total weight is needed
         # total detection weight up to q_pos[k] = cumulated segment sums, segment k = detections in
         # (q_pos[k-1], q_pos[k]]: H[k, image] = how many of the image's detections are in segment k,
         # so the sums of all resamples are one sparse product (exact: integers)

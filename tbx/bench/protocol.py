@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tbx.bench.classification import ClassificationEval
+from tbx.bench.classification import ClassificationEval, sorted_unique
 from tbx.bench.detection import IOU_THRS, LOC_IOU, GroundTruth, RankedDetections, RowEval, match
 from tbx.bench.results_io import BBOX_RESULT, CLS_RESULT, Detections, read_bbox_arrays, read_cls_result
 from tbx.bench.schema import DET_ROWS, SCHEMA
@@ -78,7 +78,7 @@ class GroundTruthSet:
             raise TbxError("the annotation file has no images", self.path)
         self.category_ids = sorted({int(c["id"]) for c in data.get("categories") or CATEGORIES})
         self.image_ids = np.array([r.image_id for r in self.records], dtype=np.int64)
-        if np.unique(self.image_ids).size != self.image_ids.size:
+        if sorted_unique(self.image_ids).size != self.image_ids.size:
             raise TbxError("duplicate image ids in the annotation file", self.path)
         self.y_true = np.array([CLASS_INDEX[r.label] for r in self.records], dtype=np.int64)
         # detection universe: TBX11K images, in ascending id order (COCOeval's order)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tbx.data.layout import check_relpath, label_from_path
+from tbx.data.layout import check_relpath_text, label_from_path
 from tbx.data.records import CATEGORIES, Box, Record, tb_type_from_categories
 from tbx.errors import TbxError
 from tbx.io import atomic_write_json
@@ -56,7 +56,7 @@ def records_from_coco(
         boxes.setdefault(int(ann["image_id"]), []).append(Box(x, y, w, h, int(ann["category_id"])))
     records = []
     for img in data["images"]:
-        check_relpath(img.get("file_name"), path)  # paths from data files never escape imgs/
+        check_relpath_text(img.get("file_name"), path)  # paths from data files never escape imgs/
         try:
             label, source = label_from_path(img["file_name"])
         except TbxError:
