@@ -377,9 +377,12 @@ def _col_searchsorted(a: np.ndarray, v: np.ndarray, side: str) -> np.ndarray:
     larger than the spread of both ``a`` and ``v``.  Returns (nb, len(v[b])).
     """
     n, nb = a.shape
-    off = float(max(np.abs(a).max(initial=0.0), np.abs(v).max(initial=0.0)) * 2 + 4)
+    spread = max(a.max(initial=0.0), -a.min(initial=0.0), v.max(initial=0.0), -v.min(initial=0.0))
+    off = float(spread * 2 + 4)
     shift = off * np.arange(nb)[:, None]
-    pos = np.searchsorted((a.T + shift).ravel(), (v + shift).ravel(), side=side)  # type: ignore[call-overload]
+    flat = np.empty((nb, n))
+    np.add(a.T, shift, out=flat)  # one pass, written row by row (a.T + shift would keep a's order)
+    pos = np.searchsorted(flat.ravel(), (v + shift).ravel(), side=side)  # type: ignore[call-overload]
     return pos.reshape(v.shape) - n * np.arange(nb)[:, None]
 
 
@@ -528,7 +531,7 @@ class RowEval:
         ap50: np.ndarray,
         ar: np.ndarray,
         froc: np.ndarray,
-        chunk_elems: int = 1 << 22,
+        chunk_elems: int = 1 << 18,
     ) -> None:
         """:meth:`_samples_fast` for integer counts, vectorised over resamples (same numbers).
 
