@@ -589,9 +589,13 @@ class RowEval:
                 if idx.size == 0:
                     continue
                 ctp = np.cumsum(cwT[u_tp[t]], axis=0)  # (n_t, nb) cumulated TP weight
-                cum = cum_q[q_tp[t]]
-                pr = ctp / ((cum - ctp) + ctp + EPS)
-                pr = np.maximum.accumulate(pr[::-1], axis=0)[::-1]
+                # pr = ctp / ((cum - ctp) + ctp + EPS), the same operations in place (no temporaries)
+                pr = cum_q[q_tp[t]]
+                np.subtract(pr, ctp, out=pr)
+                np.add(pr, ctp, out=pr)
+                np.add(pr, EPS, out=pr)
+                np.divide(ctp, pr, out=pr)
+                np.maximum.accumulate(pr[::-1], axis=0, out=pr[::-1])
                 # inds = searchsorted(ctp / npig, REC_THRS, 'left') = #{k: ctp_k < c*}, c* the
                 # least integer with c* / npig ≥ thr
                 cstar = _least_int(
