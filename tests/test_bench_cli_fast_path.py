@@ -1,4 +1,4 @@
-"""A plain `tbx bench --gt … --pred …` line skips typer (tbx/cli/entry.py): it must behave exactly as
+"""A plain `tbx bench --gt … --pred …` line skips typer (tbx/cli/boundary.py): it must behave exactly as
 the typer command (output, exit code, JSON, one-line errors), and every other line must go to typer."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tbx.bench.results_io import write_bbox_result, write_cls_result
-from tbx.cli import entry
+from tbx.cli import boundary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def case(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_plain_lines_parsed_like_typer(tmp_path: Path) -> None:
-    got = entry.plain_bench_args(
+    got = boundary.plain_bench_args(
         ["bench", "--pred", "P", "--gt", "G.json", "--bootstrap", "007", "--seed", "3", "--keep-uncertain"]
     )
     assert got == {
@@ -53,7 +53,7 @@ def test_plain_lines_parsed_like_typer(tmp_path: Path) -> None:
         "seed": 3,
         "keep_uncertain": True,
     }
-    assert entry.plain_bench_args(["bench", "--gt", "G", "--pred", "P", "--mode", "tb-only"]) == {
+    assert boundary.plain_bench_args(["bench", "--gt", "G", "--pred", "P", "--mode", "tb-only"]) == {
         "gt": Path("G"),
         "pred": Path("P"),
         "mode": "tb-only",
@@ -82,13 +82,13 @@ def test_plain_lines_parsed_like_typer(tmp_path: Path) -> None:
     ],
 )
 def test_other_lines_go_to_typer(argv: list[str]) -> None:
-    assert entry.plain_bench_args(argv) is None
+    assert boundary.plain_bench_args(argv) is None
 
 
 def _run(cli, monkeypatch, fast: bool, *args: str) -> tuple[int, str, str]:
     with monkeypatch.context() as m:
         if not fast:
-            m.setattr(entry, "plain_bench_args", lambda argv: None)
+            m.setattr(boundary, "plain_bench_args", lambda argv: None)
         return cli(*args)
 
 

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from typer._click import exceptions as click_exceptions
 
-from tbx.cli.entry import on_sigint, print_error, try_plain_bench
+from tbx.cli.boundary import on_sigint, print_error, try_plain_bench
 from tbx.errors import Interrupted, as_user_error
 
 app = typer.Typer(
