@@ -89,15 +89,18 @@ def on_sigint(signum: int, frame: Any) -> None:
     raise Interrupted()
 
 
-def guarded(fn: Callable[[], None]) -> int:
-    """Run ``fn`` inside the error boundary of :func:`tbx.cli.main.main` (without ``--debug``)."""
+def guarded(fn: Callable[[], int | None], debug: bool = False) -> int:
+    """Run ``fn`` inside the one error boundary and return the exit code: a user's error is one
+    line and exit 2, Ctrl-C is "interrupted" and 130; library warnings are hidden, and
+    tracebacks replace the line, unless ``debug``."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fn()
-        return 0
+            if not debug:
+                warnings.simplefilter("ignore")
+            rv = fn()
+        return rv if isinstance(rv, int) else 0
     except SystemExit as e:
         code = e.code
         return code if isinstance(code, int) else (0 if code is None else 1)
@@ -106,7 +109,7 @@ def guarded(fn: Callable[[], None]) -> int:
         return Interrupted.exit_code
     except Exception as e:  # noqa: BLE001 — the boundary: user errors → one line, bugs → traceback
         user = as_user_error(e)
-        if user is None:
+        if user is None or debug:
             raise
         print_error(user.one_line())
         return user.exit_code

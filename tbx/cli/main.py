@@ -6,17 +6,13 @@ User mistakes raise :class:`tbx.errors.TbxError`, printed here as one line with 
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
-import warnings
 
 import typer
-from rich.console import Console
 from typer._click import exceptions as click_exceptions
 
-from tbx.cli.boundary import on_sigint, print_error, try_plain_bench
-from tbx.errors import Interrupted, as_user_error
+from tbx.cli.boundary import guarded, print_error, try_plain_bench
+from tbx.errors import Interrupted
 
 app = typer.Typer(
     name="tbx",
@@ -105,38 +101,23 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     debug = "--debug" in args
     _register(args)
-    err = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False, markup=False)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    old_handler = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
-    try:
-        with warnings.catch_warnings():
-            if not debug:
-                warnings.simplefilter("ignore")
+
+    def call() -> int:
+        try:
             rv = app(args=args, prog_name="tbx", standalone_mode=False)
-        return rv if isinstance(rv, int) else 0
-    except SystemExit as e:
-        code = e.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    except (Interrupted, KeyboardInterrupt, typer.Abort) as e:
-        err.print(getattr(e, "hint", Interrupted.hint), style="yellow", markup=False)
-        return Interrupted.exit_code
-    except click_exceptions.NoArgsIsHelpError as e:
-        app(args=[*args, "--help"], prog_name="tbx", standalone_mode=False)  # the rich help
-        return e.exit_code
-    except click_exceptions.ClickException as e:
-        ctx = getattr(e, "ctx", None)
-        hint = f" — see '{ctx.command_path} --help'" if ctx is not None else ""
-        print_error(" ".join(e.format_message().split()) + hint)
-        return e.exit_code
-    except Exception as e:  # noqa: BLE001 — the boundary: user errors → one line, bugs → traceback
-        user = as_user_error(e)
-        if user is None or debug:
-            raise
-        print_error(user.one_line())
-        return user.exit_code
-    finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+            return rv if isinstance(rv, int) else 0
+        except typer.Abort:
+            raise Interrupted() from None
+        except click_exceptions.NoArgsIsHelpError as e:
+            app(args=[*args, "--help"], prog_name="tbx", standalone_mode=False)  # the rich help
+            return e.exit_code
+        except click_exceptions.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            hint = f" — see '{ctx.command_path} --help'" if ctx is not None else ""
+            print_error(" ".join(e.format_message().split()) + hint)
+            return e.exit_code
+
+    return guarded(call, debug)
 
 
 def run() -> None:
