@@ -182,3 +182,26 @@ def test_cpu_bag_sum_kernel_matches_grid_sample_kernel():
     for ga, gb in zip(torch.autograd.grad(a, inputs, g), torch.autograd.grad(b, inputs, g)):
         torch.testing.assert_close(ga, gb)
     assert torch.autograd.gradcheck(lambda v, lc, w: _bag_sum_core(v, shapes, lc, w), (value, loc, wts))
+
+
+def test_cpu_bag_sum_kernel_far_outside_locations():
+    """Samples far outside the maps (clamped top-left taps, all weights zero) and exactly on the
+    borders give grid_sample's values and gradients."""
+    from tbx.models.deform_core import _bag_sum_core, _grid_sample_core
+
+    torch.manual_seed(5)
+    shapes = [(4, 3), (2, 2)]
+    s = sum(h * w for h, w in shapes)
+    n, q, m, d, p = 1, 9, 2, 3, 3
+    value = torch.randn(n, s, m, d, dtype=torch.float64, requires_grad=True)
+    loc = torch.rand(n, q, m, len(shapes), p, 2, dtype=torch.float64) * 4 - 1.5
+    loc[0, :3] = torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64).view(3, 1, 1, 1, 1)  # borders
+    loc.requires_grad_(True)
+    wts = torch.rand(n, q, m, len(shapes), p, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(n, q, m * d, dtype=torch.float64)
+    a = _bag_sum_core(value, shapes, loc, wts)
+    b = _grid_sample_core(value, shapes, loc, wts)
+    torch.testing.assert_close(a, b)
+    inputs = (value, loc, wts)
+    for ga, gb in zip(torch.autograd.grad(a, inputs, g), torch.autograd.grad(b, inputs, g), strict=True):
+        torch.testing.assert_close(ga, gb)
