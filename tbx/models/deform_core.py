@@ -168,14 +168,14 @@ class _BilinearBagSum(torch.autograd.Function):
         wx0, wx1 = (1 - fx) * in_x[0], fx * in_x[1]
         wy0, wy1 = (1 - fy) * in_y[0], fy * in_y[1]
         ay0, ay1 = a * wy0, a * wy1
-        w = torch.stack([ay0 * wx0, ay0 * wx1, ay1 * wx0, ay1 * wx1], -1).view(idx.shape)
-        ctx.save_for_backward(table, idx, a, w, wx0, wx1, wy0, wy1, in_x, in_y)
+        w = (ay0 * wx0, ay0 * wx1, ay1 * wx0, ay1 * wx1)  # the 4 taps' weights
+        ctx.save_for_backward(table, idx, a, wx0, wx1, wy0, wy1, in_x, in_y, *w)
         ctx.levels = levels
-        return F.embedding_bag(idx, table, per_sample_weights=w, mode="sum")
+        return F.embedding_bag(idx, table, per_sample_weights=torch.stack(w, -1).view(idx.shape), mode="sum")
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        table, idx, a, w, wx0, wx1, wy0, wy1, in_x, in_y = ctx.saved_tensors
+        table, idx, a, wx0, wx1, wy0, wy1, in_x, in_y, *w = ctx.saved_tensors
         levels: list[tuple[int, int, int]] = ctx.levels
         bags, groups = a.shape
         rows, d = table.shape
@@ -187,11 +187,14 @@ class _BilinearBagSum(torch.autograd.Function):
             counts = torch.bincount(r00, minlength=rows)
             offsets = counts.cumsum(0) - counts
             bag = torch.div(order, groups, rounding_mode="floor")
-            w_sorted = w.view(-1, 4).index_select(0, order).t()
             grad_table = torch.zeros_like(table)
             for tap in range(4):
                 part = F.embedding_bag(
-                    bag, grad, offsets=offsets, per_sample_weights=w_sorted[tap].contiguous(), mode="sum"
+                    bag,
+                    grad,
+                    offsets=offsets,
+                    per_sample_weights=w[tap].view(-1).index_select(0, order),
+                    mode="sum",
                 )
                 for top_left, rows_of_tap in _tap_rows(levels, tap):
                     grad_table[rows_of_tap] += part[top_left]
@@ -201,12 +204,15 @@ class _BilinearBagSum(torch.autograd.Function):
             crow = torch.arange(0, bags * k + 1, k, device=idx.device)
             with warnings.catch_warnings():  # "sparse CSR support is in beta"
                 warnings.simplefilter("ignore", UserWarning)
-                # w only fixes the pattern's dtype (beta = 0 ignores its values)
                 pattern = torch.sparse_csr_tensor(
-                    crow, idx.reshape(-1), w.reshape(-1), size=(bags, rows), check_invariants=False
+                    crow,
+                    idx.reshape(-1),
+                    grad.new_zeros(idx.numel()),
+                    size=(bags, rows),
+                    check_invariants=False,
                 )
                 dots = torch.sparse.sampled_addmm(pattern, grad, table.t(), beta=0.0).values()
-            d00, d01, d10, d11 = dots.view(-1, 4).t().contiguous().view(4, bags, groups)
+            d00, d01, d10, d11 = dots.view(bags, groups, 4).unbind(-1)
             row0, row1 = d00 * wx0 + d01 * wx1, d10 * wx0 + d11 * wx1  # along x, per tap row
             col0, col1 = d00 * wy0 + d10 * wy1, d01 * wy0 + d11 * wy1  # along y, per tap column
             grad_a = row0 * wy0 + row1 * wy1
