@@ -184,13 +184,13 @@ def test_cpu_bag_sum_kernel_matches_grid_sample_kernel():
     assert torch.autograd.gradcheck(lambda v, lc, w: _bag_sum_core(v, shapes, lc, w), (value, loc, wts))
 
 
-def test_cpu_bag_sum_kernel_far_outside_locations():
+@pytest.mark.parametrize("shapes", [[(4, 3), (2, 2)], [(4, 3)]])  # one level: the SAS block's path
+def test_cpu_bag_sum_kernel_far_outside_locations(shapes):
     """Samples far outside the maps (clamped top-left taps, all weights zero) and exactly on the
     borders give grid_sample's values and gradients."""
     from tbx.models.deform_core import _bag_sum_core, _grid_sample_core
 
     torch.manual_seed(5)
-    shapes = [(4, 3), (2, 2)]
     s = sum(h * w for h, w in shapes)
     n, q, m, d, p = 1, 9, 2, 3, 3
     value = torch.randn(n, s, m, d, dtype=torch.float64, requires_grad=True)

@@ -105,8 +105,12 @@ def _bag_sum_core(
         [(w, h, s, size // (n * m), w + 2) for (h, w), (s, size, _) in zip(shapes, levels, strict=True)],
         device=dev,
     ).repeat_interleave(n_points, dim=0)
-    wl, hl = geo[:, 0].to(dt), geo[:, 1].to(dt)
-    start, area, wp = geo[:, 2], geo[:, 3], geo[:, 4]
+    # one level (the SAS block): plain numbers, as broadcasting a (G,) vector over (bags, 4) is slow
+    wl, hl, start, area, wp = (
+        (geo[:, 0].to(dt), geo[:, 1].to(dt), geo[:, 2], geo[:, 3], geo[:, 4])
+        if n_levels > 1
+        else (float(shapes[0][1]), float(shapes[0][0]), 0, levels[0][1] // (n * m), shapes[0][1] + 2)
+    )
     # pixel coordinates (centres at integers), (bags, G); the floor carries no gradient
     loc = sampling_locations.reshape(bags, groups, 2)
     x = loc[..., 0] * wl - 0.5
@@ -116,10 +120,11 @@ def _bag_sum_core(
     in_x = torch.stack([(x0 >= 0) & (x0 < wl), (x0 >= -1) & (x0 < wl - 1)]).to(table.dtype)
     in_y = torch.stack([(y0 >= 0) & (y0 < hl), (y0 >= -1) & (y0 < hl - 1)]).to(table.dtype)
     # top-left tap's row in the padded table (clamped: a clamped sample has all four weights zero)
-    px = x0.clamp(-1, None).minimum(wl - 1).long() + 1
-    py = y0.clamp(-1, None).minimum(hl - 1).long() + 1
+    px = x0.clamp(-1, None).minimum(wl - 1) if isinstance(wl, Tensor) else x0.clamp(-1, wl - 1)
+    py = y0.clamp(-1, None).minimum(hl - 1) if isinstance(hl, Tensor) else y0.clamp(-1, hl - 1)
     nm = torch.arange(n, device=dev).view(n, 1, 1) * m + torch.arange(m, device=dev).view(1, 1, m)
-    r00 = start + nm.expand(n, q, m).reshape(bags, 1) * area + py * wp + px  # map (batch, head) of a bag
+    # row of the top-left tap: map (batch, head) of the bag, then the padded pixel
+    r00 = (py.long() + 1) * wp + (px.long() + 1) + (start + nm.expand(n, q, m).reshape(bags, 1) * area)
     idx = torch.stack([r00, r00 + 1, r00 + wp, r00 + wp + 1], -1).view(bags, groups * 4)
     out = _BilinearBagSum.apply(
         table,
