@@ -205,3 +205,22 @@ def test_cpu_bag_sum_kernel_far_outside_locations(shapes):
     inputs = (value, loc, wts)
     for ga, gb in zip(torch.autograd.grad(a, inputs, g), torch.autograd.grad(b, inputs, g), strict=True):
         torch.testing.assert_close(ga, gb)
+
+
+def test_inference_linear_matches_linear():
+    """InferenceLinear = x·Wᵀ + b (an independent einsum) under inference mode on channels-last
+    strided input, with autograd and a plain nn.Linear state dict unchanged."""
+    from tbx.models.sym_attention import InferenceLinear
+
+    torch.manual_seed(6)
+    lin = InferenceLinear(32, 24)
+    ref = torch.nn.Linear(32, 24)
+    ref.load_state_dict(lin.state_dict())
+    x = torch.randn(2, 32, 5, 7).flatten(2).transpose(1, 2)  # (N, H·W, C), strided
+    expect = torch.einsum("nsc,oc->nso", x, lin.weight) + lin.bias
+    with torch.inference_mode():
+        torch.testing.assert_close(lin(x), expect, atol=1e-5, rtol=1e-5)
+    xg = x.clone().requires_grad_(True)
+    lin(xg).sum().backward()
+    assert xg.grad is not None
+    torch.testing.assert_close(xg.grad, lin.weight.sum(0).expand_as(xg).detach())
