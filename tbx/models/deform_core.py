@@ -207,16 +207,19 @@ class _BilinearBagSum(torch.autograd.Function):
             # dot[k] = ⟨grad[b], table[idx[b, k]]⟩ only where idx points: a sampled matmul
             k = idx.shape[1]
             crow = torch.arange(0, bags * k + 1, k, device=idx.device)
+            # sampled_addmm takes float32 / float64 only (bf16, fp16: computed in float32)
+            dot_dt = grad.dtype if grad.dtype in (torch.float32, torch.float64) else torch.float32
             with warnings.catch_warnings():  # "sparse CSR support is in beta"
                 warnings.simplefilter("ignore", UserWarning)
                 pattern = torch.sparse_csr_tensor(
                     crow,
                     idx.reshape(-1),
-                    grad.new_zeros(idx.numel()),
+                    grad.new_zeros(idx.numel(), dtype=dot_dt),
                     size=(bags, rows),
                     check_invariants=False,
                 )
-                dots = torch.sparse.sampled_addmm(pattern, grad, table.t(), beta=0.0).values()
+                dots = torch.sparse.sampled_addmm(pattern, grad.to(dot_dt), table.to(dot_dt).t(), beta=0.0)
+            dots = dots.values().to(grad.dtype)
             d00, d01, d10, d11 = dots.view(bags, groups, 4).unbind(-1)
             row0, row1 = d00 * wx0 + d01 * wx1, d10 * wx0 + d11 * wx1  # along x, per tap row
             col0, col1 = d00 * wy0 + d10 * wy1, d01 * wy0 + d11 * wy1  # along y, per tap column
