@@ -224,3 +224,27 @@ def test_inference_linear_matches_linear():
     lin(xg).sum().backward()
     assert xg.grad is not None
     torch.testing.assert_close(xg.grad, lin.weight.sum(0).expand_as(xg).detach())
+
+
+def test_cpu_bag_sum_kernel_bfloat16_backward():
+    """bf16 (CPU autocast) runs forward and backward, close to the float32 gradients."""
+    from tbx.models.deform_core import _bag_sum_core
+
+    torch.manual_seed(7)
+    shapes = [(6, 5), (3, 3)]
+    inputs32 = (
+        torch.randn(1, 39, 2, 4),
+        torch.rand(1, 7, 2, 2, 3, 2) * 0.9 + 0.05,
+        torch.rand(1, 7, 2, 2, 3),
+    )
+    inputs32 = tuple(t.bfloat16().float() for t in inputs32)  # the same samples (and cells) in both
+    grads = []
+    for dtype in (torch.float32, torch.bfloat16):
+        ins = [t.detach().to(dtype).requires_grad_(True) for t in inputs32]
+        _bag_sum_core(ins[0], shapes, ins[1], ins[2]).sum().backward()
+        grads.append([t.grad.float() for t in ins])
+    # value and attention-weight gradients match; a location's gradient may jump where bf16 rounding
+    # moves a sample into the next pixel cell, so it is only checked to be finite
+    for g32, g16 in zip(grads[0][::2], grads[1][::2], strict=True):
+        torch.testing.assert_close(g16, g32, atol=0.1, rtol=0.05)
+    assert torch.isfinite(grads[1][1]).all()
