@@ -182,3 +182,69 @@ def test_cpu_bag_sum_kernel_matches_grid_sample_kernel():
     for ga, gb in zip(torch.autograd.grad(a, inputs, g), torch.autograd.grad(b, inputs, g)):
         torch.testing.assert_close(ga, gb)
     assert torch.autograd.gradcheck(lambda v, lc, w: _bag_sum_core(v, shapes, lc, w), (value, loc, wts))
+
+
+@pytest.mark.parametrize("shapes", [[(4, 3), (2, 2)], [(4, 3)]])  # one level: the SAS block's path
+def test_cpu_bag_sum_kernel_far_outside_locations(shapes):
+    """Samples far outside the maps (clamped top-left taps, all weights zero) and exactly on the
+    borders give grid_sample's values and gradients."""
+    from tbx.models.deform_core import _bag_sum_core, _grid_sample_core
+
+    torch.manual_seed(5)
+    s = sum(h * w for h, w in shapes)
+    n, q, m, d, p = 1, 9, 2, 3, 3
+    value = torch.randn(n, s, m, d, dtype=torch.float64, requires_grad=True)
+    loc = torch.rand(n, q, m, len(shapes), p, 2, dtype=torch.float64) * 4 - 1.5
+    loc[0, :3] = torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64).view(3, 1, 1, 1, 1)  # borders
+    loc.requires_grad_(True)
+    wts = torch.rand(n, q, m, len(shapes), p, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(n, q, m * d, dtype=torch.float64)
+    a = _bag_sum_core(value, shapes, loc, wts)
+    b = _grid_sample_core(value, shapes, loc, wts)
+    torch.testing.assert_close(a, b)
+    inputs = (value, loc, wts)
+    for ga, gb in zip(torch.autograd.grad(a, inputs, g), torch.autograd.grad(b, inputs, g), strict=True):
+        torch.testing.assert_close(ga, gb)
+
+
+def test_inference_linear_matches_linear():
+    """InferenceLinear = x·Wᵀ + b (an independent einsum) under inference mode on channels-last
+    strided input, with autograd and a plain nn.Linear state dict unchanged."""
+    from tbx.models.sym_attention import InferenceLinear
+
+    torch.manual_seed(6)
+    lin = InferenceLinear(32, 24)
+    ref = torch.nn.Linear(32, 24)
+    ref.load_state_dict(lin.state_dict())
+    x = torch.randn(2, 32, 5, 7).flatten(2).transpose(1, 2)  # (N, H·W, C), strided
+    expect = torch.einsum("nsc,oc->nso", x, lin.weight) + lin.bias
+    with torch.inference_mode():
+        torch.testing.assert_close(lin(x), expect, atol=1e-5, rtol=1e-5)
+    xg = x.clone().requires_grad_(True)
+    lin(xg).sum().backward()
+    assert xg.grad is not None
+    torch.testing.assert_close(xg.grad, lin.weight.sum(0).expand_as(xg).detach())
+
+
+def test_cpu_bag_sum_kernel_bfloat16_backward():
+    """bf16 (CPU autocast) runs forward and backward, close to the float32 gradients."""
+    from tbx.models.deform_core import _bag_sum_core
+
+    torch.manual_seed(7)
+    shapes = [(6, 5), (3, 3)]
+    inputs32 = (
+        torch.randn(1, 39, 2, 4),
+        torch.rand(1, 7, 2, 2, 3, 2) * 0.9 + 0.05,
+        torch.rand(1, 7, 2, 2, 3),
+    )
+    inputs32 = tuple(t.bfloat16().float() for t in inputs32)  # the same samples (and cells) in both
+    grads = []
+    for dtype in (torch.float32, torch.bfloat16):
+        ins = [t.detach().to(dtype).requires_grad_(True) for t in inputs32]
+        _bag_sum_core(ins[0], shapes, ins[1], ins[2]).sum().backward()
+        grads.append([t.grad.float() for t in ins])
+    # value and attention-weight gradients match; a location's gradient may jump where bf16 rounding
+    # moves a sample into the next pixel cell, so it is only checked to be finite
+    for g32, g16 in zip(grads[0][::2], grads[1][::2], strict=True):
+        torch.testing.assert_close(g16, g32, atol=0.1, rtol=0.05)
+    assert torch.isfinite(grads[1][1]).all()

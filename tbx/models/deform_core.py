@@ -5,16 +5,19 @@ one function (tests check that they agree in value and gradient):
 
 * CUDA — ``grid_sample`` per feature level (≤ 5 levels; fast on GPUs);
 * CPU — a weighted *bag sum*: the 4 bilinear taps × points × levels of a (query, head) are rows of
-  one table of all value vectors, summed with weights (attention × bilinear × inside) by
-  ``F.embedding_bag``; its backward (:class:`_BagSum`) gathers rows by ``index_select`` and
-  scatters the value gradient with a second bag sum over the sorted indices.  CPU ``grid_sample``
-  reads channels with a stride of H·W and its backward alone costs more than this whole path
-  (``benchmarks/bench_models.py``: forward + backward vs a per-point loop).
+  one table of all value vectors (each map padded by one zero pixel, so a sample's taps are rows
+  ``r, r + 1, r + W', r + W' + 1``), summed with weights (attention × bilinear × inside) by
+  ``F.embedding_bag``; its backward (:class:`_BilinearBagSum`) scatters the value gradient as 4 bag
+  sums over the sorted top-left rows and gets the weight gradients from a sampled sparse matmul.
+  CPU ``grid_sample`` reads channels with a stride of H·W and its backward alone costs more than
+  this whole path (``benchmarks/bench_models.py``: forward + backward vs a per-point loop).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -84,66 +87,143 @@ def _grid_sample_core(
 def _bag_sum_core(
     value: Tensor, shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
 ) -> Tensor:
-    n, s, m, d = value.shape
+    n, _, m, d = value.shape
     _, q, _, n_levels, n_points, _ = sampling_locations.shape
     dev, dt = sampling_locations.device, sampling_locations.dtype
-    table = value.permute(0, 2, 1, 3).reshape(n * m * s, d)  # row (b, h, i) = b·M·S + h·S + i
-    hw = torch.tensor(shapes, dtype=dt, device=dev)
-    hl, wl = hw[:, 0].view(n_levels, 1), hw[:, 1].view(n_levels, 1)  # broadcast over P
-    start = torch.tensor([0] + [h * w for h, w in shapes][:-1], device=dev).cumsum(0)
-    # pixel coordinates (centres at integers), (N, Q, M, L, P); the floor carries no gradient
-    x = sampling_locations[..., 0] * wl - 0.5
-    y = sampling_locations[..., 1] * hl - 0.5
-    x0, y0 = x.detach().floor(), y.detach().floor()
-    fx, fy = (x - x0).unsqueeze(-1), (y - y0).unsqueeze(-1)
-    cx = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=dt, device=dev)  # the 4 taps
-    cy = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=dt, device=dev)
-    xs, ys = x0.unsqueeze(-1) + cx, y0.unsqueeze(-1) + cy  # (N, Q, M, L, P, 4)
-    bilinear = (1 - fx + cx * (2 * fx - 1)) * (1 - fy + cy * (2 * fy - 1))
-    w3, h3 = wl.view(n_levels, 1, 1), hl.view(n_levels, 1, 1)
-    inside = (xs >= 0) & (xs < w3) & (ys >= 0) & (ys < h3)  # outside → zeros (padding_mode zeros)
-    base = (torch.arange(n, device=dev).view(n, 1, 1) * m + torch.arange(m, device=dev).view(1, 1, m)) * s
-    rows = (
-        base.view(n, 1, m, 1, 1, 1)
-        + start.view(1, 1, 1, n_levels, 1, 1)
-        + (ys.clamp(min=0).minimum(h3 - 1) * w3 + xs.clamp(min=0).minimum(w3 - 1)).long()
+    # one table of all value vectors, each (batch, head, level) map padded by a zero pixel all round:
+    # the 4 taps of a sample are then rows r, r + 1, r + W', r + W' + 1 of the same padded map
+    blocks, levels, row = [], [], 0
+    for (h, w), v in zip(shapes, value.split([h * w for h, w in shapes], dim=1), strict=True):
+        v = F.pad(v.reshape(n, h, w, m, d).permute(0, 3, 1, 2, 4), (0, 0, 1, 1, 1, 1))  # (N, M, H', W', D)
+        blocks.append(v.reshape(-1, d))
+        levels.append((row, n * m * (h + 2) * (w + 2), w + 2))
+        row += n * m * (h + 2) * (w + 2)
+    table = torch.cat(blocks)
+    # per (level, point) constants over the G = L·P samples of a bag (rows: bags = (batch, query, head))
+    bags, groups = n * q * m, n_levels * n_points
+    geo = torch.tensor(
+        [(w, h, s, size // (n * m), w + 2) for (h, w), (s, size, _) in zip(shapes, levels, strict=True)],
+        device=dev,
+    ).repeat_interleave(n_points, dim=0)
+    # one level (the SAS block): plain numbers, as broadcasting a (G,) vector over (bags, 4) is slow
+    wl, hl, start, area, wp = (
+        (geo[:, 0].to(dt), geo[:, 1].to(dt), geo[:, 2], geo[:, 3], geo[:, 4])
+        if n_levels > 1
+        else (float(shapes[0][1]), float(shapes[0][0]), 0, levels[0][1] // (n * m), shapes[0][1] + 2)
     )
-    weights = (attention_weights.unsqueeze(-1) * bilinear).masked_fill(~inside, 0)
-    k = n_levels * n_points * 4
-    out = _BagSum.apply(table, rows.reshape(n * q * m, k), weights.reshape(n * q * m, k).to(table.dtype))
+    # pixel coordinates (centres at integers), (bags, G); the floor carries no gradient
+    loc = sampling_locations.reshape(bags, groups, 2)
+    x = loc[..., 0] * wl - 0.5
+    y = loc[..., 1] * hl - 0.5
+    x0, y0 = x.detach().floor(), y.detach().floor()
+    # which of the taps 0 / +1 lie inside the map (outside → zeros, padding_mode zeros)
+    in_x = torch.stack([(x0 >= 0) & (x0 < wl), (x0 >= -1) & (x0 < wl - 1)]).to(table.dtype)
+    in_y = torch.stack([(y0 >= 0) & (y0 < hl), (y0 >= -1) & (y0 < hl - 1)]).to(table.dtype)
+    # top-left tap's row in the padded table (clamped: a clamped sample has all four weights zero)
+    px = x0.clamp(-1, None).minimum(wl - 1) if isinstance(wl, Tensor) else x0.clamp(-1, wl - 1)
+    py = y0.clamp(-1, None).minimum(hl - 1) if isinstance(hl, Tensor) else y0.clamp(-1, hl - 1)
+    nm = torch.arange(n, device=dev).view(n, 1, 1) * m + torch.arange(m, device=dev).view(1, 1, m)
+    # row of the top-left tap: map (batch, head) of the bag, then the padded pixel
+    r00 = (py.long() + 1) * wp + (px.long() + 1) + (start + nm.expand(n, q, m).reshape(bags, 1) * area)
+    idx = torch.stack([r00, r00 + 1, r00 + wp, r00 + wp + 1], -1).view(bags, groups * 4)
+    out = _BilinearBagSum.apply(
+        table,
+        idx,
+        attention_weights.reshape(bags, groups).to(table.dtype),
+        (x - x0).to(table.dtype),
+        (y - y0).to(table.dtype),
+        in_x,
+        in_y,
+        levels,
+    )
     return out.view(n, q, m * d)
 
 
-class _BagSum(torch.autograd.Function):
-    """``out[b] = Σ_k w[b, k] · table[idx[b, k]]`` (``embedding_bag``, mode sum) with a backward
-    that avoids ``embedding_bag``'s slow generic one on CPU."""
+def _tap_rows(levels: list[tuple[int, int, int]], tap: int) -> list[tuple[slice, slice]]:
+    """Per level, (top-left rows, tap rows) of tap ``tap`` (0 top-left, 1 right, 2 below, 3 both)."""
+    pairs = []
+    for s, size, wp in levels:
+        o = (0, 1, wp, wp + 1)[tap]
+        pairs.append((slice(s, s + size - o), slice(s + o, s + size)))
+    return pairs
+
+
+class _BilinearBagSum(torch.autograd.Function):
+    """``out[b] = Σ_j a[b, j] · Σ_{y, x ∈ {0, 1}} wy · wx · table[idx[b, 4j + 2y + x]]``: bilinear
+    samples at fractions ``(fx, fy)`` with tap weights ``wx = (1 − fx, fx) · in_x`` (``in_x[t]``: tap
+    ``t`` lies inside the map), summed by one ``embedding_bag``.  The taps of sample ``j`` are rows
+    ``r, r + 1, r + W', r + W' + 1`` of a padded map, and the backward uses that: the value gradient
+    is 4 bag sums over the top-left rows sorted once; the gradients of ``a``, ``fx`` and ``fy`` come
+    from ⟨grad[b], table[idx[b, k]]⟩, computed only at those entries by a sampled sparse matmul
+    (``torch.sparse.sampled_addmm``) — never a gathered copy of all taps.  Every per-sample tensor
+    is a contiguous ``(bags, G)`` (CPU broadcasting over inner dims of 2 or 4 is slow)."""
 
     @staticmethod
-    def forward(ctx, table: Tensor, idx: Tensor, w: Tensor) -> Tensor:
-        ctx.save_for_backward(table, idx, w)
-        return F.embedding_bag(idx, table, per_sample_weights=w, mode="sum")
+    def forward(
+        ctx: Any,
+        table: Tensor,
+        idx: Tensor,
+        a: Tensor,
+        fx: Tensor,
+        fy: Tensor,
+        in_x: Tensor,
+        in_y: Tensor,
+        levels: list[tuple[int, int, int]],
+    ) -> Tensor:
+        wx0, wx1 = (1 - fx) * in_x[0], fx * in_x[1]
+        wy0, wy1 = (1 - fy) * in_y[0], fy * in_y[1]
+        ay0, ay1 = a * wy0, a * wy1
+        w = (ay0 * wx0, ay0 * wx1, ay1 * wx0, ay1 * wx1)  # the 4 taps' weights
+        ctx.save_for_backward(table, idx, a, wx0, wx1, wy0, wy1, in_x, in_y, *w)
+        ctx.levels = levels
+        return F.embedding_bag(idx, table, per_sample_weights=torch.stack(w, -1).view(idx.shape), mode="sum")
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        table, idx, w = ctx.saved_tensors
-        bags, k = idx.shape
-        grad_table = grad_w = None
-        if ctx.needs_input_grad[0]:  # table row r gets Σ w · grad[bag] over its entries: a bag sum
-            flat = idx.reshape(-1)  # over the entries sorted by row
-            order = torch.argsort(flat.int() if table.shape[0] < 2**31 else flat)
-            counts = torch.bincount(flat, minlength=table.shape[0])
-            grad_table = F.embedding_bag(
-                torch.div(order, k, rounding_mode="floor"),
-                grad,
-                offsets=counts.cumsum(0) - counts,
-                per_sample_weights=w.reshape(-1)[order],
-                mode="sum",
-            )
-        if ctx.needs_input_grad[2]:  # ⟨grad[bag], table[idx]⟩, gathered in chunks of ~4 M values
-            grad_w = torch.empty_like(w)
-            step = max(1, (1 << 22) // max(1, bags * table.shape[1]))
-            for j in range(0, k, step):
-                sel = idx[:, j : j + step]
-                gathered = table.index_select(0, sel.reshape(-1)).view(bags, sel.shape[1], -1)
-                grad_w[:, j : j + step] = torch.bmm(gathered, grad.unsqueeze(-1)).squeeze(-1)
-        return grad_table, None, grad_w
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        table, idx, a, wx0, wx1, wy0, wy1, in_x, in_y, *w = ctx.saved_tensors
+        levels: list[tuple[int, int, int]] = ctx.levels
+        bags, groups = a.shape
+        rows, d = table.shape
+        grad = grad.contiguous()
+        grad_table = grad_a = grad_fx = grad_fy = None
+        if ctx.needs_input_grad[0]:  # row r gets Σ w · grad[bag] over the taps reading it
+            r00 = idx.view(-1, 4)[:, 0]
+            order = torch.argsort(r00.int() if rows < 2**31 else r00)
+            counts = torch.bincount(r00, minlength=rows)
+            offsets = counts.cumsum(0) - counts
+            bag = torch.div(order, groups, rounding_mode="floor")
+            grad_table = torch.zeros_like(table)
+            for tap in range(4):
+                part = F.embedding_bag(
+                    bag,
+                    grad,
+                    offsets=offsets,
+                    per_sample_weights=w[tap].view(-1).index_select(0, order),
+                    mode="sum",
+                )
+                for top_left, rows_of_tap in _tap_rows(levels, tap):
+                    grad_table[rows_of_tap] += part[top_left]
+        if any(ctx.needs_input_grad[2:5]):
+            # dot[k] = ⟨grad[b], table[idx[b, k]]⟩ only where idx points: a sampled matmul
+            k = idx.shape[1]
+            crow = torch.arange(0, bags * k + 1, k, device=idx.device)
+            # sampled_addmm takes float32 / float64 only (bf16, fp16: computed in float32)
+            dot_dt = grad.dtype if grad.dtype in (torch.float32, torch.float64) else torch.float32
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                pattern = torch.sparse_csr_tensor(
+                    crow,
+                    idx.reshape(-1),
+                    grad.new_zeros(idx.numel(), dtype=dot_dt),
+                    size=(bags, rows),
+                    check_invariants=False,
+                )
+                dots = torch.sparse.sampled_addmm(pattern, grad.to(dot_dt), table.to(dot_dt).t(), beta=0.0)
+            dots = dots.values().to(grad.dtype)
+            d00, d01, d10, d11 = dots.view(bags, groups, 4).unbind(-1)
+            row0, row1 = d00 * wx0 + d01 * wx1, d10 * wx0 + d11 * wx1  # along x, per tap row
+            col0, col1 = d00 * wy0 + d10 * wy1, d01 * wy0 + d11 * wy1  # along y, per tap column
+            grad_a = row0 * wy0 + row1 * wy1
+            grad_fx = a * (in_x[1] * col1 - in_x[0] * col0)
+            grad_fy = a * (in_y[1] * row1 - in_y[0] * row0)
+        return grad_table, None, grad_a, grad_fx, grad_fy, None, None, None

@@ -34,6 +34,30 @@ from torch import Tensor, nn
 from tbx.models.deform_core import ms_deform_sample
 
 
+class InferenceLinear(nn.Linear):
+    """``nn.Linear`` (same parameters, state-dict keys and MAC hooks) whose CPU float32 forward
+    under ``torch.inference_mode`` runs oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``):
+    ~1.3× the GMAC/s of the default ``addmm`` at the SAS block's shapes on one thread, the same
+    numbers up to float reassociation.  Autograd, ONNX export, CUDA and other dtypes take
+    ``F.linear``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            _ONEDNN_LINEAR is not None
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and torch.is_inference_mode_enabled()
+            and not torch.onnx.is_in_onnx_export()
+        ):
+            return _ONEDNN_LINEAR(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+
+_ONEDNN_LINEAR = (
+    getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+)
+
+
 def _shape_list(spatial_shapes: Sequence[tuple[int, int]] | Tensor) -> list[tuple[int, int]]:
     if isinstance(spatial_shapes, Tensor):
         spatial_shapes = spatial_shapes.tolist()
@@ -61,10 +85,10 @@ class SymAttention(nn.Module):
             raise ValueError(f"d_model {d_model} must be divisible by n_heads {n_heads}")
         self.d_model, self.n_heads, self.n_levels, self.n_points = d_model, n_heads, n_levels, n_points
         self.mirror = mirror
-        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
-        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
-        self.value_proj = nn.Linear(d_model, d_model)
-        self.output_proj = nn.Linear(d_model, d_model)
+        self.sampling_offsets = InferenceLinear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = InferenceLinear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = InferenceLinear(d_model, d_model)
+        self.output_proj = InferenceLinear(d_model, d_model)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -174,10 +198,10 @@ class SymEncoderLayer(nn.Module):
         self.self_attn = SymAttention(d_model, n_heads, n_levels, n_points, mirror=mirror)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.linear1 = InferenceLinear(d_model, d_ffn)
         self.activation = nn.ReLU(inplace=True)
         self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.linear2 = InferenceLinear(d_ffn, d_model)
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
