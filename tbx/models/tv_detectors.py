@@ -172,6 +172,16 @@ class _FPNDetectorMixin:
 # Faster R-CNN R50-FPN
 
 
+# torchvision's GeneralizedRCNNTransform is bypassed (tbx normalises and resizes itself); its
+# parameters are set to the identity so that nothing would change even if it ran.
+def _identity_norm() -> dict:
+    return {"image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0]}
+
+
+def _identity_transform(input_size: int) -> dict:
+    return {"min_size": input_size, "max_size": input_size, **_identity_norm()}
+
+
 class FasterRCNNDetector(_FPNDetectorMixin, Detector, FasterRCNN):
     """torchvision Faster R-CNN (FPN, RPN, RoI heads, defaults of ``fasterrcnn_resnet50_fpn``)
     + the docs/models.md §2.6 classification head on C5."""
@@ -188,10 +198,7 @@ class FasterRCNNDetector(_FPNDetectorMixin, Detector, FasterRCNN):
         super().__init__(
             backbone,
             num_classes=num_classes,
-            min_size=input_size,
-            max_size=input_size,
-            image_mean=[0.0, 0.0, 0.0],
-            image_std=[1.0, 1.0, 1.0],
+            **_identity_transform(input_size),
             **kwargs,
         )
         self.cls_head = ClsHead(backbone.c5_channels, cls_channels)
@@ -255,10 +262,7 @@ class FCOSDetector(_FPNDetectorMixin, Detector, FCOS):
         super().__init__(
             backbone,
             num_classes=num_classes,
-            min_size=input_size,
-            max_size=input_size,
-            image_mean=[0.0, 0.0, 0.0],
-            image_std=[1.0, 1.0, 1.0],
+            **_identity_transform(input_size),
             score_thresh=score_thresh,
             nms_thresh=nms_thresh,
             **kwargs,
@@ -441,8 +445,7 @@ class SSDDetector(Detector, SSD):
             anchor_generator,
             (input_size, input_size),
             num_classes,
-            image_mean=[0.0, 0.0, 0.0],
-            image_std=[1.0, 1.0, 1.0],
+            **_identity_norm(),
             head=head,
             score_thresh=score_thresh,
             nms_thresh=nms_thresh,
