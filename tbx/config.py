@@ -56,6 +56,7 @@ def bounded(
 
         batch_size: int = bounded(8, ge=1)
         flip_prob: float = bounded(0.5, ge=0, le=1)
+        weights: tuple[float, float] = bounded((1.0, 4.0), gt=0)   # each item
     """
     return dataclasses.field(default=default, metadata={"range": Range(ge, gt, le, lt)})
 
@@ -72,12 +73,15 @@ def check_fields(cfg: Any, prefix: str = "") -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         rng = f.metadata.get("range")
-        if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-            if value != value or not rng.ok(value):  # NaN is never in range
-                raise TbxError(
-                    f"'{prefix}{f.name}' must be {rng.text()}, got {value!r}",
-                    fix=f"set {prefix}{f.name} to a value {rng.text()}",
-                )
+        if rng is not None:  # a number, or each item of a tuple/list of numbers
+            for item in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(item, (int, float)) and not isinstance(item, bool):
+                    if item != item or not rng.ok(item):  # NaN is never in range
+                        what = "each item of " if item is not value else ""
+                        raise TbxError(
+                            f"{what}'{prefix}{f.name}' must be {rng.text()}, got {value!r}",
+                            fix=f"set {prefix}{f.name} to {'values' if what else 'a value'} {rng.text()}",
+                        )
         check_fields(value, f"{prefix}{f.name}.")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 
 import pytest
 from PIL import Image
@@ -23,10 +25,12 @@ def test_demo_end_to_end(tmp_path):
         overrides=["stage1.epochs=1", "stage2.epochs=1", "model.input_size=64"],
         bootstrap=10,
         workers=1,
+        n_new_patients=12,
+        n_explain=3,
     )
     lines: list[str] = []
     outputs = run_demo(out, cfg, say=lines.append)
-    assert sum(ln.startswith("[") for ln in lines) == 11  # every step announced
+    assert sum(ln.startswith("[") for ln in lines) == 13  # every step announced
     for path in outputs.values():
         assert path.exists(), path
     # the test list holds every test image, and the predictions have one line per image
@@ -47,6 +51,31 @@ def test_demo_end_to_end(tmp_path):
     with Image.open(next((out / "report/figures").glob("*.png"))) as im:
         assert im.size[0] > 100
     assert (out / "raw/manifest.csv").is_file()  # the hospital-style export (PHI: test_build.py)
+    # explain: one heatmap per explained TB image, and the report shows the section
+    assert len(list((out / "run/explain/gradcam/heatmaps").glob("*.npy"))) == 3
+    assert "Where the models look" in html and (out / "report/tables/explain.md").is_file()
+    # deploy: the ONNX model screened the 12 new patients; the check re-scored independently here
+    check = json.loads(outputs["screening check"].read_text())
+    assert check["backend"] == "onnxruntime" and check["n_patients"] == 12 and check["n_errors"] == 0
+    truth = {
+        r["file"]: r["label"] == "tb"
+        for r in csv.DictReader((out / "deploy/new_patients/manifest.csv").open())
+    }
+    rows = list(csv.DictReader(outputs["screening"].open()))
+    assert len(rows) == 12
+    patients = lambda p: {r["patient_id"] for r in csv.DictReader(p.open())}  # noqa: E731
+    assert not patients(out / "deploy/new_patients/manifest.csv") & patients(out / "raw/manifest.csv")
+    thr = float(rows[0]["threshold"]) if rows[0]["threshold"] != "argmax" else None
+    hits = []
+    for r in rows:
+        p = [float(r["p_healthy"]), float(r["p_sick"]), float(r["p_tb"])]
+        says_tb = p[2] >= thr if thr is not None else p.index(max(p)) == 2
+        assert says_tb == (r["decision"] == "TB")
+        hits.append((truth[os.path.relpath(r["source"], out / "deploy/new_patients")], says_tb))
+    n_tb = sum(t for t, _ in hits)
+    assert check["n_tb"] == n_tb == 4
+    assert check["sensitivity"] == pytest.approx(sum(t and d for t, d in hits) / n_tb)
+    assert check["specificity"] == pytest.approx(sum(not t and not d for t, d in hits) / (12 - n_tb))
     # a second run replaces the earlier demo folder; a foreign folder is refused
     assert (out / MARKER).is_file()
     foreign = tmp_path / "foreign"

@@ -3,6 +3,8 @@ the saved .npy files, the source frame for non-square images, the CLI on a real 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import numpy as np
@@ -326,17 +328,33 @@ def test_missing_grad_cam_one_line(region_run, tmp_path, monkeypatch):
 
 def test_report_section(region_run, tmp_path):
     """`tbx report` reads RUN/explain/<method>/explain.json: score table + best/worst gallery."""
-    from tbx.bench.report.explain import best_and_worst, explain_section
+    from tbx.bench.report.explain import best_and_worst, explain_section, explain_table
+    from tbx.bench.report.render import render_csv, render_latex, render_markdown
 
     run = tmp_path / "run"
     _explain_region(region_run, run / "explain" / "gradcam", target="tb")
     (run / "explain" / "broken").mkdir()
     (run / "explain" / "broken" / "explain.json").write_text("{not json")
-    frag = explain_section([("myrun", run)])
+    table = explain_table([("myrun", run)])
+    assert table is not None and len(table.rows) == 1  # the broken file costs its row only
+    # the table's numbers are the per-image scores of the heatmap files, recomputed here
+    doc = json.loads((run / "explain" / "gradcam" / "explain.json").read_text())
+    scored = [im for im in doc["images"] if im["energy_in_boxes"] is not None]
+    energies = []
+    for im in scored:
+        hm = np.load(run / "explain" / "gradcam" / im["heatmap"])
+        energies.append(hm[coverage_mask(hm.shape, [BOX])].sum() / hm.sum())
+    row = next(csv.DictReader(io.StringIO(render_csv(table))))
+    assert (row["run"], row["method"], row["target"], row["n_scored"]) == ("myrun", "gradcam", "tb", "1")
+    assert float(row["energy_in_boxes"]) == pytest.approx(np.mean(energies), abs=6e-4)
+    assert row["energy_before"] == ""  # only the features method has a before
+    assert "| myrun | gradcam | tb |" in render_markdown(table) and "myrun" in render_latex(table)
+    frag = explain_section([("myrun", run)], table)
     assert "Where the models look" in frag and "<td>myrun</td><td>gradcam</td><td>tb</td>" in frag
     assert ">0.943<" in frag or ">0.94" in frag  # the TB image's energy (mean over 1 scored image)
     assert frag.count("data:image/png;base64,") == 1  # one TB image with boxes → one best, no worst
     assert "best: tb/x0.png" in frag and "cannot read" in frag
+    assert explain_table([("other", tmp_path / "nothing")]) is None
     assert explain_section([("other", tmp_path / "nothing")]) == ""
     imgs = [
         {"label": "tb", "energy_in_boxes": e, "file_name": f"f{k}"}

@@ -57,7 +57,8 @@ def _batch(size: int = SIZE, n: int = 2):
 
 
 def _faster_rcnn(size: int = SIZE) -> FasterRCNNDetector:
-    bb = resnet_fpn_backbone("resnet18", "none", [1, 2, 3, 4], LastLevelMaxPool())
+    bb, report = resnet_fpn_backbone("resnet18", "none", [1, 2, 3, 4], LastLevelMaxPool())
+    assert report is None  # nothing loaded
     # fewer proposals/samples than the defaults keep the CPU test fast; the code path is the same
     return FasterRCNNDetector(
         bb,
@@ -251,8 +252,9 @@ def test_vgg16_weights_loading(tmp_path, monkeypatch):
     ref = vgg16_features()  # a torchvision VGG-16 state_dict holds these as features.* (+ classifier.*)
     path = tmp_path / "vgg16.pth"
     torch.save({"model": {f"features.{k}": v for k, v in ref.state_dict().items()}}, path)
-    load_vgg16_weights(features, path)
+    report = load_vgg16_weights(features, path)
     assert torch.equal(features[28].weight, ref[28].weight) and torch.equal(features[0].bias, ref[0].bias)
+    assert (report.loaded, report.missing, report.unexpected) == (len(ref.state_dict()), 0, 0)
     # offline and not cached → a TbxError that says where to put the file
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 
@@ -293,3 +295,22 @@ def test_ssd_loss_drops_on_tiny_batch():
     images, sizes, targets = _batch(384, 1)
     history = _fit(model, images, sizes, targets, steps=8, lr=1e-5)
     assert min(history[-3:]) < 0.7 * history[0], history
+
+
+@pytest.mark.parametrize("name", ["fcos", "deformable_detr"])
+def test_builders_report_what_the_backbone_file_gave(tmp_path, name):
+    """Every builder fills ``pretrained_report`` (shown by `tbx models info` and the train log):
+    a torchvision ResNet-18 file loads every trunk tensor, its ``fc.*`` pair is unexpected."""
+    from tbx.models.config import DetrConfig, ModelConfig
+    from tbx.models.registry import build
+
+    ref = torchvision.models.resnet18(weights=None).state_dict()
+    path = tmp_path / "r18.pth"
+    torch.save(ref, path)
+    detr = DetrConfig(num_queries=10, num_encoder_layers=1, num_decoder_layers=1) if name != "fcos" else None
+    model = build(name, ModelConfig(backbone="resnet18", pretrained=str(path), detr=detr))
+    r = model.pretrained_report
+    trunk = [k for k in ref if not k.startswith("fc.")]
+    assert (r.loaded, r.missing, r.unexpected) == (len(trunk), 0, 2)
+    scratch = build(name, ModelConfig(backbone="resnet18", pretrained="none", detr=detr))
+    assert scratch.pretrained_report is None

@@ -23,7 +23,8 @@ def demo(
     workers: int = typer.Option(2, "--workers", min=1, help="Processes for synthesis/build/loading."),
 ) -> None:
     """Run the whole pipeline on synthetic CXRs: synth → build → validate → stats → split → train
-    (tiny SymFormer, both stages) → predict → bench → study (simulated reader) → report."""
+    (tiny SymFormer, both stages) → predict → bench → explain → deploy (operating points, ONNX,
+    screening of new patients) → study (simulated reader) → report."""
     from tbx.demo import DEMO_OVERRIDES, DemoConfig, run_demo
 
     console = Console()

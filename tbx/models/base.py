@@ -24,9 +24,7 @@ from torch import Tensor, nn
 
 from tbx.models.backbone import WeightsReport
 from tbx.models.cls_head import ClsHead
-
-# docs/models.md §2.6: cross-entropy class weights for healthy, sick, TB.
-CLS_LOSS_WEIGHTS = (1.0, 1.0, 4.0)
+from tbx.models.config import CLS_LOSS_WEIGHTS
 
 
 @dataclass
@@ -56,6 +54,8 @@ class Detector(nn.Module):
     #: ImageNet-initialised backbones).  CPU presets training from scratch set it False
     #: (``model.norm_eval: false``): frozen statistics of a random network do not normalise.
     norm_eval: bool = True
+    #: Class weights of :meth:`cls_loss` (``model.cls_loss_weights``; docs/models.md §2.6).
+    cls_loss_weights: tuple[float, float, float] = CLS_LOSS_WEIGHTS
 
     stage2_trainable: tuple[str, ...] = ("cls_head",)
     #: ``(detection, image classification)`` loss weights of the current stage (docs/models.md §2.7:
@@ -138,7 +138,6 @@ class Detector(nn.Module):
         labels = torch.stack([torch.as_tensor(t["cls_label"]) for t in targets]).to(feat.device).long()
         return {"loss_img_cls": self.cls_loss(self.cls_head(feat), labels)}
 
-    @staticmethod
-    def cls_loss(logits: Tensor, cls_labels: Tensor) -> Tensor:
-        weight = torch.tensor(CLS_LOSS_WEIGHTS, device=logits.device, dtype=logits.dtype)
+    def cls_loss(self, logits: Tensor, cls_labels: Tensor) -> Tensor:
+        weight = torch.tensor(self.cls_loss_weights, device=logits.device, dtype=logits.dtype)
         return nn.functional.cross_entropy(logits, cls_labels, weight=weight)

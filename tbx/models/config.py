@@ -23,6 +23,8 @@ from tbx.errors import TbxError
 HeadInit = Literal["paper", "kaiming"]
 PosEncoding = Literal["none", "sine", "relative", "spe_no_stn", "spe", "spe_left_to_right"]
 Attention = Literal["symmetric", "deformable"]
+# docs/models.md §2.6: cross-entropy class weights for healthy, sick, TB.
+CLS_LOSS_WEIGHTS = (1.0, 1.0, 4.0)
 
 
 @dataclass
@@ -89,6 +91,10 @@ class ModelConfig:
         cls_channels: classification-head width (docs/models.md §2.6: 512).
         cls_head_init: classification-head initialisation, ``"paper"`` (torch's default, as the
             paper's code) or ``"kaiming"`` (He normal; see :mod:`tbx.models.cls_head`).
+        cls_loss_weights: the classification cross-entropy's class weights (healthy, sick, TB);
+            docs/models.md §2.6: ``(1, 1, 4)``, set for TBX11K's TB share of train+val (≈ 9.5 %).
+            A training set with a much larger TB share (the demo's synthetic one: ≈ 37 %) shifts
+            the arg-max towards TB with these weights; see differences.md §D.13.
         norm_eval: keep backbone BatchNorm in eval mode (docs/models.md §2.1); False only for from-scratch
             CPU presets (see :attr:`tbx.models.base.Detector.norm_eval`).
         retinanet / symformer / detr: the family sections (None: not given → their defaults for a
@@ -101,6 +107,7 @@ class ModelConfig:
     input_size: int = bounded(512, ge=32)
     cls_channels: int = bounded(512, ge=1)
     cls_head_init: HeadInit = "paper"
+    cls_loss_weights: tuple[float, float, float] = bounded(CLS_LOSS_WEIGHTS, gt=0)
     norm_eval: bool = True
     retinanet: RetinaNetConfig | None = None
     symformer: SymFormerConfig | None = None

@@ -575,8 +575,8 @@ def _build(cfg: ModelConfig, sym: bool) -> DeformableDETR:
     # the ablation switches (docs/models.md §2.3) apply to the SymFormer variant only
     sc = (cfg.symformer or SymFormerConfig()) if sym else None
     backbone = ResNetBackbone(cfg.backbone)
-    load_backbone_weights(backbone, cfg.pretrained)
-    return DeformableDETR(
+    report = load_backbone_weights(backbone, cfg.pretrained)
+    model = DeformableDETR(
         backbone,
         num_classes=cfg.num_classes,
         num_queries=dc.num_queries,
@@ -588,6 +588,8 @@ def _build(cfg: ModelConfig, sym: bool) -> DeformableDETR:
         attention=sc.attention if sc else None,
         cls_channels=cfg.cls_channels,
     )
+    model.pretrained_report = report
+    return model
 
 
 def build_deformable_detr(cfg: ModelConfig) -> DeformableDETR:

@@ -43,6 +43,7 @@ def build(name: str, cfg: ModelConfig | None = None) -> Detector:
     cfg = check_sections(name, cfg or ModelConfig())
     model = MODELS[name](cfg)
     model.norm_eval = cfg.norm_eval
+    model.cls_loss_weights = cfg.cls_loss_weights
     if cfg.cls_head_init != "paper":
         model.cls_head.init_weights(cfg.cls_head_init)
     return model

@@ -63,7 +63,13 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 from tbx.errors import TbxError
 from tbx.models import backbone as backbone_module
-from tbx.models.backbone import ResNetBackbone, fetch_weights, load_backbone_weights
+from tbx.models.backbone import (
+    ResNetBackbone,
+    WeightsReport,
+    fetch_weights,
+    load_backbone_weights,
+    load_state_checked,
+)
 from tbx.models.base import Detector, Prediction
 from tbx.models.cls_head import ClsHead
 from tbx.models.config import ModelConfig
@@ -126,19 +132,19 @@ def _predictions(
 
 def resnet_fpn_backbone(
     depth: str, pretrained: str, returned_layers: list[int], extra_blocks: nn.Module
-) -> BackboneWithFPN:
+) -> tuple[BackboneWithFPN, WeightsReport | None]:
     """torchvision ``BackboneWithFPN`` (256 ch) over the project's ResNet trunk with its weights.
 
     ``returned_layers`` ⊆ {1, 2, 3, 4} (C2..C5).  Parameter names: ``body.conv1.weight``,
     ``body.layer4…``, ``fpn.…`` (so a tbx checkpoint's ``backbone.body.*`` loads as a backbone).
     """
     trunk = ResNetBackbone(depth)
-    load_backbone_weights(trunk, pretrained)
+    report = load_backbone_weights(trunk, pretrained)
     return_layers = {f"layer{k}": str(v) for v, k in enumerate(returned_layers)}
     in_channels = [trunk.out_channels[k - 1] for k in returned_layers]
     out = BackboneWithFPN(trunk, return_layers, in_channels, 256, extra_blocks=extra_blocks)
     out.c5_channels = trunk.out_channels[-1]
-    return out
+    return out, report
 
 
 class _FPNDetectorMixin:
@@ -374,15 +380,16 @@ def vgg16_features() -> nn.Sequential:
     return features
 
 
-def load_vgg16_weights(features: nn.Sequential, pretrained: str | Path) -> None:
+def load_vgg16_weights(features: nn.Sequential, pretrained: str | Path) -> WeightsReport | None:
     """Load ``pretrained`` (``"imagenet"`` → ``VGG16_Weights.IMAGENET1K_V1``, ``"none"``, or a
     path to a torchvision VGG-16 ``state_dict`` / a checkpoint wrapping one) into ``features``
     (:func:`vgg16_features`; the ``features.*`` entries of the state_dict).
 
-    Same cache, offline error and checks as :func:`tbx.models.backbone.load_backbone_weights`."""
+    Same cache, offline error, checks and report as :func:`tbx.models.backbone.load_backbone_weights`
+    (None for ``"none"``)."""
     spec = str(pretrained)
     if spec.lower() == "none":
-        return
+        return None
     if spec.lower() == "imagenet":
         where = vgg16_imagenet_file()
         fetch_weights("vgg16", torchvision.models.VGG16_Weights.IMAGENET1K_V1.url, where)
@@ -400,22 +407,13 @@ def load_vgg16_weights(features: nn.Sequential, pretrained: str | Path) -> None:
             if key in state and isinstance(state[key], dict):
                 state = state[key]
                 break
-    own = features.state_dict()
     sub = (
         {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
         if isinstance(state, dict)
         else {}
     )
-    missing = sorted(set(own) - set(sub))
-    wrong = sorted(k for k in own if k in sub and sub[k].shape != own[k].shape)
-    if missing or wrong:
-        detail = f"missing features.{missing[0]}" if missing else f"shape mismatch at features.{wrong[0]}"
-        raise TbxError(
-            f"backbone weights do not fit vgg16 ({detail})",
-            where=where,
-            fix="use the state_dict of a torchvision vgg16 (keys features.*)",
-        )
-    features.load_state_dict({k: sub[k] for k in own}, strict=True)
+    fix = "use the state_dict of a torchvision vgg16 (keys features.*)"
+    return load_state_checked(features, sub, where, "vgg16", fix)
 
 
 class SSDDetector(Detector, SSD):
@@ -524,19 +522,23 @@ def _check_resnet(cfg: ModelConfig) -> None:
 def build_faster_rcnn(cfg: ModelConfig) -> FasterRCNNDetector:
     """Faster R-CNN R50-FPN (torchvision) + classification head (docs/models.md §3)."""
     _check_resnet(cfg)
-    bb = resnet_fpn_backbone(cfg.backbone, cfg.pretrained, [1, 2, 3, 4], LastLevelMaxPool())
-    return FasterRCNNDetector(
+    bb, report = resnet_fpn_backbone(cfg.backbone, cfg.pretrained, [1, 2, 3, 4], LastLevelMaxPool())
+    model = FasterRCNNDetector(
         bb, num_classes=cfg.num_classes + 1, input_size=cfg.input_size, cls_channels=cfg.cls_channels
     )
+    model.pretrained_report = report
+    return model
 
 
 def build_fcos(cfg: ModelConfig) -> FCOSDetector:
     """FCOS R50-FPN (torchvision) + classification head (docs/models.md §3)."""
     _check_resnet(cfg)
-    bb = resnet_fpn_backbone(cfg.backbone, cfg.pretrained, [2, 3, 4], LastLevelP6P7(256, 256))
-    return FCOSDetector(
+    bb, report = resnet_fpn_backbone(cfg.backbone, cfg.pretrained, [2, 3, 4], LastLevelP6P7(256, 256))
+    model = FCOSDetector(
         bb, num_classes=cfg.num_classes, input_size=cfg.input_size, cls_channels=cfg.cls_channels
     )
+    model.pretrained_report = report
+    return model
 
 
 def build_ssd(cfg: ModelConfig) -> SSDDetector:
@@ -554,10 +556,12 @@ def build_ssd(cfg: ModelConfig) -> SSDDetector:
             fix="use input_size 512 (docs/models.md §2.7)",
         )
     features = vgg16_features()
-    load_vgg16_weights(features, cfg.pretrained)
-    return SSDDetector(
+    report = load_vgg16_weights(features, cfg.pretrained)
+    model = SSDDetector(
         SSD512FeatureExtractor(features),
         num_classes=cfg.num_classes + 1,
         input_size=cfg.input_size,
         cls_channels=cfg.cls_channels,
     )
+    model.pretrained_report = report
+    return model

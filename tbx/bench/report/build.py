@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tbx.bench.report.config import ReportConfig, ReportResult
+from tbx.bench.report.explain import explain_table
 from tbx.bench.report.figures import _figures_for_runs
 from tbx.bench.report.pages import render_html, render_report_md
 from tbx.bench.report.render import render_csv, render_latex, render_markdown
@@ -62,6 +63,9 @@ def build_tables(runs: list[Run], cfg: ReportConfig, study: dict[str, Any] | Non
     ]
     if study or any(r.study for r in runs) or ref:
         tables.append(reader_table(runs, study, ref))
+    explain = explain_table([(r.name, r.path) for r in runs])  # RUN/explain/*/explain.json
+    if explain is not None:
+        tables.append(explain)
     return tables
 
 

@@ -1,5 +1,6 @@
-"""The ``tbx explain`` section of ``report.html``: per run, the localisation score table of every
-``RUN/explain/<method>/explain.json`` and a gallery of the best- and worst-localised TB cases.
+"""The ``tbx explain`` results in the report: the localisation score table of every
+``RUN/explain/<method>/explain.json`` (:func:`explain_table`: Markdown / LaTeX / CSV like every
+other table) and, in ``report.html``, a gallery of the best- and worst-localised TB cases.
 
 Best / worst: among the run's TB images with ground-truth boxes (``energy_in_boxes`` not null),
 the highest and the lowest heatmap energy inside the boxes (ties: file name); the two groups never
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from tbx.bench.report.render import render_html_table
+from tbx.bench.report.tables import Cell, Row, Table
 
 THUMB_WIDTH = 360
 _STYLE = (
@@ -79,70 +83,97 @@ def _thumb(folder: Path, rel: Any) -> str | None:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def explain_section(runs: Sequence[tuple[str, Path]], n_gallery: int = 3) -> str:
-    """The HTML fragment for ``runs`` (``(name, run directory)`` pairs); ``""`` when no run has an
+def _documents(runs: Sequence[tuple[str, Path]]) -> list[tuple[str, Path, dict[str, Any] | str]]:
+    """``(run name, explain.json path, document or skip note)`` for every run's explain outputs."""
+    return [
+        (name, path, _load(path))
+        for name, run_dir in runs
+        for path in sorted(Path(run_dir).glob("explain/*/explain.json"))
+    ]
+
+
+def explain_table(runs: Sequence[tuple[str, Path]]) -> Table | None:
+    """The localisation scores of every readable explain.json (None when there is none).
+    ``before``: the same scores on the feature maps before the symmetric block (method
+    ``features``)."""
+    rows = []
+    for name, path, doc in _documents(runs):
+        if isinstance(doc, str):
+            continue
+        rows.append(
+            Row(
+                [name, str(doc.get("method", path.parent.name)), str(doc.get("target", ""))],
+                [
+                    Cell(text=str(doc["n_scored"]) if isinstance(doc.get("n_scored"), int) else None),
+                    *(
+                        Cell(_float(doc.get(k)), digits=3)
+                        for k in (
+                            "mean_energy_in_boxes",
+                            "pointing_game",
+                            "mean_energy_in_boxes_before",
+                            "pointing_game_before",
+                        )
+                    ),
+                ],
+            )
+        )
+    if not rows:
+        return None
+    return Table(
+        key="explain",
+        title="Where the models look (tbx explain)",
+        label_columns=["Run", "Method", "Target"],
+        columns=["TB images", "Energy in boxes", "Pointing game", "Energy before", "Pointing before"],
+        csv_columns=["n_scored", "energy_in_boxes", "pointing_game", "energy_before", "pointing_before"],
+        rows=rows,
+        footnotes=[
+            "Energy in boxes: the heatmap's mass inside the union of an image's ground-truth TB boxes over "
+            "its total; pointing game: the share of images whose heatmap maximum lies in a box (TB images "
+            "with boxes). Before: the same on the pyramid before the symmetric block (method features)."
+        ],
+    )
+
+
+def _float(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def explain_section(runs: Sequence[tuple[str, Path]], table: Table | None = None, n_gallery: int = 3) -> str:
+    """The HTML fragment for ``runs`` (``(name, run directory)`` pairs): ``table``
+    (:func:`explain_table`), the galleries and the skip notes; ``""`` when no run has an
     ``explain/*/explain.json``."""
     h = html.escape
-    rows: list[str] = []
     galleries: list[str] = []
     notes: list[str] = []
-    for name, run_dir in runs:
-        for path in sorted(Path(run_dir).glob("explain/*/explain.json")):
-            doc = _load(path)
-            if isinstance(doc, str):
-                notes.append(doc)
-                continue
-            method = str(doc.get("method", path.parent.name))
-            before = ""
-            if "mean_energy_in_boxes_before" in doc:
-                before = (
-                    f"before: {_num(doc.get('mean_energy_in_boxes_before'))} / "
-                    f"{_num(doc.get('pointing_game_before'))}"
+    for name, path, doc in _documents(runs):
+        if isinstance(doc, str):
+            notes.append(doc)
+            continue
+        method = str(doc.get("method", path.parent.name))
+        best, worst = best_and_worst(doc["images"], n_gallery)
+        figs = []
+        for tag, group in (("best", best), ("worst", worst)):
+            for im in group:
+                b64 = _thumb(path.parent, im.get("overlay"))
+                if b64 is None:
+                    notes.append(f"{path.parent}: overlay of {im.get('file_name')} missing — not shown")
+                    continue
+                hit = "hit" if im.get("pointing_hit") else "miss"
+                cap = f"{tag}: {im.get('file_name')} · energy {_num(im.get('energy_in_boxes'), 2)} · {hit}"
+                figs.append(
+                    f'<figure><img alt="{h(cap)}" src="data:image/png;base64,{b64}">'
+                    f"<figcaption>{h(cap)}</figcaption></figure>"
                 )
-            rows.append(
-                f"<tr><td>{h(name)}</td><td>{h(method)}</td><td>{h(str(doc.get('target', '')))}</td>"
-                f'<td class="num">{h(str(doc.get("n_scored", 0)))}</td>'
-                f'<td class="num">{_num(doc.get("mean_energy_in_boxes"))}</td>'
-                f'<td class="num">{_num(doc.get("pointing_game"))}</td><td>{h(before)}</td></tr>'
+        if figs:
+            galleries.append(
+                f"<h3>{h(name)} — {h(method)}: best- and worst-localised TB cases</h3>"
+                f'<div class="xg">{"".join(figs)}</div>'
             )
-            best, worst = best_and_worst(doc["images"], n_gallery)
-            figs = []
-            for tag, group in (("best", best), ("worst", worst)):
-                for im in group:
-                    b64 = _thumb(path.parent, im.get("overlay"))
-                    if b64 is None:
-                        notes.append(f"{path.parent}: overlay of {im.get('file_name')} missing — not shown")
-                        continue
-                    hit = "hit" if im.get("pointing_hit") else "miss"
-                    cap = (
-                        f"{tag}: {im.get('file_name')} · energy {_num(im.get('energy_in_boxes'), 2)} · {hit}"
-                    )
-                    figs.append(
-                        f'<figure><img alt="{h(cap)}" src="data:image/png;base64,{b64}">'
-                        f"<figcaption>{h(cap)}</figcaption></figure>"
-                    )
-            if figs:
-                galleries.append(
-                    f"<h3>{h(name)} — {h(method)}: best- and worst-localised TB cases</h3>"
-                    f'<div class="xg">{"".join(figs)}</div>'
-                )
-    if not rows and not notes:
+    if table is None and not notes:
         return ""
-    out = [
-        _STYLE,
-        "<h2>Where the models look (tbx explain)</h2>",
-        "<p>Energy in boxes: the heatmap's mass inside the union of an image's ground-truth TB boxes "
-        "over its total; pointing game: the share of images whose heatmap maximum lies in a box "
-        "(TB images with boxes).</p>",
-    ]
-    if rows:
-        out += [
-            "<table><thead><tr><th>Run</th><th>Method</th><th>Target</th><th>TB images</th>"
-            "<th>Energy in boxes</th><th>Pointing game</th><th>Before the symmetric block</th></tr>"
-            "</thead><tbody>",
-            *rows,
-            "</tbody></table>",
-        ]
+    out = [_STYLE, "<h2>Where the models look (tbx explain)</h2>"]
+    if table is not None:
+        out.append(render_html_table(table))
     out += galleries
     if notes:
         out.append('<ul class="notes">' + "".join(f"<li>{h(n)}</li>" for n in notes) + "</ul>")

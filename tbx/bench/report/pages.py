@@ -55,7 +55,7 @@ def render_html(
         "<p>Runs: " + ", ".join(h(r.name) for r in runs) + "</p>",
         "<h2>Tables</h2>",
     ]
-    out += [render_html_table(t) for t in tables]
+    out += [render_html_table(t) for t in tables if t.key != "explain"]  # it heads its own section
     out.append("<h2>Figures</h2>")
     for caption, paths in figs:
         png = next((p for p in paths if p.suffix == ".png"), None)
@@ -66,7 +66,8 @@ def render_html(
             f'<figure><img alt="{h(caption)}" src="data:image/png;base64,{b64}">'
             f"<figcaption>{h(caption)}</figcaption></figure>"
         )
-    out.append(explain_section([(r.name, r.path) for r in runs]))  # RUN/explain/<method>/explain.json
+    explain = next((t for t in tables if t.key == "explain"), None)
+    out.append(explain_section([(r.name, r.path) for r in runs], explain))  # RUN/explain/*/explain.json
     if notes:
         out.append('<h2>Notes</h2><ul class="notes">' + "".join(f"<li>{h(n)}</li>" for n in notes) + "</ul>")
     out.append("<h2>Provenance</h2>")
