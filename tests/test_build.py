@@ -245,6 +245,32 @@ def test_raw_without_split_column_uses_split_records(tmp_path):
     assert validate_dataset(tmp_path / "out").errors == []
 
 
+def test_build_splits_like_dataset_split(tmp_path, cli):
+    """`dataset build --published` (or --ratio / --tb-quota) assigns the split `dataset split`
+    would: the same lists as a default build followed by `dataset split --published`."""
+    src = tmp_path / "src"
+    make_export(src, n=12, split=False)
+    code, _, err = cli("dataset", "build", src, tmp_path / "pub", "--size", SIZE, "--published", "--seed", 2)
+    assert code == 0, err
+    assert cli("dataset", "build", src, tmp_path / "two", "--size", SIZE, "--seed", 2)[0] == 0
+    code, _, err = cli("dataset", "split", tmp_path / "two", "--published", "--seed", 2, "--force")
+    assert code == 0, err
+    for name in ("TBX11K_train", "TBX11K_val", "TBX11K_test"):
+        a = (tmp_path / "pub" / "lists" / f"{name}.txt").read_text()
+        assert a == (tmp_path / "two" / "lists" / f"{name}.txt").read_text(), name
+    # the published TB rule, 3:1:2 over 12 TB images = 6 / 2 / 4 (the default 3:2:1 gives 6 / 4 / 2)
+    tb = [
+        sum(ln.startswith("tb/") for ln in (tmp_path / "pub" / "lists" / f"TBX11K_{s}.txt").open())
+        for s in ("train", "val", "test")
+    ]
+    assert tb == [6, 2, 4]
+    code, _, err = cli("dataset", "build", src, tmp_path / "bad", "--published", "--ratio", "3:2:1")
+    assert code == 2 and "--published fixes" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
+    code, _, err = cli("dataset", "build", src, tmp_path / "bad", "--tb-quota", "both")
+    assert code == 2 and "--tb-quota" in err and not (tmp_path / "bad").exists()
+
+
 def test_workers_give_identical_bytes(tmp_path):
     src = tmp_path / "src"
     make_export(src)

@@ -52,7 +52,15 @@ def build(
     workers: int = typer.Option(1, "--workers", min=1, help="Decoding processes."),
     seed: int = typer.Option(0, "--seed", help="Split seed (raw exports without a split column)."),
     ratio: str = typer.Option(
-        "3:2:1", "--ratio", help="TB train:val:test for the split (docs/dataset.md §1.2)."
+        None,
+        "--ratio",
+        help="TB train:val:test for the split, as in tbx dataset split (default 3:2:1 on each TB type).",
+    ),
+    tb_quota: str = typer.Option(
+        None, "--tb-quota", help="type (default): --ratio on each TB type; class: on the TB class as a whole."
+    ),
+    published: bool = typer.Option(
+        False, "--published", help="The published split's rule (TB 3:1:2, class quota; docs/dataset.md §1.2)."
     ),
     salt: str = typer.Option(
         None,
@@ -95,6 +103,8 @@ def build(
         workers=workers,
         seed=seed,
         ratio=ratio,
+        tb_quota=tb_quota,
+        published=published,
         salt=salt,
         mapping=str(mapping) if mapping else None,
         name_pattern=name_pattern,

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tbx.data.layout import (
     ANN_XML,
@@ -79,6 +79,9 @@ from tbx.io import (
 )
 from tbx.workers import init_worker, stop_pool
 
+if TYPE_CHECKING:
+    from tbx.data.split import SplitConfig
+
 DEFAULT_SALT = "tbx-patient-id-v1"  # public constant: reproducible, derived from nothing identifying
 STATE_NAME = ".build_state.json"
 STATE_VERSION = 1
@@ -96,7 +99,11 @@ class BuildConfig:
     channels: int = 1  # 1 = 8-bit grayscale PNG; 3 = RGB with equal channels (the release's PNGs)
     workers: int = 1
     seed: int = 0  # split seed (raw exports without a split column)
-    ratio: str = "3:2:1"  # TB split ratio train:val:test (docs/dataset.md §1.2), passed to SplitConfig
+    # the split of raw exports without a split column, as `tbx dataset split` makes it
+    # (docs/dataset.md §1.2); None: SplitConfig's defaults (TB 3:2:1 on each TB type)
+    ratio: str | None = None  # TB train:val:test
+    tb_quota: str | None = None  # type | class
+    published: bool = False  # the published table's rule (TB 3:1:2, class quota)
     salt: str | None = None  # patient-id HMAC salt; None → DEFAULT_SALT (documented above)
     mapping: str | None = None  # CSV original → new file name (must lie outside OUT)
     name_pattern: str = "{prefix}{n:04d}"  # generated stems for healthy/sick/tb (+ ".png")
@@ -572,6 +579,14 @@ def _check_name_pattern(pattern: str) -> None:
             )
 
 
+def split_config(cfg: BuildConfig) -> SplitConfig:
+    """The split of a raw export without a split column (``--ratio``, ``--tb-quota``,
+    ``--published`` as ``tbx dataset split`` reads them)."""
+    from tbx.data.split import SplitConfig
+
+    return SplitConfig.from_options(cfg.published, seed=cfg.seed, ratio=cfg.ratio, tb_quota=cfg.tb_quota)
+
+
 def _check_out(src: Path, out: Path, cfg: BuildConfig) -> None:
     """Every option and the output folder, checked before any image is decoded."""
     from tbx.data.split import parse_ratio
@@ -583,7 +598,10 @@ def _check_out(src: Path, out: Path, cfg: BuildConfig) -> None:
         raise TbxError("OUT must lie outside SRC (and SRC outside OUT)", out, "choose another OUT")
     if cfg.overwrite:
         check_replaceable(out, DATASET_KIND, [src])
-    parse_ratio(cfg.ratio)
+    split = split_config(cfg)
+    parse_ratio(split.ratio)
+    if split.tb_quota not in ("class", "type"):
+        raise TbxError(f"--tb-quota '{split.tb_quota}' is not valid", fix="use type or class")
     _check_name_pattern(cfg.name_pattern)
     if cfg.mapping:
         m = Path(cfg.mapping).resolve()
@@ -814,9 +832,9 @@ def _build_raw(src: Path, out: Path, cfg: BuildConfig, progress: Progress | None
                     + " (leakage between splits)"
                 )
     else:
-        from tbx.data.split import SplitConfig, split_records
+        from tbx.data.split import split_records
 
-        records = split_records(records, SplitConfig(seed=cfg.seed, ratio=cfg.ratio))
+        records = split_records(records, split_config(cfg))
 
     # final names: per folder, numbered in manifest order
     counters: dict[str, int] = defaultdict(int)
