@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tbx.bench.classification import downsample_curve, sorted_unique
+from tbx.bench.classification import downsample_curve, least_int, sorted_unique
 from tbx.bench.results_io import Detections
 
 # COCOeval defaults (Params.setDetParams) — IoU .50:.05:.95, 101 recall points, 100 dets, area "all"
@@ -361,15 +361,6 @@ def _opt_list(a: np.ndarray) -> list[float | None]:
     return out.tolist()
 
 
-def _least_int(pred, guess: np.ndarray) -> np.ndarray:
-    """Least integer ``k`` with ``pred(k)`` for a predicate monotone in ``k``, ``guess`` within ±2."""
-    out = guess + 3
-    for d in (2, 1, 0, -1, -2):
-        k = guess + d
-        out = np.where(pred(k), k, out)
-    return out
-
-
 def _row_searchsorted(a: np.ndarray, v: np.ndarray, side: str) -> np.ndarray:
     """``searchsorted(a[b], v[b], side)`` for every row ``b`` of integer-valued ``a`` (nb, n).
 
@@ -637,7 +628,7 @@ class RowEval:
                 continue
             safe = np.where(ok, npig, 1.0)
             # c*[b, r]: the least integer with c* / npig ≥ REC_THRS[r] (one per block, all thresholds)
-            cstar = _least_int(
+            cstar = least_int(
                 lambda k, s=safe: k / s[:, None] >= REC_THRS[None, :],
                 np.ceil(REC_THRS[None, :] * safe[:, None]),
             ).astype(np.int64)
@@ -679,7 +670,7 @@ class RowEval:
                 ni = np.where(n_images > 0, n_images, 1.0)
                 # #{p: fpc_p / n_images ≤ rate} = #{p: fpc_p ≤ c**}, c** the largest such integer
                 cmax = (
-                    _least_int(
+                    least_int(
                         lambda k, n=ni: k / n[:, None] > rates[None, :],
                         np.floor(rates[None, :] * ni[:, None]),
                     )
