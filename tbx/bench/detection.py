@@ -616,13 +616,23 @@ class RowEval:
         img_in = self.img_in
         gt_in = np.flatnonzero(n_gt * img_in > 0)
         gt_n = np.round(n_gt * img_in)[gt_in].astype(np.int64)
-        im_in = np.flatnonzero(img_in > 0)
+        # per resample: regular ground truths and images of the evaluated set (exact integer sums)
+        npig_all = (
+            np.multiply(np.take(counts, gt_in, axis=1), gt_n).sum(axis=1, dtype=np.int64).astype(np.float64)
+        )
+        im_in, im_out = np.flatnonzero(img_in > 0), np.flatnonzero(img_in <= 0)
+        if im_out.size < im_in.size:  # the cheaper side: a contiguous row sum minus a few columns
+            n_img_all = counts.sum(axis=1, dtype=np.int64) - np.take(counts, im_out, axis=1).sum(
+                axis=1, dtype=np.int64
+            )
+        else:
+            n_img_all = np.take(counts, im_in, axis=1).sum(axis=1, dtype=np.int64)
+        n_img_all = n_img_all.astype(np.float64)
         for lo in range(0, counts.shape[0], chunk):
             c = counts[lo : lo + chunk]
             nb = c.shape[0]
             rows = np.arange(nb)[:, None]
-            npig = (np.take(c, gt_in, axis=1) * gt_n).sum(axis=1, dtype=np.float64)  # (nb,), exact
-            n_images = np.take(c, im_in, axis=1).sum(axis=1, dtype=np.float64)
+            npig, n_images = npig_all[lo : lo + nb], n_img_all[lo : lo + nb]
             ok = npig > 0
             if not ok.any():
                 continue
@@ -655,9 +665,9 @@ class RowEval:
                 width = top + 2
                 hist = np.bincount((ctp + (rows * width + 1)).ravel(), minlength=nb * width)
                 below = np.cumsum(hist.reshape(nb, width), axis=1)  # below[b, v] = #{k: ctp_k < v}
-                inds = below[rows, np.minimum(cstar, top + 1)]  # (nb, R)
+                inds = np.take(below.ravel(), np.minimum(cstar, top + 1) + rows * width)  # (nb, R)
                 hit = inds < n_t
-                q[:, t, :] = np.where(hit, pr[rows, np.minimum(inds, n_t - 1)], 0.0)
+                q[:, t, :] = np.where(hit, np.take(pr.ravel(), np.minimum(inds, n_t - 1) + rows * n_t), 0.0)
                 rec[:, t] = ctp[:, -1] / safe
                 if t == p.t50:
                     ctp50 = ctp
