@@ -433,13 +433,13 @@ class _BootPlan:
     def weights(self, c: np.ndarray) -> np.ndarray:
         """(nb, n_u) detection weight of each image for resample counts ``c`` (nb, n_img): int32
         when every cumulated weight fits (a sum over at most ``n_upto`` detections), else int64."""
-        w = np.take(c, self.u_img, axis=1)
+        w = np.take(c, self.u_img, axis=1, mode="wrap")
         big = int(w.max(initial=0)) * int(self.dw_u.max(initial=0)) * max(self.n_upto, 1) >= 2**31
         return np.multiply(w, self.dw_u, dtype=np.int64 if big else np.int32)
 
     def cum_weight(self, w: np.ndarray) -> np.ndarray:
         """(nb, n_q) total detection weight up to each ``q_pos`` for image weights ``w`` (nb, n_u)."""
-        g = np.take(w, self.pair_u, axis=1)
+        g = np.take(w, self.pair_u, axis=1, mode="wrap")  # valid indices; "wrap" is the fastest mode
         if self.pair_multi.size:
             g[:, self.pair_multi] *= self.pair_mult
         np.cumsum(g, axis=1, out=g)
@@ -645,6 +645,7 @@ class RowEval:
             # layout (resamples, detections): gathers and cumulative sums run along contiguous rows
             w = p.weights(c)  # (nb, n_u)
             cum_q = p.cum_weight(w)  # (nb, n_q): total weight up to each q_pos
+            den_q = cum_q + EPS  # COCOeval's precision denominator fp + tp + EPS (fp + tp = cum_q)
             q = np.zeros((nb, T, R))
             rec = np.zeros((nb, T))
             ctp50 = np.zeros((nb, 0), w.dtype)
@@ -652,12 +653,10 @@ class RowEval:
                 n_t = p.tp_u[t].size
                 if n_t == 0:
                     continue
-                ctp = np.take(w, p.tp_u[t], axis=1)
+                ctp = np.take(w, p.tp_u[t], axis=1, mode="wrap")
                 np.cumsum(ctp, axis=1, out=ctp)  # (nb, n_t) cumulated TP weight
-                # pr = ctp / (fp + tp + EPS) as COCOeval (fp + tp = the total weight, an integer)
-                pr = np.take(cum_q, p.tp_q[t], axis=1).astype(np.float64)
-                np.add(pr, EPS, out=pr)
-                np.divide(ctp, pr, out=pr)
+                pr = np.take(den_q, p.tp_q[t], axis=1)
+                np.divide(ctp, pr, out=pr)  # precision at each true positive, as COCOeval
                 np.maximum.accumulate(pr[:, ::-1], axis=1, out=pr[:, ::-1])
                 # inds = searchsorted(ctp / npig, REC_THRS, 'left') = #{k: ctp_k < c*}: a histogram
                 # of each resample's ctp values, cumulated (ctp is a small integer)
