@@ -39,7 +39,9 @@ def confusion_weighted(
 ) -> np.ndarray:
     """(…, 3, 3) confusion matrix; ``weights`` (N,) or (B, N) image weights (default 1)."""
     cell = np.asarray(y_true) * 3 + np.asarray(y_pred)
-    w = np.ones(cell.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = np.ones(cell.shape[0]) if weights is None else np.asarray(weights)
+    if not np.issubdtype(w.dtype, np.integer):  # integer counts stay integers (exact, half the bytes)
+        w = w.astype(np.float64)
     # per-cell sums over images sorted by cell (not a BLAS product: its idle threads spin on a
     # shared machine for longer than the sums take)
     order = np.argsort(cell, kind="stable")
@@ -147,6 +149,16 @@ def operating_points_from_cumulative(
     spec_sp = np.where(ok_sp, np.take_along_axis(spec, i_sp[..., None], -1)[..., 0], np.nan)
     sens_sp = np.where(ok_sp, np.take_along_axis(sens, i_sp[..., None], -1)[..., 0], np.nan)
     return i_ss, sens_ss, spec_ss, i_sp, spec_sp, sens_sp
+
+
+def least_int(pred, guess: np.ndarray) -> np.ndarray:
+    """Least integer ``k`` with ``pred(k)`` (elementwise) for a predicate monotone in ``k``, ``guess``
+    within ±2: the exact integer bound of a float ratio test such as ``k / n >= t``."""
+    out = guess + 3
+    for d in (2, 1, 0, -1, -2):
+        k = guess + d
+        out = np.where(pred(k), k, out)
+    return out
 
 
 def sorted_unique(a: np.ndarray) -> np.ndarray:
@@ -260,11 +272,17 @@ class ClassificationEval:
         return _concat_trees([c for c, _ in parts]), _concat_trees([o for _, o in parts])
 
     def _samples(self, counts: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        w = np.asarray(counts, dtype=np.float64)
-        m = metrics_from_confusion(confusion_weighted(self.y_true, self.y_pred, w))
-        tp, fp = self.groups.cumulative(w)
-        _, _, auc = roc_from_cumulative(tp, fp)
-        _, s_ss, _, _, sp_sp, _ = operating_points_from_cumulative(tp, fp, self.spec_target, self.sens_target)
+        if np.issubdtype(np.asarray(counts).dtype, np.integer):
+            auc, s_ss, sp_sp = self._roc_samples_int(np.asarray(counts))
+            m = metrics_from_confusion(confusion_weighted(self.y_true, self.y_pred, counts))
+        else:
+            w = np.asarray(counts, dtype=np.float64)
+            m = metrics_from_confusion(confusion_weighted(self.y_true, self.y_pred, w))
+            tp, fp = self.groups.cumulative(w)
+            _, _, auc = roc_from_cumulative(tp, fp)
+            _, s_ss, _, _, sp_sp, _ = operating_points_from_cumulative(
+                tp, fp, self.spec_target, self.sens_target
+            )
         cls = {k: m[k] for k in ("accuracy", "sensitivity", "specificity", "ap", "ar", "f1")}
         cls["auc"] = auc
         ops = {
@@ -272,6 +290,51 @@ class ClassificationEval:
             "specificity_at_sensitivity": {"specificity": sp_sp},
         }
         return cls, ops
+
+    def _roc_samples_int(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """AUC and the two operating points for integer ``counts`` (B, N), in integer arithmetic.
+
+        The same numbers as :func:`roc_from_cumulative` / :func:`operating_points_from_cumulative`
+        on the weighted cumulative counts, without their (B, G) float passes: the trapezoidal
+        area is Σ_g neg_g·(TP_g − pos_g/2) / (P·N) with integer sums (one rounding instead of one
+        per group, so it may differ from the float trapezoid in the last bits); sensitivity is
+        nondecreasing and specificity nonincreasing along the thresholds, so the best sensitivity
+        with specificity ≥ target is the one at the last feasible threshold and the best
+        specificity with sensitivity ≥ target the one at the first — counts of the cumulated
+        integers below the exact integer bound of each target.
+        """
+        g = self.groups
+        ws = np.take(counts, g.order, axis=-1)
+        y = g.y_sorted.astype(ws.dtype)
+        pos = ws * y
+        neg = ws - pos
+        if g.starts.size != g.order.size:  # tied scores: sum each tie group
+            pos = np.add.reduceat(pos, g.starts, axis=-1)
+            neg = np.add.reduceat(neg, g.starts, axis=-1)
+        tp = np.cumsum(pos, axis=-1)
+        fp = np.cumsum(neg, axis=-1)
+        p = tp[:, -1].astype(np.float64)
+        n = fp[:, -1].astype(np.float64)
+        ok = (p > 0) & (n > 0)
+        sp, sn = np.where(ok, p, 1.0), np.where(ok, n, 1.0)
+        area2 = 2 * np.multiply(neg, tp, dtype=np.int64).sum(axis=-1)
+        if g.starts.size != g.order.size:
+            area2 -= np.multiply(neg, pos, dtype=np.int64).sum(axis=-1)
+        auc = np.where(ok, area2 / (2.0 * sp * sn), np.nan)
+        zero = np.zeros((tp.shape[0], 1), tp.dtype)
+        tp0, fp0 = np.concatenate([zero, tp], axis=-1), np.concatenate([zero, fp], axis=-1)
+        rows = np.arange(tp.shape[0])
+        # last threshold with 1 − FP/N ≥ spec_target: FP ≤ f_max (least FP failing, minus one)
+        t_spec = self.spec_target - 1e-12
+        f_fail = least_int(lambda k: ~(1.0 - k / sn >= t_spec), np.floor((1.0 - t_spec) * sn))
+        i_ss = (fp0 < f_fail[:, None]).sum(axis=-1) - 1
+        s_ss = np.where(ok & (i_ss >= 0), tp0[rows, i_ss] / sp, np.nan)
+        # first threshold with TP/P ≥ sens_target: #{thresholds with TP < t_min}
+        t_sens = self.sens_target - 1e-12
+        t_min = least_int(lambda k: k / sp >= t_sens, np.ceil(t_sens * sp))
+        i_sp = np.minimum((tp0 < t_min[:, None]).sum(axis=-1), tp0.shape[1] - 1)
+        sp_sp = np.where(ok & (tp0[:, -1] >= t_min), 1.0 - fp0[rows, i_sp] / sn, np.nan)
+        return auc, s_ss, sp_sp
 
 
 def _concat_trees(trees: list[dict]) -> dict:

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tbx.bench.classification import downsample_curve, sorted_unique
+from tbx.bench.classification import downsample_curve, least_int, sorted_unique
 from tbx.bench.results_io import Detections
 
 # COCOeval defaults (Params.setDetParams) — IoU .50:.05:.95, 101 recall points, 100 dets, area "all"
@@ -361,29 +361,89 @@ def _opt_list(a: np.ndarray) -> list[float | None]:
     return out.tolist()
 
 
-def _least_int(pred, guess: np.ndarray) -> np.ndarray:
-    """Least integer ``k`` with ``pred(k)`` for a predicate monotone in ``k``, ``guess`` within ±2."""
-    out = guess + 3
-    for d in (2, 1, 0, -1, -2):
-        k = guess + d
-        out = np.where(pred(k), k, out)
-    return out
+def _row_searchsorted(a: np.ndarray, v: np.ndarray, side: str) -> np.ndarray:
+    """``searchsorted(a[b], v[b], side)`` for every row ``b`` of integer-valued ``a`` (nb, n).
 
-
-def _col_searchsorted(a: np.ndarray, v: np.ndarray, side: str) -> np.ndarray:
-    """``searchsorted(a[:, b], v[b], side)`` for every column ``b`` of integer-valued ``a`` (n, nb).
-
-    One flat search: column ``b`` is shifted by ``b·off`` (exact: integers below 2⁵³), with ``off``
+    One flat search: row ``b`` is shifted by ``b·off`` (exact: integers below 2⁵³), with ``off``
     larger than the spread of both ``a`` and ``v``.  Returns (nb, len(v[b])).
     """
-    n, nb = a.shape
-    spread = max(a.max(initial=0.0), -a.min(initial=0.0), v.max(initial=0.0), -v.min(initial=0.0))
+    nb, n = a.shape
+    spread = max(a.max(initial=0), -a.min(initial=0), v.max(initial=0), -v.min(initial=0))
     off = float(spread * 2 + 4)
     shift = off * np.arange(nb)[:, None]
-    flat = np.empty((nb, n))
-    np.add(a.T, shift, out=flat)  # one pass, written row by row (a.T + shift would keep a's order)
-    pos = np.searchsorted(flat.ravel(), (v + shift).ravel(), side=side)  # type: ignore[call-overload]
+    pos = np.searchsorted((a + shift).ravel(), (v + shift).ravel(), side=side)  # type: ignore[call-overload]
     return pos.reshape(v.shape) - n * np.arange(nb)[:, None]
+
+
+@dataclass
+class _BootPlan:
+    """Index arrays of :meth:`RowEval._samples_batched` for one row (built once, reused per block).
+
+    Positions are into the row's compressed detection list; ``q_pos`` are the positions where the
+    total detection weight is needed (every true positive, and the score-group end of each IoU-.5
+    true positive).  Total weight up to ``q_pos[k]`` = cumulated segment sums, segment ``k`` = the
+    detections in ``(q_pos[k-1], q_pos[k]]``, each a sum over its (image, multiplicity) pairs — per
+    block of resamples one gather and one cumulative sum along each resample's row (integers:
+    exact; numpy only, no sparse-matrix import).
+    """
+
+    u_img: np.ndarray  # (n_u,) images with detections in the row
+    dw_u: np.ndarray  # (n_u,) their (integer) detection weight
+    tp_u: list[np.ndarray]  # per IoU threshold: image slot (into u_img) of each true positive
+    tp_q: list[np.ndarray]  # per IoU threshold: index into q_pos of each true positive
+    t50: int  # index of IoU .5 in tp_u
+    last_tp: np.ndarray  # per IoU-.5 TP: index of the last IoU-.5 TP of its score group
+    e_q: np.ndarray  # per IoU-.5 TP: index into q_pos of its score-group end
+    pair_u: np.ndarray  # (n_pairs,) image slot of each (segment, image) pair, by segment
+    pair_multi: np.ndarray  # pairs holding more than one detection
+    pair_mult: np.ndarray  # their multiplicity
+    seg_end: np.ndarray  # (n_q,) last pair of each segment (segments are never empty)
+    n_upto: int  # detections up to the last q_pos
+
+    @staticmethod
+    def build(ev: RowEval) -> _BootPlan:
+        tp_idx, ends, t50 = ev._tp_idx, ev._ends, ev._t50c
+        tp50 = tp_idx[t50]
+        e_of = ends[np.searchsorted(ends, tp50, side="left")] if tp50.size else np.zeros(0, np.int64)
+        last_tp = np.searchsorted(tp50, e_of, side="right") - 1
+        q_pos = sorted_unique(np.concatenate([*tp_idx, e_of])).astype(np.int64)
+        u_img, u_of = np.unique(ev._img, return_inverse=True)
+        upto = int(q_pos[-1]) + 1 if q_pos.size else 0
+        seg = np.searchsorted(q_pos, np.arange(upto), side="left")
+        key = np.sort(seg * max(u_img.size, 1) + u_of[:upto])
+        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else np.zeros(0, np.int64)
+        mult = np.diff(np.r_[first, key.size])
+        key = key[first]
+        multi = np.flatnonzero(mult > 1)
+        return _BootPlan(
+            u_img=u_img,
+            dw_u=np.round(ev.det_w[u_img]).astype(np.int64),
+            tp_u=[u_of[idx] for idx in tp_idx],
+            tp_q=[np.searchsorted(q_pos, idx) for idx in tp_idx],
+            t50=t50,
+            last_tp=last_tp,
+            e_q=np.searchsorted(q_pos, e_of),
+            pair_u=key % max(u_img.size, 1),
+            pair_multi=multi,
+            pair_mult=mult[multi],
+            seg_end=np.searchsorted(key // max(u_img.size, 1), np.arange(q_pos.size), side="right") - 1,
+            n_upto=upto,
+        )
+
+    def weights(self, c: np.ndarray) -> np.ndarray:
+        """(nb, n_u) detection weight of each image for resample counts ``c`` (nb, n_img): int32
+        when every cumulated weight fits (a sum over at most ``n_upto`` detections), else int64."""
+        w = np.take(c, self.u_img, axis=1, mode="wrap")
+        big = int(w.max(initial=0)) * int(self.dw_u.max(initial=0)) * max(self.n_upto, 1) >= 2**31
+        return np.multiply(w, self.dw_u, dtype=np.int64 if big else np.int32)
+
+    def cum_weight(self, w: np.ndarray) -> np.ndarray:
+        """(nb, n_q) total detection weight up to each ``q_pos`` for image weights ``w`` (nb, n_u)."""
+        g = np.take(w, self.pair_u, axis=1, mode="wrap")  # valid indices; "wrap" is the fastest mode
+        if self.pair_multi.size:
+            g[:, self.pair_multi] *= self.pair_mult
+        np.cumsum(g, axis=1, out=g)
+        return np.take(g, self.seg_end, axis=1)
 
 
 class RowEval:
@@ -429,6 +489,7 @@ class RowEval:
         self._tp_idx = [np.flatnonzero(row) for row in self.c.tp[self.t_std]]
         tp50 = self._tp_idx[self._t50c]
         self._ends_ntp = np.searchsorted(tp50, self._ends, side="right")  # TPs up to each group end
+        self._plan: _BootPlan | None = None  # index arrays of the batched bootstrap, built on first use
 
     def point(self, max_curve_points: int = 500) -> dict:
         m = self.c
@@ -523,6 +584,11 @@ class RowEval:
             "froc": {"sensitivity": [froc[:, j] for j in range(froc.shape[1])], "mean": froc.mean(axis=1)},
         }
 
+    def _boot_plan(self) -> _BootPlan:
+        if self._plan is None:
+            self._plan = _BootPlan.build(self)
+        return self._plan
+
     def _samples_batched(
         self,
         counts: np.ndarray,
@@ -531,100 +597,96 @@ class RowEval:
         ap50: np.ndarray,
         ar: np.ndarray,
         froc: np.ndarray,
-        chunk_elems: int = 1 << 18,
+        chunk: int = 128,
     ) -> None:
         """:meth:`_samples_fast` for integer counts, vectorised over resamples (same numbers).
 
         With integer image counts every cumulated TP/FP weight is an integer, so each
         ``searchsorted`` on a ratio (recall ≥ a recall threshold, FP/image ≤ a rate) becomes one on
-        integers against the exact integer boundary of that ratio — and integers of all resamples
-        can share one flat ``searchsorted`` (row ``b`` offset by ``b·OFF``).  The FROC only needs
-        the FP count at the group end of each true positive at IoU .5 (sensitivity changes only
-        there), not at every detection.
+        integers against the exact integer boundary of that ratio, found once per block of
+        resamples.  The recall one is a count — #{k: TP(k) < c*} — read off a per-resample
+        histogram of the (small) cumulated TP counts.  The total weight up to each true positive
+        comes from segment sums (:class:`_BootPlan`).  The FROC only needs the FP count at the
+        group end of each true positive at IoU .5 (sensitivity changes only there).
         """
         R = REC_THRS.shape[0]
-        det_w = np.round(self.det_w)
-        img_in = self.img_in
-        tp50 = self._tp_idx[self._t50c]
-        ends = self._ends
-        # group end of each IoU-.5 true positive, and the TP count there (index into tp50)
-        e_of = ends[np.searchsorted(ends, tp50, side="left")] if tp50.size else np.zeros(0, np.int64)
-        last_tp = np.searchsorted(tp50, e_of, side="right") - 1
-        q_pos = sorted_unique(np.concatenate([*self._tp_idx, e_of]))  # where the total weight is needed
-        # total detection weight up to q_pos[k] = cumulated segment sums, segment k = detections in
-        # (q_pos[k-1], q_pos[k]]: H[k, image] = how many of the image's detections are in segment k,
-        # so the sums of all resamples are one sparse product (exact: integers)
-        from scipy.sparse import csr_matrix  # only a bootstrap needs it (import ≈ 0.1 s)
-
-        upto = int(q_pos[-1]) + 1 if q_pos.size else 0
-        seg = np.searchsorted(q_pos, np.arange(upto), side="left")
-        u_img, u_of = np.unique(self._img, return_inverse=True)  # the images with detections here
-        H = csr_matrix((np.ones(upto), (seg, u_of[:upto])), shape=(q_pos.size, u_img.size))
+        p = self._boot_plan()
+        T = len(p.tp_u)
         rates = np.asarray(self.rates, dtype=np.float64)
-        step = max(1, chunk_elems // (q_pos.size + (R + 1) * len(self._tp_idx) + max(map(len, self._tp_idx))))
-        q_tp = [np.searchsorted(q_pos, idx) for idx in self._tp_idx]
-        q_e = np.searchsorted(q_pos, e_of)
-        u_tp = [u_of[idx] for idx in self._tp_idx]
+        img_in = self.img_in
         gt_in = np.flatnonzero(n_gt * img_in > 0)
         gt_n = np.round(n_gt * img_in)[gt_in].astype(np.int64)
-        im_in = np.flatnonzero(img_in > 0)
-        dw_u = det_w[u_img]
-        for lo in range(0, counts.shape[0], step):
-            # layout (detections, resamples): row gathers and cumulative sums run over contiguous rows
-            c = counts[lo : lo + step]
+        # per resample: regular ground truths and images of the evaluated set (exact integer sums)
+        npig_all = (
+            np.multiply(np.take(counts, gt_in, axis=1), gt_n).sum(axis=1, dtype=np.int64).astype(np.float64)
+        )
+        im_in, im_out = np.flatnonzero(img_in > 0), np.flatnonzero(img_in <= 0)
+        if im_out.size < im_in.size:  # the cheaper side: a contiguous row sum minus a few columns
+            n_img_all = counts.sum(axis=1, dtype=np.int64) - np.take(counts, im_out, axis=1).sum(
+                axis=1, dtype=np.int64
+            )
+        else:
+            n_img_all = np.take(counts, im_in, axis=1).sum(axis=1, dtype=np.int64)
+        n_img_all = n_img_all.astype(np.float64)
+        for lo in range(0, counts.shape[0], chunk):
+            c = counts[lo : lo + chunk]
             nb = c.shape[0]
-            cols = np.arange(nb)[:, None]
-            npig = (np.take(c, gt_in, axis=1) * gt_n).sum(axis=1, dtype=np.float64)  # (nb,), exact
-            n_images = np.take(c, im_in, axis=1).sum(axis=1, dtype=np.float64)
+            rows = np.arange(nb)[:, None]
+            npig, n_images = npig_all[lo : lo + nb], n_img_all[lo : lo + nb]
             ok = npig > 0
             if not ok.any():
                 continue
             safe = np.where(ok, npig, 1.0)
-            cwT = np.ascontiguousarray((np.take(c, u_img, axis=1) * dw_u).T)  # (n_u, nb) image weights
-            cum_q = np.cumsum(H @ cwT, axis=0)  # (n_q, nb) total weight up to each q_pos
-            q = np.zeros((nb, len(self._tp_idx), R))
-            rec = np.zeros((nb, len(self._tp_idx)))
-            ctp50 = np.zeros((0, nb))
-            for t, idx in enumerate(self._tp_idx):
-                if idx.size == 0:
+            # c*[b, r]: the least integer with c* / npig ≥ REC_THRS[r] (one per block, all thresholds)
+            cstar = least_int(
+                lambda k, s=safe: k / s[:, None] >= REC_THRS[None, :],
+                np.ceil(REC_THRS[None, :] * safe[:, None]),
+            ).astype(np.int64)
+            # layout (resamples, detections): gathers and cumulative sums run along contiguous rows
+            w = p.weights(c)  # (nb, n_u)
+            cum_q = p.cum_weight(w)  # (nb, n_q): total weight up to each q_pos
+            den_q = cum_q + EPS  # COCOeval's precision denominator fp + tp + EPS (fp + tp = cum_q)
+            q = np.zeros((nb, T, R))
+            rec = np.zeros((nb, T))
+            ctp50 = np.zeros((nb, 0), w.dtype)
+            for t in range(T):
+                n_t = p.tp_u[t].size
+                if n_t == 0:
                     continue
-                ctp = np.cumsum(cwT[u_tp[t]], axis=0)  # (n_t, nb) cumulated TP weight
-                # pr = ctp / ((cum - ctp) + ctp + EPS), the same operations in place (no temporaries)
-                pr = cum_q[q_tp[t]]
-                np.subtract(pr, ctp, out=pr)
-                np.add(pr, ctp, out=pr)
-                np.add(pr, EPS, out=pr)
-                np.divide(ctp, pr, out=pr)
-                np.maximum.accumulate(pr[::-1], axis=0, out=pr[::-1])
-                # inds = searchsorted(ctp / npig, REC_THRS, 'left') = #{k: ctp_k < c*}, c* the
-                # least integer with c* / npig ≥ thr
-                cstar = _least_int(
-                    lambda k, s=safe: k / s[:, None] >= REC_THRS[None, :],
-                    np.ceil(REC_THRS[None, :] * safe[:, None]),
-                )
-                inds = _col_searchsorted(ctp, cstar, side="left")  # (nb, R)
-                hit = inds < idx.size
-                q[:, t, :] = np.where(hit, pr[np.minimum(inds, idx.size - 1), cols], 0.0)
-                rec[:, t] = ctp[-1] / safe
-                if t == self._t50c:
+                ctp = np.take(w, p.tp_u[t], axis=1, mode="wrap")
+                np.cumsum(ctp, axis=1, out=ctp)  # (nb, n_t) cumulated TP weight
+                pr = np.take(den_q, p.tp_q[t], axis=1)
+                np.divide(ctp, pr, out=pr)  # precision at each true positive, as COCOeval
+                np.maximum.accumulate(pr[:, ::-1], axis=1, out=pr[:, ::-1])
+                # inds = searchsorted(ctp / npig, REC_THRS, 'left') = #{k: ctp_k < c*}: a histogram
+                # of each resample's ctp values, cumulated (ctp is a small integer)
+                top = int(ctp[:, -1].max())
+                width = top + 2
+                hist = np.bincount((ctp + (rows * width + 1)).ravel(), minlength=nb * width)
+                below = np.cumsum(hist.reshape(nb, width), axis=1)  # below[b, v] = #{k: ctp_k < v}
+                inds = np.take(below.ravel(), np.minimum(cstar, top + 1) + rows * width)  # (nb, R)
+                hit = inds < n_t
+                q[:, t, :] = np.where(hit, np.take(pr.ravel(), np.minimum(inds, n_t - 1) + rows * n_t), 0.0)
+                rec[:, t] = ctp[:, -1] / safe
+                if t == p.t50:
                     ctp50 = ctp
             ap[lo : lo + nb] = np.where(ok, q.mean(axis=(1, 2)), np.nan)
-            ap50[lo : lo + nb] = np.where(ok, q[:, self._t50c].mean(axis=1), np.nan)
+            ap50[lo : lo + nb] = np.where(ok, q[:, p.t50].mean(axis=1), np.nan)
             ar[lo : lo + nb] = np.where(ok, rec.mean(axis=1), np.nan)
-            if tp50.size:
-                tpe = ctp50[last_tp]  # (n_tp50, nb) TP weight at each TP's group end
-                fpc = cum_q[q_e] - tpe
+            if p.last_tp.size:
+                tpe = np.take(ctp50, p.last_tp, axis=1)  # (nb, n_tp50) TP weight at each TP's group end
+                fpc = np.take(cum_q, p.e_q, axis=1) - tpe  # nondecreasing along each row
                 ni = np.where(n_images > 0, n_images, 1.0)
                 # #{p: fpc_p / n_images ≤ rate} = #{p: fpc_p ≤ c**}, c** the largest such integer
                 cmax = (
-                    _least_int(
+                    least_int(
                         lambda k, n=ni: k / n[:, None] > rates[None, :],
                         np.floor(rates[None, :] * ni[:, None]),
                     )
                     - 1
                 )
-                j = _col_searchsorted(fpc, cmax, side="right")  # (nb, n_rates)
-                sens = np.where(j > 0, tpe[np.maximum(j - 1, 0), cols], 0.0) / safe[:, None]
+                j = _row_searchsorted(fpc, cmax, side="right")  # (nb, n_rates)
+                sens = np.where(j > 0, tpe[rows, np.maximum(j - 1, 0)], 0.0) / safe[:, None]
             else:
                 sens = np.zeros((nb, rates.size))
             froc[lo : lo + nb] = np.where(ok[:, None], sens, np.nan)

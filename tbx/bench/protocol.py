@@ -219,7 +219,7 @@ class _Scored:
         if self.cls is not None:
             out["classification"], out["operating_points"] = self.cls.samples(counts)
         if self.rows:
-            cu = counts[:, self.truth.univ_to_rec]
+            cu = np.take(counts, self.truth.univ_to_rec, axis=1)  # the universe's columns
             out["detection"] = {
                 mode: {row: ev.samples(cu) for row, ev in rows.items()} for mode, rows in self.rows.items()
             }

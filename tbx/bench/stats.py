@@ -25,17 +25,25 @@ _N = NormalDist()
 
 
 # ------------------------------------------------------------------------------------ bootstrap
-def bootstrap_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
+def bootstrap_counts(n: int, n_boot: int, seed: int, block_elems: int = 1 << 18) -> np.ndarray:
     """(n_boot, n) int32 counts: resample ``b`` draws image ``i`` ``counts[b, i]`` times.
 
-    Deterministic for ``seed``; row b is identical whatever ``n_boot`` is (one child generator per
-    resample), so a 100-resample run is a prefix of a 1000-resample run.
+    Resample ``b`` is the ``b``-th run of ``n`` uniform draws (with replacement) from one
+    ``numpy.random.default_rng(seed)`` stream, so the counts are deterministic for ``seed`` and row
+    ``b`` is identical whatever ``n_boot`` is (a 100-resample run is a prefix of a 1000-resample
+    run).  Drawn in blocks of about ``block_elems`` draws (int32 draws continue the stream exactly
+    across blocks), each block counted by one flat ``bincount``.
     """
     out = np.zeros((n_boot, n), dtype=np.int32)
-    children = np.random.SeedSequence(seed).spawn(n_boot)
-    for b, ss in enumerate(children):
-        idx = np.random.default_rng(ss).integers(0, n, size=n)
-        out[b] = np.bincount(idx, minlength=n)
+    if n == 0 or n_boot == 0:
+        return out
+    rng = np.random.default_rng(seed)
+    step = max(1, block_elems // n)
+    for lo in range(0, n_boot, step):
+        k = min(step, n_boot - lo)
+        idx = rng.integers(0, n, size=(k, n), dtype=np.int32)
+        flat = idx + (np.arange(k, dtype=np.int64) * n)[:, None]
+        out[lo : lo + k] = np.bincount(flat.ravel(), minlength=k * n).reshape(k, n)
     return out
 
 
