@@ -90,6 +90,10 @@ def test_collate_pads_to_32_and_normalize_zeroes_padding(tmp_path):
     torch.testing.assert_close(x[0, :, :42, :70], ref)
     assert x[:, :, 42:, :].abs().sum() == 0 and x[:, :, :, 70:].abs().sum() == 0
     assert b.targets[0]["cls_label"].item() == 2
+    as_float = b.images.float()  # a float input is normalised the same way and left unchanged
+    kept = as_float.clone()
+    torch.testing.assert_close(normalize_batch(as_float, b.image_sizes), x)
+    assert torch.equal(as_float, kept)
 
 
 def test_missing_image_is_a_clear_error(tmp_path):

@@ -282,13 +282,42 @@ def test_screen_with_onnx_matches_torch_csv(run_dir, onnx_file, inputs, tmp_path
         assert abs(float(x["p_tb"]) - float(y["p_tb"])) <= 1e-4 and x["decision"] == y["decision"]
 
 
+def test_onnx_parity_with_a_downscaled_classification_input(tmp_path):
+    """The tiny preset as trained (detector 160 px, classification ResNet 112 px): the exported
+    graph's MatMul resize gives the probabilities of the eager antialiased resize."""
+    from tbx.deploy.export import export_onnx
+
+    torch.manual_seed(0)
+    cfg = load_train_config("symformer_retinanet", "tiny", ["model.input_size=160"])
+    assert cfg.model.retinanet.cls_input_size == 112
+    save_checkpoint(
+        tmp_path / "run" / "stage2" / "final.pt",
+        model=build_model(cfg),
+        model_name=cfg.model_name,
+        config=to_dict(cfg),
+        stage=2,
+        epoch=1,
+        batch=0,
+        iteration=1,
+    )
+    onnx = export_onnx(tmp_path / "run", tmp_path / "m.onnx")
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (3, 3, 160, 160), generator=g, dtype=torch.uint8)
+    sizes = [(160, 160), (160, 96), (128, 160)]
+    before = images.clone()
+    pt = load_backend(tmp_path / "run", device="cpu").run(images, sizes)
+    po = load_backend(onnx).run(images, sizes)
+    assert torch.equal(images, before)
+    for a, b in zip(pt, po, strict=True):
+        assert (a.probs.double() - b.probs.double()).abs().max() <= 1e-4
+
+
 def test_export_refuses_models_without_a_split(tmp_path, cli):
     from tbx.deploy.backends import NOT_EXPORTABLE, check_exportable
     from tbx.errors import TbxError
 
     cfg = load_train_config("symformer_retinanet", "tiny", ["model.input_size=160"])
-    with pytest.raises(TbxError, match="antialiased"):
-        check_exportable(cfg, build_model(cfg))
+    check_exportable(cfg, build_model(cfg))  # the tiny preset itself: cls_input_size 112 < 160
     cfg.model_name = "fcos"
     with pytest.raises(TbxError, match="NMS inside"):
         check_exportable(cfg, torch.nn.Identity())
@@ -401,10 +430,22 @@ def test_exportable_rewrites_equal_the_eager_ops():
     """What the ONNX graph runs instead of the eager ops gives the same values."""
     import torch.nn.functional as F
 
+    from tbx.models.resize import resize_as_matmul
     from tbx.models.retinanet import RetinaNet
     from tbx.models.spe import adaptive_max_pool_gather, affine_grid_matmul
 
     g = torch.Generator().manual_seed(0)
+    # the classification branch's antialiased downscale (tiny: 160 → 112) as two MatMuls
+    for h, w, scale in [
+        (160, 160, 0.7),
+        (160, 128, 0.7),
+        (512, 512, 112 / 512),
+        (33, 47, 0.5),
+        (64, 64, 1.5),
+    ]:
+        x = torch.randn(2, 3, h, w, generator=g)
+        ref = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=True)
+        torch.testing.assert_close(resize_as_matmul(x, scale), ref, atol=1e-6, rtol=0)
     for h, w in [(4, 4), (12, 7), (16, 16), (3, 9), (64, 40)]:
         x = torch.randn(2, 5, h, w, generator=g)
         assert torch.equal(adaptive_max_pool_gather(x, 8), F.adaptive_max_pool2d(x, 8))

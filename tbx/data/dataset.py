@@ -237,8 +237,9 @@ def normalize_batch(
     images: Tensor, image_sizes: Sequence[tuple[int, int]], dtype: torch.dtype = torch.float32
 ) -> Tensor:
     """uint8 ``(N, 3, H, W)`` → ImageNet-normalised float with zeros in the padding (contract of
-    ``tbx.models.base``).  Runs on whatever device ``images`` is on."""
-    x = images.to(dtype=torch.float32).div_(255.0)
+    ``tbx.models.base``).  Runs on whatever device ``images`` is on; ``images`` itself is never
+    changed (a float input is copied before the in-place steps)."""
+    x = images.to(dtype=torch.float32, copy=True).div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     x.sub_(mean).div_(std)

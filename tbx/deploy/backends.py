@@ -50,14 +50,6 @@ def check_exportable(cfg: TrainConfig, model: nn.Module) -> None:
             f"model {cfg.model_name} cannot be exported to ONNX: {why}",
             fix="export symformer_retinanet or retinanet; screen this model with its run/.pt",
         )
-    if getattr(model, "cls_scale", 1.0) != 1.0:
-        cls_size = getattr(cfg.model.retinanet, "cls_input_size", 0)
-        raise TbxError(
-            f"model.retinanet.cls_input_size {cls_size} < input_size "
-            f"{cfg.model.input_size}: the antialiased resize of the classification input has "
-            "no ONNX export in torch",
-            fix="export at --input-size ≤ model.retinanet.cls_input_size",
-        )
 
 
 @dataclass

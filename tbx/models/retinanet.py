@@ -50,6 +50,7 @@ from tbx.models.base import Detector, Prediction
 from tbx.models.cls_head import ClsHead
 from tbx.models.config import HeadInit, ModelConfig, RetinaNetConfig, SymFormerConfig
 from tbx.models.p2t import P2T, P2T_VARIANTS, load_p2t_weights
+from tbx.models.resize import resize_as_matmul
 from tbx.models.sas import SASBlock
 
 STRIDES = (8, 16, 32, 64, 128)  # P3..P7 (docs/models.md §2.1)
@@ -326,7 +327,9 @@ class RetinaNet(Detector):
     def _cls_c5(self, images: Tensor) -> Tensor:
         """C5 of the separate classification ResNet, on the input resized by ``cls_scale``."""
         assert self.cls_backbone is not None
-        if self.cls_scale != 1.0:
+        if self.cls_scale != 1.0 and torch.onnx.is_in_onnx_export():  # no ONNX antialiased resize
+            images = resize_as_matmul(images, self.cls_scale)  # the same linear map, two MatMuls
+        elif self.cls_scale != 1.0:
             images = F.interpolate(
                 images, scale_factor=self.cls_scale, mode="bilinear", align_corners=False, antialias=True
             )
