@@ -41,7 +41,6 @@ def onednn_fast_path(x: Tensor) -> bool:
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
         and not torch.onnx.is_in_onnx_export()
-        and not torch.jit.is_tracing()
     )
 
 
@@ -129,7 +128,7 @@ class FusedConv2d(nn.Conv2d):
         fused.relu = relu
         return fused
 
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         # tiny maps (the STN, P7's heads) stay on the plain path: oneDNN's per-call set-up costs more
         if onednn_fast_path(x) and x.dim() == 4 and x.shape[-2] * x.shape[-1] * self.out_channels >= 4096:
             args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
@@ -198,7 +197,7 @@ def fuse_activations(model: nn.Module) -> int:
             for name in names:
                 block = module._modules[name]
                 if block is not None and _folded_block(block):
-                    module._modules[name] = FusedBlock(block)  # type: ignore[arg-type]
+                    module._modules[name] = FusedBlock(block)
                     fused += 3 if isinstance(block, Bottleneck) else 2
         stem = module._modules.get("conv1"), module._modules.get("bn1"), module._modules.get("relu")
         if (
