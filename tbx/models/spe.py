@@ -65,11 +65,17 @@ class STN(nn.Module):
             theta.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
 
     def forward(self, feat: Tensor) -> Tensor:
+        return self.forward_levels([feat])[0]
+
+    def forward_levels(self, feats: list[Tensor]) -> list[Tensor]:
+        """``θ`` of each map: after the adaptive pooling every map is ``(N, C, 8, 8)``, so the
+        rest of the network runs once over the maps stacked along the batch (the same numbers)."""
         if torch.onnx.is_in_onnx_export():  # ONNX has no adaptive pooling to 8 from e.g. 4 or 12
-            x = self.localization[1:](adaptive_max_pool_gather(feat, 8)).flatten(1)
+            pooled = [adaptive_max_pool_gather(f, 8) for f in feats]
         else:
-            x = self.localization(feat).flatten(1)
-        return self.fc_loc(x).view(-1, 2, 3)
+            pooled = [self.localization[0](f) for f in feats]
+        x = self.localization[1:](pooled[0] if len(pooled) == 1 else torch.cat(pooled)).flatten(1)
+        return list(self.fc_loc(x).view(-1, 2, 3).split([f.shape[0] for f in feats]))
 
 
 def adaptive_max_pool_gather(x: Tensor, size: int) -> Tensor:
@@ -263,7 +269,7 @@ class SymmetricPositionalEncoding(nn.Module):
                 keeps.append(pe[:, :, :c0])
             todo.append(lvl)
         if self.stn is not None and todo:
-            mirrored = warp_halves(srcs, [self.stn(feats[lvl]) for lvl in todo], flip=True)
+            mirrored = warp_halves(srcs, self.stn.forward_levels([feats[lvl] for lvl in todo]), flip=True)
         else:
             mirrored = [src.flip(2) for src in srcs]
         for lvl, mir, keep in zip(todo, mirrored, keeps):
