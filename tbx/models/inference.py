@@ -21,6 +21,7 @@ float rounding) and the parameters; all of them are for models that will not tra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -70,6 +71,20 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     )
 
 
+def _rewrite_pairs(seq: nn.Sequential, rewrite: Callable[[nn.Module, nn.Module], nn.Module | None]) -> int:
+    """For consecutive entries ``(a, b)`` of ``seq`` where ``rewrite(a, b)`` gives a module: ``a`` ←
+    that module, ``b`` ← ``nn.Identity``; returns how many pairs were rewritten."""
+    names = list(seq._modules)
+    done = 0
+    for a, b in zip(names, names[1:]):
+        first, second = seq._modules[a], seq._modules[b]
+        new = rewrite(first, second) if first is not None and second is not None else None
+        if new is not None:
+            seq._modules[a], seq._modules[b] = new, nn.Identity()
+            done += 1
+    return done
+
+
 def fold_batchnorm(model: nn.Module) -> int:
     """Fold Conv2d → BatchNorm2d pairs in place; returns how many were folded.
 
@@ -82,13 +97,10 @@ def fold_batchnorm(model: nn.Module) -> int:
     folded = 0
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for a, b in zip(names, names[1:]):
-                conv, bn = module._modules[a], module._modules[b]
-                if _foldable(conv, bn):
-                    module._modules[a] = fuse_conv_bn_eval(conv, bn)  # type: ignore[arg-type,type-var]
-                    module._modules[b] = nn.Identity()
-                    folded += 1
+            folded += _rewrite_pairs(
+                module,
+                lambda conv, bn: fuse_conv_bn_eval(conv, bn) if _foldable(conv, bn) else None,  # type: ignore[arg-type,type-var]
+            )
             continue
         for name, child in list(module.named_children()):
             if not name.startswith("conv"):
@@ -187,14 +199,15 @@ def fuse_activations(model: nn.Module) -> int:
     fused = 0
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for a, b in zip(names, names[1:]):
-                conv, act = module._modules[a], module._modules[b]
-                if conv is not None and _fusable(conv) and type(act) is nn.ReLU:
-                    module._modules[a] = FusedConv2d.from_conv(conv, relu=True)  # type: ignore[arg-type]
-                    module._modules[b] = nn.Identity()
-                    fused += 1
-            for name in names:
+            fused += _rewrite_pairs(
+                module,
+                lambda conv, act: (
+                    FusedConv2d.from_conv(conv, relu=True)  # type: ignore[arg-type]
+                    if _fusable(conv) and type(act) is nn.ReLU
+                    else None
+                ),
+            )
+            for name in list(module._modules):
                 block = module._modules[name]
                 if block is not None and _folded_block(block):
                     module._modules[name] = FusedBlock(block)
