@@ -9,10 +9,13 @@
    min_size = max_size = size, same thresholds: score 0.05, NMS 0.5, top-1000 per level, 100 dets),
    target ≤ 1.0 (≤ 0.9 against torchvision run channels_last).  Ours runs as ``tbx predict``
    runs it (:func:`tbx.models.inference.prepare_for_inference`: BatchNorm folded into the
-   convolutions, channels_last); torchvision's as shipped, and also with channels_last.  Ours
+   convolutions, ReLUs and shortcut sums fused into oneDNN convolutions, channels_last);
+   torchvision's as shipped, and also with channels_last.  Ours
    carries the docs/models.md §2.6 classification head (≈ 3 GMACs at 512) and builds P6 from C5 (2048 ch,
    docs/models.md §2.1) where torchvision builds it from P5, so the detection path alone (no classification
-   head) is printed too.
+   head) is printed too.  Where SymFormer's extra time goes: the SAS block alone, its positional
+   encoding (SPE with the STN), and its five projection matrix products (query, value, output,
+   FFN ×2) on inputs of the same shapes — their MACs are nearly all of the SAS block's.
 3. The deformable sampling core ``ms_deform_sample`` (forward + backward) vs a naive reference
    that loops in Python over heads × levels × points with explicit bilinear gathers, at the
    Deformable-DETR encoder scale (4 levels of a 512 input, 8 heads × 32 ch, 4 points), target ≥ 8×
@@ -95,6 +98,7 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
         return run
 
     with torch.inference_mode():
+        sas_fns = sas_parts(sym, x_cl)
         t = median_times(
             {
                 "sym": lambda: sym.predict(x_cl, sizes),
@@ -102,6 +106,7 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
                 "ret_det": ours_detection_only(ret),
                 "tv": lambda: tv([x[0]]),
                 "tv_cl": lambda: tv_cl([x_cl[0]]),
+                **sas_fns,
             },
             runs,
             clock=clock,
@@ -117,7 +122,10 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
         "retinanet_detection_only": (sum(ret_macs.values()) - ret_macs["cls_head"]) / 1e9,
         "torchvision_retinanet": sum(tv_macs.values()) / 1e9,
     }
+    sas_macs = sum(m for k, m in sym_macs.items() if k in ("sym_attention", "spe")) / 1e9
     return {
+        "sas_ms": {k: t[k] * 1e3 for k in sas_fns},
+        "sas_gmacs": sas_macs,
         "latency_ms": {
             "symformer_retinanet": t_sym * 1e3,
             "retinanet": t_ret * 1e3,
@@ -130,6 +138,26 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
         "retinanet_over_torchvision": t_ret / t_tv,
         "retinanet_over_torchvision_channels_last": t_ret / t_tv_cl,
         "retinanet_detection_only_over_torchvision": t_ret_det / t_tv,
+    }
+
+
+def sas_parts(sym, x_cl) -> dict:
+    """Timed pieces of SymFormer's SAS block on the FPN maps of ``x_cl`` (inference mode)."""
+    feats = sym.fpn(sym.backbone(x_cl)[1:])
+    enc = sym.sas.encoder
+    att = enc.self_attn
+    tokens = sum(f.shape[-2] * f.shape[-1] for f in feats)
+    t256 = torch.randn(1, tokens, enc.norm1.normalized_shape[0])
+    t1024 = torch.randn(1, tokens, enc.linear1.out_features)
+    query = att.query_proj if att.query_proj is not None else att.sampling_offsets
+
+    def linears():
+        query(t256), att.value_proj(t256), att.output_proj(t256), enc.linear1(t256), enc.linear2(t1024)
+
+    return {
+        "sas": lambda: sym.sas(feats),
+        "sas_spe": lambda: sym.sas.spe.nhwc(feats),
+        "sas_linears": linears,
     }
 
 
@@ -230,6 +258,14 @@ def run_once(size: int, runs: int, clock: str) -> dict:
         "  (target ≤ 0.9)"
     )
     print(f"retinanet detection path / torchvision = {det['retinanet_detection_only_over_torchvision']:.3f}")
+    sas = det["sas_ms"]
+    print(
+        f"SAS block {sas['sas']:.1f} ms ({det['sas_gmacs']:.2f} GMACs): "
+        f"projections {sas['sas_linears']:.1f} ms, "
+        f"SPE {sas['sas_spe']:.1f} ms, sampling + norms + rest "
+        f"{sas['sas'] - sas['sas_linears'] - sas['sas_spe']:.1f} ms; symformer − retinanet "
+        f"{det['latency_ms']['symformer_retinanet'] - det['latency_ms']['retinanet']:.1f} ms"
+    )
     res["deform_core"] = dc = bench_deform_core(size, runs, clock)
     print(
         f"ms_deform_sample fwd+bwd {dc['deform_core_ms']:.1f} ms vs naive loop {dc['naive_loop_ms']:.1f} "
@@ -320,9 +356,13 @@ def _write_results(all_res: list[dict]) -> None:
     for r in all_res:
         lat = r["detectors"]["latency_ms"]
         dc = r["deform_core"]
+        sas = r["detectors"]["sas_ms"]
         lines.append(
             f"{r['threads']} thread(s), latency (ms): "
             + ", ".join(f"{k} {v:.0f}" for k, v in lat.items())
+            + f"; SAS block {sas['sas']:.0f} ({r['detectors']['sas_gmacs']:.2f} GMACs: projections "
+            f"{sas['sas_linears']:.0f}, SPE {sas['sas_spe']:.0f}, sampling + norms + rest "
+            f"{sas['sas'] - sas['sas_linears'] - sas['sas_spe']:.0f})"
             + f"; deformable core {dc['deform_core_ms']:.0f} ms vs naive "
             f"{dc['naive_loop_ms']:.0f} ms ({dc['queries']} queries)."
         )

@@ -76,6 +76,12 @@ def _first_tensor(x):
     return None
 
 
+def _fused_relu(module: nn.Module, out: Tensor) -> int:
+    """The ReLU an inference rewrite fused into a conv / linear layer (``relu = True``,
+    :mod:`tbx.models.inference`) counts as the ReLU module it replaced."""
+    return out.numel() if getattr(module, "relu", False) is True else 0
+
+
 def module_macs(module: nn.Module, inputs: tuple, output) -> int:
     """mmcv-style MACs of one call of a leaf module (0 for modules mmcv does not count)."""
     inp, out = _first_tensor(inputs), _first_tensor(output)
@@ -90,9 +96,9 @@ def module_macs(module: nn.Module, inputs: tuple, output) -> int:
             macs = per * inp.numel() // module.in_channels
             return macs + (out.numel() if module.bias is not None else 0)
         per = k * module.in_channels // module.groups
-        return out.numel() * per + (out.numel() if module.bias is not None else 0)
+        return out.numel() * per + (out.numel() if module.bias is not None else 0) + _fused_relu(module, out)
     if isinstance(module, nn.Linear):
-        return inp.numel() * module.out_features
+        return inp.numel() * module.out_features + _fused_relu(module, out)
     if isinstance(module, _NORM):
         affine = getattr(module, "affine", getattr(module, "elementwise_affine", False))
         return inp.numel() * (2 if affine else 1)

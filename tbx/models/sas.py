@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from tbx.models.spe import SymmetricPositionalEncoding
@@ -64,17 +65,34 @@ class SASBlock(nn.Module):
         )
 
     def forward(self, feats: list[Tensor], masks: list[Tensor | None] | None = None) -> list[Tensor]:
-        """``masks[l]``: ``(N, H_l, W_l)`` bool, True = padding (or None: nothing padded)."""
-        outs = []
-        for lvl, feat in enumerate(feats):
-            n, c, h, w = feat.shape
-            mask = masks[lvl] if masks is not None else None
-            pos = self.spe(feat).flatten(2).transpose(1, 2)
-            src = feat.flatten(2).transpose(1, 2)
-            ref = reference_points_for([(h, w)], feat.device, src.dtype)
-            out = self.encoder(src, pos, ref, [(h, w)], None if mask is None else mask.flatten(1))
-            # (N, H·W, C) is the channels_last layout of (N, C, H, W): a view, no copy — and the
-            # heads' convolutions then read the format the FPN gives them (NCHW here cost a
+        """``masks[l]``: ``(N, H_l, W_l)`` bool, True = padding (or None: nothing padded).
+
+        The levels are independent (each query attends to its own level) but share every weight,
+        so their tokens are concatenated and each projection, the FFN and the norms run once over
+        all of them (:meth:`SymAttention.forward` with ``per_level``); only the sampling and the
+        positional encoding (the STN reads each level's feature) are per level."""
+        n, c = feats[0].shape[:2]
+        shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
+        # (N, C, H, W) → tokens (N, H·W, C): a view of a channels_last map, one copy into the concatenation
+        src = torch.cat([f.permute(0, 2, 3, 1).reshape(n, h * w, c) for f, (h, w) in zip(feats, shapes)], 1)
+        pos = torch.cat([p.reshape(n, h * w, c) for p, (h, w) in zip(self.spe.nhwc(feats), shapes)], 1)
+        mask = None
+        if masks is not None and any(m is not None for m in masks):
+            mask = torch.cat(
+                [
+                    torch.zeros(n, h * w, dtype=torch.bool, device=f.device) if m is None else m.flatten(1)
+                    for m, f, (h, w) in zip(masks, feats, shapes)
+                ],
+                1,
+            )
+        ref = reference_points_for(shapes, src.device, src.dtype)
+        out = self.encoder(src, pos, ref, shapes, mask, per_level=True)
+        outs, start = [], 0
+        for h, w in shapes:
+            # (N, H·W, C) is the channels_last layout of (N, C, H, W): a view (for one image), and
+            # the heads' convolutions then read the format the FPN gives them (NCHW here cost a
             # layout conversion per conv, more than the attention itself)
-            outs.append(out.reshape(n, h, w, c).permute(0, 3, 1, 2))
+            o = out[:, start : start + h * w].reshape(n, h, w, c).permute(0, 3, 1, 2)
+            outs.append(o if n == 1 else o.contiguous(memory_format=torch.channels_last))
+            start += h * w
         return outs

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tbx.models.deform_core import ms_deform_sample
+
 PE_MODES = ("none", "sine", "relative", "spe")
 DIRECTIONS = ("right_to_left", "left_to_right")
 
@@ -63,11 +65,17 @@ class STN(nn.Module):
             theta.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
 
     def forward(self, feat: Tensor) -> Tensor:
+        return self.forward_levels([feat])[0]
+
+    def forward_levels(self, feats: list[Tensor]) -> list[Tensor]:
+        """``θ`` of each map: after the adaptive pooling every map is ``(N, C, 8, 8)``, so the
+        rest of the network runs once over the maps stacked along the batch (the same numbers)."""
         if torch.onnx.is_in_onnx_export():  # ONNX has no adaptive pooling to 8 from e.g. 4 or 12
-            x = self.localization[1:](adaptive_max_pool_gather(feat, 8)).flatten(1)
+            pooled = [adaptive_max_pool_gather(f, 8) for f in feats]
         else:
-            x = self.localization(feat).flatten(1)
-        return self.fc_loc(x).view(-1, 2, 3)
+            pooled = [self.localization[0](f) for f in feats]
+        x = self.localization[1:](pooled[0] if len(pooled) == 1 else torch.cat(pooled)).flatten(1)
+        return list(self.fc_loc(x).view(-1, 2, 3).split([f.shape[0] for f in feats]))
 
 
 def adaptive_max_pool_gather(x: Tensor, size: int) -> Tensor:
@@ -106,7 +114,8 @@ def sine_encoding(
 
     ``mask`` ``(N, H, W)`` True = padding: positions are then normalised by the valid extent.
     Without a mask the encoding depends on the size only and is cached (an expanded view of one
-    ``(1, C, H, W)`` tensor is returned — do not modify it in place).
+    ``(1, C, H, W)`` tensor is returned — do not modify it in place).  Its memory is NHWC
+    (channels_last strides): ``.permute(0, 2, 3, 1)`` gives the token layout without a copy.
     """
     if mask is None:
         key = (h, w, num_feats, float(temperature), str(device), dtype, torch.is_inference_mode_enabled())
@@ -150,19 +159,35 @@ def _sine(
     # interleave: sin of even dims, cos of odd dims (DETR)
     pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
     pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
-    return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2).to(dtype).contiguous()
+    return torch.cat((pos_y, pos_x), dim=3).to(dtype).permute(0, 3, 1, 2)  # NHWC memory
 
 
-def warp_half(half: Tensor, theta: Tensor) -> Tensor:
-    """Warp ``half`` ``(N, C, H, W')`` by the affine ``theta`` ``(N, 2, 3)`` (bilinear, zeros
-    outside, ``align_corners=False``: the identity reproduces the input exactly)."""
-    if torch.onnx.is_in_onnx_export():  # ONNX AffineGrid needs opset 20; GridSample has 16
-        grid = affine_grid_matmul(theta.to(half.dtype), int(half.shape[-2]), int(half.shape[-1]))
-    else:
-        # the grid in fp32 (bit-identical for fp32 inputs): CPU affine_grid has no bf16 kernel, and a
-        # bf16 grid would put the sampling points ~1/256 of the image off
-        grid = F.affine_grid(theta.float(), list(half.shape), align_corners=False).to(half.dtype)
-    return F.grid_sample(half, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+def warp_halves(halves: list[Tensor], thetas: list[Tensor], flip: bool = False) -> list[Tensor]:
+    """Warp each ``halves[l]`` ``(N, H_l, W'_l, C)`` (NHWC) by its affine ``thetas[l]`` ``(N, 2, 3)``:
+    ``F.grid_sample`` semantics (bilinear, zeros outside, ``align_corners=False``: the identity
+    reproduces the input), computed for all maps by one call of the deformable sampling core
+    (:func:`tbx.models.deform_core.ms_deform_sample` per level, one head, one point of weight 1)
+    so that the results stay NHWC; ``flip``: each result mirrored along ``W'`` (the grid's columns
+    reversed)."""
+    n, c = halves[0].shape[0], halves[0].shape[-1]
+    shapes = [(int(hf.shape[1]), int(hf.shape[2])) for hf in halves]
+    locs = []
+    for theta, (h, w) in zip(thetas, shapes):
+        if torch.onnx.is_in_onnx_export():  # ONNX AffineGrid needs opset 20; GridSample has 16
+            grid = affine_grid_matmul(theta.float(), h, w)
+        else:
+            # the grid in fp32: CPU affine_grid has no bf16 kernel, and a bf16 grid would put the
+            # sampling points ~1/256 of the image off (the sampling core keeps fp32 locations)
+            grid = F.affine_grid(theta.float(), [n, c, h, w], align_corners=False)
+        if flip:
+            grid = grid.flip(2)
+        locs.append(((grid + 1) * 0.5).reshape(n, h * w, 2))  # grid_sample's [-1, 1] → [0, 1]
+    values = torch.cat([hf.reshape(n, -1, c) for hf in halves], 1)
+    loc = torch.cat(locs, 1)
+    s = loc.shape[1]
+    ones = values.new_ones(n, s, 1, 1, 1)
+    out = ms_deform_sample(values[:, :, None], shapes, loc.view(n, s, 1, 1, 1, 2), ones, per_level=True)
+    return [o.view(n, h, w, c) for o, (h, w) in zip(out.split([h * w for h, w in shapes], 1), shapes)]
 
 
 def affine_grid_matmul(theta: Tensor, h: int, w: int) -> Tensor:
@@ -208,23 +233,45 @@ class SymmetricPositionalEncoding(nn.Module):
         )
 
     def forward(self, feat: Tensor, mask: Tensor | None = None) -> Tensor:
-        n, _, h, w = feat.shape
+        """``(N, 2·num_feats, H, W)``, NHWC in memory (:meth:`nhwc` permuted)."""
+        return self.nhwc([feat], [mask])[0].permute(0, 3, 1, 2)
+
+    def nhwc(self, feats: list[Tensor], masks: list[Tensor | None] | None = None) -> list[Tensor]:
+        """The encoding of each map in token layout, ``(N, H, W, 2·num_feats)`` (the STN warps of
+        all maps in one sampling call)."""
+        masks = masks if masks is not None else [None] * len(feats)
         if self.mode == "none":
-            return feat.new_zeros(n, 2 * self.num_feats, h, w)
+            return [f.new_zeros(f.shape[0], f.shape[2], f.shape[3], 2 * self.num_feats) for f in feats]
         if self.cpe is not None:  # mode "relative"
-            return self.cpe(feat)
-        pe = sine_encoding(n, h, w, self.num_feats, self.temperature, mask, feat.device, feat.dtype)
-        if self.mode == "sine" or w < 2:
-            return pe
-        half_w = w // 2
-        c0 = w - half_w  # = ⌈W/2⌉, first column of the right half
-        if self.direction == "right_to_left":
-            src, keep = pe[..., c0:], pe[..., half_w:]  # keep: centre column (odd W) + right half
+            return [self.cpe(f).permute(0, 2, 3, 1) for f in feats]
+        pes = [
+            sine_encoding(
+                f.shape[0], f.shape[2], f.shape[3], self.num_feats, self.temperature, m, f.device, f.dtype
+            ).permute(0, 2, 3, 1)
+            for f, m in zip(feats, masks)
+        ]
+        if self.mode == "sine":
+            return pes
+        out: list[Tensor | None] = [None] * len(pes)
+        srcs, keeps, todo = [], [], []
+        for lvl, pe in enumerate(pes):
+            w = pe.shape[2]
+            if w < 2:
+                out[lvl] = pe
+                continue
+            half_w = w // 2
+            c0 = w - half_w  # = ⌈W/2⌉, first column of the right half
+            if self.direction == "right_to_left":  # keep: centre column (odd W) + right half
+                srcs.append(pe[:, :, c0:])
+                keeps.append(pe[:, :, half_w:])
+            else:  # keep: left half + centre column
+                srcs.append(pe[:, :, :half_w])
+                keeps.append(pe[:, :, :c0])
+            todo.append(lvl)
+        if self.stn is not None and todo:
+            mirrored = warp_halves(srcs, self.stn.forward_levels([feats[lvl] for lvl in todo]), flip=True)
         else:
-            src, keep = pe[..., :half_w], pe[..., :c0]  # keep: left half + centre column
-        if self.stn is not None:
-            src = warp_half(src, self.stn(feat))
-        mirrored = src.flip(-1)
-        if self.direction == "right_to_left":
-            return torch.cat([mirrored, keep], -1)
-        return torch.cat([keep, mirrored], -1)
+            mirrored = [src.flip(2) for src in srcs]
+        for lvl, mir, keep in zip(todo, mirrored, keeps):
+            out[lvl] = torch.cat([mir, keep] if self.direction == "right_to_left" else [keep, mir], 2)
+        return [o for o in out if o is not None]

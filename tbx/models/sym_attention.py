@@ -32,30 +32,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tbx.models.deform_core import ms_deform_sample
+from tbx.models.inference import onednn_fast_path
 
 
 class InferenceLinear(nn.Linear):
     """``nn.Linear`` (same parameters, state-dict keys and MAC hooks) whose CPU float32 forward
-    under ``torch.inference_mode`` runs oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``):
-    ~1.3× the GMAC/s of the default ``addmm`` at the SAS block's shapes on one thread, the same
-    numbers up to float reassociation.  Autograd, ONNX export, CUDA and other dtypes take
-    ``F.linear``."""
+    with autograd off runs oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``,
+    :func:`tbx.models.inference.onednn_fast_path`): ~1.2× the GMAC/s of the default ``addmm`` at
+    the SAS block's shapes on one thread, the same numbers up to float reassociation.  Autograd,
+    ONNX export, CUDA and other dtypes take ``F.linear``."""
+
+    relu = False  # a fused ReLU (set by SymEncoderLayer.fuse_for_inference)
 
     def forward(self, x: Tensor) -> Tensor:
-        if (
-            _ONEDNN_LINEAR is not None
-            and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and torch.is_inference_mode_enabled()
-            and not torch.onnx.is_in_onnx_export()
-        ):
-            return _ONEDNN_LINEAR(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
-
-
-_ONEDNN_LINEAR = (
-    getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-)
+        if onednn_fast_path(x):
+            act = "relu" if self.relu else "none"
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, act, [], "")
+        y = F.linear(x, self.weight, self.bias)
+        return F.relu(y) if self.relu else y
 
 
 def _shape_list(spatial_shapes: Sequence[tuple[int, int]] | Tensor) -> list[tuple[int, int]]:
@@ -89,7 +83,20 @@ class SymAttention(nn.Module):
         self.attention_weights = InferenceLinear(d_model, n_heads * n_levels * n_points)
         self.value_proj = InferenceLinear(d_model, d_model)
         self.output_proj = InferenceLinear(d_model, d_model)
+        # inference only (tbx.models.inference.prepare_for_inference): both query projections in one
+        self.query_proj: InferenceLinear | None = None
         self.reset_parameters()
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> None:
+        """Run ``sampling_offsets`` and ``attention_weights`` (both read the query) as one matrix
+        product, ``query_proj`` — a copy of their weights, for a model that will not train again
+        (``tbx.models.inference.prepare_for_inference`` calls this)."""
+        so, aw = self.sampling_offsets, self.attention_weights
+        fused = InferenceLinear(self.d_model, so.out_features + aw.out_features, device=so.weight.device)
+        fused.weight.copy_(torch.cat([so.weight, aw.weight]))
+        fused.bias.copy_(torch.cat([so.bias, aw.bias]))
+        self.query_proj = fused.requires_grad_(False)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -115,6 +122,7 @@ class SymAttention(nn.Module):
         value: Tensor,
         spatial_shapes: Sequence[tuple[int, int]] | Tensor,
         value_padding_mask: Tensor | None = None,
+        per_level: bool = False,
     ) -> Tensor:
         """Attend from each query to ``n_levels × n_points`` (mirrored) samples per head.
 
@@ -125,6 +133,10 @@ class SymAttention(nn.Module):
             value: ``(N, S, C)`` — all levels flattened row-major and concatenated.
             spatial_shapes: ``L`` pairs ``(H_l, W_l)`` (list or ``LongTensor (L, 2)``).
             value_padding_mask: ``(N, S)`` bool, True = padding (its values are zeroed).
+            per_level: the SAS block's batching (``n_levels`` must be 1): ``query`` and ``value``
+                both hold the tokens of the ``spatial_shapes`` maps concatenated (``Q = S``), and
+                each query attends to its own map only — the same numbers as one call per map,
+                with every projection run once over all maps.
 
         Returns:
             ``(N, Q, C)`` — after the output projection (no dropout, residual or norm).
@@ -133,7 +145,10 @@ class SymAttention(nn.Module):
         s = value.shape[1]
         m, lv, k = self.n_heads, self.n_levels, self.n_points
         shape_list = _shape_list(spatial_shapes)  # host ints (also fine on the meta device)
-        if len(shape_list) != lv:
+        if per_level:
+            if lv != 1 or q != s:
+                raise ValueError(f"per_level needs n_levels 1 and one query per value, got {lv}, {q}, {s}")
+        elif len(shape_list) != lv:
             raise ValueError(f"expected {lv} levels, got spatial_shapes of {len(shape_list)}")
         if sum(h * w for h, w in shape_list) != s:
             raise ValueError(
@@ -143,20 +158,39 @@ class SymAttention(nn.Module):
         if value_padding_mask is not None:
             v = v.masked_fill(value_padding_mask[..., None], 0.0)
         v = v.view(n, s, m, c // m)
-        offsets = self.sampling_offsets(query).view(n, q, m, lv, k, 2)
-        weights = F.softmax(self.attention_weights(query).view(n, q, m, lv * k), -1).view(n, q, m, lv, k)
+        n_off = m * lv * k * 2
+        if self.query_proj is not None and not torch.is_grad_enabled():
+            both = self.query_proj(query)
+            offsets, logits = both[..., :n_off], both[..., n_off:]
+        else:
+            offsets, logits = self.sampling_offsets(query), self.attention_weights(query)
+        offsets = offsets.reshape(n, q, m, lv, k, 2)
+        weights = softmax_last(logits.reshape(n, q, m, lv * k)).view(n, q, m, lv, k)
         if reference_points.dim() == 3:
             reference_points = reference_points[:, :, None, :].expand(n, q, lv, 2)
-        # offsets are in pixels of each level: normalise by (W_l, H_l)
-        normalizer = torch.tensor(
-            [[w, h] for h, w in shape_list], dtype=offsets.dtype, device=offsets.device
-        )  # (L, 2) = (W, H)
-        loc = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        # offsets are in pixels of each level (of each query's own map with per_level): ÷ (W, H);
+        # docs/models.md §2.2 mirrors about the vertical midline, y unchanged: x ↦ 1 − x, folded
+        # into the reference point and the sign of the x scale
+        sizes = torch.tensor([[w, h] for h, w in shape_list], dtype=offsets.dtype, device=offsets.device)
+        sign = torch.tensor([-1.0 if self.mirror else 1.0, 1.0], dtype=offsets.dtype, device=offsets.device)
+        if per_level:
+            counts = torch.tensor([h * w for h, w in shape_list], device=offsets.device)
+            scale = (sign / sizes).repeat_interleave(counts, 0, output_size=q)[None, :, None, None, None, :]
+        else:
+            scale = (sign / sizes)[None, None, None, :, None, :]
         if self.mirror:
-            # docs/models.md §2.2: mirror about the vertical midline, y unchanged
-            loc = torch.cat([1.0 - loc[..., :1], loc[..., 1:]], -1)
-        out = ms_deform_sample(v, shape_list, loc, weights)
+            reference_points = torch.stack([1.0 - reference_points[..., 0], reference_points[..., 1]], -1)
+        loc = reference_points[:, :, None, :, None, :] + offsets * scale
+        out = ms_deform_sample(v, shape_list, loc, weights, per_level=per_level)
         return self.output_proj(out)
+
+
+def softmax_last(x: Tensor) -> Tensor:
+    """``F.softmax(x, -1)`` for a short last axis (the 4–16 samples of a head): computed along the
+    first axis of the transposed ``(G, rows)`` view, which CPU kernels vectorise over the long
+    axis (≈ 10× faster at the SAS block's shapes); the same numbers."""
+    g = x.shape[-1]
+    return F.softmax(x.reshape(-1, g).t(), 0).t().reshape(x.shape)
 
 
 def reference_points_for(
@@ -205,6 +239,14 @@ class SymEncoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
+    def fuse_for_inference(self) -> None:
+        """The FFN's ReLU inside ``linear1``'s oneDNN call (inference only: the dropout between
+        them is the identity in eval mode; ``tbx.models.inference.prepare_for_inference``)."""
+        if self.training:
+            raise ValueError("fuse_for_inference needs a model in eval mode")
+        self.linear1.relu = True
+        self.activation = nn.Identity()  # type: ignore[assignment]
+
     def forward(
         self,
         src: Tensor,
@@ -212,14 +254,16 @@ class SymEncoderLayer(nn.Module):
         reference_points: Tensor,
         spatial_shapes: Sequence[tuple[int, int]] | Tensor,
         padding_mask: Tensor | None = None,
+        per_level: bool = False,
     ) -> Tensor:
-        """``src``/``pos`` ``(N, S, C)``; ``reference_points`` ``(N, S, L, 2)`` or ``(S, 2)``."""
+        """``src``/``pos`` ``(N, S, C)``; ``reference_points`` ``(N, S, L, 2)`` or ``(S, 2)``;
+        ``per_level``: see :meth:`SymAttention.forward`."""
         if reference_points.dim() == 2:
             reference_points = reference_points[None, :, None, :].expand(
                 src.shape[0], -1, self.self_attn.n_levels, 2
             )
         query = src if pos is None else src + pos
-        attn = self.self_attn(query, reference_points, src, spatial_shapes, padding_mask)
+        attn = self.self_attn(query, reference_points, src, spatial_shapes, padding_mask, per_level)
         src = self.norm1(src + self.dropout1(attn))
         ffn = self.linear2(self.dropout2(self.activation(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
