@@ -117,6 +117,7 @@ def _deploy(
     with onnxruntime; the screening decisions are then scored against that cohort's labels."""
     import csv
 
+    from tbx.bench.stats import wilson_ci
     from tbx.data.synth import SynthConfig, synthesize
     from tbx.deploy.export import export_onnx
     from tbx.deploy.operating_points import save_from_bench_result
@@ -151,6 +152,7 @@ def _deploy(
     n_tb = sum(t for t, _ in pairs)
     tp = sum(t and d for t, d in pairs)
     tn = sum(not t and not d for t, d in pairs)
+    sens_ci, spec_ci = wilson_ci(tp, n_tb), wilson_ci(tn, len(pairs) - n_tb)
     check = {
         "threshold": {
             "name": res.threshold.name,
@@ -164,15 +166,20 @@ def _deploy(
         "n_errors": res.n_errors,
         "sensitivity": tp / n_tb if n_tb else None,
         "specificity": tn / (len(pairs) - n_tb) if len(pairs) > n_tb else None,
+        "sensitivity_ci95": list(sens_ci),  # Wilson score intervals
+        "specificity_ci95": list(spec_ci),
         "note": "synthetic CXRs of patients outside the training and test data, screened at the "
         "operating point picked on the test split",
     }
     atomic_write_json(out / "screening_check.json", check)
-    sens, spec = check["sensitivity"], check["specificity"]
+
+    def text(v: float | None, ci: tuple[float | None, float | None]) -> str:
+        return "–" if v is None else f"{v:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
     say(
         f"      {len(pairs)} new patients screened ({res.backend}, threshold {res.threshold.name}"
-        f" = {res.threshold.column}): sensitivity {sens if sens is None else f'{sens:.3f}'}, "
-        f"specificity {spec if spec is None else f'{spec:.3f}'}"
+        f" = {res.threshold.column}): sensitivity {text(check['sensitivity'], sens_ci)}, "
+        f"specificity {text(check['specificity'], spec_ci)} (95 % Wilson)"
     )
     return {
         "operating points": points,

@@ -131,3 +131,15 @@ def test_integer_count_samples_equal_copies(quantise):
     np.testing.assert_allclose(cls_s["auc"], cls_f["auc"], rtol=0, atol=1e-12)
     np.testing.assert_array_equal(sens, ops_f["sensitivity_at_specificity"]["sensitivity"])
     np.testing.assert_array_equal(spec, ops_f["specificity_at_sensitivity"]["specificity"])
+
+
+@pytest.mark.parametrize(("k", "n"), [(15, 20), (0, 12), (12, 12), (27, 40), (1, 3)])
+def test_wilson_ci_equals_scipy(k, n):
+    from scipy.stats import binomtest
+
+    from tbx.bench.stats import wilson_ci
+
+    ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    lo, hi = wilson_ci(k, n)
+    assert lo == pytest.approx(ref.low, abs=1e-12) and hi == pytest.approx(ref.high, abs=1e-12)
+    assert wilson_ci(0, 0) == (None, None)

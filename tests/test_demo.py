@@ -76,6 +76,8 @@ def test_demo_end_to_end(tmp_path):
     assert check["n_tb"] == n_tb == 4
     assert check["sensitivity"] == pytest.approx(sum(t and d for t, d in hits) / n_tb)
     assert check["specificity"] == pytest.approx(sum(not t and not d for t, d in hits) / (12 - n_tb))
+    lo, hi = check["sensitivity_ci95"]
+    assert 0 <= lo <= check["sensitivity"] <= hi <= 1
     # a second run replaces the earlier demo folder; a foreign folder is refused
     assert (out / MARKER).is_file()
     foreign = tmp_path / "foreign"

@@ -69,6 +69,17 @@ def ci_tree(samples, level: float):
 
 
 # --------------------------------------------------------------------------------------- DeLong
+def wilson_ci(k: int, n: int, level: float = 0.95) -> tuple[float | None, float | None]:
+    """Wilson score interval of a proportion ``k / n`` (None, None for ``n = 0``)."""
+    if n <= 0:
+        return None, None
+    z = _N.inv_cdf(0.5 + level / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def midrank(x: np.ndarray) -> np.ndarray:
     """Midranks (1-based; tied values share the mean of their ranks) along the last axis."""
     x = np.asarray(x, dtype=np.float64)
