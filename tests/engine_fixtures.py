@@ -198,3 +198,25 @@ def ddp_worker(rank: int, world: int, port: int, cfg, out: str, stage: str) -> N
     from tbx.engine.trainer import train
 
     train(cfg, out, stage=stage, model_builder=tiny_builder, progress=False)
+
+
+def save_untrained_run(run: Path, overrides: list[str]) -> Path:
+    """``run/stage2/final.pt``: an untrained model of the ``tiny`` preset (symformer_retinanet,
+    ``overrides`` applied) saved as a run directory; returns ``run``."""
+    from tbx.config import to_dict
+    from tbx.engine.checkpoint import save_checkpoint
+    from tbx.engine.schedule import load_train_config
+    from tbx.engine.trainer import build_from_config
+
+    cfg = load_train_config("symformer_retinanet", "tiny", overrides)
+    save_checkpoint(
+        run / "stage2" / "final.pt",
+        model=build_from_config(cfg),
+        model_name=cfg.model_name,
+        config=to_dict(cfg),
+        stage=2,
+        epoch=1,
+        batch=0,
+        iteration=1,
+    )
+    return run

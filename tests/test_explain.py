@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from engine_fixtures import make_layout
+from engine_fixtures import make_layout, save_untrained_run
 from PIL import Image
 from torch import nn
 
@@ -19,8 +19,7 @@ from tbx.config import to_dict
 from tbx.data.coco import write_coco
 from tbx.data.records import Box, Record
 from tbx.engine.checkpoint import save_checkpoint
-from tbx.engine.schedule import TrainConfig, load_train_config
-from tbx.engine.trainer import build_from_config as build_model
+from tbx.engine.schedule import TrainConfig
 from tbx.errors import TbxError
 from tbx.explain import explain, heatmaps, render_overlay
 from tbx.models.base import Detector, Prediction
@@ -246,21 +245,8 @@ def test_errors(region_run, tmp_path):
 def tiny_run(tmp_path_factory):
     """An untrained model of the `tiny` preset (symformer_retinanet) saved as a run directory."""
     tmp = tmp_path_factory.mktemp("tiny")
-    cfg = load_train_config(
-        config="tiny", overrides=["model.input_size=96", "model.retinanet.cls_input_size=64"]
-    )
     torch.manual_seed(0)
-    run = tmp / "run"
-    save_checkpoint(
-        run / "stage2" / "final.pt",
-        model=build_model(cfg),
-        model_name=cfg.model_name,
-        config=to_dict(cfg),
-        stage=2,
-        epoch=1,
-        batch=0,
-        iteration=1,
-    )
+    run = save_untrained_run(tmp / "run", ["model.input_size=96", "model.retinanet.cls_input_size=64"])
     root = make_layout(tmp / "data", n_tb=2, n_healthy=1, n_sick=0, size=64)
     return run, root
 

@@ -14,16 +14,15 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from engine_fixtures import save_untrained_run
 from PIL import Image
 from test_dicom import write_dicom
 
 from tbx.bench.classification import screening_thresholds
-from tbx.config import to_dict
 from tbx.deploy.backends import load_backend
 from tbx.deploy.inputs import expand_inputs
 from tbx.deploy.operating_points import load_operating_points, save_operating_points
 from tbx.deploy.screen import COLUMNS, ScreenConfig, screen
-from tbx.engine.checkpoint import save_checkpoint
 from tbx.engine.schedule import load_train_config
 from tbx.engine.trainer import build_from_config as build_model
 
@@ -35,19 +34,7 @@ SIZE = 64  # the tiny preset at 64 px: seconds per test on 2 CPU cores
 def run_dir(tmp_path_factory) -> Path:
     """An untrained tiny SymFormer run (stage-2 checkpoint) with operating points."""
     torch.manual_seed(0)
-    run = tmp_path_factory.mktemp("run")
-    cfg = load_train_config("symformer_retinanet", "tiny", [f"model.input_size={SIZE}"])
-    model = build_model(cfg)
-    save_checkpoint(
-        run / "stage2" / "final.pt",
-        model=model,
-        model_name=cfg.model_name,
-        config=to_dict(cfg),
-        stage=2,
-        epoch=1,
-        batch=0,
-        iteration=1,
-    )
+    run = save_untrained_run(tmp_path_factory.mktemp("run"), [f"model.input_size={SIZE}"])
     rng = np.random.default_rng(0)
     y = np.r_[np.zeros(30), np.ones(30), np.full(20, 2)].astype(int)
     p = rng.dirichlet([1, 1, 1], len(y))
@@ -288,19 +275,8 @@ def test_onnx_parity_with_a_downscaled_classification_input(tmp_path):
     from tbx.deploy.export import export_onnx
 
     torch.manual_seed(0)
-    cfg = load_train_config("symformer_retinanet", "tiny", ["model.input_size=160"])
-    assert cfg.model.retinanet.cls_input_size == 112
-    save_checkpoint(
-        tmp_path / "run" / "stage2" / "final.pt",
-        model=build_model(cfg),
-        model_name=cfg.model_name,
-        config=to_dict(cfg),
-        stage=2,
-        epoch=1,
-        batch=0,
-        iteration=1,
-    )
-    onnx = export_onnx(tmp_path / "run", tmp_path / "m.onnx")
+    assert load_train_config("symformer_retinanet", "tiny", []).model.retinanet.cls_input_size == 112
+    onnx = export_onnx(save_untrained_run(tmp_path / "run", ["model.input_size=160"]), tmp_path / "m.onnx")
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (3, 3, 160, 160), generator=g, dtype=torch.uint8)
     sizes = [(160, 160), (160, 96), (128, 160)]
