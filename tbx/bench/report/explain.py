@@ -121,7 +121,7 @@ def explain_table(runs: Sequence[tuple[str, Path]]) -> Table | None:
         return None
     return Table(
         key="explain",
-        title="Where the models look (tbx explain)",
+        title="Localisation of the tbx explain heatmaps (TB images with boxes)",
         label_columns=["Run", "Method", "Target"],
         columns=["TB images", "Energy in boxes", "Pointing game", "Energy before", "Pointing before"],
         csv_columns=["n_scored", "energy_in_boxes", "pointing_game", "energy_before", "pointing_before"],
