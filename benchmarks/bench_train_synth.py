@@ -93,7 +93,7 @@ def main() -> int:
         times: dict[str, float] = {}
         for stage in (1, 2):
             t, c = time.perf_counter(), cpu_s()
-            res = train(cfg, run, stage=stage, progress=False)
+            res = train(cfg, run, stage=stage, resume=stage == 2, progress=False)  # II continues the run
             times[f"train_stage{stage}_s"] = time.perf_counter() - t
             times[f"train_stage{stage}_cpu_s"] = cpu_s() - c
         times["train_total_s"] = times["train_stage1_s"] + times["train_stage2_s"]

@@ -98,7 +98,8 @@ def _new_cohort(n: int) -> dict[str, int]:
     """Class counts of the fresh cohort: a third healthy, a third sick, a third TB (3:1:1 active,
     latent, both — about the demo's own mix)."""
     tb = n - 2 * (n // 3)
-    latent, both = max(1, tb // 5), max(1, tb // 5) if tb >= 3 else 0
+    latent = max(1, tb // 5)
+    both = max(1, tb // 5) if tb >= 3 else 0
     return {
         "n_healthy": n // 3,
         "n_sick": n // 3,
@@ -122,7 +123,6 @@ def _deploy(
     from tbx.deploy.export import export_onnx
     from tbx.deploy.operating_points import save_from_bench_result
     from tbx.deploy.screen import PREDICTIONS, ScreenConfig, screen
-    from tbx.io import mark_output
 
     mark_output(out, "demo")
     points = save_from_bench_result(run, bench, ann)
