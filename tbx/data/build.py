@@ -600,8 +600,7 @@ def _check_out(src: Path, out: Path, cfg: BuildConfig) -> None:
         check_replaceable(out, DATASET_KIND, [src])
     split = split_config(cfg)
     parse_ratio(split.ratio)
-    if split.tb_quota not in ("class", "type"):
-        raise TbxError(f"--tb-quota '{split.tb_quota}' is not valid", fix="use type or class")
+    split.check()
     _check_name_pattern(cfg.name_pattern)
     if cfg.mapping:
         m = Path(cfg.mapping).resolve()

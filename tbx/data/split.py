@@ -103,6 +103,16 @@ class SplitConfig:
     unknown_tb_as: str = "latent"  # TB without box: latent | own | test
     tb_quota: str = "type"  # type: ratio on each TB type (the user's rule) | class: on the TB class
 
+    def check(self) -> None:
+        """The choice options → one-line :class:`TbxError` (checked before anything is written)."""
+        if self.tb_quota not in ("class", "type"):
+            raise TbxError(f"tb_quota '{self.tb_quota}' is not valid", fix="use --tb-quota type or class")
+        if self.unknown_tb_as not in UNKNOWN_TB_CHOICES:
+            raise TbxError(
+                f"unknown_tb_as '{self.unknown_tb_as}' is not valid",
+                fix=f"use --unknown-tb-as {' | '.join(UNKNOWN_TB_CHOICES)}",
+            )
+
     @classmethod
     def published(cls, **options: Any) -> SplitConfig:
         """The published table's rule (docs/dataset.md §1.2): TB 3:1:2 with the class quota,
@@ -439,13 +449,7 @@ def _check_records(records: Sequence[Record]) -> None:
 def plan_split(records: Sequence[Record], cfg: SplitConfig | None = None) -> SplitPlan:
     """Split ``records`` (see the module docstring); returns copies with ``split`` set + report."""
     cfg = cfg or SplitConfig()
-    if cfg.tb_quota not in ("class", "type"):
-        raise TbxError(f"tb_quota '{cfg.tb_quota}' is not valid", fix="use class or type")
-    if cfg.unknown_tb_as not in UNKNOWN_TB_CHOICES:
-        raise TbxError(
-            f"unknown_tb_as '{cfg.unknown_tb_as}' is not valid",
-            fix=f"use one of {', '.join(UNKNOWN_TB_CHOICES)}",
-        )
+    cfg.check()
     if not records:
         raise TbxError("no images to split", fix="check that the dataset root has annotation files")
     _check_records(records)
