@@ -23,6 +23,7 @@ from typing import Any
 from PIL import Image
 
 from tbx.bench.report.render import render_html_table
+from tbx.bench.report.runs import _num as number
 from tbx.bench.report.tables import Cell, Row, Table
 
 THUMB_WIDTH = 360
@@ -106,7 +107,7 @@ def explain_table(runs: Sequence[tuple[str, Path]]) -> Table | None:
                 [
                     Cell(text=str(doc["n_scored"]) if isinstance(doc.get("n_scored"), int) else None),
                     *(
-                        Cell(_float(doc.get(k)), digits=3)
+                        Cell(number(doc.get(k)), digits=3)
                         for k in (
                             "mean_energy_in_boxes",
                             "pointing_game",
@@ -132,10 +133,6 @@ def explain_table(runs: Sequence[tuple[str, Path]]) -> Table | None:
             "with boxes). Before: the same on the pyramid before the symmetric block (method features)."
         ],
     )
-
-
-def _float(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def explain_section(runs: Sequence[tuple[str, Path]], table: Table | None = None, n_gallery: int = 3) -> str:
