@@ -10,7 +10,9 @@
    target ≤ 1.0 (≤ 0.9 against torchvision run channels_last).  Ours runs as ``tbx predict``
    runs it (:func:`tbx.models.inference.prepare_for_inference`: BatchNorm folded into the
    convolutions, ReLUs and shortcut sums fused into oneDNN convolutions, channels_last);
-   torchvision's as shipped, and also with channels_last.  Ours
+   torchvision's as shipped, and also with channels_last.  ``prepare_for_inference`` also makes
+   glibc keep freed memory for reuse (:func:`tbx.models.inference.reuse_freed_memory`); that is
+   process-wide, so torchvision's models run under the same allocator.  Ours
    carries the docs/models.md §2.6 classification head (≈ 3 GMACs at 512) and builds P6 from C5 (2048 ch,
    docs/models.md §2.1) where torchvision builds it from P5, so the detection path alone (no classification
    head) is printed too.  Where SymFormer's extra time goes: the SAS block alone, its positional
@@ -21,9 +23,11 @@
    Deformable-DETR encoder scale (4 levels of a 512 input, 8 heads × 32 ch, 4 points), target ≥ 8×
    at 1 thread.
 
-Each timing is the median of ``--runs`` runs (interleaved round-robin across the compared
-functions) after warm-up runs, under ``torch.inference_mode`` for inference; ``--clock cpu`` times
-process CPU time instead of wall time (use it with ``--threads 1`` on a shared machine).  Weights
+Each timing is the median of ``--runs`` rounds (every compared function once per round, the
+order reversed every other round) after warm-up runs, and each ratio the median of the
+per-round ratios (:func:`paired_ratio`), under ``torch.inference_mode`` for inference;
+``--clock cpu`` times process CPU time instead of wall time (use it with ``--threads 1`` on a
+shared machine).  Weights
 are random (speed does not depend on them, except through the number of boxes reaching NMS, which
 we equalise by using the same prior-0.01 initialisation for both heads).
 """
@@ -46,21 +50,34 @@ from tbx.models.registry import build
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def median_times(fns: dict, runs: int, warmup: int = 2, clock: str = "wall") -> dict[str, float]:
-    """Median seconds per function; runs are interleaved round-robin so that load drifts on a
-    shared machine hit every function alike.  ``clock="cpu"`` measures process CPU time (equal to
-    wall time for a single-threaded run on an idle machine, robust to other processes)."""
+def round_times(fns: dict, runs: int, warmup: int = 2, clock: str = "wall") -> dict[str, list[float]]:
+    """Seconds of each function in each of ``runs`` rounds; a round runs every function once,
+    in turn, the order reversed every other round, so that load drifts on a shared machine hit
+    every function alike.  ``clock="cpu"`` measures process CPU time (equal to wall time for a
+    single-threaded run on an idle machine, robust to other processes)."""
     tick = CLOCKS[clock]
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
+    for r in range(runs):
+        for k in list(fns) if r % 2 == 0 else list(fns)[::-1]:
             t0 = tick()
-            fn()
+            fns[k]()
             times[k].append(tick() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def median_times(fns: dict, runs: int, warmup: int = 2, clock: str = "wall") -> dict[str, float]:
+    """Median seconds per function over :func:`round_times`' rounds."""
+    return {k: statistics.median(v) for k, v in round_times(fns, runs, warmup, clock).items()}
+
+
+def paired_ratio(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of ``a``'s time / ``b``'s time in the same round: the two ran seconds
+    apart, so a slow spell of the machine (these are shared VMs: ±5 % between minutes) scales
+    both and cancels, where a ratio of two medians keeps it."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
 
 def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
@@ -99,7 +116,7 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
 
     with torch.inference_mode():
         sas_fns = sas_parts(sym, x_cl)
-        t = median_times(
+        rounds = round_times(
             {
                 "sym": lambda: sym.predict(x_cl, sizes),
                 "ret": lambda: ret.predict(x_cl, sizes),
@@ -111,6 +128,7 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
             runs,
             clock=clock,
         )
+    t = {k: statistics.median(v) for k, v in rounds.items()}
     t_sym, t_ret, t_ret_det, t_tv, t_tv_cl = t["sym"], t["ret"], t["ret_det"], t["tv"], t["tv_cl"]
     # MACs for context (mmcv-style hooks; torchvision's FrozenBatchNorm2d is not counted)
     ret_macs, _ = count_macs(ret, x)
@@ -134,10 +152,15 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
             "torchvision_retinanet_channels_last": t_tv_cl * 1e3,
         },
         "gmacs": gmacs,
-        "symformer_over_retinanet": t_sym / t_ret,
-        "retinanet_over_torchvision": t_ret / t_tv,
-        "retinanet_over_torchvision_channels_last": t_ret / t_tv_cl,
-        "retinanet_detection_only_over_torchvision": t_ret_det / t_tv,
+        # each ratio: the median of the per-round ratios (paired_ratio)
+        "symformer_over_retinanet": paired_ratio(rounds, "sym", "ret"),
+        "retinanet_over_torchvision": paired_ratio(rounds, "ret", "tv"),
+        "retinanet_over_torchvision_channels_last": paired_ratio(rounds, "ret", "tv_cl"),
+        "retinanet_detection_only_over_torchvision": paired_ratio(rounds, "ret_det", "tv"),
+        "ratio_of_medians": {
+            "symformer_over_retinanet": t_sym / t_ret,
+            "retinanet_over_torchvision_channels_last": t_ret / t_tv_cl,
+        },
     }
 
 
@@ -313,7 +336,8 @@ def _write_results(all_res: list[dict]) -> None:
 
     r0 = all_res[0]
     lines = [
-        f"{r0['size']} px, batch 1, {r0['clock']} clock, median of {r0['runs']} interleaved runs; "
+        f"{r0['size']} px, batch 1, {r0['clock']} clock, {r0['runs']} interleaved rounds, ratios the median "
+        f"of the per-round ratios; "
         f"torch {r0['torch']}, torchvision {r0['torchvision']}.",
         "",
         "| ratio | " + " | ".join(f"{r['threads']} thread(s)" for r in all_res) + " | target |",

@@ -218,8 +218,15 @@ def test_inference_linear_matches_linear():
     ref.load_state_dict(lin.state_dict())
     x = torch.randn(2, 32, 5, 7).flatten(2).transpose(1, 2)  # (N, H·W, C), strided
     expect = torch.einsum("nsc,oc->nso", x, lin.weight) + lin.bias
+    residual = torch.randn(2, 35, 24)
     with torch.inference_mode():
         torch.testing.assert_close(lin(x), expect, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lin(x, residual), expect + residual, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lin(x, residual), expect + residual, atol=1e-5, rtol=1e-5)  # autograd path
+    lin.relu = True
+    with pytest.raises(ValueError, match="residual sum or a ReLU"):
+        lin(x, residual)
+    lin.relu = False
     xg = x.clone().requires_grad_(True)
     lin(xg).sum().backward()
     assert xg.grad is not None

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tbx.models.deform_core import ms_deform_sample
-from tbx.models.inference import onednn_fast_path
+from tbx.models.inference import PackedWeight, onednn_fast_path
 
 
 class InferenceLinear(nn.Linear):
@@ -44,11 +45,25 @@ class InferenceLinear(nn.Linear):
 
     relu = False  # a fused ReLU (set by SymEncoderLayer.fuse_for_inference)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.packed = PackedWeight()  # oneDNN's layout of the weight, for the fast path
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """``x·Wᵀ + b``, then ``+ residual`` (given) or the ReLU (``relu``): either in the same
+        oneDNN call — a residual sum is a full pass over the output otherwise."""
+        if residual is not None and self.relu:
+            raise ValueError("InferenceLinear fuses a residual sum or a ReLU, not both")
         if onednn_fast_path(x):
+            rows = x.numel() // x.shape[-1]
+            weight = self.packed.get(self.weight, lambda w: torch.ops.mkldnn._reorder_linear_weight(w, rows))
+            if residual is not None:
+                return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, self.bias, "add")
             act = "relu" if self.relu else "none"
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, act, [], "")
+            return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, act, [], "")
         y = F.linear(x, self.weight, self.bias)
+        if residual is not None:
+            return y + residual
         return F.relu(y) if self.relu else y
 
 
@@ -123,6 +138,7 @@ class SymAttention(nn.Module):
         spatial_shapes: Sequence[tuple[int, int]] | Tensor,
         value_padding_mask: Tensor | None = None,
         per_level: bool = False,
+        residual: Tensor | None = None,
     ) -> Tensor:
         """Attend from each query to ``n_levels × n_points`` (mirrored) samples per head.
 
@@ -137,9 +153,11 @@ class SymAttention(nn.Module):
                 both hold the tokens of the ``spatial_shapes`` maps concatenated (``Q = S``), and
                 each query attends to its own map only — the same numbers as one call per map,
                 with every projection run once over all maps.
+            residual: ``(N, Q, C)`` added to the output projection's result in the same call
+                (the caller's residual sum when no dropout comes between them).
 
         Returns:
-            ``(N, Q, C)`` — after the output projection (no dropout, residual or norm).
+            ``(N, Q, C)`` — after the output projection (+ ``residual``; no dropout or norm).
         """
         n, q, c = query.shape
         s = value.shape[1]
@@ -182,7 +200,7 @@ class SymAttention(nn.Module):
             reference_points = torch.stack([1.0 - reference_points[..., 0], reference_points[..., 1]], -1)
         loc = reference_points[:, :, None, :, None, :] + offsets * scale
         out = ms_deform_sample(v, shape_list, loc, weights, per_level=per_level)
-        return self.output_proj(out)
+        return self.output_proj(out, residual)
 
 
 def softmax_last(x: Tensor) -> Tensor:
@@ -263,6 +281,11 @@ class SymEncoderLayer(nn.Module):
                 src.shape[0], -1, self.self_attn.n_levels, 2
             )
         query = src if pos is None else src + pos
+        if not self.training:  # dropout is the identity: each residual sum runs inside its projection
+            src = self.norm1(
+                self.self_attn(query, reference_points, src, spatial_shapes, padding_mask, per_level, src)
+            )
+            return self.norm2(self.linear2(self.activation(self.linear1(src)), src))
         attn = self.self_attn(query, reference_points, src, spatial_shapes, padding_mask, per_level)
         src = self.norm1(src + self.dropout1(attn))
         ffn = self.linear2(self.dropout2(self.activation(self.linear1(src))))
