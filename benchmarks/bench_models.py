@@ -43,7 +43,7 @@ import torchvision
 
 from tbx.models.config import ModelConfig
 from tbx.models.deform_core import ms_deform_sample
-from tbx.models.inference import prepare_for_inference
+from tbx.models.inference import FusedConv2d, prepare_for_inference
 from tbx.models.info import count_macs
 from tbx.models.registry import build
 
@@ -116,6 +116,7 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
 
     with torch.inference_mode():
         sas_fns = sas_parts(sym, x_cl)
+        conv, conv_in, conv_macs = single_conv(size)
         rounds = round_times(
             {
                 "sym": lambda: sym.predict(x_cl, sizes),
@@ -124,6 +125,7 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
                 "tv": lambda: tv([x[0]]),
                 "tv_cl": lambda: tv_cl([x_cl[0]]),
                 **sas_fns,
+                "conv": lambda: conv(conv_in),
             },
             runs,
             clock=clock,
@@ -143,6 +145,8 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
     sas_macs = sum(m for k, m in sym_macs.items() if k in ("sym_attention", "spe")) / 1e9
     return {
         "sas_ms": {k: t[k] * 1e3 for k in sas_fns},
+        # the ceiling for direct float32 convolution here: one 256-ch 3×3 convolution on P3, alone
+        "single_conv_gmacs_per_s": conv_macs / t["conv"] / 1e9,
         "sas_gmacs": sas_macs,
         "latency_ms": {
             "symformer_retinanet": t_sym * 1e3,
@@ -162,6 +166,17 @@ def bench_detectors(size: int, runs: int, clock: str = "wall") -> dict:
             "retinanet_over_torchvision_channels_last": t_ret / t_tv_cl,
         },
     }
+
+
+def single_conv(size: int) -> tuple:
+    """One 256 → 256 3×3 convolution + ReLU on the P3 map (``size / 8``), run as the prepared
+    models run theirs (:class:`tbx.models.inference.FusedConv2d`, NHWC): ``(conv, input, MACs)``.
+    Its GMAC/s is the rate the detectors' convolutions can reach at best."""
+    side = size // 8
+    conv = FusedConv2d.from_conv(torch.nn.Conv2d(256, 256, 3, padding=1), relu=True)
+    conv = conv.eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 256, side, side).contiguous(memory_format=torch.channels_last)
+    return conv, x, 256 * 256 * 9 * side * side
 
 
 def sas_parts(sym, x_cl) -> dict:
@@ -289,6 +304,7 @@ def run_once(size: int, runs: int, clock: str) -> dict:
         f"{sas['sas'] - sas['sas_linears'] - sas['sas_spe']:.1f} ms; symformer − retinanet "
         f"{det['latency_ms']['symformer_retinanet'] - det['latency_ms']['retinanet']:.1f} ms"
     )
+    print(_limits_line(det))
     res["deform_core"] = dc = bench_deform_core(size, runs, clock)
     print(
         f"ms_deform_sample fwd+bwd {dc['deform_core_ms']:.1f} ms vs naive loop {dc['naive_loop_ms']:.1f} "
@@ -328,6 +344,21 @@ def main() -> None:
         atomic_write_json(args.json, all_res[0] if len(all_res) == 1 else all_res)
     if args.results:
         _write_results(all_res)
+
+
+def _limits_line(det: dict) -> str:
+    """What the two latency targets ask of the hardware, from this run's figures: the MAC rate
+    our RetinaNet would need for 0.9× torchvision-channels_last against the single-convolution
+    ceiling, and the SAS block's budget for 1.08 against its projections' time alone."""
+    lat, gm, sas = det["latency_ms"], det["gmacs"], det["sas_ms"]
+    rate = gm["retinanet"] / lat["retinanet"]  # GMAC per ms = TMAC/s
+    need = gm["retinanet"] / (0.9 * lat["torchvision_retinanet_channels_last"])
+    return (
+        f"RetinaNet runs at {rate * 1e3:.1f} GMAC/s; 0.9× torchvision channels_last needs "
+        f"{need * 1e3:.1f}, one 256-ch 3×3 convolution alone reaches {det['single_conv_gmacs_per_s']:.1f}. "
+        f"SymFormer ≤ 1.08× leaves the SAS block {0.08 * lat['retinanet']:.0f} ms; its projections "
+        f"alone take {sas['sas_linears']:.0f} ms, the rest of it {sas['sas'] - sas['sas_linears']:.0f} ms."
+    )
 
 
 def _write_results(all_res: list[dict]) -> None:
@@ -388,7 +419,7 @@ def _write_results(all_res: list[dict]) -> None:
             f"{sas['sas_linears']:.0f}, SPE {sas['sas_spe']:.0f}, sampling + norms + rest "
             f"{sas['sas'] - sas['sas_linears'] - sas['sas_spe']:.0f})"
             + f"; deformable core {dc['deform_core_ms']:.0f} ms vs naive "
-            f"{dc['naive_loop_ms']:.0f} ms ({dc['queries']} queries)."
+            f"{dc['naive_loop_ms']:.0f} ms ({dc['queries']} queries). " + _limits_line(r["detectors"])
         )
     update_results("bench_models", lines)
 
